@@ -1,0 +1,70 @@
+"""Every default path and hyperparameter, in one place.
+
+Edit this file to point the stage scripts at your data; every value can also be overridden per run
+with the scripts' flags (``--images``, ``--captions``, ``--splits``, ``--work-dir`` ...).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+
+# --- inputs -------------------------------------------------------------------------------------
+DATA_DIR = ROOT / "data"
+IMAGES_DIR = DATA_DIR / "flickr30k-images"  # the photos
+CAPTIONS_FILE = DATA_DIR / "flickr30k.token"  # lines "1000092795.jpg#0<TAB>caption"
+SPLITS_DIR = DATA_DIR / "splits"  # train.txt / val.txt (or dev.txt) / test.txt; made if absent
+MODELS_DIR = ROOT / "models"  # local weights: resnet18.pth, bert-base-uncased/ ...
+
+# --- generated files ----------------------------------------------------------------------------
+# With no --work-dir the original layout is kept: features under data/, checkpoints/ at the top.
+# With --work-dir DIR every generated file goes under DIR (same sub-folder names).
+WORK_DIR: Path | None = None
+IMAGE_EMB_DIRNAME = "image_embeddings"
+TEXT_EMB_DIRNAME = "text_embeddings"
+AUG_TEXT_EMB_DIRNAME = "aug_text_embeddings"
+KEYWORDS_FILENAME = "keywords_augmented.txt"  # sentence_augment.py output
+CHECKPOINTS_DIRNAME = "checkpoints"
+RESULTS_DIRNAME = "results"
+
+# --- split made when no split lists are given (Karpathy Flickr30K proportions) --------------------
+SPLIT_SEED = 0
+SPLIT_FRACTIONS = {"train": 29000 / 31014, "val": 1014 / 31014, "test": 1000 / 31014}
+
+# --- backbones ----------------------------------------------------------------------------------
+IMAGE_BACKBONE = "auto"  # auto | resnet18 | efficientnet_lite0
+TEXT_BACKBONE = "auto"  # auto | bert-base-uncased | minilm
+RESNET18_WEIGHTS = MODELS_DIR / "resnet18.pth"  # optional local state dict
+BERT_DIR = MODELS_DIR / "bert-base-uncased"  # local folder; else the hub id when online
+
+# --- feature extraction -------------------------------------------------------------------------
+IMAGE_BATCH_SIZE = 64
+TEXT_BATCH_SIZE = 256
+NUM_WORKERS = 2  # JPEG-decoding worker processes
+CHUNK_SIZE = 2048  # rows written (atomically) per resumable chunk
+TEXT_MAX_LENGTH = 64  # tokens; captions are short, this only guards against runaway input
+
+# --- keyword augmentation -----------------------------------------------------------------------
+AUG_CAPTION_RATIO = 4  # caption samples per keyword sample in a batch (4:1, as the original)
+
+# --- model and training -------------------------------------------------------------------------
+EMBED_DIM = 256
+HEAD_HIDDEN_DIM = 1024
+HEAD_DROPOUT = 0.1
+INIT_TEMPERATURE = 0.07
+MIN_TEMPERATURE = 0.01
+MAX_TEMPERATURE = 1.0
+BATCH_SIZE = 256
+EPOCHS = 30
+LEARNING_RATE = 1e-3
+WEIGHT_DECAY = 0.05
+WARMUP_EPOCHS = 1
+EARLY_STOP_PATIENCE = 5  # epochs without a better validation rsum
+SEED = 0
+
+# --- search / app -------------------------------------------------------------------------------
+TOP_K = 5
+MAX_TOP_K = 50
+EXACT_SEARCH_MAX = 200_000  # above this many images the FAISS index is used
+APP_HOST = "127.0.0.1"
+APP_PORT = 7860

@@ -1,0 +1,204 @@
+"""On-disk feature caches: one float16 matrix, its row ids, and a manifest of what produced it.
+
+Layout of a cache folder::
+
+    features.npy    float16 (rows, dim), loadable with mmap_mode="r"
+    ids.txt         one row id per line (image name, or caption key "img.jpg#n")
+    manifest.json   backbone, weights identity, preprocessing, dim, dtype, rows, ids hash, failures
+    .partial/       while building: plan.json and one atomically written file per finished chunk
+
+A build is split into fixed chunks; each finished chunk is saved atomically, so a killed run resumes
+at the first missing chunk and the assembled file is byte-identical to an uninterrupted run.
+The manifest is written last: a folder without one holds no usable cache.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from atomic_io import atomic_open, atomic_save_npy, atomic_write_json, atomic_write_text
+from datasets import list_hash
+
+log = logging.getLogger(__name__)
+
+FEATURES_FILE = "features.npy"
+IDS_FILE = "ids.txt"
+MANIFEST_FILE = "manifest.json"
+PARTIAL_DIR = ".partial"
+FORMAT_VERSION = 1
+# Manifest fields that must agree for a cache to be reused, resumed, or mixed with another.
+IDENTITY_FIELDS = ("kind", "backbone", "weights", "preprocess", "dim", "dtype", "ids_sha256", "rows")
+
+# compute(row_indices, progress) -> (float array (len, dim), failures [(row id, reason)])
+ComputeChunk = Callable[[np.ndarray, Callable[[int], Any]], tuple[np.ndarray, list[tuple[str, str]]]]
+
+
+class StaleCacheError(RuntimeError):
+    """Cached features that are missing or were made by something else than what is asked for."""
+
+
+@dataclass
+class FeatureCache:
+    directory: Path
+    features: np.ndarray  # (rows, dim) float16, memory-mapped
+    ids: list[str]
+    manifest: dict
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def failed_ids(self) -> set[str]:
+        return {f["id"] for f in self.manifest.get("failures", [])}
+
+    def valid_mask(self) -> np.ndarray:
+        """Rows whose input could be read (failed rows hold zeros)."""
+        failed = self.failed_ids
+        return np.array([i not in failed for i in self.ids], dtype=bool)
+
+
+def read_manifest(directory: str | os.PathLike) -> dict | None:
+    path = Path(directory) / MANIFEST_FILE
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def identity_mismatch(manifest: dict, expected: dict) -> list[str]:
+    """Fields of ``expected`` that the manifest does not match, as readable strings."""
+    return [
+        f"{k}: cache has {manifest.get(k)!r}, expected {v!r}"
+        for k, v in expected.items()
+        if manifest.get(k) != v
+    ]
+
+
+def build_cache(
+    directory: str | os.PathLike,
+    ids: Sequence[str],
+    identity: dict,
+    compute: ComputeChunk,
+    *,
+    chunk_size: int,
+    order: np.ndarray | None = None,
+    force: bool = False,
+    desc: str = "features",
+    unit: str = "it",
+    extra: dict | None = None,
+) -> FeatureCache:
+    """Build (or resume, or reuse) the cache in ``directory``.
+
+    ``identity`` holds kind, backbone, weights, preprocess and dim; the ids hash, row count and
+    dtype are added here. ``order`` is a permutation of rows giving the computation order (text
+    is computed sorted by length); rows are always stored in ``ids`` order.
+    """
+    directory = Path(directory)
+    ids = list(ids)
+    identity = {**identity, "dtype": "float16", "rows": len(ids), "ids_sha256": list_hash(ids)}
+    existing = read_manifest(directory)
+    if existing is not None and not force:
+        diff = identity_mismatch(existing, identity)
+        if not diff:
+            log.info("reusing the finished cache in %s (pass --force to rebuild)", directory)
+            return load_cache(directory, identity)
+        raise StaleCacheError(
+            f"{directory} already holds other features ({'; '.join(diff)}); "
+            "pass --force to replace them, or choose another --work-dir"
+        )
+    if existing is not None:  # --force: drop the finished cache before rebuilding
+        (directory / MANIFEST_FILE).unlink()
+
+    order = np.arange(len(ids)) if order is None else np.asarray(order)
+    if sorted(order.tolist()) != list(range(len(ids))):
+        raise ValueError("order must be a permutation of the rows")
+    partial = directory / PARTIAL_DIR
+    plan = {**identity, "chunk_size": chunk_size, "order_sha256": list_hash(map(str, order.tolist())),
+            "format": FORMAT_VERSION}
+    plan_path = partial / "plan.json"
+    if partial.exists():
+        old_plan = json.loads(plan_path.read_text()) if plan_path.is_file() else None
+        if force or old_plan != plan:
+            log.info("discarding an unfinished build in %s (%s)", partial,
+                     "--force" if force else "made with other settings")
+            shutil.rmtree(partial)
+    partial.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(plan_path, plan)
+
+    n_chunks = (len(ids) + chunk_size - 1) // chunk_size
+    done = [k for k in range(n_chunks) if (partial / f"chunk_{k:05d}.json").is_file()]
+    done_rows = sum(min(chunk_size, len(ids) - k * chunk_size) for k in done)
+    if done:
+        log.info("resuming %s: %d of %d chunks already done", directory, len(done), n_chunks)
+    start = time.perf_counter()
+    with tqdm(total=len(ids), initial=done_rows, desc=desc, unit=unit, dynamic_ncols=True) as bar:
+        for k in range(n_chunks):
+            meta_path = partial / f"chunk_{k:05d}.json"
+            if meta_path.is_file():
+                continue
+            rows = order[k * chunk_size : (k + 1) * chunk_size]
+            feats, failures = compute(rows, bar.update)
+            if feats.shape != (len(rows), identity["dim"]):
+                raise RuntimeError(f"chunk {k}: got shape {feats.shape}, expected {(len(rows), identity['dim'])}")
+            atomic_save_npy(partial / f"chunk_{k:05d}.npy", feats.astype(np.float16))
+            # The json marks the chunk finished, so it is written after the array.
+            atomic_write_json(meta_path, {"failures": [{"id": i, "reason": r} for i, r in failures]})
+    elapsed = time.perf_counter() - start
+    computed = len(ids) - done_rows
+    if computed:
+        log.info("%s: %d rows in %.1f s (%.1f %s/s)", desc, computed, elapsed, computed / max(elapsed, 1e-9), unit)
+
+    # Assemble in ids order into a temporary .npy, then rename: the finished file appears whole.
+    failures: list[dict] = []
+    dim = identity["dim"]
+    with atomic_open(directory / FEATURES_FILE, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": np.dtype(np.float16).str, "fortran_order": False,
+                                                  "shape": (len(ids), dim)})
+        header_len = f.tell()
+        out = np.zeros((len(ids), dim), dtype=np.float16)
+        for k in range(n_chunks):
+            rows = order[k * chunk_size : (k + 1) * chunk_size]
+            out[rows] = np.load(partial / f"chunk_{k:05d}.npy")
+            failures += json.loads((partial / f"chunk_{k:05d}.json").read_text())["failures"]
+        f.write(out.tobytes())
+        assert f.tell() == header_len + out.nbytes
+    atomic_write_text(directory / IDS_FILE, "".join(f"{i}\n" for i in ids))
+    failures.sort(key=lambda x: x["id"])
+    manifest = {**identity, "failures": failures, "format": FORMAT_VERSION,
+                "files": {"features": FEATURES_FILE, "ids": IDS_FILE}, **(extra or {})}
+    atomic_write_json(directory / MANIFEST_FILE, manifest)
+    shutil.rmtree(partial)
+    return load_cache(directory, identity)
+
+
+def load_cache(directory: str | os.PathLike, expected: dict | None = None, rerun: str = "") -> FeatureCache:
+    """Open a finished cache (memory-mapped), refusing one that does not match ``expected``.
+
+    ``rerun`` is the command that rebuilds it, quoted in the error.
+    """
+    directory = Path(directory)
+    hint = f"; rebuild it with: {rerun}" if rerun else ""
+    manifest = read_manifest(directory)
+    if manifest is None:
+        raise StaleCacheError(f"no finished feature cache in {directory}{hint}")
+    diff = identity_mismatch(manifest, expected or {})
+    if diff:
+        raise StaleCacheError(f"the cache in {directory} does not match ({'; '.join(diff)}){hint}")
+    features = np.load(directory / FEATURES_FILE, mmap_mode="r")
+    ids = (directory / IDS_FILE).read_text(encoding="utf-8").splitlines()
+    if features.shape != (manifest["rows"], manifest["dim"]) or len(ids) != manifest["rows"]:
+        raise StaleCacheError(f"the cache in {directory} is damaged (shape {features.shape}, "
+                              f"{len(ids)} ids, manifest says {manifest['rows']}x{manifest['dim']}){hint}")
+    if list_hash(ids) != manifest["ids_sha256"]:
+        raise StaleCacheError(f"the ids of the cache in {directory} do not match its manifest{hint}")
+    return FeatureCache(directory, features, ids, manifest)
