@@ -77,8 +77,8 @@ class Normalize(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.uint8:
-            x = x.float()
+        # mean/std are on the 0-255 scale: uint8 is used as is, [0,1] floats are scaled up to it
+        x = x.float() if x.dtype == torch.uint8 else x * 255.0
         return (x - self.mean) / self.std
 
 
@@ -94,6 +94,11 @@ class ImageBackbone:
     weights: str  # identity of the weights (file digest)
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    grid_size: int = 7  # cells per side of the last feature map at image_size
+
+    def set_grid(self, grid: bool) -> None:
+        """Make the model return the last feature map's cells (B, grid_size**2 * dim), not their mean."""
+        self.model.grid = grid
 
     @property
     def preprocess(self) -> dict:
@@ -114,13 +119,21 @@ class ImageBackbone:
         return T.Compose([T.Resize(self.image_size, antialias=True), T.CenterCrop(self.image_size)])
 
 
+def _pool_or_grid(fmap: torch.Tensor, grid: bool) -> torch.Tensor:
+    """(B,C,H,W) -> pooled (B,C), or with ``grid`` the flattened cells (B, H*W*C), cell-major."""
+    if grid:
+        return fmap.flatten(2).transpose(1, 2).flatten(1)
+    return fmap.mean(dim=(2, 3))
+
+
 class _PooledEfficientNet(nn.Module):
     def __init__(self, net: nn.Module, normalize: Normalize):
         super().__init__()
         self.normalize, self.net = normalize, net
+        self.grid = False  # True: return every cell of the last feature map, not their mean
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.extract_features(self.normalize(x)).mean(dim=(2, 3))
+        return _pool_or_grid(self.net.extract_features(self.normalize(x)), self.grid)
 
 
 class _PooledResNet(nn.Module):
@@ -128,9 +141,12 @@ class _PooledResNet(nn.Module):
         super().__init__()
         net.fc = nn.Identity()  # keep the 512-d pooled features, drop the classifier
         self.normalize, self.net = normalize, net
+        self.grid = False  # True: return every cell of the last feature map, not their mean
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(self.normalize(x))
+        n = self.net
+        x = n.maxpool(n.relu(n.bn1(n.conv1(self.normalize(x)))))
+        return _pool_or_grid(n.layer4(n.layer3(n.layer2(n.layer1(x)))), self.grid)
 
 
 IMAGE_BACKBONES: dict[str, Callable[..., ImageBackbone]] = {}
@@ -267,6 +283,8 @@ class TextBackbone:
         Texts are encoded in batches sorted by token length with dynamic padding, so short
         captions never pay for long ones; results come back in input order.
         """
+        if not len(texts):  # the tokenizer fails on an empty batch
+            return np.empty((0, self.dim), dtype=np.float32)
         device = resolve_device(device)
         self.model.to(device).eval()
         enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length,

@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunk-size", type=int, default=config.CHUNK_SIZE, help="images per resumable chunk")
     p.add_argument("--decode", choices=("cpu", "gpu"), default="cpu",
                    help="where JPEGs are decoded: worker processes (PIL) or the GPU (nvJPEG)")
+    p.add_argument("--grid", action="store_true",
+                   help="cache every cell of the last feature map (7x7 x dim) for feature-space crop "
+                        "augmentation in training (49x the disk space)")
     p.add_argument("--force", action="store_true", help="rebuild even if a finished cache exists")
     p.add_argument("--out", default=None, help="output folder (default: WORK_DIR/image_embeddings)")
     args = p.parse_args(argv)
@@ -47,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or cli.layout(args).image_features
         cache = extract_image_features(
             backbone, args.images, names, out, batch_size=args.batch_size, num_workers=args.workers,
-            chunk_size=args.chunk_size, device=args.device, decode=args.decode, force=args.force,
+            chunk_size=args.chunk_size, device=args.device, decode=args.decode, grid=args.grid, force=args.force,
             extra={"images_dir": str(args.images.resolve()), "captions_file": str(args.captions.resolve())},
         )
     except (DatasetError, BackboneUnavailable, StaleCacheError, ValueError) as err:

@@ -120,10 +120,15 @@ def extract_image_features(
     chunk_size: int = config.CHUNK_SIZE,
     device: str | None = None,
     decode: str = "cpu",
+    grid: bool = False,
     force: bool = False,
     extra: dict | None = None,
 ) -> FeatureCache:
-    """Features of ``images_dir/name`` for every name, cached in ``out_dir`` (resumable)."""
+    """Features of ``images_dir/name`` for every name, cached in ``out_dir`` (resumable).
+
+    With ``grid`` each row holds the last feature map's cells (grid_size**2 x dim, cell-major)
+    instead of their mean: training can then pool random sub-windows (feature-space crops).
+    """
     device = resolve_device(device)
     if decode == "gpu" and device.type != "cuda":
         raise ValueError("--decode gpu needs a CUDA device")
@@ -134,6 +139,7 @@ def extract_image_features(
     # Batches never straddle chunks, so a resumed run computes exactly the batches of an
     # uninterrupted one and the features are byte-identical.
     chunk_size = max(batch_size, chunk_size // batch_size * batch_size)
+    backbone.set_grid(grid)
     model = backbone.model.to(device).eval().to(memory_format=torch.channels_last)
     use_bf16 = device.type == "cuda"
     cpu_transform = backbone.pil_transform()
@@ -161,12 +167,13 @@ def extract_image_features(
                 else:
                     x = data.to(device, non_blocking=True)
                 x = x.contiguous(memory_format=torch.channels_last)
-                with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    f = model(x).float()
                 batch_rows = rows[start : start + batch_size]
                 bad = [j for j, e in enumerate(errors) if e]
+                with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    f = model(x).float()
+                    if bad:  # inside inference_mode: an inference tensor cannot be changed outside it
+                        f[bad] = 0.0  # failed rows hold zeros and are listed in the manifest
                 if bad:
-                    f[bad] = 0.0  # failed rows hold zeros and are listed in the manifest
                     failures += [(names[batch_rows[j]], errors[j]) for j in bad]
                 feats.append(f.cpu().numpy())
                 progress(len(batch_rows))
@@ -174,7 +181,9 @@ def extract_image_features(
 
     identity = {"kind": "image", "backbone": backbone.name, "weights": backbone.weights,
                 "preprocess": {**backbone.preprocess, "jpeg_draft": decode == "cpu", "decode": decode},
-                "dim": backbone.dim}
+                "dim": backbone.dim * (backbone.grid_size ** 2 if grid else 1)}
+    if grid:
+        identity["grid"] = [backbone.grid_size, backbone.grid_size, backbone.dim]
     cache = build_cache(out_dir, names, identity, compute, chunk_size=chunk_size, force=force,
                         desc=f"images ({backbone.name})", unit="img", extra=extra)
     return cache
@@ -204,7 +213,12 @@ def extract_text_features(
 
     def compute(chunks: list[np.ndarray], progress: Callable[[int], object]) -> Iterator:
         for rows in chunks:
-            yield backbone.encode([texts[i] for i in rows], batch_size, device, progress), []
+            # Keyword phrases repeat a lot ("dog" for hundreds of images) and sort next to each
+            # other by length: encode each distinct text of a chunk once.
+            unique, inverse = np.unique(np.asarray([texts[i] for i in rows], dtype=object), return_inverse=True)
+            encoded = backbone.encode(unique.tolist(), batch_size, device)
+            progress(len(rows))
+            yield encoded[inverse], []
 
     identity = {"kind": kind, "backbone": backbone.name, "weights": backbone.weights,
                 "preprocess": backbone.preprocess, "dim": backbone.dim}

@@ -1,0 +1,176 @@
+"""Training and evaluation data from the feature caches: loaded once, batches gathered by index.
+
+The original design read one ``.npy`` per sample; here each cache is memory-mapped once, copied
+into a tensor, and a batch is one fancy-index per matrix. Caches are checked against each other
+(same image list, same backbones) before anything is trained on them.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from datasets import CaptionSet, list_hash
+from feature_cache import FeatureCache, StaleCacheError, load_cache
+
+log = logging.getLogger(__name__)
+
+KEYWORD_ID_SEP = "::"  # keyword row id: "<image>#<n>::<phrase>"
+
+
+def keyword_row_id(caption_key: str, phrase: str) -> str:
+    return f"{caption_key}{KEYWORD_ID_SEP}{phrase}"
+
+
+def image_of_row_id(row_id: str) -> str:
+    """The image a caption key ("img.jpg#3") or keyword row id belongs to."""
+    return row_id.split(KEYWORD_ID_SEP, 1)[0].rsplit("#", 1)[0]
+
+
+@dataclass
+class Caches:
+    """The three caches of one dataset, checked to belong together."""
+
+    images: FeatureCache
+    captions: FeatureCache
+    keywords: FeatureCache | None = None
+
+    @property
+    def backbones(self) -> dict:
+        """What a checkpoint records so the app and evaluation use the same encoders."""
+        m_img, m_txt = self.images.manifest, self.captions.manifest
+        image = {k: m_img[k] for k in ("backbone", "weights", "dim", "preprocess")}
+        if m_img.get("grid"):  # a grid cache's rows are H*W cells; the heads see one cell-sized mean
+            image["dim"] = m_img["grid"][2]
+        return {"image": image, "text": {k: m_txt[k] for k in ("backbone", "weights", "dim", "preprocess")}}
+
+
+def open_caches(image_dir: Path, text_dir: Path, keyword_dir: Path | None = None,
+                rerun_hint: str = "", expected_backbones: dict | None = None) -> Caches:
+    """Load the caches, refusing ones that do not belong together or to the expected backbones."""
+    # backbone + weights identify the encoder; dims follow from them (a grid cache's rows are wider)
+    exp_img = {k: v for k, v in (expected_backbones or {}).get("image", {}).items() if k in ("backbone", "weights")}
+    exp_txt = {k: v for k, v in (expected_backbones or {}).get("text", {}).items() if k in ("backbone", "weights")}
+    images = load_cache(image_dir, exp_img, f"python batch_image_feature_extract.py {rerun_hint}".strip())
+    captions = load_cache(text_dir, exp_txt, f"python batch_text_feature_extract.py {rerun_hint}".strip())
+    keywords = None
+    if keyword_dir is not None:
+        keywords = load_cache(keyword_dir, {k: captions.manifest[k] for k in ("backbone", "weights", "dim")},
+                              f"python extract_aug_text_features.py {rerun_hint}".strip())
+    cap_images = captions.manifest.get("image_ids_sha256")
+    if cap_images is not None and cap_images != images.manifest["ids_sha256"]:
+        raise StaleCacheError(
+            f"{text_dir} was extracted from a caption file whose image list differs from the images "
+            f"cached in {image_dir}; rerun both extraction stages on the same --captions")
+    return Caches(images, captions, keywords)
+
+
+@dataclass
+class SplitData:
+    """Features of one split, as tensors, with each text row's image index (into this split)."""
+
+    image_names: list[str]
+    image_features: torch.Tensor  # (n_images, D_img) float16
+    caption_features: torch.Tensor  # (n_captions, D_txt) float16
+    caption_image: np.ndarray  # (n_captions,) index into image_names
+    caption_ids: list[str]
+    keyword_features: torch.Tensor | None = None  # (n_keywords, D_txt)
+    keyword_image: np.ndarray | None = None
+    keyword_phrases: list[str] | None = None
+    image_cells: torch.Tensor | None = None  # (n_images, H*W, D_img) from a --grid cache, else None
+    grid_hw: tuple[int, int] | None = None
+
+    @property
+    def n_captions(self) -> int:
+        return len(self.caption_image)
+
+    def gather(self, sample_index: Sequence[int] | np.ndarray, crop_min: int = 0,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One training batch: (image features, text features, image index) for sampler indices.
+
+        Index i < n_captions is caption row i; larger indices are keyword rows (i - n_captions).
+        With a grid cache and ``crop_min`` > 0, each image feature is the mean of a random
+        sub-window (crop_min..H cells a side) of its feature map: a crop augmentation in feature space.
+        """
+        idx = np.asarray(sample_index)
+        is_cap = idx < self.n_captions
+        image_idx = np.empty(len(idx), dtype=np.int64)
+        image_idx[is_cap] = self.caption_image[idx[is_cap]]
+        text = torch.empty((len(idx), self.caption_features.shape[1]), dtype=self.caption_features.dtype)
+        text[torch.from_numpy(is_cap)] = self.caption_features[torch.from_numpy(idx[is_cap])]
+        if (~is_cap).any():
+            kw = idx[~is_cap] - self.n_captions
+            image_idx[~is_cap] = self.keyword_image[kw]
+            text[torch.from_numpy(~is_cap)] = self.keyword_features[torch.from_numpy(kw)]
+        image_idx_t = torch.from_numpy(image_idx)
+        if crop_min and self.image_cells is not None:
+            return random_window_mean(self.image_cells[image_idx_t], self.grid_hw, crop_min, generator), text, image_idx_t
+        return self.image_features[image_idx_t], text, image_idx_t
+
+
+def random_window_mean(cells: torch.Tensor, grid_hw: tuple[int, int], crop_min: int,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """Mean of one random axis-aligned window of cells per row: (B, H*W, D) -> (B, D)."""
+    h, w = grid_hw
+    b = cells.shape[0]
+    sizes_h = torch.randint(min(crop_min, h), h + 1, (b,), generator=generator)
+    sizes_w = torch.randint(min(crop_min, w), w + 1, (b,), generator=generator)
+    top = (torch.rand(b, generator=generator) * (h - sizes_h + 1)).long()
+    left = (torch.rand(b, generator=generator) * (w - sizes_w + 1)).long()
+    rows = torch.arange(h).view(1, h, 1)
+    cols = torch.arange(w).view(1, 1, w)
+    mask = ((rows >= top.view(b, 1, 1)) & (rows < (top + sizes_h).view(b, 1, 1))
+            & (cols >= left.view(b, 1, 1)) & (cols < (left + sizes_w).view(b, 1, 1))).view(b, 1, h * w)
+    mask = mask.to(torch.float32)
+    pooled = torch.bmm(mask, cells.float()).squeeze(1)
+    return pooled / mask.sum(-1)
+
+
+def split_data(caches: Caches, image_names: Sequence[str], use_keywords: bool = True) -> SplitData:
+    """The rows of the given images (unreadable images left out, with a warning)."""
+    row_of = {n: i for i, n in enumerate(caches.images.ids)}
+    failed = caches.images.failed_ids
+    dropped = [n for n in image_names if n in failed]
+    if dropped:
+        log.warning("%d image(s) of this split could not be read at extraction and are left out (e.g. %s)",
+                    len(dropped), dropped[:3])
+    missing = [n for n in image_names if n not in row_of]
+    if missing:
+        raise StaleCacheError(f"{len(missing)} image(s) of the split are not in the image cache "
+                              f"{caches.images.directory} (e.g. {missing[:3]}); rerun the extraction stages")
+    names = [n for n in image_names if n not in failed]
+    local = {n: i for i, n in enumerate(names)}
+    img_rows = np.array([row_of[n] for n in names], dtype=np.int64)
+    image_features = torch.from_numpy(np.ascontiguousarray(caches.images.features[np.sort(img_rows)]))
+    # rows were read sorted (fast memmap access); put them back in split order
+    image_features = image_features[torch.from_numpy(np.argsort(np.argsort(img_rows)))]
+    grid = caches.images.manifest.get("grid")
+    cells = None
+    if grid:  # [H, W, D]: keep the cells for crop augmentation; the plain feature is their mean
+        cells = image_features.view(len(names), grid[0] * grid[1], grid[2])
+        image_features = cells.float().mean(1).to(torch.float16)
+
+    def rows_for(cache: FeatureCache) -> tuple[np.ndarray, np.ndarray]:
+        rows, owners = [], []
+        for r, rid in enumerate(cache.ids):
+            j = local.get(image_of_row_id(rid))
+            if j is not None:
+                rows.append(r)
+                owners.append(j)
+        return np.asarray(rows, dtype=np.int64), np.asarray(owners, dtype=np.int64)
+
+    cap_rows, cap_owner = rows_for(caches.captions)
+    data = SplitData(names, image_features,
+                     torch.from_numpy(np.ascontiguousarray(caches.captions.features[cap_rows])),
+                     cap_owner, [caches.captions.ids[r] for r in cap_rows],
+                     image_cells=cells, grid_hw=(grid[0], grid[1]) if grid else None)
+    if use_keywords and caches.keywords is not None:
+        kw_rows, kw_owner = rows_for(caches.keywords)
+        data.keyword_features = torch.from_numpy(np.ascontiguousarray(caches.keywords.features[kw_rows]))
+        data.keyword_image = kw_owner
+        data.keyword_phrases = [caches.keywords.ids[r].split(KEYWORD_ID_SEP, 1)[1] for r in kw_rows]
+    return data

@@ -1,0 +1,850 @@
+"""Keywords and short phrases from captions, so one-word ("dog") and two-word ("black dog") queries
+have training text of their own.
+
+From each caption we take, lower-cased and without stopwords:
+
+* nouns, lemmatised: "dogs" -> "dog", "men" -> "man" (a few plural-only words such as
+  "glasses", "jeans", "shorts" stay plural: their singular means something else);
+* adjective + noun: "black dog", "curly hair"; a participle before a noun counts as an adjective
+  ("parked car", "swimming pool");
+* noun + noun compounds: "tennis ball", "fire hydrant" (the head noun lemmatised);
+* verbs. Decision: an -ing form stays as written ("running", "surfing") because that is how both
+  captions and people's queries name an action, and lemmatising it collides with nouns
+  ("fishing" -> "fish", "boxing" -> "box", "skateboarding" -> "skateboard"). Other finite forms
+  are lemmatised ("runs", "ran" -> "run"). A past participle outside a noun phrase ("dressed in
+  red", "covered in mud") is not emitted: it is mostly a state, rarely a useful query.
+
+Phrases come out in caption order of their first word, a two-word phrase before the one-word
+phrase starting at the same word ("black dog", "dog"), without duplicates. Words that name no
+visible thing are dropped besides the stopwords (``CAPTION_STOPWORDS``: numbers, "something",
+"wearing", "front" in "in front of" ...).
+
+Which tools do the work is decided once by ``load_keyword_tools`` and logged in one line:
+
+* NLTK data present (``averaged_perceptron_tagger_eng``, ``punkt_tab``, ``stopwords``,
+  ``wordnet``): NLTK's perceptron tagger, ``word_tokenize``, its stopword list and WordNet
+  lemmatisation. Missing packages are downloaded once each when allowed (punkt only splits
+  sentences, which captions rarely have: without it a regular expression gives the same tokens).
+* Otherwise each missing piece is replaced by one that needs no downloaded data: a regular
+  expression tokeniser, ``BUILTIN_STOPWORDS``, a rule-based tagger (NLTK's ``UnigramTagger`` over
+  closed-class word lists, backed by a ``RegexpTagger`` with suffix rules, then a few context
+  rules) and a rule-based lemmatiser. When the Debian package ``wordnet-base`` is installed
+  (``/usr/share/wordnet``) its files are read with NLTK's ``WordNetCorpusReader`` for
+  lemmatisation and to check unknown words' part of speech.
+
+The keyword file is TSV: ``image<TAB>caption_key<TAB>phrase``, one sample per distinct
+(image, phrase), the source caption being the first one that yields the phrase.
+"""
+from __future__ import annotations
+
+import atexit
+import contextlib
+import io
+import logging
+import os
+import re
+import shutil
+import socket
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from atomic_io import atomic_open
+from datasets import Caption, CaptionSet, DatasetError
+
+log = logging.getLogger("keywords")
+
+SYSTEM_WORDNET_DIR = Path("/usr/share/wordnet")  # Debian/Ubuntu package wordnet-base
+DOWNLOAD_TIMEOUT_S = 15.0  # per download; without a network they fail at once anyway
+KEYWORDS_HEADER = "# image\tcaption\tphrase"
+
+# --- word lists ---------------------------------------------------------------------------------
+
+# Generic English function words, used when NLTK's stopword corpus is absent (close to it).
+BUILTIN_STOPWORDS = frozenset("""
+a about above after again against ain all am an and any are aren as at be because been before
+being below between both but by can couldn could d did didn do does doesn doing don down during
+each few for from further had hadn has hasn have haven having he her here hers herself him himself
+his how i if in into is isn it its itself just ll m ma me mightn more most mustn my myself needn
+no nor not now o of off on once only or other our ours ourselves out over own re s same shan she
+should shouldn so some such t than that the their theirs them themselves then there these they
+this those through to too under until up ve very was wasn we were weren what when where which
+while who whom why will with won wouldn y you your yours yourself yourselves
+""".split())
+
+# Added to either list: words that are grammatically content words but say nothing about a picture.
+CAPTION_STOPWORDS = frozenset("""
+also another anyone anything anybody around away back near next onto toward towards upon whilst
+everyone everything everybody someone something somebody nobody nothing many much several various
+one two three four five six seven eight nine ten eleven twelve dozen hundred thousand
+thing things stuff lot lots kind sort type way
+get gets got getting go goes going gone went seem seems seemed appear appears appeared let lets
+be being been become becomes make makes made take takes took taking
+""".split())
+
+# Nouns whose singular means something else ("glass", "short", "jean") or that are plural only.
+KEEP_PLURAL = frozenset("""
+glasses sunglasses eyeglasses goggles jeans pants trousers shorts trunks tights leggings overalls
+sweatpants pajamas pyjamas clothes scissors binoculars suspenders stairs woods news species series
+people police cattle headquarters outskirts surroundings belongings
+""".split())
+
+IRREGULAR_PLURALS = {
+    "men": "man", "women": "woman", "children": "child", "feet": "foot", "teeth": "tooth",
+    "geese": "goose", "mice": "mouse", "oxen": "ox", "firemen": "fireman", "policemen": "policeman",
+    "fishermen": "fisherman", "gentlemen": "gentleman", "businessmen": "businessman",
+    "sportsmen": "sportsman", "cowmen": "cowman", "dice": "die", "lice": "louse",
+    "leaves": "leaf", "wolves": "wolf", "knives": "knife", "wives": "wife", "lives": "life",
+    "shelves": "shelf", "calves": "calf", "halves": "half", "loaves": "loaf", "scarves": "scarf",
+    "hooves": "hoof", "thieves": "thief", "elves": "elf", "selves": "self",
+    "buses": "bus", "gases": "gas", "lenses": "lens", "canvases": "canvas", "atlases": "atlas",
+    "tomatoes": "tomato", "potatoes": "potato", "heroes": "hero", "volcanoes": "volcano",
+    "mangoes": "mango", "echoes": "echo", "dominoes": "domino", "torpedoes": "torpedo",
+    "cookies": "cookie", "movies": "movie", "selfies": "selfie", "goalies": "goalie",
+    "hippies": "hippie", "brownies": "brownie", "zombies": "zombie", "hoodies": "hoodie",
+    "beanies": "beanie", "collies": "collie", "smoothies": "smoothie", "birdies": "birdie",
+    "veggies": "veggie", "rookies": "rookie", "prairies": "prairie", "calories": "calorie",
+}
+
+# Irregular verb forms (and "be/have/do" forms) -> lemma.
+IRREGULAR_VERBS = {
+    "is": "be", "are": "be", "was": "be", "were": "be", "am": "be", "'s": "be", "'re": "be",
+    "has": "have", "had": "have", "does": "do", "did": "do", "goes": "go", "went": "go",
+    "ran": "run", "sat": "sit", "stood": "stand", "lay": "lie", "lies": "lie", "ate": "eat",
+    "drank": "drink", "swam": "swim", "rode": "ride", "threw": "throw", "caught": "catch",
+    "held": "hold", "wore": "wear", "fell": "fall", "flew": "fly", "dove": "dive", "took": "take",
+    "made": "make", "saw": "see", "sang": "sing", "hit": "hit", "bit": "bite", "led": "lead",
+    "leapt": "leap", "slid": "slide", "swung": "swing", "spun": "spin", "dug": "dig", "hung": "hang",
+    "built": "build", "bought": "buy", "brought": "bring", "fought": "fight", "knelt": "kneel",
+    "got": "get", "gave": "give", "began": "begin", "broke": "break", "drew": "draw", "drove": "drive",
+    "came": "come", "ties": "tie", "dies": "die",
+}
+
+# Base forms of verbs common in captions: they settle "-s" words (verb or plural noun?) and base
+# forms after a plural subject in the rule-based tagger. Many are nouns too ("ride", "swing").
+COMMON_VERBS = frozenset("""
+wear run play stand jump sit hold walk ride look climb smile swim carry do pose watch race take
+lay chase perform fly try hang make talk go eat swing leap dance fight skateboard splash slide
+wait bathe throw get catch overlook ski drink fish pull lean lie laugh shop surf read come bite
+fall skate set shake drive park kick dive hug smoke push use hike wrestle blow stare cross
+snowboard sleep attempt point stick kiss wave chew face roll have show wade rest paint paddle
+reach shoot move float dig sing hit grind lick put give kneel prepare balance pass bike compete
+land write enjoy cover spin rollerblade kayak crash row jog turn touch bark fetch help sniff
+surround work bounce train pet leave bend waterski practice crouch scale gather spray pick follow
+tackle feed pour travel retrieve speak listen march raise raft break box cry stop grab open close
+build cook sell buy draw wash clean hide crawl squat tug tow bowl pitch serve lift load drag
+growl yell shout scream cheer clap relax nap sunbathe sail canoe snorkel hunt golf skip hop
+trot gallop graze herd lead guide wander explore observe examine check inspect sweep mow
+rake shovel plant water wade kneel stretch exercise lift swim dunk block score defend attack
+race steer pedal sled toboggan sing strum drum blow hold greet meet celebrate marry kiss hug
+laugh giggle smile frown stare gaze glance peer peek watch see hear smell taste feel
+""".split())
+
+COLOURS = frozenset("""
+black white red blue green yellow orange pink purple brown gray grey silver gold golden tan beige
+maroon navy turquoise teal violet blond blonde brunette dark light bright pale colorful colourful
+multicolored multicoloured striped plaid checkered spotted
+""".split())
+
+ADJECTIVES = frozenset("""
+big small large little tiny huge giant tall short long young old elderly older younger new wet
+dry cold hot warm cool high low deep shallow wide narrow thick thin fat skinny bald curly straight
+fancy formal casual male female adult teenage asian african american indian chinese japanese
+mexican european german french italian irish english british spanish korean native wooden woolen
+woollen outdoor indoor urban rural public local nice beautiful cute ugly strange different whole
+full empty main shirtless barefoot topless naked wild fresh clean dirty calm quiet loud bare busy
+happy sad angry funny crazy silly pretty heavy muddy sandy rocky grassy snowy sunny cloudy rainy
+hairy shiny fluffy furry dusty windy foggy icy leafy wavy messy shaggy sleepy stormy blurry
+steep flat smooth rough soft hard sharp fast slow late early only lone single double
+elderly curly hilly friendly lovely lonely chilly smelly frilly wobbly sparkly grizzly woolly
+bubbly cuddly lively costly deadly sly ready open airborne underwater upside-down midair
+professional traditional electric electronic artificial tropical plastic
+""".split())
+
+# Words ending in -ing / -ly / -able that are nouns.
+ING_NOUNS = frozenset("""
+building clothing ceiling railing painting wedding evening morning ring king thing string wing
+swing spring sibling awning stocking stockings earring earrings sling pudding icing lightning
+siding bedding frosting piping bunting viking dumpling duckling seedling sapling darling herring
+stuffing ping-pong lettering flooring carving drawing opening landing gathering crossing parking
+setting ping
+""".split())
+LY_NOUNS = frozenset("family belly jelly lily fly butterfly dragonfly rally bully assembly supply ally holly gully".split())
+ABLE_NOUNS = frozenset("vegetable vegetables turntable turntables timetable constable".split())
+
+# "in front of", "on top of", "a lot of", "a set of stairs": the noun before "of" is no keyword.
+RELATIONAL_OF_NOUNS = frozenset("""
+front top middle side edge end bottom back center centre lot lots bunch couple pair kind sort
+type piece part rest number variety series set sides
+""".split())
+
+# The 45 lexicographer file names of WordNet 3.0 (its ``lexnames`` file, which NLTK's reader needs
+# and Debian's wordnet-base lacks).
+WORDNET_LEXNAMES = (
+    "adj.all", "adj.pert", "adv.all", "noun.Tops", "noun.act", "noun.animal", "noun.artifact",
+    "noun.attribute", "noun.body", "noun.cognition", "noun.communication", "noun.event",
+    "noun.feeling", "noun.food", "noun.group", "noun.location", "noun.motive", "noun.object",
+    "noun.person", "noun.phenomenon", "noun.plant", "noun.possession", "noun.process",
+    "noun.quantity", "noun.relation", "noun.shape", "noun.state", "noun.substance", "noun.time",
+    "verb.body", "verb.change", "verb.cognition", "verb.communication", "verb.competition",
+    "verb.consumption", "verb.contact", "verb.creation", "verb.emotion", "verb.motion",
+    "verb.perception", "verb.possession", "verb.social", "verb.stative", "verb.weather", "adj.ppl",
+)
+# index.* and *.exc are all lemmatisation needs; data.adj is read by the reader's constructor.
+_WORDNET_FILES = (
+    "index.noun", "index.verb", "index.adj", "index.adv",
+    "noun.exc", "verb.exc", "adj.exc", "adv.exc", "data.adj",
+)
+
+# Closed-class words for the rule-based tagger (Penn Treebank tags, as NLTK's tagger gives).
+_CLOSED_CLASS = {
+    "DT": "a an the this that these those each every some any no another either neither all both half",
+    "CD": "one two three four five six seven eight nine ten eleven twelve twenty hundred thousand dozen",
+    "PRP": "i me you he him she her it we us they them myself yourself himself herself itself ourselves "
+           "themselves someone somebody something anyone anybody anything everyone everybody everything "
+           "nobody nothing",
+    "PRP$": "my your his its our their",
+    "IN": "about above across after against along alongside amid among around as at atop before behind "
+          "below beneath beside besides between beyond by despite during except for from in inside into "
+          "like near of off on onto opposite out outside over past per since than through throughout to "
+          "toward towards under underneath until up upon via with within without while whilst down",
+    "CC": "and or but nor yet plus",
+    "WDT": "which whichever",
+    "WP": "who whom whose what whatever",
+    "WRB": "where when why how",
+    "MD": "can could may might must shall should will would",
+    "RB": "not very too also just only still almost quite rather really here there now then together "
+          "away back outdoors indoors nearby alone ahead apart aside downhill uphill upstairs "
+          "downstairs overhead so n't",
+    "VBZ": "is has does 's",
+    "VBP": "are am have do 're",
+    "VBD": "was were had did",
+    "VB": "be",
+    "VBN": "been",
+    "VBG": "being having",
+    "POS": "'",
+}
+
+_PHRASE_WORD = re.compile(r"^[a-z][a-z'-]*[a-z]$")  # a keyword token: letters, inner - or '
+_TOKEN_RE = r"\w+(?=n't\b)|n't\b|\w+(?:-\w+)*|'\w+|[^\w\s]"  # PTB-like: "dog's" -> dog 's
+
+
+# --- the tools ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class KeywordTools:
+    """The tokeniser, tagger, stopwords and lemmatiser chosen by ``load_keyword_tools``."""
+
+    method: str  # one line: which tools and why (what was logged)
+    tagger_kind: str  # "nltk-perceptron" | "rules"
+    lemmatizer_kind: str  # "nltk-wordnet" | "system-wordnet" | "rules"
+    stopwords_kind: str  # "nltk" | "builtin"
+    tokenize: Callable[[str], list[str]]
+    tag: Callable[[list[str]], list[tuple[str, str]]]  # lower-cased (word, Penn Treebank tag)
+    stopwords: frozenset[str]
+    noun_lemma: Callable[[str], str]
+    verb_lemma: Callable[[str], str]
+
+
+# NLTK data packages: name used in messages -> (resource paths to look for, package to download).
+def _nltk_resources() -> dict[str, tuple[tuple[str, ...], str]]:
+    from nltk.tag.perceptron import PerceptronTagger
+
+    # NLTK >= 3.9 loads the JSON tagger "..._eng"; older versions the pickled one.
+    new = hasattr(PerceptronTagger, "load_from_json")
+    return {
+        "tagger": (("taggers/averaged_perceptron_tagger_eng/",), "averaged_perceptron_tagger_eng")
+        if new else (("taggers/averaged_perceptron_tagger/",), "averaged_perceptron_tagger"),
+        "punkt": (("tokenizers/punkt_tab/english/",), "punkt_tab")
+        if new else (("tokenizers/punkt/",), "punkt"),
+        "stopwords": (("corpora/stopwords/english", "corpora/stopwords.zip/stopwords/english"), "stopwords"),
+        "wordnet": (("corpora/wordnet/", "corpora/wordnet.zip/wordnet/"), "wordnet"),
+    }
+
+
+def _find_nltk(paths: Sequence[str]) -> Any | None:
+    import nltk
+
+    for p in paths:
+        try:
+            return nltk.data.find(p)
+        except (LookupError, OSError, ValueError):  # ValueError/PermissionError: NLTK's path checks
+            continue
+    return None
+
+
+def _download(package: str) -> bool:
+    """One quiet ``nltk.download``; False on any failure (no network, proxy refused, timeout)."""
+    import nltk
+
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # NLTK's downloader has no timeout of its own
+    try:
+        # quiet=True still prints errors: keep the one-line log promise
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            return bool(nltk.download(package, quiet=True, raise_on_error=False))
+    except Exception:  # noqa: BLE001 - any downloader failure means "use the fallback"
+        return False
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def _open_wordnet(root: Any) -> Any:
+    """NLTK's WordNet reader over ``root`` (a folder or NLTK path pointer); no multilingual data."""
+    from nltk.corpus.reader.wordnet import WordNetCorpusReader
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "multilingual functions are not available": not needed
+        return WordNetCorpusReader(root, None)
+
+
+_system_wordnet_cache: dict[str, Any] = {}
+
+
+def _open_system_wordnet(src: Path) -> Any:
+    """Debian's WordNet files read by NLTK's reader, via a private copy NLTK will accept.
+
+    NLTK refuses files outside its data path, symlinks and hard links; and its reader needs a
+    ``lexnames`` file (and an ``index.sense`` to build an OMW mapping) that the package lacks. So
+    the index, exception and adjective files (~10 MB) are copied into a private temporary
+    ``<dir>/corpora/wordnet`` with those two files added, and ``<dir>`` joins ``nltk.data.path``.
+    """
+    import nltk
+
+    key = str(src.resolve())
+    if key in _system_wordnet_cache:
+        return _system_wordnet_cache[key]
+    missing = [f for f in _WORDNET_FILES if not (src / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{src}: not a WordNet 3.0 folder (missing {', '.join(missing)})")
+    root = Path(tempfile.mkdtemp(prefix="keywords-wordnet-"))  # mode 0700: NLTK wants private
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    folder = root / "corpora" / "wordnet"
+    folder.mkdir(parents=True)
+    for name in _WORDNET_FILES:
+        shutil.copyfile(src / name, folder / name)
+    (folder / "lexnames").write_text(
+        "".join(f"{i:02d}\t{n}\t{ {'adj': 3, 'adv': 4, 'noun': 1, 'verb': 2}[n.split('.')[0]] }\n"
+                for i, n in enumerate(WORDNET_LEXNAMES)), encoding="utf-8")
+    (folder / "index.sense").write_text("", encoding="utf-8")
+    nltk.data.path.append(str(root))
+    reader = _open_wordnet(str(folder))
+    _system_wordnet_cache[key] = reader
+    return reader
+
+
+def load_keyword_tools(
+    allow_download: bool = True,
+    *,
+    system_wordnet: str | os.PathLike | None = SYSTEM_WORDNET_DIR,
+) -> KeywordTools:
+    """Pick the best available tools and log which, and why, in one line.
+
+    Each missing NLTK data package is downloaded at most once when ``allow_download``; after a
+    failed download the rest are not tried (a network failure would only repeat). Whatever is
+    still missing is replaced by a data-free method (see the module docstring). ``system_wordnet``
+    is the folder of Debian's WordNet files tried when NLTK's WordNet is absent (None: never).
+    """
+    try:
+        import nltk  # noqa: F401
+    except ImportError as err:
+        raise RuntimeError("keyword extraction needs NLTK: pip install nltk") from err
+
+    resources = _nltk_resources()
+    found = {name: _find_nltk(paths) for name, (paths, _) in resources.items()}
+    missing = [name for name, ptr in found.items() if ptr is None]
+    downloaded: list[str] = []
+    failed: list[str] = []
+    if missing and allow_download:
+        for name in missing:
+            if failed:  # don't repeat a network failure per package
+                failed.append(name)
+                continue
+            paths, package = resources[name]
+            if _download(package) and (ptr := _find_nltk(paths)) is not None:
+                found[name] = ptr
+                downloaded.append(name)
+            else:
+                failed.append(name)
+    missing = [name for name, ptr in found.items() if ptr is None]
+
+    notes: list[str] = []  # problems that were not a plain "missing"
+
+    # stopwords
+    stopwords_kind = "builtin"
+    stopwords = BUILTIN_STOPWORDS
+    if found["stopwords"] is not None:
+        try:
+            stopwords = frozenset(_read_stopwords(found["stopwords"])) or BUILTIN_STOPWORDS
+            stopwords_kind = "nltk" if stopwords is not BUILTIN_STOPWORDS else "builtin"
+        except Exception as err:  # noqa: BLE001 - unreadable corpus: fall back, say why
+            notes.append(f"stopwords unreadable ({type(err).__name__})")
+    stopwords = stopwords | CAPTION_STOPWORDS
+
+    # lemmatiser (and part-of-speech checks for the rule-based tagger)
+    wordnet = None
+    lemmatizer_kind = "rules"
+    lemmatizer_desc = "rule-based lemmatiser"
+    if found["wordnet"] is not None:
+        try:
+            wordnet = _open_wordnet(found["wordnet"])
+            lemmatizer_kind, lemmatizer_desc = "nltk-wordnet", "NLTK WordNet lemmatiser"
+        except Exception as err:  # noqa: BLE001
+            notes.append(f"NLTK WordNet unreadable ({type(err).__name__}: {err})")
+    if wordnet is None and system_wordnet is not None and Path(system_wordnet).is_dir():
+        try:
+            wordnet = _open_system_wordnet(Path(system_wordnet))
+            lemmatizer_kind = "system-wordnet"
+            lemmatizer_desc = f"WordNet lemmatiser on {system_wordnet}"
+        except Exception as err:  # noqa: BLE001
+            notes.append(f"{system_wordnet} unusable ({type(err).__name__}: {err})")
+    noun_lemma, verb_lemma = _make_lemmatizers(wordnet)
+
+    # tagger
+    tag: Callable[[list[str]], list[tuple[str, str]]] | None = None
+    tagger_kind = "rules"
+    if found["tagger"] is not None:
+        try:
+            tag = _perceptron_tag_fn()
+            tagger_kind = "nltk-perceptron"
+        except Exception as err:  # noqa: BLE001
+            notes.append(f"NLTK tagger unreadable ({type(err).__name__})")
+    if tag is None:
+        tag = _rule_tag_fn(wordnet)
+    tagger_desc = "NLTK perceptron tagger" if tagger_kind == "nltk-perceptron" else "built-in rule-based tagger"
+
+    # tokeniser: punkt only adds sentence splitting, which one-sentence captions rarely need
+    tokenize = _regexp_tokenize
+    tokenizer_desc = "regexp tokeniser"
+    if found["punkt"] is not None:
+        from nltk.tokenize import word_tokenize
+
+        tokenize, tokenizer_desc = word_tokenize, "punkt tokeniser"
+
+    stop_desc = "NLTK stopwords" if stopwords_kind == "nltk" else "built-in stopwords"
+    if not missing and not downloaded:
+        why = "all NLTK data found"
+    else:
+        why_parts = []
+        if downloaded:
+            why_parts.append(f"downloaded {', '.join(downloaded)}")
+        if missing:
+            how = "download failed" if failed else "downloads disabled"
+            why_parts.append(f"NLTK data missing ({', '.join(missing)}) and {how}")
+        why = "; ".join(why_parts)
+    if notes:
+        why += "; " + "; ".join(notes)
+    method = f"{tagger_desc} + {lemmatizer_desc} + {stop_desc} + {tokenizer_desc} ({why})"
+    log.info("keywords: %s", method)
+    return KeywordTools(method, tagger_kind, lemmatizer_kind, stopwords_kind, tokenize, tag,
+                        stopwords, noun_lemma, verb_lemma)
+
+
+def _read_stopwords(pointer: Any) -> list[str]:
+    with pointer.open() as f:  # NLTK path pointer (file or zip member)
+        text = f.read()
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    return [w.strip().lower() for w in text.splitlines() if w.strip()]
+
+
+def _perceptron_tag_fn() -> Callable[[list[str]], list[tuple[str, str]]]:
+    from nltk.tag.perceptron import PerceptronTagger
+
+    tagger = PerceptronTagger()  # loads from nltk.data.path; raises if unreadable
+
+    def tag(tokens: list[str]) -> list[tuple[str, str]]:
+        # tag the original case (capitals are a feature of the model), return lower case
+        return [(w.lower(), t) for w, t in tagger.tag(tokens)]
+
+    return tag
+
+
+def _regexp_tokenize(text: str) -> list[str]:
+    return _TOKENIZER().tokenize(text)
+
+
+@lru_cache(maxsize=1)
+def _TOKENIZER() -> Any:  # noqa: N802 - a lazily built constant
+    from nltk.tokenize import RegexpTokenizer
+
+    return RegexpTokenizer(_TOKEN_RE)
+
+
+# --- lemmatisers --------------------------------------------------------------------------------
+
+def _make_lemmatizers(wordnet: Any | None) -> tuple[Callable[[str], str], Callable[[str], str]]:
+    @lru_cache(maxsize=None)
+    def noun_lemma(word: str) -> str:
+        if word in KEEP_PLURAL:
+            return word
+        if word in IRREGULAR_PLURALS:
+            return IRREGULAR_PLURALS[word]
+        if wordnet is not None:
+            forms = wordnet._morphy(word, "n")  # all WordNet analyses, as WordNetLemmatizer uses
+            if forms:
+                if word in forms and word.endswith(("ss", "us", "is")):
+                    return word  # "boss" is not a plural of "bos"
+                return min(forms, key=len)  # shortest, like WordNetLemmatizer.lemmatize
+        return rule_noun_lemma(word)
+
+    @lru_cache(maxsize=None)
+    def verb_lemma(word: str) -> str:
+        if word in IRREGULAR_VERBS:
+            return IRREGULAR_VERBS[word]
+        if wordnet is not None:
+            forms = wordnet._morphy(word, "v")
+            if forms:
+                return forms[0]  # rule order: "rides" -> ride before rid
+        return rule_verb_lemma(word)
+
+    return noun_lemma, verb_lemma
+
+
+def rule_noun_lemma(word: str) -> str:
+    """Plural -> singular by English spelling rules, with the common exceptions."""
+    if word in KEEP_PLURAL:
+        return word
+    if word in IRREGULAR_PLURALS:
+        return IRREGULAR_PLURALS[word]
+    if len(word) <= 3 or not word.endswith("s") or word.endswith(("ss", "us", "is", "ics", "ous", "'s")):
+        return word
+    if word.endswith("men") and len(word) > 5:  # "firemen": caught above; "-men" not s-final anyway
+        return word
+    if word.endswith("ies") and len(word) > 4:
+        return word[:-3] + "y"
+    if word.endswith(("sses", "xes", "zzes", "ches", "shes")):
+        return word[:-2]
+    return word[:-1]  # horses, houses, shoes, toes, gloves, waves, dogs
+
+
+def rule_verb_lemma(word: str) -> str:
+    """Finite verb form -> base form; a form the rules cannot undo safely is returned unchanged."""
+    if word in IRREGULAR_VERBS:
+        return IRREGULAR_VERBS[word]
+    if word.endswith("s") and not word.endswith("ss") and len(word) > 3:
+        for stem in (word[:-1], word[:-2], word[:-3] + "y"):
+            if stem in COMMON_VERBS:
+                return stem
+        if word.endswith("ies") and len(word) > 4:
+            return word[:-3] + "y"
+        if word.endswith(("sses", "xes", "zzes", "ches", "shes", "oes")):
+            return word[:-2]
+        return word[:-1]
+    if word.endswith("ed") and len(word) > 4:
+        candidates = [word[:-2], word[:-1], word[:-3] + "y"]
+        if len(word) > 5 and word[-3] == word[-4]:
+            candidates.append(word[:-3])  # "stopped" -> stop
+        for stem in candidates:
+            if stem in COMMON_VERBS:
+                return stem
+    return word
+
+
+# --- the rule-based tagger ----------------------------------------------------------------------
+
+def _rule_lexicon() -> dict[str, str]:
+    lex: dict[str, str] = {}
+    for word in COMMON_VERBS:  # base forms stay a guess until context decides
+        lex[word] = "NN*"
+    for word in ADJECTIVES | COLOURS:
+        lex[word] = "JJ"
+    for word in ING_NOUNS | LY_NOUNS | ABLE_NOUNS:
+        lex[word] = "NN"
+    for word in KEEP_PLURAL:
+        lex[word] = "NNS"
+    for plural in IRREGULAR_PLURALS:
+        lex[plural] = "NNS"
+    for form, lemma in IRREGULAR_VERBS.items():
+        if form not in ("lies", "ties", "dies"):
+            lex[form] = "VBZ" if form.endswith("s") else "VBD"
+    for word in ("bed", "shed", "sled", "red", "seaweed", "speed", "hundred"):
+        lex.setdefault(word, "NN")
+    for tag, words in _CLOSED_CLASS.items():  # last: closed-class words win
+        for word in words.split():
+            lex[word] = tag
+    lex["red"] = "JJ"
+    lex["people"] = lex["police"] = lex["cattle"] = "NNS"
+    return lex
+
+
+_ADJ_SUFFIX = r"(?:^.{2,}ous|^.{3,}ful|^.{3,}ive|^.{4,}(?:able|ible)|^.{3,}less|^.{4,}ish)$"
+# RegexpTagger patterns, tried in order for words outside the lexicon. "NN*"/"NNS*" mark defaults
+# that context or WordNet may still change.
+_SUFFIX_RULES = [
+    (r"^[\d.,:/-]+(?:st|nd|rd|th|s)?$", "CD"),
+    (r"^[^\w]+$", "."),
+    (r"^.+-(?:" + "|".join(sorted(COLOURS)) + r")$", "JJ"),  # black-and-white, blue-green
+    (r"^.*(?:ness|ment|tion|sion|ship|hood|ism)$", "NN"),
+    (r"^[^aeiouy]*ing$", "NN"),  # ring, thing, swing: no stem vowel, not a gerund
+    (r"^.*ing$", "VBG"),
+    (r"^[^aeiouy]*ed$", "NN"),  # bed, shed, sled
+    (r"^.*eed$", "NN"),  # seed, speed, weed
+    (r"^.*ed$", "VBN"),  # captions are present tense: -ed is mostly a participle
+    (_ADJ_SUFFIX, "JJ"),
+    (r"^.{4,}ly$", "RB"),
+    (r"^.*(?:ss|us|is|ics|ous)$", "NN"),  # grass, bus, tennis, gymnastics
+    (r"^.*[^s']s$", "NNS*"),
+    (r"^.*$", "NN*"),
+]
+
+_AUX = frozenset("is are was were be been am being 's 're".split())
+_SINGULAR_SUBJECT_PRONOUNS = frozenset("he she it someone somebody everyone everybody nobody one who that".split())
+_PLURAL_SUBJECT_PRONOUNS = frozenset("they we you i who that".split())
+
+
+def _rule_tag_fn(wordnet: Any | None) -> Callable[[list[str]], list[tuple[str, str]]]:
+    from nltk.tag import RegexpTagger, UnigramTagger
+
+    tagger = UnigramTagger(model=_rule_lexicon(), backoff=RegexpTagger(_SUFFIX_RULES))
+
+    def in_wordnet(word: str, pos: str) -> bool:
+        return bool(wordnet._morphy(word, pos))
+
+    @lru_cache(maxsize=None)
+    def refine(word: str, tag: str) -> str:
+        """A default guess checked against WordNet: an unknown word that is no noun there is
+        an adjective or a verb."""
+        if wordnet is None or tag not in ("NN*", "NNS*") or word in COMMON_VERBS:
+            return tag
+        if in_wordnet(word, "n"):
+            return tag
+        if tag == "NN*" and (in_wordnet(word, "a") or in_wordnet(word, "s")):
+            return "JJ"
+        if in_wordnet(word, "v"):
+            return "VBZ" if tag == "NNS*" else "VB*"
+        return tag
+
+    def tag(tokens: list[str]) -> list[tuple[str, str]]:
+        words = [t.lower() for t in tokens]
+        tags = [refine(w, t) for w, t in tagger.tag(words)]
+        _context_rules(words, tags)
+        return [(w, t.rstrip("*")) for w, t in zip(words, tags)]
+
+    return tag
+
+
+def _context_rules(words: list[str], tags: list[str]) -> None:
+    """Settle the rule tagger's ambiguous guesses from the neighbouring words, in place."""
+    last_verb = ""
+    n = len(words)
+    for i, (w, t) in enumerate(zip(words, tags)):
+        j = i - 1
+        while j >= 0 and tags[j] == "RB":  # "a dog quickly runs": look past adverbs
+            j -= 1
+        prev_w, prev_t = (words[j], tags[j]) if j >= 0 else ("", "")
+        next_t = tags[i + 1] if i + 1 < n else ""
+        if t in ("NNS*", "VBZ") and t == "NNS*":
+            stem = rule_verb_lemma(w)
+            is_verb = stem in COMMON_VERBS and stem != w
+            singular_subject = prev_t in ("NN", "NN*", "NNP") or prev_w in _SINGULAR_SUBJECT_PRONOUNS
+            coordinated = prev_w in ("and", "then", "or") and last_verb == "VBZ"
+            if is_verb and (singular_subject or coordinated):
+                t = "VBZ"
+            else:
+                t = "NNS"
+        elif t in ("NN*", "VB*"):
+            plural_subject = prev_t in ("NNS", "NNS*") or prev_w in _PLURAL_SUBJECT_PRONOUNS
+            if prev_t == "MD" or prev_w == "to":
+                t = "VB" if (w in COMMON_VERBS or t == "VB*") else "NN"
+            elif (w in COMMON_VERBS or t == "VB*") and (
+                plural_subject or (prev_w in ("and", "then", "or") and last_verb == "VBP")
+            ):
+                t = "VBP"
+            elif t == "VB*":
+                t = "VB" if prev_t.startswith("VB") or prev_t == "" else "NN"
+            else:
+                t = "NN"
+        elif t == "VBG" or (t == "NN" and w in ING_NOUNS):
+            if prev_w in _AUX:
+                t = "VBG"  # "is building a sandcastle"
+            elif t == "VBG" and prev_t in ("DT", "PRP$", "JJ", "CD") and next_t not in (
+                "NN", "NN*", "NNS", "NNS*", "JJ", "VBG", "VBN"
+            ):
+                t = "NN"  # "a large gathering", "the landing"
+        tags[i] = t
+        if t.startswith("VB") and t not in ("VBG", "VBN"):
+            last_verb = t
+
+
+# --- phrases ------------------------------------------------------------------------------------
+
+_NOUN, _ADJ, _VERB, _MOD, _OTHER = "N", "A", "V", "M", "O"
+
+
+def _classify(tagged: list[tuple[str, str]], stopwords: frozenset[str]) -> list[str]:
+    """A coarse class per token: noun, adjective, verb, pre-noun modifier (participle) or other."""
+    n = len(tagged)
+    classes = []
+    for i, (w, t) in enumerate(tagged):
+        if not _PHRASE_WORD.match(w) or w in stopwords:
+            c = _OTHER
+        elif t.startswith("NN"):
+            c = _OTHER if (w in RELATIONAL_OF_NOUNS and i + 1 < n and tagged[i + 1][0] == "of") else _NOUN
+        elif t in ("JJ", "JJR", "JJS"):
+            c = _ADJ
+        elif t.startswith("VB"):
+            c = _VERB
+        else:
+            c = _OTHER
+        classes.append(c)
+    # A participle between a determiner/adjective (or the start) and a noun modifies the noun:
+    # "a parked car", "the swimming pool"; after a noun it is a verb ("man wearing glasses").
+    for i, (w, t) in enumerate(tagged):
+        if classes[i] == _VERB and t in ("VBG", "VBN"):
+            prev_t = tagged[i - 1][1] if i > 0 else ""
+            nxt = classes[i + 1] if i + 1 < n else _OTHER
+            if (i == 0 or prev_t in ("DT", "CD", "PRP$", "JJ", "JJR", "JJS", "CC", "IN")) and nxt in (_NOUN, _ADJ):
+                if prev_t not in ("CC", "IN") or t == "VBN":  # "with a wagging tail"; "and running"
+                    classes[i] = _MOD
+    return classes
+
+
+def _phrases_with_kind(caption: str, tools: KeywordTools) -> list[tuple[str, str]]:
+    tokens = tools.tokenize(caption)
+    tagged = tools.tag(tokens)
+    classes = _classify(tagged, tools.stopwords)
+    out: dict[str, str] = {}  # phrase -> kind, in first-seen order
+
+    def add(phrase: str, kind: str) -> None:
+        if all(_PHRASE_WORD.match(p) and p not in tools.stopwords for p in phrase.split()):
+            out.setdefault(phrase, kind)
+
+    n = len(tagged)
+    i = 0
+    while i < n:
+        c = classes[i]
+        if c in (_NOUN, _ADJ, _MOD):
+            # a chunk: modifiers and nouns, with "and"/"or"/"," allowed between two modifiers
+            j = i
+            while j < n and (
+                classes[j] in (_NOUN, _ADJ, _MOD)
+                or (tagged[j][0] in ("and", "or", ",") and j > i and classes[j - 1] in (_ADJ, _MOD)
+                    and j + 1 < n and classes[j + 1] in (_ADJ, _MOD))
+            ):
+                j += 1
+            _chunk_phrases(tagged[i:j], classes[i:j], tools, add)
+            i = j
+            continue
+        if c == _VERB:
+            w, t = tagged[i]
+            if t == "VBG":
+                add(w, "verb")
+            elif t != "VBN":
+                add(tools.verb_lemma(w), "verb")
+        i += 1
+    return list(out.items())
+
+
+def _chunk_phrases(tagged: Sequence[tuple[str, str]], classes: Sequence[str], tools: KeywordTools,
+                   add: Callable[[str, str], None]) -> None:
+    mods: list[str] = []
+    k = 0
+    while k < len(tagged):
+        if classes[k] in (_ADJ, _MOD):
+            mods.append(tagged[k][0])
+            k += 1
+        elif classes[k] == _NOUN:
+            run = []
+            while k < len(tagged) and classes[k] == _NOUN:
+                run.append(tagged[k][0])
+                k += 1
+            head = tools.noun_lemma(run[-1])
+            for word in run[:-1]:
+                add(tools.noun_lemma(word), "noun")
+            add(head, "noun")
+            if len(run) >= 2:
+                add(f"{run[-2]} {head}", "compound")  # modifier noun as written: "sports car"
+            for mod in mods:
+                add(f"{mod} {head}", "adj_noun")
+            mods = []
+        else:  # "and"/"," between modifiers
+            k += 1
+
+
+def extract_phrases(caption: str, tools: KeywordTools) -> list[str]:
+    """Keywords and short phrases of one caption (see the module docstring), in caption order."""
+    return [p for p, _ in _phrases_with_kind(caption, tools)]
+
+
+def nouns_of(caption: str, tools: KeywordTools) -> list[str]:
+    """The caption's nouns, lemmatised (the one-word queries of evaluation)."""
+    return [p for p, kind in _phrases_with_kind(caption, tools) if kind == "noun"]
+
+
+# --- samples and the keyword file ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class KeywordSample:
+    image: str  # "1000092795.jpg"
+    caption_key: str  # "1000092795.jpg#0": the caption the phrase came from
+    phrase: str  # "black dog"
+
+
+def caption_key(caption: Caption) -> str:
+    return f"{caption.image}#{caption.number}"
+
+
+def augment_captions(
+    captions: CaptionSet,
+    tools: KeywordTools,
+    progress: Callable[[Iterable[Caption]], Iterable[Caption]] | None = None,
+) -> list[KeywordSample]:
+    """One sample per distinct (image, phrase), from the first caption (file order) yielding it."""
+    seen: set[tuple[str, str]] = set()
+    samples: list[KeywordSample] = []
+    items: Iterable[Caption] = progress(captions.captions) if progress else captions.captions
+    for cap in items:
+        key = caption_key(cap)
+        for phrase in extract_phrases(cap.text, tools):
+            if (cap.image, phrase) not in seen:
+                seen.add((cap.image, phrase))
+                samples.append(KeywordSample(cap.image, key, phrase))
+    return samples
+
+
+def write_keyword_samples(path: str | os.PathLike, samples: Iterable[KeywordSample]) -> int:
+    """Write the TSV keyword file atomically; returns the number of samples written."""
+    count = 0
+    with atomic_open(path, "w") as f:
+        f.write(KEYWORDS_HEADER + "\n")
+        for s in samples:
+            fields = (s.image, s.caption_key, s.phrase)
+            if any(not x or any(ch in x for ch in "\t\r\n") for x in fields):
+                raise ValueError(f"keyword sample has an empty field or a tab/newline: {s!r}")
+            f.write("\t".join(fields) + "\n")
+            count += 1
+    return count
+
+
+def read_keyword_samples(path: str | os.PathLike) -> list[KeywordSample]:
+    """Read a keyword file; a malformed or duplicate line raises DatasetError naming file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"keyword file not found: {path} (sentence_augment.py writes it)")
+    samples: list[KeywordSample] = []
+    seen: dict[tuple[str, str], int] = {}
+    with open(path, encoding="utf-8-sig") as f:
+        for lineno, raw in enumerate(f, start=1):
+            line = raw.rstrip("\r\n")
+            if not line.strip() or line.startswith("#"):
+                continue
+            fields = line.split("\t")
+            if len(fields) != 3 or not all(x.strip() for x in fields):
+                raise DatasetError(
+                    f"{path}:{lineno}: expected 'image<TAB>caption_key<TAB>phrase', got {line[:80]!r}"
+                )
+            image, key, phrase = fields
+            if key.rpartition("#")[0] != image or not key.rpartition("#")[2].isdigit():
+                raise DatasetError(f"{path}:{lineno}: caption key {key!r} is not '{image}#<n>'")
+            if (image, phrase) in seen:
+                raise DatasetError(
+                    f"{path}:{lineno}: duplicate phrase {phrase!r} for {image} (first on line {seen[image, phrase]})"
+                )
+            seen[image, phrase] = lineno
+            samples.append(KeywordSample(image, key, phrase))
+    return samples

