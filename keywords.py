@@ -26,7 +26,7 @@ Which tools do the work is decided once by ``load_keyword_tools`` and logged in 
   lemmatisation. Missing packages are downloaded once each when allowed (punkt only splits
   sentences, which captions rarely have: without it a regular expression gives the same tokens).
 * Otherwise each missing piece is replaced by one that needs no downloaded data: a regular
-  expression tokeniser, ``BUILTIN_STOPWORDS``, a rule-based tagger (NLTK's ``UnigramTagger`` over
+  expression tokeniser, ``ENGLISH_STOPWORDS``, a rule-based tagger (NLTK's ``UnigramTagger`` over
   closed-class word lists, backed by a ``RegexpTagger`` with suffix rules, then a few context
   rules) and a rule-based lemmatiser. When the Debian package ``wordnet-base`` is installed
   (``/usr/share/wordnet``) its files are read with NLTK's ``WordNetCorpusReader`` for
@@ -48,10 +48,11 @@ import socket
 import tempfile
 import time
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from atomic_io import atomic_open
 from datasets import Caption, CaptionSet, DatasetError
@@ -59,13 +60,19 @@ from datasets import Caption, CaptionSet, DatasetError
 log = logging.getLogger("keywords")
 
 SYSTEM_WORDNET_DIR = Path("/usr/share/wordnet")  # Debian/Ubuntu package wordnet-base
-DOWNLOAD_TIMEOUT_S = 15.0  # per download; without a network they fail at once anyway
+DOWNLOAD_TIMEOUT_S = 10.0  # per download (NLTK's own is 120 s); offline they fail at once anyway
+
+# NLTK data packages (NLTK >= 3.9 names; older NLTK uses the pickled tagger and "punkt").
+TAGGER_PACKAGE = "averaged_perceptron_tagger_eng"
+PUNKT_PACKAGE = "punkt_tab"
+STOPWORDS_PACKAGE = "stopwords"
+WORDNET_PACKAGE = "wordnet"
 KEYWORDS_HEADER = "# image\tcaption\tphrase"
 
 # --- word lists ---------------------------------------------------------------------------------
 
 # Generic English function words, used when NLTK's stopword corpus is absent (close to it).
-BUILTIN_STOPWORDS = frozenset("""
+ENGLISH_STOPWORDS = frozenset("""
 a about above after again against ain all am an and any are aren as at be because been before
 being below between both but by can couldn could d did didn do does doesn doing don down during
 each few for from further had hadn has hasn have haven having he her here hers herself him himself
@@ -81,9 +88,10 @@ CAPTION_STOPWORDS = frozenset("""
 also another anyone anything anybody around away back near next onto toward towards upon whilst
 everyone everything everybody someone something somebody nobody nothing many much several various
 one two three four five six seven eight nine ten eleven twelve dozen hundred thousand
-thing things stuff lot lots kind sort type way
+thing things stuff way
 get gets got getting go goes going gone went seem seems seemed appear appears appeared let lets
-be being been become becomes make makes made take takes took taking
+be being been become becomes make makes made take takes took taking do does did doing done
+try tries tried trying use uses used using wear wears wore worn wearing
 """.split())
 
 # Nouns whose singular means something else ("glass", "short", "jean") or that are plural only.
@@ -229,40 +237,47 @@ _CLOSED_CLASS = {
     "POS": "'",
 }
 
-_PHRASE_WORD = re.compile(r"^[a-z][a-z'-]*[a-z]$")  # a keyword token: letters, inner - or '
+_PHRASE_WORD = re.compile(r"^[a-z]+(?:-[a-z]+)*$")  # a keyword word: ASCII letters, inner hyphens
 _TOKEN_RE = r"\w+(?=n't\b)|n't\b|\w+(?:-\w+)*|'\w+|[^\w\s]"  # PTB-like: "dog's" -> dog 's
 
 
 # --- the tools ----------------------------------------------------------------------------------
 
+class Tagger(Protocol):
+    def tag(self, tokens: list[str]) -> list[tuple[str, str]]: ...
+
+
 @dataclass(frozen=True)
 class KeywordTools:
     """The tokeniser, tagger, stopwords and lemmatiser chosen by ``load_keyword_tools``."""
 
-    method: str  # one line: which tools and why (what was logged)
-    tagger_kind: str  # "nltk-perceptron" | "rules"
-    lemmatizer_kind: str  # "nltk-wordnet" | "system-wordnet" | "rules"
-    stopwords_kind: str  # "nltk" | "builtin"
+    method: str  # "nltk" | "rules" | "tagger=..,stopwords=..,lemmatiser=.." when mixed
+    description: str  # the logged line without "keywords: ": which tools, and why
     tokenize: Callable[[str], list[str]]
-    tag: Callable[[list[str]], list[tuple[str, str]]]  # lower-cased (word, Penn Treebank tag)
-    stopwords: frozenset[str]
+    tagger: Tagger  # (token, Penn Treebank tag) per token
+    stopwords: frozenset[str]  # NLTK's English list, or ENGLISH_STOPWORDS
     noun_lemma: Callable[[str], str]
     verb_lemma: Callable[[str], str]
+    skip_words: frozenset[str] = frozenset()  # stopwords | CAPTION_STOPWORDS: never in a phrase
 
 
-# NLTK data packages: name used in messages -> (resource paths to look for, package to download).
-def _nltk_resources() -> dict[str, tuple[tuple[str, ...], str]]:
+def _resources() -> dict[str, tuple[tuple[str, ...], str]]:
+    """Name in messages -> (NLTK resource paths to look for, package to download)."""
     from nltk.tag.perceptron import PerceptronTagger
 
-    # NLTK >= 3.9 loads the JSON tagger "..._eng"; older versions the pickled one.
-    new = hasattr(PerceptronTagger, "load_from_json")
+    if hasattr(PerceptronTagger, "load_from_json"):  # NLTK >= 3.9: JSON tagger, punkt_tab
+        tagger = (("taggers/averaged_perceptron_tagger_eng/",), TAGGER_PACKAGE)
+        punkt = (("tokenizers/punkt_tab/english/",), PUNKT_PACKAGE)
+    else:
+        tagger = (("taggers/averaged_perceptron_tagger/averaged_perceptron_tagger.pickle",),
+                  "averaged_perceptron_tagger")
+        punkt = (("tokenizers/punkt/english.pickle",), "punkt")
     return {
-        "tagger": (("taggers/averaged_perceptron_tagger_eng/",), "averaged_perceptron_tagger_eng")
-        if new else (("taggers/averaged_perceptron_tagger/",), "averaged_perceptron_tagger"),
-        "punkt": (("tokenizers/punkt_tab/english/",), "punkt_tab")
-        if new else (("tokenizers/punkt/",), "punkt"),
-        "stopwords": (("corpora/stopwords/english", "corpora/stopwords.zip/stopwords/english"), "stopwords"),
-        "wordnet": (("corpora/wordnet/", "corpora/wordnet.zip/wordnet/"), "wordnet"),
+        "tagger": tagger,
+        "punkt": punkt,
+        "stopwords": (("corpora/stopwords/english", "corpora/stopwords.zip/stopwords/english"),
+                      STOPWORDS_PACKAGE),
+        "wordnet": (("corpora/wordnet/", "corpora/wordnet.zip/wordnet/"), WORDNET_PACKAGE),
     }
 
 
@@ -278,40 +293,60 @@ def _find_nltk(paths: Sequence[str]) -> Any | None:
 
 
 def _download(package: str) -> bool:
-    """One quiet ``nltk.download``; False on any failure (no network, proxy refused, timeout)."""
+    """One quiet ``nltk.download`` with a short network timeout; False on any failure."""
     import nltk
 
-    old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # NLTK's downloader has no timeout of its own
+    downloader = getattr(nltk, "downloader", None)
+    old_timeout = getattr(downloader, "NETWORK_TIMEOUT", None)
+    old_socket = socket.getdefaulttimeout()
+    if old_timeout is not None:
+        downloader.NETWORK_TIMEOUT = DOWNLOAD_TIMEOUT_S  # read at call time by NLTK's urlopen calls
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # older NLTK passes no timeout at all
+    sink = io.StringIO()
     try:
-        # quiet=True still prints errors: keep the one-line log promise
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            return bool(nltk.download(package, quiet=True, raise_on_error=False))
+        # quiet=True still prints errors: keep them off the terminal, the one log line says it all
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            return bool(nltk.download(package, quiet=True, raise_on_error=False, print_error_to=sink))
     except Exception:  # noqa: BLE001 - any downloader failure means "use the fallback"
         return False
     finally:
-        socket.setdefaulttimeout(old)
+        socket.setdefaulttimeout(old_socket)
+        if old_timeout is not None:
+            downloader.NETWORK_TIMEOUT = old_timeout
+
+
+@lru_cache(maxsize=1)
+def _wordnet_reader_class() -> type:
+    from nltk.corpus.reader.wordnet import WordNetCorpusReader
+
+    class LemmaWordNetReader(WordNetCorpusReader):
+        """NLTK's reader without the Open Multilingual Wordnet mapping it builds on start: only
+        the indexes are used here, and the mapping needs ``index.sense``, absent from Debian's
+        files."""
+
+        def map_wn(self, version: str = "wordnet") -> None:
+            return None
+
+    return LemmaWordNetReader
 
 
 def _open_wordnet(root: Any) -> Any:
-    """NLTK's WordNet reader over ``root`` (a folder or NLTK path pointer); no multilingual data."""
-    from nltk.corpus.reader.wordnet import WordNetCorpusReader
-
+    """A WordNet reader over ``root`` (a folder or NLTK path pointer); indexes only."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "multilingual functions are not available": not needed
-        return WordNetCorpusReader(root, None)
+        return _wordnet_reader_class()(root, None)
 
 
 _system_wordnet_cache: dict[str, Any] = {}
 
 
 def _open_system_wordnet(src: Path) -> Any:
-    """Debian's WordNet files read by NLTK's reader, via a private copy NLTK will accept.
+    """Debian's WordNet files read by NLTK's reader, through a private copy NLTK will accept.
 
-    NLTK refuses files outside its data path, symlinks and hard links; and its reader needs a
-    ``lexnames`` file (and an ``index.sense`` to build an OMW mapping) that the package lacks. So
-    the index, exception and adjective files (~10 MB) are copied into a private temporary
-    ``<dir>/corpora/wordnet`` with those two files added, and ``<dir>`` joins ``nltk.data.path``.
+    NLTK reads only below ``nltk.data.path`` and refuses symlinks and hard links there; its reader
+    also needs a ``lexnames`` file that the package lacks. So the index, exception and adjective
+    files (~10 MB) are copied into a private temporary ``<dir>/corpora/wordnet`` (removed at
+    exit) with ``lexnames`` written beside them, and ``<dir>`` is appended to ``nltk.data.path``.
     """
     import nltk
 
@@ -321,16 +356,16 @@ def _open_system_wordnet(src: Path) -> Any:
     missing = [f for f in _WORDNET_FILES if not (src / f).is_file()]
     if missing:
         raise FileNotFoundError(f"{src}: not a WordNet 3.0 folder (missing {', '.join(missing)})")
-    root = Path(tempfile.mkdtemp(prefix="keywords-wordnet-"))  # mode 0700: NLTK wants private
-    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    root = Path(tempfile.mkdtemp(prefix="keywords-wordnet-"))  # mode 0700: NLTK wants it private
+    atexit.register(shutil.rmtree, root, True)
     folder = root / "corpora" / "wordnet"
     folder.mkdir(parents=True)
     for name in _WORDNET_FILES:
         shutil.copyfile(src / name, folder / name)
+    pos_number = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
     (folder / "lexnames").write_text(
-        "".join(f"{i:02d}\t{n}\t{ {'adj': 3, 'adv': 4, 'noun': 1, 'verb': 2}[n.split('.')[0]] }\n"
-                for i, n in enumerate(WORDNET_LEXNAMES)), encoding="utf-8")
-    (folder / "index.sense").write_text("", encoding="utf-8")
+        "".join(f"{i:02d}\t{name}\t{pos_number[name.split('.')[0]]}\n" for i, name in enumerate(WORDNET_LEXNAMES)),
+        encoding="utf-8")
     nltk.data.path.append(str(root))
     reader = _open_wordnet(str(folder))
     _system_wordnet_cache[key] = reader
@@ -340,139 +375,128 @@ def _open_system_wordnet(src: Path) -> Any:
 def load_keyword_tools(
     allow_download: bool = True,
     *,
-    system_wordnet: str | os.PathLike | None = SYSTEM_WORDNET_DIR,
+    tagger: Tagger | None = None,
+    system_wordnet: str | os.PathLike | None | bool = True,
 ) -> KeywordTools:
     """Pick the best available tools and log which, and why, in one line.
 
-    Each missing NLTK data package is downloaded at most once when ``allow_download``; after a
-    failed download the rest are not tried (a network failure would only repeat). Whatever is
-    still missing is replaced by a data-free method (see the module docstring). ``system_wordnet``
-    is the folder of Debian's WordNet files tried when NLTK's WordNet is absent (None: never).
+    Each missing NLTK data package is downloaded at most once when ``allow_download``; if a
+    download hangs until the timeout the rest are not tried (they would hang too). Whatever is
+    still missing is replaced by a data-free method (see the module docstring). ``tagger``
+    injects a ready NLTK-style tagger (anything with ``.tag(tokens)``). ``system_wordnet`` is the
+    folder of Debian's WordNet files used when NLTK's WordNet is absent: True means
+    ``SYSTEM_WORDNET_DIR`` (read at call time), False/None never.
     """
     try:
         import nltk  # noqa: F401
     except ImportError as err:
         raise RuntimeError("keyword extraction needs NLTK: pip install nltk") from err
 
-    resources = _nltk_resources()
+    resources = _resources()
+    if tagger is not None:
+        del resources["tagger"]
     found = {name: _find_nltk(paths) for name, (paths, _) in resources.items()}
-    missing = [name for name, ptr in found.items() if ptr is None]
     downloaded: list[str] = []
     failed: list[str] = []
-    if missing and allow_download:
-        for name in missing:
-            if failed:  # don't repeat a network failure per package
+    if allow_download:
+        for name in [n for n, ptr in found.items() if ptr is None]:
+            if failed and failed[-1] == "timeout":
                 failed.append(name)
                 continue
             paths, package = resources[name]
+            started = time.monotonic()
             if _download(package) and (ptr := _find_nltk(paths)) is not None:
                 found[name] = ptr
                 downloaded.append(name)
             else:
                 failed.append(name)
+                if time.monotonic() - started >= DOWNLOAD_TIMEOUT_S:
+                    failed.append("timeout")  # a hanging network: don't wait once per package
+    failed = [f for f in failed if f != "timeout"]
     missing = [name for name, ptr in found.items() if ptr is None]
+    notes: list[str] = []  # data found but unusable
 
-    notes: list[str] = []  # problems that were not a plain "missing"
-
-    # stopwords
-    stopwords_kind = "builtin"
-    stopwords = BUILTIN_STOPWORDS
+    stopwords, stop_kind = ENGLISH_STOPWORDS, "rules"
     if found["stopwords"] is not None:
         try:
-            stopwords = frozenset(_read_stopwords(found["stopwords"])) or BUILTIN_STOPWORDS
-            stopwords_kind = "nltk" if stopwords is not BUILTIN_STOPWORDS else "builtin"
-        except Exception as err:  # noqa: BLE001 - unreadable corpus: fall back, say why
-            notes.append(f"stopwords unreadable ({type(err).__name__})")
-    stopwords = stopwords | CAPTION_STOPWORDS
+            words = frozenset(_read_stopwords(found["stopwords"]))
+            if words:
+                stopwords, stop_kind = words, "nltk"
+        except Exception as err:  # noqa: BLE001 - an unreadable corpus: fall back, and say so
+            notes.append(f"NLTK stopwords unreadable ({type(err).__name__})")
 
-    # lemmatiser (and part-of-speech checks for the rule-based tagger)
     wordnet = None
-    lemmatizer_kind = "rules"
-    lemmatizer_desc = "rule-based lemmatiser"
+    lemma_kind, lemma_desc = "rules", "rule-based lemmatiser"
     if found["wordnet"] is not None:
         try:
             wordnet = _open_wordnet(found["wordnet"])
-            lemmatizer_kind, lemmatizer_desc = "nltk-wordnet", "NLTK WordNet lemmatiser"
+            lemma_kind, lemma_desc = "nltk", "NLTK WordNet lemmatiser"
         except Exception as err:  # noqa: BLE001
             notes.append(f"NLTK WordNet unreadable ({type(err).__name__}: {err})")
-    if wordnet is None and system_wordnet is not None and Path(system_wordnet).is_dir():
+    wn_dir = SYSTEM_WORDNET_DIR if system_wordnet is True else (system_wordnet or None)
+    if wordnet is None and wn_dir is not None and Path(wn_dir).is_dir():
         try:
-            wordnet = _open_system_wordnet(Path(system_wordnet))
-            lemmatizer_kind = "system-wordnet"
-            lemmatizer_desc = f"WordNet lemmatiser on {system_wordnet}"
+            wordnet = _open_system_wordnet(Path(wn_dir))
+            lemma_kind, lemma_desc = "system-wordnet", f"WordNet lemmatiser on {wn_dir}"
         except Exception as err:  # noqa: BLE001
-            notes.append(f"{system_wordnet} unusable ({type(err).__name__}: {err})")
+            notes.append(f"{wn_dir} unusable ({type(err).__name__}: {err})")
     noun_lemma, verb_lemma = _make_lemmatizers(wordnet)
 
-    # tagger
-    tag: Callable[[list[str]], list[tuple[str, str]]] | None = None
-    tagger_kind = "rules"
-    if found["tagger"] is not None:
+    tag_kind, tag_desc = "nltk", "NLTK perceptron tagger"
+    if tagger is None and found["tagger"] is not None:
         try:
-            tag = _perceptron_tag_fn()
-            tagger_kind = "nltk-perceptron"
+            from nltk.tag.perceptron import PerceptronTagger
+
+            tagger = PerceptronTagger()
         except Exception as err:  # noqa: BLE001
             notes.append(f"NLTK tagger unreadable ({type(err).__name__})")
-    if tag is None:
-        tag = _rule_tag_fn(wordnet)
-    tagger_desc = "NLTK perceptron tagger" if tagger_kind == "nltk-perceptron" else "built-in rule-based tagger"
+    if tagger is None:
+        tagger = RuleTagger(wordnet)
+        tag_kind, tag_desc = "rules", "built-in rule-based tagger"
 
-    # tokeniser: punkt only adds sentence splitting, which one-sentence captions rarely need
-    tokenize = _regexp_tokenize
-    tokenizer_desc = "regexp tokeniser"
+    tokenize, tok_desc = regexp_tokenize, "regexp tokeniser"
     if found["punkt"] is not None:
         from nltk.tokenize import word_tokenize
 
-        tokenize, tokenizer_desc = word_tokenize, "punkt tokeniser"
+        tokenize, tok_desc = word_tokenize, "punkt tokeniser"
 
-    stop_desc = "NLTK stopwords" if stopwords_kind == "nltk" else "built-in stopwords"
-    if not missing and not downloaded:
-        why = "all NLTK data found"
+    kinds = {"tagger": tag_kind, "stopwords": stop_kind, "lemmatiser": lemma_kind}
+    if len(set(kinds.values())) == 1 and tag_kind in ("nltk", "rules"):
+        method = tag_kind
     else:
-        why_parts = []
-        if downloaded:
-            why_parts.append(f"downloaded {', '.join(downloaded)}")
-        if missing:
-            how = "download failed" if failed else "downloads disabled"
-            why_parts.append(f"NLTK data missing ({', '.join(missing)}) and {how}")
-        why = "; ".join(why_parts)
-    if notes:
-        why += "; " + "; ".join(notes)
-    method = f"{tagger_desc} + {lemmatizer_desc} + {stop_desc} + {tokenizer_desc} ({why})"
-    log.info("keywords: %s", method)
-    return KeywordTools(method, tagger_kind, lemmatizer_kind, stopwords_kind, tokenize, tag,
-                        stopwords, noun_lemma, verb_lemma)
+        method = ",".join(f"{k}={v}" for k, v in kinds.items())
+    stop_desc = "NLTK stopwords" if stop_kind == "nltk" else "built-in stopwords"
+    why_parts = []
+    if downloaded:
+        why_parts.append(f"downloaded {', '.join(downloaded)}")
+    if missing:
+        how = "download failed" if failed else "downloads disabled"
+        why_parts.append(f"NLTK data missing ({', '.join(missing)}) and {how}")
+    why = "; ".join(why_parts + notes) or "all NLTK data found"
+    description = f"{method} method: {tag_desc} + {lemma_desc} + {stop_desc} + {tok_desc} ({why})"
+    log.info("keywords: %s", description)
+    return KeywordTools(method, description, tokenize, tagger, stopwords, noun_lemma, verb_lemma,
+                        stopwords | CAPTION_STOPWORDS)
 
 
 def _read_stopwords(pointer: Any) -> list[str]:
-    with pointer.open() as f:  # NLTK path pointer (file or zip member)
+    with pointer.open() as f:  # an NLTK path pointer (plain file or zip member)
         text = f.read()
     if isinstance(text, bytes):
         text = text.decode("utf-8")
     return [w.strip().lower() for w in text.splitlines() if w.strip()]
 
 
-def _perceptron_tag_fn() -> Callable[[list[str]], list[tuple[str, str]]]:
-    from nltk.tag.perceptron import PerceptronTagger
-
-    tagger = PerceptronTagger()  # loads from nltk.data.path; raises if unreadable
-
-    def tag(tokens: list[str]) -> list[tuple[str, str]]:
-        # tag the original case (capitals are a feature of the model), return lower case
-        return [(w.lower(), t) for w, t in tagger.tag(tokens)]
-
-    return tag
-
-
-def _regexp_tokenize(text: str) -> list[str]:
-    return _TOKENIZER().tokenize(text)
-
-
 @lru_cache(maxsize=1)
-def _TOKENIZER() -> Any:  # noqa: N802 - a lazily built constant
+def _regexp_tokenizer() -> Any:
     from nltk.tokenize import RegexpTokenizer
 
     return RegexpTokenizer(_TOKEN_RE)
+
+
+def regexp_tokenize(text: str) -> list[str]:
+    """Treebank-like tokens with no downloaded data: "dog's" -> "dog", "'s"; "t-shirt" kept."""
+    return _regexp_tokenizer().tokenize(text)
 
 
 # --- lemmatisers --------------------------------------------------------------------------------
@@ -488,8 +512,8 @@ def _make_lemmatizers(wordnet: Any | None) -> tuple[Callable[[str], str], Callab
             forms = wordnet._morphy(word, "n")  # all WordNet analyses, as WordNetLemmatizer uses
             if forms:
                 if word in forms and word.endswith(("ss", "us", "is")):
-                    return word  # "boss" is not a plural of "bos"
-                return min(forms, key=len)  # shortest, like WordNetLemmatizer.lemmatize
+                    return word  # "boss" is no plural of "bos"
+                return min(forms, key=len)  # the shortest, like WordNetLemmatizer.lemmatize
         return rule_noun_lemma(word)
 
     @lru_cache(maxsize=None)
@@ -499,7 +523,7 @@ def _make_lemmatizers(wordnet: Any | None) -> tuple[Callable[[str], str], Callab
         if wordnet is not None:
             forms = wordnet._morphy(word, "v")
             if forms:
-                return forms[0]  # rule order: "rides" -> ride before rid
+                return forms[0]  # WordNet's rule order: "rides" -> ride before rid
         return rule_verb_lemma(word)
 
     return noun_lemma, verb_lemma
@@ -511,19 +535,17 @@ def rule_noun_lemma(word: str) -> str:
         return word
     if word in IRREGULAR_PLURALS:
         return IRREGULAR_PLURALS[word]
-    if len(word) <= 3 or not word.endswith("s") or word.endswith(("ss", "us", "is", "ics", "ous", "'s")):
-        return word
-    if word.endswith("men") and len(word) > 5:  # "firemen": caught above; "-men" not s-final anyway
+    if len(word) <= 3 or not word.endswith("s") or word.endswith(("ss", "us", "is", "ics", "ous")):
         return word
     if word.endswith("ies") and len(word) > 4:
-        return word[:-3] + "y"
+        return word[:-3] + "y"  # puppies, ladies (cookies, movies: IRREGULAR_PLURALS)
     if word.endswith(("sses", "xes", "zzes", "ches", "shes")):
-        return word[:-2]
-    return word[:-1]  # horses, houses, shoes, toes, gloves, waves, dogs
+        return word[:-2]  # dresses, boxes, benches, bushes
+    return word[:-1]  # dogs, horses, shoes, gloves
 
 
 def rule_verb_lemma(word: str) -> str:
-    """Finite verb form -> base form; a form the rules cannot undo safely is returned unchanged."""
+    """A finite verb form -> base form; a form the rules cannot undo safely is kept as is."""
     if word in IRREGULAR_VERBS:
         return IRREGULAR_VERBS[word]
     if word.endswith("s") and not word.endswith("ss") and len(word) > 3:
@@ -545,87 +567,102 @@ def rule_verb_lemma(word: str) -> str:
     return word
 
 
+def rule_lemmatise(word: str, tag: str) -> str:
+    """The rule lemmatiser for a Penn Treebank tag: nouns singular, verbs (not -ing) base form."""
+    word = word.lower()
+    if tag.startswith("NN"):
+        return rule_noun_lemma(word)
+    if tag.startswith("VB") and tag not in ("VBG", "VBN"):
+        return rule_verb_lemma(word)
+    return word
+
+
 # --- the rule-based tagger ----------------------------------------------------------------------
 
 def _rule_lexicon() -> dict[str, str]:
     lex: dict[str, str] = {}
-    for word in COMMON_VERBS:  # base forms stay a guess until context decides
+    for word in COMMON_VERBS:  # base forms stay a guess until the context decides
         lex[word] = "NN*"
     for word in ADJECTIVES | COLOURS:
         lex[word] = "JJ"
     for word in ING_NOUNS | LY_NOUNS | ABLE_NOUNS:
         lex[word] = "NN"
-    for word in KEEP_PLURAL:
+    for word in KEEP_PLURAL | IRREGULAR_PLURALS.keys():
         lex[word] = "NNS"
-    for plural in IRREGULAR_PLURALS:
-        lex[plural] = "NNS"
-    for form, lemma in IRREGULAR_VERBS.items():
+    for form in IRREGULAR_VERBS:
         if form not in ("lies", "ties", "dies"):
             lex[form] = "VBZ" if form.endswith("s") else "VBD"
-    for word in ("bed", "shed", "sled", "red", "seaweed", "speed", "hundred"):
+    for word in ("bed", "shed", "sled", "seaweed", "speed", "hundred"):
         lex.setdefault(word, "NN")
     for tag, words in _CLOSED_CLASS.items():  # last: closed-class words win
         for word in words.split():
             lex[word] = tag
     lex["red"] = "JJ"
-    lex["people"] = lex["police"] = lex["cattle"] = "NNS"
     return lex
 
 
-_ADJ_SUFFIX = r"(?:^.{2,}ous|^.{3,}ful|^.{3,}ive|^.{4,}(?:able|ible)|^.{3,}less|^.{4,}ish)$"
-# RegexpTagger patterns, tried in order for words outside the lexicon. "NN*"/"NNS*" mark defaults
-# that context or WordNet may still change.
+_ADJ_SUFFIX = r"^(?:.{2,}ous|.{3,}ful|.{3,}ive|.{4,}(?:able|ible)|.{3,}less|.{4,}ish)$"
+# RegexpTagger patterns, tried in order for words outside the lexicon. "NN*"/"NNS*" mark default
+# guesses that the context rules (or WordNet) may still change.
 _SUFFIX_RULES = [
     (r"^[\d.,:/-]+(?:st|nd|rd|th|s)?$", "CD"),
-    (r"^[^\w]+$", "."),
+    (r"^\W+$", "."),
     (r"^.+-(?:" + "|".join(sorted(COLOURS)) + r")$", "JJ"),  # black-and-white, blue-green
     (r"^.*(?:ness|ment|tion|sion|ship|hood|ism)$", "NN"),
-    (r"^[^aeiouy]*ing$", "NN"),  # ring, thing, swing: no stem vowel, not a gerund
+    (r"^[^aeiouy]*ing$", "NN"),  # ring, thing, swing: no vowel before -ing, no gerund
     (r"^.*ing$", "VBG"),
     (r"^[^aeiouy]*ed$", "NN"),  # bed, shed, sled
     (r"^.*eed$", "NN"),  # seed, speed, weed
-    (r"^.*ed$", "VBN"),  # captions are present tense: -ed is mostly a participle
+    (r"^.*ed$", "VBN"),  # captions are in the present: -ed is mostly a participle
     (_ADJ_SUFFIX, "JJ"),
     (r"^.{4,}ly$", "RB"),
-    (r"^.*(?:ss|us|is|ics|ous)$", "NN"),  # grass, bus, tennis, gymnastics
+    (r"^.*(?:ss|us|is|ics)$", "NN"),  # grass, bus, tennis, gymnastics
     (r"^.*[^s']s$", "NNS*"),
     (r"^.*$", "NN*"),
 ]
 
 _AUX = frozenset("is are was were be been am being 's 're".split())
-_SINGULAR_SUBJECT_PRONOUNS = frozenset("he she it someone somebody everyone everybody nobody one who that".split())
-_PLURAL_SUBJECT_PRONOUNS = frozenset("they we you i who that".split())
+_SINGULAR_SUBJECTS = frozenset("he she it someone somebody everyone everybody nobody one who that".split())
+_PLURAL_SUBJECTS = frozenset("they we you i who that".split())
+_NOUNISH = ("NN", "NN*", "NNS", "NNS*", "JJ", "VBG", "VBN")
 
 
-def _rule_tag_fn(wordnet: Any | None) -> Callable[[list[str]], list[tuple[str, str]]]:
-    from nltk.tag import RegexpTagger, UnigramTagger
+class RuleTagger:
+    """Penn Treebank tags from word lists, suffixes and the neighbouring words; no data needed.
 
-    tagger = UnigramTagger(model=_rule_lexicon(), backoff=RegexpTagger(_SUFFIX_RULES))
+    NLTK's ``UnigramTagger`` looks words up in closed-class lists (determiners, prepositions,
+    pronouns, auxiliaries), colours and common caption adjectives; its backoff ``RegexpTagger``
+    guesses from suffixes (-ing, -ed, -ous, -s ...). Context rules then settle the ambiguous cases:
+    an "-s" word after a singular noun is a verb when its stem is a common verb ("dog runs"),
+    a base form after a plural noun is a verb ("dogs run"), an -ing word after a determiner with
+    no noun following is a noun ("a large gathering"). With WordNet, an unknown word that is no
+    noun there becomes an adjective or verb.
+    """
 
-    def in_wordnet(word: str, pos: str) -> bool:
-        return bool(wordnet._morphy(word, pos))
+    def __init__(self, wordnet: Any | None = None):
+        from nltk.tag import RegexpTagger, UnigramTagger
 
-    @lru_cache(maxsize=None)
-    def refine(word: str, tag: str) -> str:
-        """A default guess checked against WordNet: an unknown word that is no noun there is
-        an adjective or a verb."""
-        if wordnet is None or tag not in ("NN*", "NNS*") or word in COMMON_VERBS:
+        self._tagger = UnigramTagger(model=_rule_lexicon(), backoff=RegexpTagger(_SUFFIX_RULES))
+        self._wordnet = wordnet
+        self._refine = lru_cache(maxsize=None)(self._refine_uncached)
+
+    def _refine_uncached(self, word: str, tag: str) -> str:
+        wn = self._wordnet
+        if wn is None or tag not in ("NN*", "NNS*") or word in COMMON_VERBS:
             return tag
-        if in_wordnet(word, "n"):
+        if wn._morphy(word, "n"):
             return tag
-        if tag == "NN*" and (in_wordnet(word, "a") or in_wordnet(word, "s")):
+        if tag == "NN*" and (wn._morphy(word, "a") or wn._morphy(word, "s")):
             return "JJ"
-        if in_wordnet(word, "v"):
+        if wn._morphy(word, "v"):
             return "VBZ" if tag == "NNS*" else "VB*"
         return tag
 
-    def tag(tokens: list[str]) -> list[tuple[str, str]]:
+    def tag(self, tokens: list[str]) -> list[tuple[str, str]]:
         words = [t.lower() for t in tokens]
-        tags = [refine(w, t) for w, t in tagger.tag(words)]
+        tags = [self._refine(w, t or "NN*") for w, t in self._tagger.tag(words)]
         _context_rules(words, tags)
-        return [(w, t.rstrip("*")) for w, t in zip(words, tags)]
-
-    return tag
+        return [(tok, t.rstrip("*")) for tok, t in zip(tokens, tags)]
 
 
 def _context_rules(words: list[str], tags: list[str]) -> None:
@@ -638,33 +675,29 @@ def _context_rules(words: list[str], tags: list[str]) -> None:
             j -= 1
         prev_w, prev_t = (words[j], tags[j]) if j >= 0 else ("", "")
         next_t = tags[i + 1] if i + 1 < n else ""
-        if t in ("NNS*", "VBZ") and t == "NNS*":
+        coordinated = prev_w in ("and", "then", "or")
+        if t == "NNS*":
             stem = rule_verb_lemma(w)
-            is_verb = stem in COMMON_VERBS and stem != w
-            singular_subject = prev_t in ("NN", "NN*", "NNP") or prev_w in _SINGULAR_SUBJECT_PRONOUNS
-            coordinated = prev_w in ("and", "then", "or") and last_verb == "VBZ"
-            if is_verb and (singular_subject or coordinated):
-                t = "VBZ"
-            else:
-                t = "NNS"
+            is_verb = stem != w and stem in COMMON_VERBS
+            singular_subject = prev_t in ("NN", "NN*", "NNP") or prev_w in _SINGULAR_SUBJECTS
+            # "a boy in swim trunks jumps into": after a plural noun, a verb if a new phrase follows
+            after_plural = prev_t in ("NNS", "NNS*") and next_t in ("IN", "DT", "PRP$", "RB", "CD", "TO")
+            t = "VBZ" if is_verb and (singular_subject or after_plural or (coordinated and last_verb == "VBZ")) else "NNS"
         elif t in ("NN*", "VB*"):
-            plural_subject = prev_t in ("NNS", "NNS*") or prev_w in _PLURAL_SUBJECT_PRONOUNS
+            verbish = w in COMMON_VERBS or t == "VB*"
+            plural_subject = prev_t in ("NNS", "NNS*") or prev_w in _PLURAL_SUBJECTS
             if prev_t == "MD" or prev_w == "to":
-                t = "VB" if (w in COMMON_VERBS or t == "VB*") else "NN"
-            elif (w in COMMON_VERBS or t == "VB*") and (
-                plural_subject or (prev_w in ("and", "then", "or") and last_verb == "VBP")
-            ):
+                t = "VB" if verbish else "NN"
+            elif verbish and (plural_subject or (coordinated and last_verb == "VBP")):
                 t = "VBP"
             elif t == "VB*":
-                t = "VB" if prev_t.startswith("VB") or prev_t == "" else "NN"
+                t = "VB" if prev_t.startswith("VB") and prev_t not in ("VBG", "VBN") else "NN"
             else:
                 t = "NN"
         elif t == "VBG" or (t == "NN" and w in ING_NOUNS):
             if prev_w in _AUX:
                 t = "VBG"  # "is building a sandcastle"
-            elif t == "VBG" and prev_t in ("DT", "PRP$", "JJ", "CD") and next_t not in (
-                "NN", "NN*", "NNS", "NNS*", "JJ", "VBG", "VBN"
-            ):
+            elif t == "VBG" and prev_t in ("DT", "PRP$", "JJ", "CD") and next_t not in _NOUNISH:
                 t = "NN"  # "a large gathering", "the landing"
         tags[i] = t
         if t.startswith("VB") and t not in ("VBG", "VBN"):
@@ -676,15 +709,16 @@ def _context_rules(words: list[str], tags: list[str]) -> None:
 _NOUN, _ADJ, _VERB, _MOD, _OTHER = "N", "A", "V", "M", "O"
 
 
-def _classify(tagged: list[tuple[str, str]], stopwords: frozenset[str]) -> list[str]:
+def _classify(tagged: list[tuple[str, str]], skip: frozenset[str]) -> list[str]:
     """A coarse class per token: noun, adjective, verb, pre-noun modifier (participle) or other."""
     n = len(tagged)
     classes = []
     for i, (w, t) in enumerate(tagged):
-        if not _PHRASE_WORD.match(w) or w in stopwords:
+        if not _PHRASE_WORD.match(w) or w in skip:
             c = _OTHER
         elif t.startswith("NN"):
-            c = _OTHER if (w in RELATIONAL_OF_NOUNS and i + 1 < n and tagged[i + 1][0] == "of") else _NOUN
+            relational = w in RELATIONAL_OF_NOUNS and i + 1 < n and tagged[i + 1][0] == "of"
+            c = _OTHER if relational else _NOUN
         elif t in ("JJ", "JJR", "JJS"):
             c = _ADJ
         elif t.startswith("VB"):
@@ -692,34 +726,36 @@ def _classify(tagged: list[tuple[str, str]], stopwords: frozenset[str]) -> list[
         else:
             c = _OTHER
         classes.append(c)
-    # A participle between a determiner/adjective (or the start) and a noun modifies the noun:
+    # A participle after a determiner/adjective (or first) and before a noun modifies the noun:
     # "a parked car", "the swimming pool"; after a noun it is a verb ("man wearing glasses").
     for i, (w, t) in enumerate(tagged):
-        if classes[i] == _VERB and t in ("VBG", "VBN"):
+        if classes[i] == _VERB and t in ("VBG", "VBN") and i + 1 < n and classes[i + 1] in (_NOUN, _ADJ):
             prev_t = tagged[i - 1][1] if i > 0 else ""
-            nxt = classes[i + 1] if i + 1 < n else _OTHER
-            if (i == 0 or prev_t in ("DT", "CD", "PRP$", "JJ", "JJR", "JJS", "CC", "IN")) and nxt in (_NOUN, _ADJ):
-                if prev_t not in ("CC", "IN") or t == "VBN":  # "with a wagging tail"; "and running"
-                    classes[i] = _MOD
+            if i == 0 or prev_t in ("DT", "CD", "PRP$", "JJ", "JJR", "JJS") or (prev_t in ("CC", "IN") and t == "VBN"):
+                classes[i] = _MOD
     return classes
 
 
 def _phrases_with_kind(caption: str, tools: KeywordTools) -> list[tuple[str, str]]:
+    """(phrase, kind) pairs, kind in noun | verb | adj_noun | compound, in the documented order."""
     tokens = tools.tokenize(caption)
-    tagged = tools.tag(tokens)
-    classes = _classify(tagged, tools.stopwords)
-    out: dict[str, str] = {}  # phrase -> kind, in first-seen order
+    if not tokens:
+        return []
+    tagged = [(w.lower(), t) for w, t in tools.tagger.tag(tokens)]
+    classes = _classify(tagged, tools.skip_words)
+    found: list[tuple[int, int, int, str, str]] = []  # (first word, -words, order, phrase, kind)
 
-    def add(phrase: str, kind: str) -> None:
-        if all(_PHRASE_WORD.match(p) and p not in tools.stopwords for p in phrase.split()):
-            out.setdefault(phrase, kind)
+    def add(start: int, phrase: str, kind: str) -> None:
+        words = phrase.split()
+        if all(_PHRASE_WORD.match(p) and p not in tools.skip_words for p in words):
+            found.append((start, -len(words), len(found), phrase, kind))
 
     n = len(tagged)
     i = 0
     while i < n:
         c = classes[i]
         if c in (_NOUN, _ADJ, _MOD):
-            # a chunk: modifiers and nouns, with "and"/"or"/"," allowed between two modifiers
+            # a chunk of modifiers and nouns; "and"/"or"/"," may join two modifiers
             j = i
             while j < n and (
                 classes[j] in (_NOUN, _ADJ, _MOD)
@@ -727,52 +763,56 @@ def _phrases_with_kind(caption: str, tools: KeywordTools) -> list[tuple[str, str
                     and j + 1 < n and classes[j + 1] in (_ADJ, _MOD))
             ):
                 j += 1
-            _chunk_phrases(tagged[i:j], classes[i:j], tools, add)
+            _chunk_phrases(i, tagged[i:j], classes[i:j], tools, add)
             i = j
             continue
         if c == _VERB:
             w, t = tagged[i]
             if t == "VBG":
-                add(w, "verb")
+                add(i, w, "verb")
             elif t != "VBN":
-                add(tools.verb_lemma(w), "verb")
+                add(i, tools.verb_lemma(w), "verb")
         i += 1
+    found.sort()
+    out: dict[str, str] = {}
+    for *_, phrase, kind in found:
+        out.setdefault(phrase, kind)
     return list(out.items())
 
 
-def _chunk_phrases(tagged: Sequence[tuple[str, str]], classes: Sequence[str], tools: KeywordTools,
-                   add: Callable[[str, str], None]) -> None:
-    mods: list[str] = []
+def _chunk_phrases(offset: int, tagged: Sequence[tuple[str, str]], classes: Sequence[str],
+                   tools: KeywordTools, add: Callable[[int, str, str], None]) -> None:
+    mods: list[tuple[int, str]] = []
     k = 0
     while k < len(tagged):
         if classes[k] in (_ADJ, _MOD):
-            mods.append(tagged[k][0])
+            mods.append((offset + k, tagged[k][0]))
             k += 1
         elif classes[k] == _NOUN:
-            run = []
+            start = k
             while k < len(tagged) and classes[k] == _NOUN:
-                run.append(tagged[k][0])
                 k += 1
+            run = [w for w, _ in tagged[start:k]]
             head = tools.noun_lemma(run[-1])
-            for word in run[:-1]:
-                add(tools.noun_lemma(word), "noun")
-            add(head, "noun")
-            if len(run) >= 2:
-                add(f"{run[-2]} {head}", "compound")  # modifier noun as written: "sports car"
-            for mod in mods:
-                add(f"{mod} {head}", "adj_noun")
+            for m, word in enumerate(run[:-1]):
+                add(offset + start + m, tools.noun_lemma(word), "noun")
+            add(offset + k - 1, head, "noun")
+            if len(run) >= 2:  # the modifying noun as written: "sports car", "tennis ball"
+                add(offset + k - 2, f"{run[-2]} {head}", "compound")
+            for pos, mod in mods:
+                add(pos, f"{mod} {head}", "adj_noun")
             mods = []
         else:  # "and"/"," between modifiers
             k += 1
 
 
 def extract_phrases(caption: str, tools: KeywordTools) -> list[str]:
-    """Keywords and short phrases of one caption (see the module docstring), in caption order."""
+    """Keywords and short phrases of one caption (see the module docstring for what and in which order)."""
     return [p for p, _ in _phrases_with_kind(caption, tools)]
 
 
 def nouns_of(caption: str, tools: KeywordTools) -> list[str]:
-    """The caption's nouns, lemmatised (the one-word queries of evaluation)."""
+    """The caption's nouns, lemmatised (evaluation's one-word queries)."""
     return [p for p, kind in _phrases_with_kind(caption, tools) if kind == "noun"]
 
 
@@ -792,12 +832,21 @@ def caption_key(caption: Caption) -> str:
 def augment_captions(
     captions: CaptionSet,
     tools: KeywordTools,
-    progress: Callable[[Iterable[Caption]], Iterable[Caption]] | None = None,
+    progress: bool | Callable[[Iterable[Caption]], Iterable[Caption]] = False,
 ) -> list[KeywordSample]:
-    """One sample per distinct (image, phrase), from the first caption (file order) yielding it."""
+    """One sample per distinct (image, phrase), from the first caption (file order) yielding it.
+
+    ``progress``: True shows a tqdm bar over the captions, or pass a wrapper of your own.
+    """
+    items: Iterable[Caption] = captions.captions
+    if progress is True:
+        from tqdm import tqdm
+
+        items = tqdm(items, total=len(captions.captions), unit="caption", desc="keywords")
+    elif callable(progress):
+        items = progress(items)
     seen: set[tuple[str, str]] = set()
     samples: list[KeywordSample] = []
-    items: Iterable[Caption] = progress(captions.captions) if progress else captions.captions
     for cap in items:
         key = caption_key(cap)
         for phrase in extract_phrases(cap.text, tools):
@@ -807,22 +856,31 @@ def augment_captions(
     return samples
 
 
-def write_keyword_samples(path: str | os.PathLike, samples: Iterable[KeywordSample]) -> int:
-    """Write the TSV keyword file atomically; returns the number of samples written."""
+def phrase_counts(samples: Iterable[KeywordSample]) -> dict[str, int]:
+    """Images per phrase, most frequent first (ties alphabetical)."""
+    counts = Counter(s.phrase for s in samples)
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def write_keyword_samples(path: str | os.PathLike, samples: Iterable[KeywordSample],
+                          method: str | None = None) -> int:
+    """Write the TSV keyword file atomically (``method`` goes in a comment); returns the count."""
     count = 0
     with atomic_open(path, "w") as f:
         f.write(KEYWORDS_HEADER + "\n")
+        if method:
+            f.write(f"# keywords: {' '.join(method.split())}\n")
         for s in samples:
             fields = (s.image, s.caption_key, s.phrase)
-            if any(not x or any(ch in x for ch in "\t\r\n") for x in fields):
-                raise ValueError(f"keyword sample has an empty field or a tab/newline: {s!r}")
+            if any(not x.strip() or any(ch in x for ch in "\t\r\n") for x in fields):
+                raise ValueError(f"keyword sample with an empty field or a tab/newline: {s!r}")
             f.write("\t".join(fields) + "\n")
             count += 1
     return count
 
 
 def read_keyword_samples(path: str | os.PathLike) -> list[KeywordSample]:
-    """Read a keyword file; a malformed or duplicate line raises DatasetError naming file and line."""
+    """Read a keyword file; a malformed or repeated line raises DatasetError naming file and line."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"keyword file not found: {path} (sentence_augment.py writes it)")
@@ -839,11 +897,12 @@ def read_keyword_samples(path: str | os.PathLike) -> list[KeywordSample]:
                     f"{path}:{lineno}: expected 'image<TAB>caption_key<TAB>phrase', got {line[:80]!r}"
                 )
             image, key, phrase = fields
-            if key.rpartition("#")[0] != image or not key.rpartition("#")[2].isdigit():
+            key_image, _, number = key.rpartition("#")
+            if key_image != image or not number.isdigit():
                 raise DatasetError(f"{path}:{lineno}: caption key {key!r} is not '{image}#<n>'")
             if (image, phrase) in seen:
                 raise DatasetError(
-                    f"{path}:{lineno}: duplicate phrase {phrase!r} for {image} (first on line {seen[image, phrase]})"
+                    f"{path}:{lineno}: phrase {phrase!r} of {image} repeats line {seen[image, phrase]}"
                 )
             seen[image, phrase] = lineno
             samples.append(KeywordSample(image, key, phrase))
