@@ -15,11 +15,12 @@ From each caption we take, lower-cased and without stopwords:
   red", "covered in mud") is not emitted: it is mostly a state, rarely a useful query.
 
 Phrases come out in caption order of their first word, a two-word phrase before the one-word
-phrase starting at the same word ("black dog", "dog"), without duplicates. Words that name no
-visible thing are dropped besides the stopwords (``CAPTION_STOPWORDS``: numbers, "something",
-"wearing", "front" in "in front of" ...).
+phrase starting at the same word ("black dog", "dog"), without duplicates. Besides the stopwords,
+words that name nothing visible are dropped (``CAPTION_STOPWORDS``: numbers, "something",
+"wearing" ...; ``RELATIONAL_OF_NOUNS``: "front" in "in front of", "lot" in "a lot of").
 
-Which tools do the work is decided once by ``load_keyword_tools`` and logged in one line:
+Which tools do the work is decided once by ``load_keyword_tools`` and logged in one line; its
+``method`` is "nltk", "rules", or e.g. "tagger=rules,stopwords=rules,lemmatiser=system-wordnet":
 
 * NLTK data present (``averaged_perceptron_tagger_eng``, ``punkt_tab``, ``stopwords``,
   ``wordnet``): NLTK's perceptron tagger, ``word_tokenize``, its stopword list and WordNet
@@ -116,7 +117,11 @@ IRREGULAR_PLURALS = {
     "hippies": "hippie", "brownies": "brownie", "zombies": "zombie", "hoodies": "hoodie",
     "beanies": "beanie", "collies": "collie", "smoothies": "smoothie", "birdies": "birdie",
     "veggies": "veggie", "rookies": "rookie", "prairies": "prairie", "calories": "calorie",
+    "skis": "ski", "bikinis": "bikini", "taxis": "taxi", "kiwis": "kiwi", "safaris": "safari",
 }
+
+# Singular nouns ending in -s that no rule would recognise ("-ss", "-us", "-is" are handled).
+SINGULAR_S = frozenset("christmas xmas canvas atlas gas lens chaos cosmos suds crossbones measles".split())
 
 # Irregular verb forms (and "be/have/do" forms) -> lemma.
 IRREGULAR_VERBS = {
@@ -150,6 +155,12 @@ trot gallop graze herd lead guide wander explore observe examine check inspect s
 rake shovel plant water wade kneel stretch exercise lift swim dunk block score defend attack
 race steer pedal sled toboggan sing strum drum blow hold greet meet celebrate marry kiss hug
 laugh giggle smile frown stare gaze glance peer peek watch see hear smell taste feel
+toss flip glide interact pretend operate emerge squirt ascend descend create cut share ask aim
+drop juggle guard embrace dangle participate beg soak reflect dribble melt yawn carve teach shine
+tumble soar fill twist challenge windsurf spar squeeze wrap gnaw flow snarl parachute rub poke
+twirl scratch converse strike chat punch hover offer sew display cling pierce grin battle navigate
+rush assist rappel lounge return socialize admire struggle learn search howl gesture spread pounce
+pay perform enjoy follow appear enter collide celebrate engage avoid examine prevent investigate
 """.split())
 
 COLOURS = frozenset("""
@@ -171,6 +182,18 @@ steep flat smooth rough soft hard sharp fast slow late early only lone single do
 elderly curly hilly friendly lovely lonely chilly smelly frilly wobbly sparkly grizzly woolly
 bubbly cuddly lively costly deadly sly ready open airborne underwater upside-down midair
 professional traditional electric electronic artificial tropical plastic
+smaller larger bigger higher taller shorter longer darker lighter brighter faster slower
+eastern western northern southern asleep floral murky sheer athletic distant skimpy scenic
+visible tight identical elaborate flowery bouncy fuzzy muscular multicolor industrial similar
+rusty alike homemade suburban chubby uncut choppy dim medieval digital swampy residential bumpy
+watery gymnastic scary acrobatic unusual ornate elegant brindle scruffy mossy misty unhappy odd
+stripy mechanical spiky unique curvy wintry sparse shady vast fiery intense
+""".split())
+
+# Irregular past participles: modifiers before a noun ("fallen tree", "frozen lake").
+PARTICIPLES = frozenset("""
+fallen thrown taken frozen broken driven written worn woven drawn grown overgrown torn seen shown
+ridden strewn bitten given hidden beaten eaten sung swum done gone stuck laid clad flung lit
 """.split())
 
 # Words ending in -ing / -ly / -able that are nouns.
@@ -187,7 +210,7 @@ ABLE_NOUNS = frozenset("vegetable vegetables turntable turntables timetable cons
 # "in front of", "on top of", "a lot of", "a set of stairs": the noun before "of" is no keyword.
 RELATIONAL_OF_NOUNS = frozenset("""
 front top middle side edge end bottom back center centre lot lots bunch couple pair kind sort
-type piece part rest number variety series set sides
+type piece part rest number variety series set sides flight
 """.split())
 
 # The 45 lexicographer file names of WordNet 3.0 (its ``lexnames`` file, which NLTK's reader needs
@@ -227,7 +250,8 @@ _CLOSED_CLASS = {
     "MD": "can could may might must shall should will would",
     "RB": "not very too also just only still almost quite rather really here there now then together "
           "away back outdoors indoors nearby alone ahead apart aside downhill uphill upstairs "
-          "downstairs overhead so n't",
+          "downstairs overhead onstage headfirst backward backwards upward upwards downward "
+          "downwards so n't",
     "VBZ": "is has does 's",
     "VBP": "are am have do 're",
     "VBD": "was were had did",
@@ -252,7 +276,7 @@ class KeywordTools:
     """The tokeniser, tagger, stopwords and lemmatiser chosen by ``load_keyword_tools``."""
 
     method: str  # "nltk" | "rules" | "tagger=..,stopwords=..,lemmatiser=.." when mixed
-    description: str  # the logged line without "keywords: ": which tools, and why
+    description: str  # what was logged: the method, its tools, and why
     tokenize: Callable[[str], list[str]]
     tagger: Tagger  # (token, Penn Treebank tag) per token
     stopwords: frozenset[str]  # NLTK's English list, or ENGLISH_STOPWORDS
@@ -398,9 +422,10 @@ def load_keyword_tools(
     found = {name: _find_nltk(paths) for name, (paths, _) in resources.items()}
     downloaded: list[str] = []
     failed: list[str] = []
+    network_hangs = False
     if allow_download:
         for name in [n for n, ptr in found.items() if ptr is None]:
-            if failed and failed[-1] == "timeout":
+            if network_hangs:  # don't wait out the timeout once per package
                 failed.append(name)
                 continue
             paths, package = resources[name]
@@ -410,9 +435,7 @@ def load_keyword_tools(
                 downloaded.append(name)
             else:
                 failed.append(name)
-                if time.monotonic() - started >= DOWNLOAD_TIMEOUT_S:
-                    failed.append("timeout")  # a hanging network: don't wait once per package
-    failed = [f for f in failed if f != "timeout"]
+                network_hangs = time.monotonic() - started >= DOWNLOAD_TIMEOUT_S
     missing = [name for name, ptr in found.items() if ptr is None]
     notes: list[str] = []  # data found but unusable
 
@@ -473,8 +496,8 @@ def load_keyword_tools(
         how = "download failed" if failed else "downloads disabled"
         why_parts.append(f"NLTK data missing ({', '.join(missing)}) and {how}")
     why = "; ".join(why_parts + notes) or "all NLTK data found"
-    description = f"{method} method: {tag_desc} + {lemma_desc} + {stop_desc} + {tok_desc} ({why})"
-    log.info("keywords: %s", description)
+    description = f"{method}: {tag_desc} + {lemma_desc} + {stop_desc} + {tok_desc} ({why})"
+    log.info("method %s", description)  # the one line saying which method ran, and why
     return KeywordTools(method, description, tokenize, tagger, stopwords, noun_lemma, verb_lemma,
                         stopwords | CAPTION_STOPWORDS)
 
@@ -504,7 +527,7 @@ def regexp_tokenize(text: str) -> list[str]:
 def _make_lemmatizers(wordnet: Any | None) -> tuple[Callable[[str], str], Callable[[str], str]]:
     @lru_cache(maxsize=None)
     def noun_lemma(word: str) -> str:
-        if word in KEEP_PLURAL:
+        if word in KEEP_PLURAL or word in SINGULAR_S:
             return word
         if word in IRREGULAR_PLURALS:
             return IRREGULAR_PLURALS[word]
@@ -531,7 +554,7 @@ def _make_lemmatizers(wordnet: Any | None) -> tuple[Callable[[str], str], Callab
 
 def rule_noun_lemma(word: str) -> str:
     """Plural -> singular by English spelling rules, with the common exceptions."""
-    if word in KEEP_PLURAL:
+    if word in KEEP_PLURAL or word in SINGULAR_S:
         return word
     if word in IRREGULAR_PLURALS:
         return IRREGULAR_PLURALS[word]
@@ -549,18 +572,20 @@ def rule_verb_lemma(word: str) -> str:
     if word in IRREGULAR_VERBS:
         return IRREGULAR_VERBS[word]
     if word.endswith("s") and not word.endswith("ss") and len(word) > 3:
-        for stem in (word[:-1], word[:-2], word[:-3] + "y"):
-            if stem in COMMON_VERBS:
-                return stem
         if word.endswith("ies") and len(word) > 4:
-            return word[:-3] + "y"
+            return word[:-3] + "y"  # carries, tries
         if word.endswith(("sses", "xes", "zzes", "ches", "shes", "oes")):
+            return word[:-2]  # watches, kisses, goes
+        if word.endswith("es") and word[:-2] in COMMON_VERBS and word[:-1] not in COMMON_VERBS:
             return word[:-2]
-        return word[:-1]
+        return word[:-1]  # runs, rides, uses
     if word.endswith("ed") and len(word) > 4:
-        candidates = [word[:-2], word[:-1], word[:-3] + "y"]
-        if len(word) > 5 and word[-3] == word[-4]:
-            candidates.append(word[:-3])  # "stopped" -> stop
+        if word.endswith("ied"):
+            candidates = [word[:-3] + "y"]  # carried
+        else:
+            candidates = [word[:-2], word[:-1]]  # jumped, smiled
+            if len(word) > 5 and word[-3] == word[-4]:
+                candidates.append(word[:-3])  # stopped
         for stem in candidates:
             if stem in COMMON_VERBS:
                 return stem
@@ -592,6 +617,10 @@ def _rule_lexicon() -> dict[str, str]:
     for form in IRREGULAR_VERBS:
         if form not in ("lies", "ties", "dies"):
             lex[form] = "VBZ" if form.endswith("s") else "VBD"
+    for word in PARTICIPLES:
+        lex[word] = "VBN"
+    for word in SINGULAR_S:
+        lex[word] = "NN"
     for word in ("bed", "shed", "sled", "seaweed", "speed", "hundred"):
         lex.setdefault(word, "NN")
     for tag, words in _CLOSED_CLASS.items():  # last: closed-class words win
@@ -605,7 +634,7 @@ _ADJ_SUFFIX = r"^(?:.{2,}ous|.{3,}ful|.{3,}ive|.{4,}(?:able|ible)|.{3,}less|.{4,
 # RegexpTagger patterns, tried in order for words outside the lexicon. "NN*"/"NNS*" mark default
 # guesses that the context rules (or WordNet) may still change.
 _SUFFIX_RULES = [
-    (r"^[\d.,:/-]+(?:st|nd|rd|th|s)?$", "CD"),
+    (r"^\d[\d.,:/-]*(?:st|nd|rd|th|s)?$", "CD"),
     (r"^\W+$", "."),
     (r"^.+-(?:" + "|".join(sorted(COLOURS)) + r")$", "JJ"),  # black-and-white, blue-green
     (r"^.*(?:ness|ment|tion|sion|ship|hood|ism)$", "NN"),
@@ -644,9 +673,11 @@ class RuleTagger:
 
         self._tagger = UnigramTagger(model=_rule_lexicon(), backoff=RegexpTagger(_SUFFIX_RULES))
         self._wordnet = wordnet
-        self._refine = lru_cache(maxsize=None)(self._refine_uncached)
+        # lexicon and suffixes look at one word only: tag each distinct word once (10x faster)
+        self._word_tag = lru_cache(maxsize=1 << 16)(self._word_tag_uncached)
 
-    def _refine_uncached(self, word: str, tag: str) -> str:
+    def _word_tag_uncached(self, word: str) -> str:
+        tag = self._tagger.tag([word])[0][1] or "NN*"
         wn = self._wordnet
         if wn is None or tag not in ("NN*", "NNS*") or word in COMMON_VERBS:
             return tag
@@ -660,7 +691,7 @@ class RuleTagger:
 
     def tag(self, tokens: list[str]) -> list[tuple[str, str]]:
         words = [t.lower() for t in tokens]
-        tags = [self._refine(w, t or "NN*") for w, t in self._tagger.tag(words)]
+        tags = [self._word_tag(w) for w in words]
         _context_rules(words, tags)
         return [(tok, t.rstrip("*")) for tok, t in zip(tokens, tags)]
 

@@ -7,11 +7,35 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import config
+
+
+class _ClampInward(torch.autograd.Function):
+    """``x.clamp(lo, hi)`` whose gradient is not lost at the bounds.
+
+    Plain ``clamp`` has zero gradient at and past a bound, so a log-temperature that one optimiser
+    step pushed onto or past it would stay there for good. Here the gradient passes wherever a
+    descent step (``x -= lr * grad``) moves ``x`` back inside; only the outward push is dropped, so
+    the parameter does not drift further out either.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.lo, ctx.hi = lo, hi
+        return x.clamp(lo, hi)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (x,) = ctx.saved_tensors
+        # at/below lo keep only grad < 0 (descent raises x); at/above hi only grad > 0
+        keep = ((x > ctx.lo) | (grad < 0)) & ((x < ctx.hi) | (grad > 0))
+        return grad * keep, None, None
 
 
 class InfoNCELoss(nn.Module):
@@ -31,6 +55,8 @@ class InfoNCELoss(nn.Module):
         super().__init__()
         if not 0 < min_temperature <= max_temperature:
             raise ValueError(f"need 0 < min_temperature <= max_temperature, got {min_temperature}, {max_temperature}")
+        if init_temperature <= 0:
+            raise ValueError(f"init_temperature must be > 0, got {init_temperature}")
         self.min_temperature = float(min_temperature)
         self.max_temperature = float(max_temperature)
         # learnt in log space: positive by construction and scale-free steps
@@ -38,7 +64,7 @@ class InfoNCELoss(nn.Module):
                                             requires_grad=learn_temperature)
 
     def _clamped_log_t(self) -> torch.Tensor:
-        return self.log_temperature.clamp(math.log(self.min_temperature), math.log(self.max_temperature))
+        return _ClampInward.apply(self.log_temperature, math.log(self.min_temperature), math.log(self.max_temperature))
 
     @property
     def temperature(self) -> float:
@@ -46,14 +72,14 @@ class InfoNCELoss(nn.Module):
         return float(self._clamped_log_t().detach().exp())
 
     def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor,
-                image_ids: torch.Tensor | None = None) -> torch.Tensor:
+                image_ids: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:
         """Scalar loss for (B, d) L2-normalised rows; ``image_ids`` (B,) marks rows of the same image."""
         if image_emb.shape != text_emb.shape:
             raise ValueError(f"paired rows needed: image {tuple(image_emb.shape)} vs text {tuple(text_emb.shape)}")
         logits = image_emb @ text_emb.T / self._clamped_log_t().exp()  # (B images, B texts)
         if image_ids is not None:
             # a second caption of the same image is not a negative: drop it from both softmaxes
-            ids = image_ids.to(logits.device).view(-1)
+            ids = torch.as_tensor(image_ids, device=logits.device).view(-1)
             same = ids[:, None] == ids[None, :]
             same.fill_diagonal_(False)
             logits = logits.masked_fill(same, float("-inf"))

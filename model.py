@@ -2,6 +2,11 @@
 
 The backbones are frozen and their features cached, so the model is only these heads; the
 contrastive temperature lives in the loss (``loss.InfoNCELoss``), not here.
+
+Image input is normally one cached vector per image, (B, D). A cache can instead hold several
+vectors per image, (B, T, D) (grid cells, several layers); ``pool`` then says how they become one
+before the image head: ``"mean"`` averages them, ``"attention"`` learns a weighted average
+(``AttentionPool``).
 """
 from __future__ import annotations
 
@@ -10,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import config
+
+POOLS = (None, "mean", "attention")
 
 
 class ProjectionHead(nn.Module):
@@ -42,6 +49,29 @@ class ProjectionHead(nn.Module):
         return F.normalize(self.skip(x) + self.mlp(x), dim=-1)
 
 
+class AttentionPool(nn.Module):
+    """(B, T, D) -> (B, D): a softmax-weighted average of the T vectors, scored by one learnt query.
+
+    The output is a convex combination of the inputs themselves (no value projection), so it stays
+    in the backbone's feature space, where the head expects it. The query starts at zero: uniform
+    weights, i.e. exactly mean pooling, and training moves away from the mean only where it helps.
+    """
+
+    def __init__(self, dim: int) -> None:  # dim: size of each of the T vectors
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)  # scores see normalised tokens; the average uses the raw ones
+        self.query = nn.Parameter(torch.zeros(dim))
+        self.scale = dim ** -0.5
+
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T) attention weights, each row summing to 1."""
+        return torch.softmax(self.norm(x) @ self.query * self.scale, dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.query.dtype)
+        return (self.weights(x).unsqueeze(-1) * x).sum(-2)
+
+
 class RetrievalModel(nn.Module):
     """An image head and a text head into a shared ``embed_dim``-d, unit-norm space."""
 
@@ -52,16 +82,35 @@ class RetrievalModel(nn.Module):
         embed_dim: int = config.EMBED_DIM,  # shared embedding size
         hidden_dim: int = config.HEAD_HIDDEN_DIM,  # MLP width of both heads
         dropout: float = config.HEAD_DROPOUT,  # dropout of both heads
+        pool: str | None = None,  # image input (B, T, D) pooled by "mean" | "attention"; None = (B, D) input
     ) -> None:
         super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
         self._config = {"image_dim": int(image_dim), "text_dim": int(text_dim), "embed_dim": int(embed_dim),
-                        "hidden_dim": int(hidden_dim), "dropout": float(dropout)}
+                        "hidden_dim": int(hidden_dim), "dropout": float(dropout), "pool": pool}
+        self.pool = pool
+        # only "attention" has parameters; without it the state dict is that of a pool-less model
+        self.image_pool = AttentionPool(image_dim) if pool == "attention" else None
         self.image_head = ProjectionHead(image_dim, embed_dim, hidden_dim, dropout)
         self.text_head = ProjectionHead(text_dim, embed_dim, hidden_dim, dropout)
 
+    def pool_image(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, T, image_dim) -> (n, image_dim) by the model's ``pool``; (n, image_dim) passes through."""
+        if x.dim() == 2:  # already one vector per image (a pre-pooled cache, or T = 1)
+            return x
+        if x.dim() != 3:
+            raise ValueError(f"expected (n, dim) or (n, T, dim) image features, got shape {tuple(x.shape)}")
+        if self.pool is None:
+            raise ValueError(f"got (n, T, dim) = {tuple(x.shape)} image features but this model has no pool; "
+                             "build it with pool='mean' or pool='attention'")
+        if self.image_pool is not None:
+            return self.image_pool(x)
+        return x.to(self.image_head.skip.weight.dtype).mean(-2)  # "mean": cast first, fp16 sums lose precision
+
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
-        """(n, image_dim) float16/float32 features -> (n, embed_dim) unit vectors."""
-        return self.image_head(x)
+        """(n, image_dim) or, with ``pool``, (n, T, image_dim) float16/float32 features -> (n, embed_dim) unit vectors."""
+        return self.image_head(self.pool_image(x))
 
     def encode_text(self, x: torch.Tensor) -> torch.Tensor:
         """(n, text_dim) float16/float32 features -> (n, embed_dim) unit vectors."""

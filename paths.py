@@ -45,6 +45,11 @@ class Layout:
     def results(self) -> Path:
         return Path(self.work_dir) / config.RESULTS_DIRNAME if self.work_dir else config.ROOT / "results"
 
+    @property
+    def collections(self) -> Path:
+        """Indexed own-photo folders (index_folder.py): one sub-folder per indexed folder."""
+        return Path(self.work_dir) / "collections" if self.work_dir else config.DATA_DIR / "collections"
+
     def default_splits(self) -> Path:
         """Split lists used when --splits is not given (a seeded split is written here if absent)."""
         return Path(self.work_dir) / "splits" if self.work_dir else config.SPLITS_DIR

@@ -1,0 +1,99 @@
+"""Shared bits of the benchmark scripts: repo imports, machine description, Markdown tables, data checks.
+
+Speed is only ever reported as ratios against a baseline measured in the same process; the
+absolute seconds are printed for context, never asserted.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars cost time and clutter the tables (read at import)
+
+SHARED_DATA = ROOT.parent / "shared" / "data"
+# Where the lead copies the 200 full-resolution JPEGs for the GPU machine (see bench/gpu_extract.sh).
+BENCH_DATA = ROOT / "bench_data"
+
+
+def default_images_dir() -> Path:
+    carried = BENCH_DATA / "fullres"
+    if carried.is_dir() and any(carried.glob("*.jpg")):
+        return carried
+    return SHARED_DATA / "flickr8k-fullres-sample" / "images"
+
+
+def require(path: Path, what: str) -> None:
+    """Exit 0 with a clear message when the data is absent (benchmarks skip, they do not fail)."""
+    if not path.exists():
+        print(f"SKIP: {what} not found at {path}; pass --data to point elsewhere")
+        sys.exit(0)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_lines() -> list[str]:
+    import torch
+    lines = [
+        f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores "
+        f"(affinity {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'})",
+        f"- torch {torch.__version__}, torch threads {torch.get_num_threads()}, python {platform.python_version()}",
+    ]
+    try:
+        load = os.getloadavg()
+        lines.append(f"- load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (other jobs make timings noisy)")
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        lines.append(f"- GPU: {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})")
+    else:
+        lines.append("- GPU: none")
+    return lines
+
+
+def print_machine(title: str) -> None:
+    print(f"\n## {title}\n")
+    for line in machine_lines():
+        print(line)
+    print()
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    def fmt(v: object) -> str:
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 100 else f"{v:,.0f}"
+        return str(v)
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def timed(fn: Callable[[], object], sync: Callable[[], None] | None = None) -> tuple[float, object]:
+    if sync:
+        sync()
+    t0 = time.perf_counter()
+    result = fn()
+    if sync:
+        sync()
+    return time.perf_counter() - t0, result
+
+
+def best_of(fn: Callable[[], object], repeats: int, sync: Callable[[], None] | None = None) -> float:
+    """Fastest of ``repeats`` runs: on a shared, noisy machine the minimum is the least disturbed."""
+    return min(timed(fn, sync)[0] for _ in range(max(1, repeats)))

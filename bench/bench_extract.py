@@ -1,0 +1,262 @@
+#!/usr/bin/env python
+"""Image feature extraction, JPEG file -> cached feature row, against two baselines in one process.
+
+Measured (each the fastest of --rounds interleaved runs, all on the same images):
+
+* ours        ``extract.extract_image_features`` end to end (DataLoader workers, decoding, resize,
+              forward, float16 cache written atomically into a temp dir, ``force=True``).
+* bare        the same backbone's forward pass alone on ready uint8 (3,S,S) tensors: same batch
+              size, threads, dtype, channels_last and inference_mode (on a GPU the tensors are
+              already on the device). The ceiling ours can approach: ours/bare is the share of
+              the model's speed that survives decoding and caching.
+* original    the original design's loop: PIL open + torchvision Resize/CenterCrop/ToTensor,
+              forward one image at a time (batch 1), one .npy file saved per image.
+
+With ``--device cuda`` ours is run with CPU decoding (``--workers`` PIL processes) and with GPU
+decoding (nvJPEG) unless ``--decode`` picks one. ``--repeat`` repeats the 200-image set so a GPU
+has enough work (``--repeat 25`` -> 5,000 images). ``--sweep`` (CPU) also times ours over a grid
+of workers x torch threads x batch size, to choose the defaults.
+
+Ratios are throughput ratios (images/s over images/s); seconds are printed for context only.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402  (sets sys.path to the repo root)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=C.default_images_dir(),
+                   help="folder of JPEGs (default: bench_data/fullres if present, else %(default)s)")
+    p.add_argument("--backbone", default="efficientnet_lite0",
+                   help="efficientnet_lite0 (offline weights) | resnet18 (random weights if none local)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument("--decode", choices=("cpu", "gpu", "both"), default=None,
+                   help="where ours decodes JPEGs (default: cpu on CPU, both on CUDA)")
+    p.add_argument("--repeat", type=int, default=1, help="repeat the image set this many times")
+    p.add_argument("--limit", type=int, default=0, help="use only the first N images of the folder (0 = all)")
+    p.add_argument("--batch-size", type=int, default=None, help="default: config's CPU or GPU batch size")
+    p.add_argument("--workers", type=int, default=None,
+                   help="decode workers for ours (default: config.NUM_WORKERS on CPU, 16 on CUDA)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds; the fastest counts")
+    p.add_argument("--original-images", type=int, default=None,
+                   help="images timed through the original loop (default: all on CPU, 1000 on CUDA)")
+    p.add_argument("--skip-original", action="store_true", help="do not time the original loop")
+    p.add_argument("--sweep", action="store_true",
+                   help="also time ours over workers x threads x batch size (CPU; slow)")
+    p.add_argument("--sweep-workers", default="0,1,2", help="workers tried by --sweep")
+    p.add_argument("--sweep-threads", default="1,2", help="torch threads tried by --sweep")
+    p.add_argument("--sweep-batch", default="8,32", help="batch sizes tried by --sweep")
+    return p.parse_args(argv)
+
+
+def make_backbone(name: str, tmp: Path):
+    """The backbone; resnet18 gets random weights saved to a temp file when none are local."""
+    import backbones
+    if name == "resnet18" and not backbones._resnet18_present():
+        from torchvision.models import resnet18
+        path = tmp / "resnet18_random.pth"
+        torch.manual_seed(0)
+        torch.save(resnet18(weights=None).state_dict(), path)
+        return backbones.create_image_backbone("resnet18", path), "random weights (no local ImageNet weights; speed is the same)"
+    return backbones.create_image_backbone(name), "real weights"
+
+
+def load_ready(backbone, paths: list[Path]) -> torch.Tensor:
+    """The images as the model sees them: decoded, resized, cropped uint8 (N,3,S,S), untimed."""
+    from extract import ImageFileDataset
+    ds = ImageFileDataset(paths, backbone.pil_transform(), backbone.image_size)
+    return torch.stack([ds[i][0] for i in range(len(ds))])
+
+
+def bare_forward(model, ready: torch.Tensor, n: int, batch: int, device: torch.device) -> None:
+    """Forward n images from ready uint8 tensors, batch by batch, as extract does (minus I/O)."""
+    use_bf16 = device.type == "cuda"
+    if device.type == "cuda":  # ready data on the device: the model-only ceiling
+        x = ready[torch.arange(batch) % len(ready)].to(device).contiguous(memory_format=torch.channels_last)
+        batches = [x] * (n // batch) + ([x[: n % batch]] if n % batch else [])
+    else:
+        idx = torch.arange(n) % len(ready)
+        batches = [ready[idx[i : i + batch]].contiguous(memory_format=torch.channels_last) for i in range(0, n, batch)]
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        for x in batches:
+            model(x).float()  # on a GPU: queued, synchronised by the caller's timer
+
+
+def original_loop(backbone, paths: list[Path], out_dir: Path, device: torch.device) -> None:
+    """The original design: per image PIL open, v1 transforms, batch-1 forward, one .npy each."""
+    from PIL import Image
+    from torchvision import transforms as T1
+    # ToTensor gives [0,1] floats; the model's own Normalize scales those as T.Normalize would.
+    tf = T1.Compose([T1.Resize(backbone.image_size), T1.CenterCrop(backbone.image_size), T1.ToTensor()])
+    model = backbone.model
+    with torch.no_grad():
+        for i, p in enumerate(paths):
+            img = Image.open(p).convert("RGB")
+            x = tf(img).unsqueeze(0).to(device)
+            f = model(x).squeeze(0).cpu().numpy()
+            np.save(out_dir / f"{i:06d}.npy", f)
+
+
+def run_ours(backbone, images_dir: Path, names: list[str], out_dir: Path, *, batch: int, workers: int,
+             device: str, decode: str) -> None:
+    from extract import extract_image_features
+    cache = extract_image_features(backbone, images_dir, names, out_dir, batch_size=batch, num_workers=workers,
+                                   device=device, decode=decode, force=True)
+    bad = cache.manifest["failures"]
+    if bad:
+        raise RuntimeError(f"{len(bad)} images failed to decode, e.g. {bad[:2]}")
+
+
+@contextlib.contextmanager
+def quiet():
+    """Info logs off while timing (tqdm bars are off for all benches: see _common)."""
+    level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.getLogger().setLevel(level)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    C.require(args.data, "the image folder")
+    files = sorted(p.name for p in args.data.iterdir() if p.suffix.lower() in {".jpg", ".jpeg"})
+    if args.limit:
+        files = files[: args.limit]
+    if not files:
+        print(f"SKIP: no JPEGs in {args.data}")
+        return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        print("SKIP: --device cuda but no CUDA device is available")
+        return 0
+    import config
+    batch = args.batch_size or (config.IMAGE_BATCH_SIZE_GPU if cuda else config.IMAGE_BATCH_SIZE_CPU)
+    workers = args.workers if args.workers is not None else (16 if cuda else config.NUM_WORKERS)
+    decodes = {"cpu": ["cpu"], "gpu": ["gpu"], "both": ["cpu", "gpu"], None: ["cpu", "gpu"] if cuda else ["cpu"]}[args.decode]
+    if not cuda and "gpu" in decodes:
+        print("SKIP: --decode gpu needs --device cuda")
+        return 0
+    names = files * args.repeat
+    n = len(names)
+    sync = torch.cuda.synchronize if cuda else None
+
+    tmp_ctx = tempfile.TemporaryDirectory(prefix="bench_extract_")
+    tmp = Path(tmp_ctx.name)
+    backbone, weights_note = make_backbone(args.backbone, tmp)
+    model = backbone.model.to(device).eval().to(memory_format=torch.channels_last)
+    ready = load_ready(backbone, [args.data / f for f in files])
+    if cuda:
+        ready = ready.pin_memory()
+
+    C.print_machine("bench_extract: JPEG -> features")
+    print(f"- backbone {backbone.name} ({weights_note}), input {backbone.image_size}px, device {device}, "
+          f"dtype {'bf16 autocast' if cuda else 'float32'}, channels_last")
+    print(f"- images: {len(files)} JPEGs from {args.data} x repeat {args.repeat} = {n}; batch {batch}; "
+          f"decode workers {workers}; torch threads {torch.get_num_threads()}; rounds {args.rounds} (fastest kept)")
+
+    # warm-up (allocator, cuDNN autotune, nvJPEG init, page cache), untimed
+    with quiet():
+        bare_forward(model, ready, min(n, 2 * batch), batch, device)
+        for dec in decodes:
+            run_ours(backbone, args.data, names[: min(n, 2 * batch)], tmp / f"warm_{dec}", batch=batch,
+                     workers=min(workers, 2), device=args.device, decode=dec)
+
+    times: dict[str, float] = {}
+
+    def record(key: str, seconds: float) -> None:
+        times[key] = min(times.get(key, float("inf")), seconds)
+
+    with quiet():
+        for r in range(args.rounds):
+            record("bare", C.timed(lambda: bare_forward(model, ready, n, batch, device), sync)[0])
+            for dec in decodes:
+                record(f"ours_{dec}", C.timed(lambda: run_ours(backbone, args.data, names, tmp / f"ours_{dec}",
+                                                               batch=batch, workers=workers, device=args.device,
+                                                               decode=dec), sync)[0])
+        n_orig = 0
+        if not args.skip_original:
+            n_orig = args.original_images or (min(n, 1000) if cuda else n)
+            orig_paths = [args.data / f for f in names[:n_orig]]
+            (tmp / "orig").mkdir()
+            original_loop(backbone, orig_paths[: min(8, n_orig)], tmp / "orig", device)  # warm-up
+            record("original", C.timed(lambda: original_loop(backbone, orig_paths, tmp / "orig", device), sync)[0])
+
+    rate = {k: (n_orig if k == "original" else n) / v for k, v in times.items()}
+    label = {"bare": "bare forward (ready uint8 tensors" + (", on GPU)" if cuda else ")"),
+             "ours_cpu": f"ours, CPU decode ({workers} workers)", "ours_gpu": "ours, GPU decode (nvJPEG)",
+             "original": "original loop (PIL + transforms, batch 1)"}
+    rows = []
+    for k in ["bare"] + [f"ours_{d}" for d in decodes] + (["original"] if "original" in times else []):
+        rows.append([label[k], n_orig if k == "original" else n, round(times[k], 2), rate[k], rate[k] / rate["bare"]])
+    print()
+    print(C.table(["run", "images", "seconds", "images/s", "÷ bare"], rows))
+    print()
+    ratio_rows = []
+    for d in decodes:
+        ratio_rows.append([f"ours ({d} decode) / bare forward", rate[f"ours_{d}"] / rate["bare"],
+                           "≥ 0.9 (CPU)" if not cuda else "-"])
+        if "original" in rate:
+            ratio_rows.append([f"ours ({d} decode) / original loop", rate[f"ours_{d}"] / rate["original"], "> 1"])
+    if cuda and len(decodes) == 2:
+        ratio_rows.append(["GPU decode / CPU decode", rate["ours_gpu"] / rate["ours_cpu"], "> 1"])
+    print(C.table(["ratio (throughput)", "value", "target"], ratio_rows))
+
+    if args.sweep and not cuda:
+        sweep(args, backbone, model, ready, names, tmp)
+    tmp_ctx.cleanup()
+    return 0
+
+
+def sweep(args, backbone, model, ready, names, tmp: Path) -> None:
+    """ours over workers x threads x batch, each against bare at the same threads and batch."""
+    n = len(names)
+    grid = list(itertools.product([int(x) for x in args.sweep_workers.split(",")],
+                                  [int(x) for x in args.sweep_threads.split(",")],
+                                  [int(x) for x in args.sweep_batch.split(",")]))
+    base_threads = torch.get_num_threads()
+    rows = []
+    bare_cache: dict[tuple[int, int], float] = {}
+    with quiet():
+        for workers, threads, batch in grid:
+            torch.set_num_threads(threads)
+            key = (threads, batch)
+            t_bare = bare_cache.get(key)
+            t_ours = float("inf")
+            for _ in range(args.rounds):
+                tb = C.timed(lambda: bare_forward(model, ready, n, batch, torch.device("cpu")))[0]
+                t_bare = tb if t_bare is None else min(t_bare, tb)
+                t_ours = min(t_ours, C.timed(lambda: run_ours(backbone, args.data, names, tmp / "sweep", batch=batch,
+                                                              workers=workers, device="cpu", decode="cpu"))[0])
+            bare_cache[key] = t_bare
+            rows.append([workers, threads, batch, n / t_ours, n / t_bare, t_bare / t_ours])
+    torch.set_num_threads(base_threads)
+    best = max(rows, key=lambda r: r[3])
+    print(f"\n### sweep: ours over decode workers x torch threads x batch ({n} images, CPU)\n")
+    print(C.table(["workers", "torch threads", "batch", "ours img/s", "bare img/s (same threads, batch)",
+                   "ours / bare"], rows))
+    print(f"\nfastest ours: workers {best[0]}, threads {best[1]}, batch {best[2]} "
+          f"({best[3] / max(r[4] for r in rows):.2f} of the fastest bare forward in the grid)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,356 @@
+"""The search engine shared by the app, the command line and the own-photo indexer.
+
+``Retriever.from_checkpoint`` loads a trained checkpoint and the cached image features once,
+projects every readable image through the image head (cached on disk as
+``<image cache>/projected_<hash>.npy``, rebuilt when the checkpoint or the features change),
+builds a search index over them and loads the text backbone the checkpoint was trained with.
+A text query is then one text encoding plus one index search::
+
+    r = Retriever.from_checkpoint("work/demo/checkpoints/best.pt", "work/demo/image_embeddings",
+                                  "work/demo/images", "work/demo/captions.token")
+    for hit in r.search_text("a red circle on a striped background", k=5):
+        print(hit.rank, f"{hit.score:.3f}", hit.path)
+
+``Retriever.from_collection`` serves a folder indexed by ``index_folder.py`` the same way.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+import config
+from atomic_io import atomic_save_npy
+from backbones import (ImageBackbone, TextBackbone, create_image_backbone, create_text_backbone,
+                       resolve_device)
+from feature_cache import FEATURES_FILE, FeatureCache, StaleCacheError, load_cache, read_manifest
+from model import RetrievalModel
+
+log = logging.getLogger(__name__)
+
+MAX_QUERY_CHARS = 2000  # longer queries are refused; shorter long ones are truncated by the tokenizer
+PROJECTED_FORMAT = 1  # bump when the projection (or its file layout) changes
+PROJECT_BATCH = 2048  # rows projected per step (bounded memory even for a 49-cell grid cache)
+
+
+class RetrieverError(RuntimeError):
+    """A checkpoint, cache or backbone that cannot be served; the message says what to run."""
+
+
+@dataclass
+class Hit:
+    rank: int  # 1-based
+    path: str  # absolute path of the photo
+    name: str  # its row id: file name (dataset) or path relative to the folder (collection)
+    score: float  # cosine similarity in the shared space
+    captions: list[str] = field(default_factory=list)  # known captions of the photo, if any
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def checkpoint_digest(path: str | os.PathLike) -> str:
+    """sha256 (first 16 hex digits) of a checkpoint file's bytes (not cached: the file may change)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def projected_key(ckpt_digest: str, cache: FeatureCache) -> str:
+    """Identity of a projected matrix: the checkpoint's bytes and the features it was made from."""
+    st = (cache.directory / FEATURES_FILE).stat()
+    blob = json.dumps({"checkpoint": ckpt_digest, "manifest": cache.manifest, "format": PROJECTED_FORMAT,
+                       "features": [st.st_size, st.st_mtime_ns]}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def pooled_rows(cache: FeatureCache, rows: np.ndarray) -> torch.Tensor:
+    """Float32 pooled backbone features of some rows; a grid cache's cells are averaged."""
+    x = torch.from_numpy(np.asarray(cache.features[rows], dtype=np.float32))
+    grid = cache.manifest.get("grid")
+    if grid:  # [H, W, D]: rows are H*W cells, cell-major; the pooled feature is their mean
+        x = x.view(len(rows), grid[0] * grid[1], grid[2]).mean(1)
+    return x
+
+
+@torch.inference_mode()
+def project_cache(model: RetrievalModel, cache: FeatureCache, rows: np.ndarray,
+                  device: torch.device | str = "cpu") -> np.ndarray:
+    """(len(rows), embed_dim) float16 unit vectors: the image head over the cached features."""
+    device = torch.device(device)
+    model = model.to(device).eval()
+    embed_dim = model.config_dict()["embed_dim"]
+    out = np.empty((len(rows), embed_dim), dtype=np.float16)
+    for start in range(0, len(rows), PROJECT_BATCH):
+        chunk = rows[start : start + PROJECT_BATCH]
+        out[start : start + len(chunk)] = model.encode_image(pooled_rows(cache, chunk).to(device)).cpu().numpy()
+    return out
+
+
+def load_or_project(model: RetrievalModel, cache: FeatureCache, ckpt_digest: str,
+                    device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """(valid row indices, their projected float16 embeddings), from the on-disk cache if current.
+
+    The file ``projected_<key>.npy`` in the feature cache folder holds the embeddings of the
+    readable rows; it is rebuilt (atomically) when the checkpoint or the features change, and
+    projections made for other keys are removed. A read-only cache folder only costs a recompute.
+    """
+    rows = np.flatnonzero(cache.valid_mask())
+    path = cache.directory / f"projected_{projected_key(ckpt_digest, cache)}.npy"
+    embed_dim = model.config_dict()["embed_dim"]
+    if path.is_file():
+        try:
+            proj = np.load(path, mmap_mode="r")
+            if proj.shape == (len(rows), embed_dim) and proj.dtype == np.float16:
+                log.info("projected image embeddings: reusing %s", path.name)
+                return rows, proj
+            log.warning("%s has shape %s, expected %s; recomputing", path, proj.shape, (len(rows), embed_dim))
+        except (OSError, ValueError) as err:
+            log.warning("cannot read %s (%s); recomputing", path, err)
+    t0 = time.perf_counter()
+    proj = project_cache(model, cache, rows, device)
+    log.info("projected %d image embeddings in %.1f s", len(rows), time.perf_counter() - t0)
+    try:
+        atomic_save_npy(path, proj)
+        for old in cache.directory.glob("projected_*.npy"):
+            if old != path:
+                old.unlink(missing_ok=True)
+    except OSError as err:
+        log.warning("could not save %s (%s); it will be recomputed on the next start", path, err)
+    return rows, proj
+
+
+def _read_caption_map(captions_file: str | os.PathLike, names: set[str]) -> dict[str, list[str]]:
+    from datasets import read_captions
+
+    out: dict[str, list[str]] = {}
+    for cap in read_captions(captions_file).captions:
+        if cap.image in names:
+            out.setdefault(cap.image, []).append(cap.text)
+    return out
+
+
+def _check_identity(kind: str, expected: dict, backbone_name: str, weights: str, where: str) -> None:
+    if expected.get("backbone") != backbone_name or expected.get("weights") != weights:
+        raise RetrieverError(
+            f"the {kind} backbone {where} is {backbone_name} ({weights}), but the checkpoint was trained on "
+            f"{expected.get('backbone')} ({expected.get('weights')}); use the matching weights "
+            f"(--{kind}-weights) or re-extract features and retrain with this backbone")
+
+
+class Retriever:
+    """Text-to-image (and image-to-image) search over one set of photos with one checkpoint."""
+
+    def __init__(self, model: RetrievalModel, backbones: dict, names: list[str], embeddings: np.ndarray,
+                 images_root: str | os.PathLike, captions: dict[str, list[str]] | None = None,
+                 text_backbone: TextBackbone | None = None, device: str | torch.device = "cpu",
+                 image_weights: str | os.PathLike | None = None, index_kind: str = "auto",
+                 source: str = ""):
+        import search_index
+
+        if len(names) != len(embeddings):
+            raise ValueError(f"{len(names)} names but {len(embeddings)} embeddings")
+        if not len(names):
+            raise RetrieverError("no readable images to search")
+        self.model = model.eval()
+        self.backbones = backbones
+        self.names = names
+        self.embeddings = embeddings  # (n, embed_dim) float16 unit vectors, row i = names[i]
+        self.images_root = Path(images_root).resolve()
+        self.captions = captions or {}
+        self.device = resolve_device(device)
+        self.source = source
+        self._text_backbone = text_backbone
+        self._image_backbone: ImageBackbone | None = None
+        self._image_weights = image_weights
+        self._lock = threading.Lock()  # fast tokenizers and lazy loading are not thread-safe
+        t0 = time.perf_counter()
+        self.index = search_index.build_index(embeddings, kind=index_kind)
+        log.info("index %s over %d images built in %.2f s (recall@10 %s)", self.index.kind, len(names),
+                 time.perf_counter() - t0, self.recall_at_10)
+
+    # ---------------------------------------------------------------------------------------------
+    # construction
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | os.PathLike, image_cache_dir: str | os.PathLike,
+                        images_root: str | os.PathLike, captions_file: str | os.PathLike | None = None,
+                        device: str | torch.device = "auto", *, text_weights: str | os.PathLike | None = None,
+                        image_weights: str | os.PathLike | None = None, load_text: bool = True,
+                        index_kind: str = "auto") -> "Retriever":
+        """Load everything once. Refuses a feature cache or text backbone the checkpoint was not trained on."""
+        from train import load_checkpoint
+
+        checkpoint = Path(checkpoint)
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {checkpoint}; train one with `python run_train.py`")
+        device = resolve_device(device)
+        model, state = load_checkpoint(checkpoint)
+        backbones = state.get("backbones")
+        if not backbones or "image" not in backbones or "text" not in backbones:
+            raise RetrieverError(f"{checkpoint} records no backbones; retrain it with `python run_train.py`")
+        img_exp = backbones["image"]
+        try:
+            cache = load_cache(image_cache_dir, {"backbone": img_exp["backbone"], "weights": img_exp["weights"]},
+                               rerun="python batch_image_feature_extract.py (with the checkpoint's backbone)")
+        except StaleCacheError as err:
+            raise RetrieverError(str(err)) from err
+        pooled_dim = cache.manifest["grid"][2] if cache.manifest.get("grid") else cache.dim
+        if pooled_dim != model.config_dict()["image_dim"]:
+            raise RetrieverError(f"{image_cache_dir} holds {pooled_dim}-d features but the checkpoint's image "
+                                 f"head takes {model.config_dict()['image_dim']}-d")
+        rows, proj = load_or_project(model, cache, checkpoint_digest(checkpoint), device)
+        names = [cache.ids[r] for r in rows]
+        captions = _read_caption_map(captions_file, set(names)) if captions_file else {}
+        text = cls._load_text_backbone(backbones["text"], text_weights) if load_text else None
+        del cache  # only the projected embeddings stay resident
+        return cls(model, backbones, names, proj, images_root, captions, text, device, image_weights,
+                   index_kind, source=str(checkpoint))
+
+    @classmethod
+    def from_collection(cls, collection_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None,
+                        device: str | torch.device = "auto", **kwargs) -> "Retriever":
+        """Serve a folder indexed by ``index_folder.py`` (its manifest names the folder and checkpoint)."""
+        collection_dir = Path(collection_dir)
+        manifest = read_manifest(collection_dir)
+        if manifest is None or not manifest.get("collection"):
+            raise RetrieverError(f"no indexed photo folder in {collection_dir}; index one with "
+                                 f"`python index_folder.py PHOTO_FOLDER`")
+        checkpoint = checkpoint or manifest["checkpoint"]["path"]
+        return cls.from_checkpoint(checkpoint, collection_dir, manifest["root"], None, device, **kwargs)
+
+    @staticmethod
+    def _load_text_backbone(expected: dict, weights: str | os.PathLike | None) -> TextBackbone:
+        backbone = create_text_backbone(expected["backbone"], weights)
+        _check_identity("text", expected, backbone.name, backbone.weights, "found")
+        return backbone
+
+    # ---------------------------------------------------------------------------------------------
+    # properties
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def kind(self) -> str:
+        return self.index.kind
+
+    @property
+    def recall_at_10(self) -> float | None:
+        return getattr(self.index, "recall_at_10", None)
+
+    def describe(self) -> str:
+        """One line: what is searched, with which index, and its measured recall."""
+        recall = self.recall_at_10
+        rec = "exact" if recall is None else f"recall@10 {recall:.3f} vs exact search"
+        return (f"{len(self):,} photos · index: {self.kind} ({rec}) · "
+                f"{self.backbones['image']['backbone']} + {self.backbones['text']['backbone']}")
+
+    @property
+    def text_backbone(self) -> TextBackbone:
+        if self._text_backbone is None:
+            with self._lock:
+                if self._text_backbone is None:
+                    self._text_backbone = self._load_text_backbone(self.backbones["text"], None)
+        return self._text_backbone
+
+    @property
+    def image_backbone(self) -> ImageBackbone:
+        """Loaded on first use (only image queries need it)."""
+        if self._image_backbone is None:
+            with self._lock:
+                if self._image_backbone is None:
+                    exp = self.backbones["image"]
+                    backbone = create_image_backbone(exp["backbone"], self._image_weights)
+                    _check_identity("image", exp, backbone.name, backbone.weights, "found")
+                    backbone.set_grid(False)
+                    backbone.model.to(self.device).eval()
+                    self._image_backbone = backbone
+        return self._image_backbone
+
+    # ---------------------------------------------------------------------------------------------
+    # search
+
+    @staticmethod
+    def check_query(query: str) -> str:
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError("empty query: type a few words describing the photo you are looking for")
+        if len(query) > MAX_QUERY_CHARS:
+            raise ValueError(f"query too long: {len(query):,} characters (at most {MAX_QUERY_CHARS:,}); "
+                             "describe the photo in a sentence or two")
+        return " ".join(query.split())
+
+    def _k(self, k: int) -> int:
+        k = int(k)
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        return min(k, len(self))
+
+    @torch.inference_mode()
+    def embed_text(self, query: str) -> np.ndarray:
+        """(1, embed_dim) float32 unit vector of a query."""
+        query = self.check_query(query)
+        backbone = self.text_backbone
+        with self._lock:
+            feats = backbone.encode([query], device=self.device)
+            return self.model.encode_text(torch.from_numpy(feats).to(self.device)).float().cpu().numpy()
+
+    @torch.inference_mode()
+    def embed_image(self, image) -> np.ndarray:
+        """(1, embed_dim) float32 unit vector of a PIL image."""
+        backbone = self.image_backbone
+        x = backbone.pil_transform()(image.convert("RGB")).unsqueeze(0).to(self.device)
+        with self._lock:
+            feats = backbone.model(x).float()
+            return self.model.encode_image(feats).float().cpu().numpy()
+
+    def search_vector(self, query: np.ndarray, k: int = config.TOP_K) -> list[Hit]:
+        scores, rows = self.index.search(np.asarray(query, dtype=np.float32).reshape(1, -1), self._k(k))
+        hits = []
+        for score, row in zip(np.asarray(scores)[0], np.asarray(rows)[0]):
+            if row < 0:  # an approximate index may return fewer than k
+                continue
+            name = self.names[int(row)]
+            hits.append(Hit(len(hits) + 1, str(self.images_root / name), name, float(score),
+                            list(self.captions.get(name, []))))
+        return hits
+
+    def search_text(self, query: str, k: int = config.TOP_K) -> list[Hit]:
+        """The k photos that best match a description. ValueError for an empty or too long query."""
+        k = self._k(k)
+        return self.search_vector(self.embed_text(query), k)
+
+    def search_image(self, image, k: int = config.TOP_K) -> list[Hit]:
+        """The k indexed photos most similar to a PIL image."""
+        if image is None:
+            raise ValueError("no image: upload a photo to search with")
+        k = self._k(k)
+        return self.search_vector(self.embed_image(image), k)
+
+
+def default_image_root(image_cache_dir: str | os.PathLike, fallback: str | os.PathLike) -> Path:
+    """The photos folder recorded by the image extraction stage, else ``fallback``."""
+    manifest = read_manifest(image_cache_dir) or {}
+    recorded = manifest.get("images_dir") or manifest.get("root")
+    if recorded and Path(recorded).is_dir():
+        return Path(recorded)
+    return Path(fallback)
+
+
+def default_captions(candidates: Sequence[str | os.PathLike | None]) -> Path | None:
+    """The first caption file that exists, else None (captions are optional for search)."""
+    for c in candidates:
+        if c and Path(c).is_file():
+            return Path(c)
+    return None

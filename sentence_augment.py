@@ -1,0 +1,69 @@
+#!/usr/bin/env python
+"""Stage 3: keyword samples from the captions, so one-word and short-phrase queries work.
+
+Every caption yields nouns ("dog"), adjective + noun pairs ("black dog"), noun compounds
+("tennis ball") and verbs ("running"); each distinct (image, phrase) becomes one line
+"image<TAB>caption_key<TAB>phrase" of the keyword file that extract_aug_text_features.py encodes.
+NLTK's tagger, stopwords and WordNet are used when their data is installed (each missing package
+is downloaded once when online), else a rule method that needs no data (see keywords.py); the
+log says which ran, and why.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import cli
+import config
+from datasets import DatasetError, read_captions
+from keywords import augment_captions, load_keyword_tools, phrase_counts, write_keyword_samples
+
+log = logging.getLogger("sentence_augment")
+
+TOP_PHRASES = 10
+
+
+def output_path(args: argparse.Namespace) -> Path:
+    """--out, else the keyword file of this --work-dir's layout (data/... without one)."""
+    return args.out or cli.layout(args).keywords_file
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--captions", type=Path, default=config.CAPTIONS_FILE,
+                   help="caption file, lines 'name.jpg#n<TAB>caption' (default: %(default)s)")
+    p.add_argument("--work-dir", type=Path, default=config.WORK_DIR,
+                   help=f"where generated files go: WORK_DIR/{config.KEYWORDS_FILENAME} "
+                        "(default: the original layout, data/flickr30k_keywords_augmented.txt)")
+    p.add_argument("--out", type=Path, default=None, help="keyword file to write (overrides --work-dir)")
+    p.add_argument("--no-download", action="store_true",
+                   help="never try to download NLTK data: use what is installed, else the rule method")
+    args = p.parse_args(argv)
+    cli.setup_logging()
+    out = output_path(args)
+    try:
+        captions = read_captions(args.captions)
+        tools = load_keyword_tools(allow_download=not args.no_download)
+        start = time.perf_counter()
+        samples = augment_captions(captions, tools, progress=True)
+        seconds = time.perf_counter() - start
+        write_keyword_samples(out, samples, method=tools.description)
+    except DatasetError as err:
+        log.error("%s", err)
+        return 2
+    counts = phrase_counts(samples)
+    n_images = max(len(captions.images), 1)
+    log.info("%d captions of %d images -> %d samples (%.1f per image), %d distinct phrases, in %.1fs (%s)",
+             len(captions.captions), len(captions.images), len(samples), len(samples) / n_images,
+             len(counts), seconds, tools.method)
+    log.info("top phrases (images): %s",
+             ", ".join(f"{phrase} ({n})" for phrase, n in list(counts.items())[:TOP_PHRASES]))
+    log.info("wrote %s", out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

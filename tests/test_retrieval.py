@@ -1,0 +1,394 @@
+"""retrieval.Retriever, index_folder.py and search.py on a tiny image set with random local backbones.
+
+The backbones are a randomly initialised ResNet18 (saved as a local state dict) and a 2-layer BERT;
+the checkpoint's heads are random too. The checks compare the engine with an independent brute-force
+computation, so a misaligned row, a wrong pooling or a preprocessing mismatch fails them.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+import extract
+import index_folder
+import retrieval
+from backbones import create_image_backbone, create_text_backbone
+from model import RetrievalModel
+from retrieval import Retriever, RetrieverError
+
+N_IMAGES = 16
+WORDS = ("a an the two dog dogs cat man woman child girl boy is are runs running plays sits jumps on in "
+         "with of and at near red blue green white black ball grass water street park beach snow bike").split()
+EMBED = 16
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def photo(rng: np.random.Generator, w: int = 96, h: int = 72) -> Image.Image:
+    """A distinct picture: a random colour gradient, a random rectangle and noise."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    c0, c1 = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    t = (xx / w)[..., None]
+    arr = c0 * (1 - t) + c1 * t
+    x0, y0 = rng.integers(0, w // 2), rng.integers(0, h // 2)
+    arr[y0 : y0 + h // 3, x0 : x0 + w // 3] = rng.integers(0, 256, 3)
+    arr = np.clip(arr + rng.normal(0, 12, arr.shape), 0, 255).astype(np.uint8)
+    return Image.fromarray(arr)
+
+
+def jpeg(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=92)
+    return buf.getvalue()
+
+
+def save_checkpoint(path: Path, seed: int, image_backbone, text_backbone, image_weights=None) -> None:
+    torch.manual_seed(seed)
+    model = RetrievalModel(image_dim=image_backbone.dim, text_dim=text_backbone.dim, embed_dim=EMBED, hidden_dim=32)
+    state = {
+        "model_config": model.config_dict(), "model": model.state_dict(),
+        "backbones": {
+            "image": {"backbone": image_backbone.name, "weights": image_weights or image_backbone.weights,
+                      "dim": image_backbone.dim, "preprocess": image_backbone.preprocess},
+            "text": {"backbone": text_backbone.name, "weights": text_backbone.weights, "dim": text_backbone.dim,
+                     "preprocess": text_backbone.preprocess},
+        },
+    }
+    torch.save(state, path)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Images (one unreadable), captions, an image feature cache, two random backbones and a checkpoint."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    base = tmp_path_factory.mktemp("retrieval")
+    torch.manual_seed(0)
+    resnet_file = base / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), resnet_file)
+    bert_dir = base / "bert-base-uncased"
+    bert_dir.mkdir()
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+    (bert_dir / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    BertTokenizerFast.from_pretrained(str(bert_dir), do_lower_case=True).save_pretrained(str(bert_dir))
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                         vocab_size=len(vocab), max_position_embeddings=128)).eval().save_pretrained(str(bert_dir))
+
+    images = base / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    names = [f"img_{i:02d}.jpg" for i in range(N_IMAGES)]
+    for n in names:
+        (images / n).write_bytes(jpeg(photo(rng)))
+    names.insert(5, "broken.jpg")
+    (images / "broken.jpg").write_bytes(b"not a jpeg at all")
+    lines = []
+    for n in names:
+        for j in range(2):
+            lines.append(f"{n}#{j}\t{' '.join(rng.choice(WORDS, 6))}\n")
+    captions = base / "captions.token"
+    captions.write_text("".join(lines), encoding="utf-8")
+
+    image_bb = create_image_backbone("resnet18", resnet_file)
+    text_bb = create_text_backbone("bert-base-uncased", bert_dir)
+    cache_dir = base / "image_embeddings"
+    extract.extract_image_features(image_bb, images, names, cache_dir, num_workers=0, batch_size=8,
+                                   chunk_size=8, device="cpu", extra={"images_dir": str(images)})
+    checkpoint = base / "best.pt"
+    save_checkpoint(checkpoint, 1, image_bb, text_bb)
+    return dict(base=base, images=images, names=names, captions=captions, cache=cache_dir, checkpoint=checkpoint,
+                resnet_file=resnet_file, bert_dir=bert_dir, image_bb=image_bb, text_bb=text_bb)
+
+
+def open_retriever(world, checkpoint=None, **kw) -> Retriever:
+    return Retriever.from_checkpoint(checkpoint or world["checkpoint"], world["cache"], world["images"],
+                                     world["captions"], device="cpu", text_weights=world["bert_dir"],
+                                     image_weights=world["resnet_file"], **kw)
+
+
+@pytest.fixture(scope="module")
+def retriever(world) -> Retriever:
+    return open_retriever(world)
+
+
+def brute_force(world, query: str, checkpoint=None) -> dict[str, float]:
+    """Scores of every readable image, computed without the engine: raw BERT + heads + numpy."""
+    state = torch.load(checkpoint or world["checkpoint"], map_location="cpu", weights_only=False)
+    model = RetrievalModel(**state["model_config"])
+    model.load_state_dict(state["model"])
+    model.eval()
+    feats = np.load(world["cache"] / "features.npy").astype(np.float32)
+    ids = (world["cache"] / "ids.txt").read_text().splitlines()
+    tok = world["text_bb"].tokenizer(query, return_tensors="pt", truncation=True, max_length=64)
+    with torch.no_grad():
+        hidden = world["text_bb"].model(**tok).last_hidden_state[0]
+        q = model.encode_text(hidden.mean(0, keepdim=True)).numpy()[0]
+        img = model.encode_image(torch.from_numpy(feats)).numpy()
+    return {n: float(img[i] @ q) for i, n in enumerate(ids) if n != "broken.jpg"}
+
+
+# --------------------------------------------------------------------------------------------------
+# text and image search
+
+@pytest.mark.parametrize("query", ["a dog runs on the grass", "two children at the beach in the snow",
+                                   "red ball"])
+def test_text_ranking_matches_brute_force(world, retriever, query):
+    expected = brute_force(world, query)
+    best = sorted(expected.values(), reverse=True)
+    hits = retriever.search_text(query, k=N_IMAGES)
+    assert [h.rank for h in hits] == list(range(1, N_IMAGES + 1))
+    assert sorted(h.name for h in hits) == sorted(expected)
+    for h, b in zip(hits, best):
+        # float16 storage: scores agree to ~1e-3; a wrong order puts a lower score at a higher rank
+        assert h.score == pytest.approx(b, abs=3e-3), (h.rank, h.name)
+        assert h.score == pytest.approx(expected[h.name], abs=3e-3), h.name
+        assert h.path == str(world["images"].resolve() / h.name)
+    top5 = retriever.search_text(query, k=5)
+    assert [h.name for h in top5] == [h.name for h in hits[:5]]
+
+
+def test_hits_carry_captions_and_are_json_friendly(world, retriever):
+    hit = retriever.search_text("a cat", k=1)[0]
+    lines = world["captions"].read_text().splitlines()
+    assert hit.captions == [line.split("\t")[1] for line in lines if line.startswith(hit.name + "#")]
+    assert json.loads(json.dumps(hit.to_dict()))["name"] == hit.name
+
+
+def test_image_search_finds_the_photo_itself(world, retriever):
+    for name in ("img_00.jpg", "img_07.jpg", "img_15.jpg"):
+        hits = retriever.search_image(Image.open(world["images"] / name), k=3)
+        assert hits[0].name == name
+        assert hits[0].score > 0.99
+        assert hits[1].score < hits[0].score
+
+
+def test_unreadable_rows_are_never_returned(retriever):
+    assert "broken.jpg" not in retriever.names
+    assert len(retriever) == N_IMAGES
+    hits = retriever.search_text("a man", k=1000)  # k above the collection size is capped
+    assert len(hits) == N_IMAGES and "broken.jpg" not in {h.name for h in hits}
+
+
+def test_query_validation(retriever):
+    for bad in ("", "   ", "\n\t"):
+        with pytest.raises(ValueError, match="empty query"):
+            retriever.search_text(bad)
+    with pytest.raises(ValueError, match="too long"):
+        retriever.search_text("dog " * 501)  # 2,004 characters
+    long_ok = ("a dog runs on the grass " * 80)[:2000]
+    assert len(retriever.search_text(long_ok, k=2)) == 2  # truncated by the tokenizer, not refused
+    with pytest.raises(ValueError, match="k must be"):
+        retriever.search_text("a dog", k=0)
+    with pytest.raises(ValueError, match="no image"):
+        retriever.search_image(None)
+
+
+def test_index_kind_and_description(retriever):
+    assert isinstance(retriever.kind, str) and retriever.kind
+    assert f"{N_IMAGES:,} photos" in retriever.describe()
+    assert retriever.embeddings.dtype == np.float16
+
+
+# --------------------------------------------------------------------------------------------------
+# the projected-matrix cache
+
+def projected_files(world) -> list[Path]:
+    return sorted(world["cache"].glob("projected_*.npy"))
+
+
+def test_projected_cache_reused_then_rebuilt_when_checkpoint_changes(world, retriever, monkeypatch, tmp_path):
+    files = projected_files(world)
+    assert len(files) == 1
+    first = files[0]
+    stamp = first.stat().st_mtime_ns
+    with monkeypatch.context() as m:  # a reload must not project again
+        m.setattr(retrieval, "project_cache", lambda *a, **k: pytest.fail("projected again"))
+        again = open_retriever(world)
+    assert first.stat().st_mtime_ns == stamp
+    np.testing.assert_array_equal(np.asarray(again.embeddings), np.asarray(retriever.embeddings))
+
+    other = tmp_path / "other.pt"
+    save_checkpoint(other, 2, world["image_bb"], world["text_bb"])  # same architecture, other weights
+    changed = open_retriever(world, checkpoint=other)
+    files = projected_files(world)
+    assert len(files) == 1 and files[0] != first  # the stale projection is replaced
+    assert not np.allclose(np.asarray(changed.embeddings, dtype=np.float32),
+                           np.asarray(retriever.embeddings, dtype=np.float32), atol=1e-2)
+    query = "a girl plays with a ball"
+    expected = brute_force(world, query, checkpoint=other)
+    top = changed.search_text(query, k=1)[0]
+    assert top.score == pytest.approx(max(expected.values()), abs=3e-3)
+
+    # the same file path rewritten with new weights also invalidates it (the digest is of the bytes)
+    save_checkpoint(other, 3, world["image_bb"], world["text_bb"])
+    rewritten = open_retriever(world, checkpoint=other)
+    assert projected_files(world)[0] != files[0]
+    assert not np.allclose(np.asarray(rewritten.embeddings, dtype=np.float32),
+                           np.asarray(changed.embeddings, dtype=np.float32), atol=1e-2)
+    open_retriever(world)  # leave the module's checkpoint projection in place for the other tests
+
+
+def test_damaged_projection_is_recomputed(world, retriever):
+    path = projected_files(world)[0]
+    np.save(path, np.zeros((3, EMBED), dtype=np.float16))
+    again = open_retriever(world)
+    np.testing.assert_array_equal(np.asarray(again.embeddings), np.asarray(retriever.embeddings))
+
+
+def test_refuses_features_or_backbone_of_another_model(world, tmp_path):
+    wrong = tmp_path / "wrong_image.pt"
+    save_checkpoint(wrong, 1, world["image_bb"], world["text_bb"], image_weights="resnet18.pth:0000000000000000")
+    with pytest.raises(RetrieverError, match="does not match"):
+        open_retriever(world, checkpoint=wrong)
+
+    other_bert = tmp_path / "bert-base-uncased"
+    from transformers import BertConfig, BertModel
+
+    for f in world["bert_dir"].iterdir():
+        if f.suffix not in (".safetensors", ".bin"):
+            (other_bert / f.name).parent.mkdir(exist_ok=True)
+            (other_bert / f.name).write_bytes(f.read_bytes())
+    torch.manual_seed(5)
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                         vocab_size=len(WORDS) + 5, max_position_embeddings=128)).save_pretrained(str(other_bert))
+    with pytest.raises(RetrieverError, match="text backbone"):
+        Retriever.from_checkpoint(world["checkpoint"], world["cache"], world["images"], device="cpu",
+                                  text_weights=other_bert)
+
+
+def test_missing_checkpoint_names_the_training_command(world, tmp_path):
+    with pytest.raises(FileNotFoundError, match="run_train.py"):
+        Retriever.from_checkpoint(tmp_path / "nope.pt", world["cache"], world["images"])
+
+
+# --------------------------------------------------------------------------------------------------
+# own photo folders
+
+class CountDecodes:
+    def __init__(self, monkeypatch):
+        original = extract.ImageFileDataset.__getitem__
+        self.paths: list[str] = []
+
+        def getitem(ds, i):
+            self.paths.append(ds.paths[i])
+            return original(ds, i)
+
+        monkeypatch.setattr(extract.ImageFileDataset, "__getitem__", getitem)
+
+
+def run_index(world, folder, out, monkeypatch):
+    with monkeypatch.context() as m:
+        counter = CountDecodes(m)
+        result = index_folder.index_folder(folder, world["checkpoint"], out, device="cpu", workers=0,
+                                           batch_size=4, image_weights=world["resnet_file"])
+    return result, counter.paths
+
+
+def test_index_folder_is_incremental(world, tmp_path, monkeypatch):
+    folder = tmp_path / "My Photos"
+    (folder / "trip" / "day 2").mkdir(parents=True)
+    rng = np.random.default_rng(7)
+    photo(rng).save(folder / "a.jpg", quality=90)
+    photo(rng).save(folder / "trip" / "b.JPEG", quality=90)
+    photo(rng).save(folder / "trip" / "c.png")
+    photo(rng).save(folder / "trip" / "day 2" / "d.webp")
+    (folder / "trip" / "e.jpg").write_bytes(b"broken")  # unreadable: indexed as a failure
+    (folder / "notes.txt").write_text("not a photo")
+    (folder / ".hidden").mkdir()
+    photo(rng).save(folder / ".hidden" / "x.jpg")
+    out = tmp_path / "index"
+
+    r1, decoded = run_index(world, folder, out, monkeypatch)
+    expected = ["a.jpg", "trip/b.JPEG", "trip/c.png", "trip/day 2/d.webp", "trip/e.jpg"]
+    assert (r1.embedded, r1.removed, r1.kept, r1.failed) == (5, 0, 0, 1)
+    assert sorted(Path(p).relative_to(folder).as_posix() for p in decoded) == expected
+    assert (out / "ids.txt").read_text().splitlines() == expected
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["collection"] and manifest["root"] == str(folder.resolve())
+    assert manifest["backbone"] == "resnet18" and manifest["weights"] == world["image_bb"].weights
+    assert manifest["checkpoint"]["path"] == str(world["checkpoint"].resolve())
+    assert [f["id"] for f in manifest["failures"]] == ["trip/e.jpg"]
+    assert np.load(out / "features.npy").dtype == np.float16
+    assert not (out / ".pending").exists()
+    before = np.load(out / "features.npy")
+
+    r2, decoded = run_index(world, folder, out, monkeypatch)
+    assert (r2.embedded, r2.removed, r2.kept) == (0, 0, 5) and decoded == []
+    np.testing.assert_array_equal(np.load(out / "features.npy"), before)
+
+    time.sleep(0.01)
+    photo(np.random.default_rng(99)).save(folder / "trip" / "c.png")  # modified
+    os.utime(folder / "trip" / "c.png", ns=(time.time_ns(), time.time_ns() + 10**9))
+    r3, decoded = run_index(world, folder, out, monkeypatch)
+    assert (r3.embedded, r3.removed, r3.kept) == (1, 0, 4)
+    assert [Path(p).name for p in decoded] == ["c.png"]
+    after = np.load(out / "features.npy")
+    changed_row = expected.index("trip/c.png")
+    assert not np.array_equal(after[changed_row], before[changed_row])
+    keep = [i for i in range(5) if i != changed_row]
+    np.testing.assert_array_equal(after[keep], before[keep])
+
+    (folder / "trip" / "b.JPEG").unlink()
+    r4, decoded = run_index(world, folder, out, monkeypatch)
+    assert (r4.embedded, r4.removed, r4.kept) == (0, 1, 4) and decoded == []
+    assert "trip/b.JPEG" not in (out / "ids.txt").read_text().splitlines()
+
+    served = Retriever.from_collection(out, device="cpu", text_weights=world["bert_dir"],
+                                       image_weights=world["resnet_file"])
+    assert sorted(served.names) == ["a.jpg", "trip/c.png", "trip/day 2/d.webp"]  # e.jpg unreadable
+    hit = served.search_image(Image.open(folder / "trip" / "day 2" / "d.webp"), k=1)[0]
+    assert hit.name == "trip/day 2/d.webp" and hit.path == str(folder.resolve() / "trip" / "day 2" / "d.webp")
+    assert hit.captions == []
+    assert len(served.search_text("a dog", k=5)) == 3
+
+
+def test_index_folder_cli_prints_summary(world, tmp_path, capsys):
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    photo(np.random.default_rng(3)).save(folder / "one.jpg")
+    argv = [str(folder), "--checkpoint", str(world["checkpoint"]), "--out", str(tmp_path / "idx"),
+            "--image-weights", str(world["resnet_file"]), "--workers", "0", "--device", "cpu"]
+    assert index_folder.main(argv) == 0
+    assert "embedded 1 new/changed, removed 0, kept 0" in capsys.readouterr().out
+    assert index_folder.main(argv) == 0
+    assert "embedded 0 new/changed, removed 0, kept 1" in capsys.readouterr().out
+    assert index_folder.main([str(tmp_path / "absent"), "--checkpoint", str(world["checkpoint"])]) == 2
+
+
+# --------------------------------------------------------------------------------------------------
+# the command line
+
+def test_search_cli(world, retriever, capsys):
+    import search
+
+    args = ["a dog runs on the grass", "--k", "3", "--checkpoint", str(world["checkpoint"]),
+            "--image-features", str(world["cache"]), "--images", str(world["images"]),
+            "--text-weights", str(world["bert_dir"])]
+    assert search.main(args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    expected = [h for h in retriever.search_text("a dog runs on the grass", k=3)]
+    assert len(lines) == 3
+    for line, h in zip(lines, expected):
+        rank, score, path = line.split(maxsplit=2)
+        assert (int(rank), path) == (h.rank, h.path) and float(score) == pytest.approx(h.score, abs=1e-4)
+    assert search.main(args + ["--json"]) == 0
+    assert [d["name"] for d in json.loads(capsys.readouterr().out)] == [h.name for h in expected]
+    assert search.main(["  "]) == 2
+    assert "empty query" in capsys.readouterr().err
+    assert search.main(["a dog", "--checkpoint", str(world["base"] / "absent.pt")]) == 2
+    assert "python run_train.py" in capsys.readouterr().err
