@@ -12,7 +12,7 @@ Programmatic use (JSON-friendly results, one dict per hit)::
 
     from gradio_client import Client
     hits = Client("http://127.0.0.1:7860/").predict(query="a dog in the snow", k=5, api_name="/search")
-    # [{"rank": 1, "score": 0.61, "name": "...jpg", "path": "/.../...jpg", "captions": [...]}, ...]
+    # [{"rank": 1, "score": 0.61, "name": "...jpg", "image_path": "/.../...jpg", "captions": [...]}, ...]
 """
 from __future__ import annotations
 
@@ -55,7 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default: %(default)s)")
     p.add_argument("--text-weights", type=Path, default=None, help="a local model folder for the text backbone")
     p.add_argument("--image-weights", type=Path, default=None, help="a local weights file for the image backbone")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per query (default: %(default)s: a query is a few small tensor ops; "
+                        "concurrent queries run in parallel instead; 0 = torch's default)")
     return p.parse_args(argv)
 
 
@@ -110,11 +112,11 @@ def load_retriever(args: argparse.Namespace):
 
 def example_queries(retriever, n: int = 4) -> list[str]:
     """A few real captions of indexed photos (evenly spread), else generic descriptions."""
-    if not retriever.captions:
+    if not retriever.has_captions:
         return DEFAULT_EXAMPLES
-    names = [m for m in retriever.names if retriever.captions.get(m)]
-    picks = [names[i * len(names) // n] for i in range(min(n, len(names)))]
-    return [min(retriever.captions[m], key=len).rstrip(" .") for m in picks] or DEFAULT_EXAMPLES
+    rows = [r for r in range(len(retriever)) if retriever.captions_of(r)]
+    picks = [rows[i * len(rows) // n] for i in range(min(n, len(rows)))]
+    return [min(retriever.captions_of(r), key=len).rstrip(" .") for r in picks] or DEFAULT_EXAMPLES
 
 
 def hit_label(hit) -> str:
@@ -122,6 +124,14 @@ def hit_label(hit) -> str:
     if hit.captions:
         label += f" — {hit.captions[0]}"
     return label
+
+
+def api_hit(hit) -> dict:
+    """A hit as plain JSON for the API. The path is sent as "image_path": gradio_client takes any
+    dict with a "path" key for a file and would replace the whole hit by a downloaded copy."""
+    d = hit.to_dict()
+    d["image_path"] = d.pop("path")
+    return d
 
 
 def build_ui(retriever):
@@ -143,7 +153,7 @@ def build_ui(retriever):
         t0 = time.perf_counter()
         try:
             hits = retriever.search_image(image, int(k))
-        except ValueError as err:
+        except (ValueError, RuntimeError) as err:  # no image; image backbone unavailable
             raise gr.Error(str(err))
         ms = (time.perf_counter() - t0) * 1000
         return gallery(hits), f"{len(hits)} results in **{ms:.0f} ms** (one image encoding + one {retriever.kind} search)"
@@ -151,11 +161,11 @@ def build_ui(retriever):
     def search(query: str, k: int = config.TOP_K) -> list[dict]:
         """Text-to-image search: the k best photos for a description, best first.
 
-        Each hit: rank (1-based), score (cosine similarity), name (id in the collection), path (on the
-        server) and captions (known captions of the photo, possibly empty).
+        Each hit: rank (1-based), score (cosine similarity), name (id in the collection), image_path
+        (on the server) and captions (known captions of the photo, possibly empty).
         """
         try:
-            return [h.to_dict() for h in retriever.search_text(query, min(int(k), config.MAX_TOP_K))]
+            return [api_hit(h) for h in retriever.search_text(query, min(int(k), config.MAX_TOP_K))]
         except ValueError as err:
             raise gr.Error(str(err))
 
@@ -188,6 +198,17 @@ def build_ui(retriever):
     return demo
 
 
+def _limit_malloc_arenas(n: int = 2) -> None:
+    """glibc gives each request thread its own heap arena (tens of MB each, rarely returned);
+    two are plenty for a server whose work is a few small tensor ops per request."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-8, n)  # M_ARENA_MAX
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -195,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     import cli
 
     cli.setup_logging()
+    _limit_malloc_arenas()
     if args.threads:
         import torch
 
@@ -204,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     if retriever is None:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    # The image backbone is loaded on the first photo query: text search never needs it, and
+    # resident memory stays lower for the (usual) text-only use.
     log.info("ready in %.1f s: %s", time.perf_counter() - t0, retriever.describe())
 
     import gradio as gr

@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     counts = np.bincount(data.caption_image, minlength=len(data.image_names))
-    chance = chance_retrieval_metrics(len(data.image_names), int(np.median(counts)))
+    chance = chance_retrieval_metrics(len(data.image_names), counts)
     if relevance is not None:
         cw = chance_word_metrics(relevance)
         chance.update({"word_map": cw["map"], "word_p5": cw["p5"]})

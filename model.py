@@ -109,7 +109,7 @@ class RetrievalModel(nn.Module):
         return x.to(self.image_head.skip.weight.dtype).mean(-2)  # "mean": cast first, fp16 sums lose precision
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
-        """(n, image_dim) or, with ``pool``, (n, T, image_dim) float16/float32 features -> (n, embed_dim) unit vectors."""
+        """(n, image_dim), or with ``pool`` (n, T, image_dim), float16/32 features -> (n, embed_dim) unit vectors."""
         return self.image_head(self.pool_image(x))
 
     def encode_text(self, x: torch.Tensor) -> torch.Tensor:

@@ -141,6 +141,16 @@ def _read_caption_map(captions_file: str | os.PathLike, names: set[str]) -> dict
     return out
 
 
+def _release_free_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them after big temporary allocations)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 def _check_identity(kind: str, expected: dict, backbone_name: str, weights: str, where: str) -> None:
     if expected.get("backbone") != backbone_name or expected.get("weights") != weights:
         raise RetrieverError(
@@ -168,17 +178,17 @@ class Retriever:
         self.names = names
         self.embeddings = embeddings  # (n, embed_dim) float16 unit vectors, row i = names[i]
         self.images_root = Path(images_root).resolve()
-        self.captions = captions or {}
+        # One newline-joined string per row instead of a list of strings per image: a third of the
+        # memory for Flickr30K's 155,000 captions (caption lines never contain a newline).
+        captions = captions or {}
+        self._captions = ["\n".join(captions.get(n, ())) for n in names] if captions else None
         self.device = resolve_device(device)
         self.source = source
         self._text_backbone = text_backbone
         self._image_backbone: ImageBackbone | None = None
         self._image_weights = image_weights
         self._lock = threading.Lock()  # fast tokenizers and lazy loading are not thread-safe
-        t0 = time.perf_counter()
-        self.index = search_index.build_index(embeddings, kind=index_kind)
-        log.info("index %s over %d images built in %.2f s (recall@10 %s)", self.index.kind, len(names),
-                 time.perf_counter() - t0, self.recall_at_10)
+        self.index = search_index.build_index(embeddings, kind=index_kind)  # logs its choice and recall
 
     # ---------------------------------------------------------------------------------------------
     # construction
@@ -213,10 +223,13 @@ class Retriever:
         rows, proj = load_or_project(model, cache, checkpoint_digest(checkpoint), device)
         names = [cache.ids[r] for r in rows]
         captions = _read_caption_map(captions_file, set(names)) if captions_file else {}
-        text = cls._load_text_backbone(backbones["text"], text_weights) if load_text else None
+        text = cls._load_text_backbone(backbones["text"], text_weights, device) if load_text else None
         del cache  # only the projected embeddings stay resident
-        return cls(model, backbones, names, proj, images_root, captions, text, device, image_weights,
-                   index_kind, source=str(checkpoint))
+        retriever = cls(model, backbones, names, proj, images_root, captions, text, device, image_weights,
+                        index_kind, source=str(checkpoint))
+        del captions
+        _release_free_memory()
+        return retriever
 
     @classmethod
     def from_collection(cls, collection_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None,
@@ -231,9 +244,11 @@ class Retriever:
         return cls.from_checkpoint(checkpoint, collection_dir, manifest["root"], None, device, **kwargs)
 
     @staticmethod
-    def _load_text_backbone(expected: dict, weights: str | os.PathLike | None) -> TextBackbone:
+    def _load_text_backbone(expected: dict, weights: str | os.PathLike | None,
+                            device: torch.device | str = "cpu") -> TextBackbone:
         backbone = create_text_backbone(expected["backbone"], weights)
         _check_identity("text", expected, backbone.name, backbone.weights, "found")
+        backbone.model.to(device).eval()
         return backbone
 
     # ---------------------------------------------------------------------------------------------
@@ -241,6 +256,16 @@ class Retriever:
 
     def __len__(self) -> int:
         return len(self.names)
+
+    @property
+    def has_captions(self) -> bool:
+        return self._captions is not None
+
+    def captions_of(self, row: int) -> list[str]:
+        """The known captions of row ``row`` (an index into ``names``), possibly none."""
+        if self._captions is None or not self._captions[row]:
+            return []
+        return self._captions[row].split("\n")
 
     @property
     def kind(self) -> str:
@@ -253,7 +278,8 @@ class Retriever:
     def describe(self) -> str:
         """One line: what is searched, with which index, and its measured recall."""
         recall = self.recall_at_10
-        rec = "exact" if recall is None else f"recall@10 {recall:.3f} vs exact search"
+        rec = ("exact search, recall@10 1.000" if recall is None
+               else f"measured recall@10 {recall:.3f} against exact search")
         return (f"{len(self):,} photos · index: {self.kind} ({rec}) · "
                 f"{self.backbones['image']['backbone']} + {self.backbones['text']['backbone']}")
 
@@ -262,7 +288,7 @@ class Retriever:
         if self._text_backbone is None:
             with self._lock:
                 if self._text_backbone is None:
-                    self._text_backbone = self._load_text_backbone(self.backbones["text"], None)
+                    self._text_backbone = self._load_text_backbone(self.backbones["text"], None, self.device)
         return self._text_backbone
 
     @property
@@ -302,9 +328,16 @@ class Retriever:
         """(1, embed_dim) float32 unit vector of a query."""
         query = self.check_query(query)
         backbone = self.text_backbone
+        # What TextBackbone.encode does for one text, with only the tokenizer under the lock: a fast
+        # tokenizer's truncation state is not thread-safe ("Already borrowed"), the model is.
         with self._lock:
-            feats = backbone.encode([query], device=self.device)
-            return self.model.encode_text(torch.from_numpy(feats).to(self.device)).float().cpu().numpy()
+            batch = backbone.tokenizer([query], truncation=True, max_length=backbone.max_length,
+                                       return_tensors="pt")
+        batch = {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            hidden = backbone.model(**batch).last_hidden_state
+        feats = backbone.pool(hidden.float(), batch["attention_mask"])
+        return self.model.encode_text(feats).float().cpu().numpy()
 
     @torch.inference_mode()
     def embed_image(self, image) -> np.ndarray:
@@ -323,7 +356,7 @@ class Retriever:
                 continue
             name = self.names[int(row)]
             hits.append(Hit(len(hits) + 1, str(self.images_root / name), name, float(score),
-                            list(self.captions.get(name, []))))
+                            self.captions_of(int(row))))
         return hits
 
     def search_text(self, query: str, k: int = config.TOP_K) -> list[Hit]:

@@ -9,6 +9,16 @@ import torch.nn.functional as F
 from metrics import chance_retrieval_metrics, chance_word_metrics, retrieval_metrics, word_query_metrics
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One intra-op thread: on a small CPU shared with other jobs, two threads spin-wait on each
+    other and run several times slower than one (as in test_extract.py)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _e(*idx, d=4):
     """Unit basis vectors e_idx (rows)."""
     return np.eye(d, dtype=np.float32)[list(idx)]
@@ -26,6 +36,7 @@ def test_hand_computed_retrieval():
     #   img1 sims (0, .894, .447, 0): own cap2 .447, cap1 above it -> rank 2
     #   img2 sims (0, 0, .894, 0): own cap3 = 0, cap2 above, caps 0,1 tied -> rank 4
     # i2t ranks = [2, 2, 4]: R@1 = 0, R@5 = R@10 = 100 %, medr = 2
+    # mean ranks: t2i (1+2+2+3)/4 = 2, i2t (2+2+4)/3 = 8/3
     img = np.eye(3, dtype=np.float32)
     txt = np.array([[1, 0, 0], [0.5, 1, 0], [0, 0.5, 1], [1, 0, 0]], dtype=np.float32)
     txt /= np.linalg.norm(txt, axis=1, keepdims=True)
@@ -37,6 +48,8 @@ def test_hand_computed_retrieval():
     assert m["rsum"] == pytest.approx(25 + 100 + 100 + 0 + 100 + 100)
     assert m["t2i_medr"] == pytest.approx(2.0)
     assert m["i2t_medr"] == pytest.approx(2.0)
+    assert m["t2i_meanr"] == pytest.approx(2.0)
+    assert m["i2t_meanr"] == pytest.approx(8 / 3)
     assert all(type(v) is float for v in m.values())
 
 
@@ -51,10 +64,36 @@ def test_hand_computed_recall_at_k_cutoff():
     assert m["t2i_r5"] == pytest.approx(500 / 12)
     assert m["t2i_r10"] == pytest.approx(1000 / 12)
     assert m["t2i_medr"] == pytest.approx(6.5)  # ranks 1..12, median (6+7)/2
+    assert m["t2i_meanr"] == pytest.approx(6.5)  # (1+...+12)/12 = 78/12
+
+
+def test_image_without_captions_is_a_candidate_not_a_query():
+    # images e0, e1, e2; captions only of images 0 and 2. cap0 = e0 + .9 e1 (scores image 0 at 1, image 1 at .9),
+    # cap1 = e1 + .5 e2 (image 1 at 1 beats its own image 2 at .5): t2i ranks [1, 2].
+    # i2t queries are images 0 and 2 only: image 0 scores (cap0 1, cap1 0) -> rank 1;
+    # image 2 scores (cap0 0, cap1 .5) -> rank 1. Image 1 (no caption) is not averaged in.
+    img = np.eye(3, dtype=np.float32)
+    txt = np.array([[1, 0.9, 0], [0, 1, 0.5]], dtype=np.float32)
+    m = retrieval_metrics(img, txt, np.array([0, 2]))
+    assert m["t2i_r1"] == pytest.approx(50.0) and m["t2i_meanr"] == pytest.approx(1.5)
+    assert m["i2t_r1"] == pytest.approx(100.0) and m["i2t_meanr"] == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        retrieval_metrics(img, txt, np.array([0, 3]))  # no image row 3
+    with pytest.raises(ValueError):
+        retrieval_metrics(img, txt, np.array([0]))  # one entry per caption row
+
+
+def test_constant_embeddings_score_worst_not_best():
+    # every score tied: pessimistic ties put every right answer last (rank 20 > 10: every recall is 0)
+    n, c = 20, 2
+    m = retrieval_metrics(np.ones((n, 4), np.float32), np.ones((n * c, 4), np.float32), np.repeat(np.arange(n), c))
+    assert m["rsum"] == 0.0
+    assert m["t2i_medr"] == n and m["i2t_medr"] == n * c - c + 1
 
 
 def test_perfect_embeddings():
-    n, c, d = 300, 5, 512
+    # 1,000 images x 5 captions (5,000 caption queries): also checks the block-wise path at a real size
+    n, c, d = 1000, 5, 64
     img = F.normalize(torch.randn(n, d, generator=torch.Generator().manual_seed(0)), dim=-1)
     cap_img = np.repeat(np.arange(n), c)
     txt = img[torch.from_numpy(cap_img)] + 0.01 * torch.randn(n * c, d, generator=torch.Generator().manual_seed(1))
@@ -74,6 +113,15 @@ def test_blockwise_matches_single_block(monkeypatch):
     full = retrieval_metrics(img, txt, cap_img)
     monkeypatch.setattr(metrics, "BLOCK", 7)
     assert retrieval_metrics(torch.from_numpy(img), torch.from_numpy(txt), cap_img) == full
+    monkeypatch.setattr(metrics, "BLOCK", 512)
+    monkeypatch.setattr(metrics, "BLOCK_ELEMS", 300)  # element budget: 6 text rows of 50 images, 2 image rows of 140
+    assert retrieval_metrics(img, txt, cap_img) == full
+    rel = rng.random((30, 50)) < 0.2
+    words = rng.normal(size=(30, 8)).astype(np.float32)
+    monkeypatch.setattr(metrics, "BLOCK_ELEMS", 2**21)
+    w_full = word_query_metrics(img, words, rel)
+    monkeypatch.setattr(metrics, "BLOCK_ELEMS", 120)
+    assert word_query_metrics(img, words, rel) == pytest.approx(w_full, nan_ok=True)
 
 
 def test_random_embeddings_near_chance():
@@ -85,6 +133,8 @@ def test_random_embeddings_near_chance():
     ch = chance_retrieval_metrics(n, c)
     assert m["t2i_r10"] == pytest.approx(ch["t2i_r10"], abs=1.5)  # 2.5 %, sd ~0.35
     assert m["i2t_r10"] == pytest.approx(ch["i2t_r10"], abs=6.0)  # ~11.8 %, sd ~1.6
+    assert m["t2i_medr"] == pytest.approx(ch["t2i_medr"], rel=0.15)  # 200.5
+    assert m["i2t_medr"] == pytest.approx(ch["i2t_medr"], rel=0.25)  # ~259, sample-median sd ~17
 
 
 def test_chance_retrieval_formulas():
@@ -95,11 +145,50 @@ def test_chance_retrieval_formulas():
     assert ch["i2t_r1"] == pytest.approx(100 * 5 / 5000)
     assert ch["i2t_r5"] == pytest.approx(100 * (1 - comb(4995, 5) / comb(5000, 5)))
     assert ch["rsum"] == pytest.approx(sum(ch[f"{d}_r{k}"] for d in ("t2i", "i2t") for k in (1, 5, 10)))
-    assert ch["t2i_medr"] == pytest.approx(500.5)
-    # tiny case by enumeration: 2 images x 2 captions, i2t R@1 = 2/4, R@5 = 100 %
+    assert ch["t2i_medr"] == ch["t2i_meanr"] == pytest.approx(500.5)
+    assert ch["i2t_meanr"] == pytest.approx(5001 / 6)  # (N_cap+1)/(c+1)
+    # i2t median: P(first own caption below r) = C(4995, r)/C(5000, r) ~ (1 - r/5000)^5 = 1/2 at r ~ 647
+    assert 640 < ch["i2t_medr"] < 655
+    assert comb(4995, int(ch["i2t_medr"])) / comb(5000, int(ch["i2t_medr"])) <= 0.5
+    assert comb(4995, int(ch["i2t_medr"]) - 1) / comb(5000, int(ch["i2t_medr"]) - 1) > 0.5
+    # tiny case by enumeration: 2 images x 2 captions, N_cap = 4. An image's first own caption is at
+    # position 1 w.p. 2/4, 2 w.p. (2/4)(2/3) = 1/3, 3 w.p. 1/6: i2t R@1 = 50 %, R@5 = 100 %,
+    # meanr = 1/2 + 2/3 + 3/6 = 5/3, and P(rank <= 1) is exactly 1/2, so medr = 1.5
     ch = chance_retrieval_metrics(2, 2)
     assert ch["i2t_r1"] == pytest.approx(50.0) and ch["i2t_r5"] == pytest.approx(100.0)
     assert ch["t2i_r1"] == pytest.approx(50.0) and ch["t2i_r5"] == pytest.approx(100.0)
+    assert ch["i2t_meanr"] == pytest.approx(5 / 3) and ch["i2t_medr"] == pytest.approx(1.5)
+
+
+def test_chance_with_per_image_caption_counts():
+    # counts (1, 3), N_cap = 4. Image A (1 caption): R@1 = 1/4, meanr 5/2; image B (3): R@1 = 3/4,
+    # meanr 5/4. Means: R@1 = 50 %, meanr = 1.875. Survival at 1: (3/4 + 1/4)/2 = 1/2 -> medr 1.5.
+    # At K = 2: A misses w.p. (3/4)(2/3) = 1/2, B w.p. (1/4)(0/3) = 0 -> R@2 would be 75 %; R@5 = 100 %.
+    ch = chance_retrieval_metrics(2, [1, 3])
+    assert ch["i2t_r1"] == pytest.approx(50.0) and ch["i2t_r5"] == pytest.approx(100.0)
+    assert ch["i2t_meanr"] == pytest.approx(1.875) and ch["i2t_medr"] == pytest.approx(1.5)
+    assert ch["t2i_r1"] == pytest.approx(50.0)
+    # an image with no caption is a t2i candidate only: (0, 2, 2) is the 2 x 2 case with a third image
+    ch = chance_retrieval_metrics(3, [0, 2, 2])
+    assert ch["t2i_r1"] == pytest.approx(100 / 3)
+    assert ch["i2t_r1"] == pytest.approx(50.0) and ch["i2t_meanr"] == pytest.approx(5 / 3)
+    assert chance_retrieval_metrics(1000, np.full(1000, 5)) == chance_retrieval_metrics(1000, 5)
+    with pytest.raises(ValueError):
+        chance_retrieval_metrics(3, [1, 2])  # one count per image
+    with pytest.raises(ValueError):
+        chance_retrieval_metrics(2, 0)
+
+
+def test_chance_retrieval_matches_simulation():
+    # random rankings: each image's c own captions at c random positions among N_cap
+    n, c, draws = 50, 3, 4000
+    rng = np.random.default_rng(0)
+    first = np.argsort(rng.random((draws, n * c)), axis=1)[:, :c].min(1) + 1  # position of the first own caption
+    ch = chance_retrieval_metrics(n, c)
+    for k in (1, 5, 10):
+        assert ch[f"i2t_r{k}"] == pytest.approx(100 * np.mean(first <= k), abs=2.5)
+    assert ch["i2t_meanr"] == pytest.approx(first.mean(), rel=0.05)
+    assert ch["i2t_medr"] == pytest.approx(np.median(first), abs=3)
 
 
 def test_hand_computed_word_query():
@@ -118,6 +207,26 @@ def test_hand_computed_word_query():
     assert m["ap"] == pytest.approx([100 * (1 + 2 / 3 + 0.5) / 3, 50.0])
     assert m["map"] == pytest.approx((100 * (1 + 2 / 3 + 0.5) / 3 + 50) / 2)
     assert m["p5"] == pytest.approx(30.0)
+
+
+def test_word_query_ties_are_pessimistic():
+    # 4 images; word scores (1, .5, .5, 0): images 1 and 2 tie. Relevant {1}: the tied irrelevant
+    # image 2 goes first, so image 1 is at rank 3 -> AP = 1/3; with 4 images P@5 counts the top 4 -> 1/4.
+    # All scores tied (constant embeddings), relevant {0}: rank 4 -> AP = 1/4.
+    img = np.eye(4, dtype=np.float32)
+    words = np.array([[1, 0.5, 0.5, 0], [1, 1, 1, 1]], dtype=np.float32)
+    rel = np.zeros((2, 4), dtype=bool)
+    rel[0, 1] = rel[1, 0] = True
+    m = word_query_metrics(img, words, rel)
+    assert m["ap"] == pytest.approx([100 / 3, 25.0])
+    assert m["p5"] == pytest.approx(25.0)
+
+
+def test_word_without_relevant_image_is_skipped():
+    img = np.eye(3, dtype=np.float32)
+    rel = np.array([[True, False, False], [False, False, False]])
+    m = word_query_metrics(img, img[:2], rel)
+    assert m["map"] == pytest.approx(100.0) and np.isnan(m["ap"][1])
 
 
 def test_perfect_word_queries():

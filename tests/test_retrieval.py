@@ -392,3 +392,15 @@ def test_search_cli(world, retriever, capsys):
     assert "empty query" in capsys.readouterr().err
     assert search.main(["a dog", "--checkpoint", str(world["base"] / "absent.pt")]) == 2
     assert "python run_train.py" in capsys.readouterr().err
+
+
+def test_concurrent_queries_match_sequential(retriever):
+    """The app answers requests from several threads at once; results must not change."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    queries = [f"a {w} near the {v}" for w in ("dog", "cat", "man", "girl") for v in ("park", "water", "street")]
+    sequential = [[(h.name, round(h.score, 5)) for h in retriever.search_text(q, k=4)] for q in queries]
+    with ThreadPoolExecutor(6) as pool:
+        parallel = list(pool.map(lambda q: [(h.name, round(h.score, 5)) for h in retriever.search_text(q, k=4)],
+                                 queries * 3))
+    assert parallel == sequential * 3

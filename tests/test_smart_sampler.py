@@ -143,3 +143,16 @@ def test_speed_flickr_scale():
     elapsed = time.perf_counter() - t0
     assert elapsed < 2.0, f"epoch took {elapsed:.2f} s"
     assert n == pytest.approx((150_000 + 37_500) / 256, abs=2)
+
+
+def test_works_as_a_dataloader_batch_sampler():
+    import torch
+    from torch.utils.data import DataLoader
+
+    cap_img, kw_img = _data(n_images=20)
+    s = UniqueImageBatchSampler(cap_img, kw_img, batch_size=8, seed=2)
+    n_samples = len(cap_img) + len(kw_img)
+    got = [b.tolist() for b in DataLoader(torch.arange(n_samples), batch_sampler=s)]
+    assert got == list(s)
+    with pytest.raises(ValueError):
+        s.set_epoch(-1)

@@ -1,0 +1,144 @@
+"""The trainer on small synthetic features: learning, checkpoints, logs, exact resume."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from data_loader import SplitData, random_window_mean
+from train import BEST, LAST, TrainConfig, load_checkpoint, lr_lambda, train
+
+BACKBONES = {"image": {"backbone": "fake-img", "weights": "w1", "dim": 24, "preprocess": {}},
+             "text": {"backbone": "fake-txt", "weights": "w2", "dim": 16, "preprocess": {}}}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def make_split(n_images: int, seed: int, with_keywords: bool = False, grid: bool = False) -> SplitData:
+    """Images with random features; captions are noisy linear maps of them (learnable)."""
+    g = np.random.default_rng(seed)
+    proj = np.random.default_rng(123).normal(size=(24, 16))  # the same map for every split
+    img = g.normal(size=(n_images, 24)).astype(np.float32)
+    cap_image = np.repeat(np.arange(n_images), 3)
+    cap = img[cap_image] @ proj + 0.5 * g.normal(size=(len(cap_image), 16))
+    data = SplitData([f"{i}.jpg" for i in range(n_images)], torch.tensor(img, dtype=torch.float16),
+                     torch.tensor(cap, dtype=torch.float16), cap_image,
+                     [f"{i}.jpg#{k % 3}" for k, i in enumerate(cap_image)])
+    if with_keywords:
+        kw_image = np.arange(n_images)
+        data.keyword_features = torch.tensor(img @ proj, dtype=torch.float16)
+        data.keyword_image = kw_image
+        data.keyword_phrases = ["word"] * n_images
+    if grid:  # 2x2 cells whose mean is the image feature
+        offsets = g.normal(size=(n_images, 4, 24)).astype(np.float32)
+        offsets -= offsets.mean(1, keepdims=True)
+        data.image_cells = torch.tensor(img[:, None, :] + offsets, dtype=torch.float16)
+        data.grid_hw = (2, 2)
+    return data
+
+
+def small_cfg(**kw) -> TrainConfig:
+    base = dict(epochs=4, batch_size=32, lr=3e-3, hidden_dim=32, embed_dim=16, warmup_epochs=0.5, patience=10)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_training_learns_and_writes_everything(tmp_path):
+    train_data, val_data = make_split(120, 0, with_keywords=True), make_split(40, 1)
+    best = train(small_cfg(caption_ratio=4), train_data, val_data, tmp_path, BACKBONES)
+    # chance rsum for 40 images / 120 captions is about 3*(2.5+12.5+25) ~ 120 at most; learning beats it
+    assert best["val_rsum"] > 250
+    for name in (BEST, LAST, "log.csv", "log.json", "curves.png"):
+        assert (tmp_path / name).is_file(), name
+    rows = list(csv.DictReader(open(tmp_path / "log.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    temps = [float(r["temperature"]) for r in rows]
+    assert temps[-1] != pytest.approx(0.07, abs=1e-4), "the temperature is optimised"
+    model, state = load_checkpoint(tmp_path / BEST)
+    assert state["backbones"] == BACKBONES
+    assert state["epoch"] == best["epoch"]
+    assert json.load(open(tmp_path / "log.json"))[best["epoch"] - 1]["val_rsum"] == pytest.approx(best["val_rsum"])
+
+
+def test_resume_continues_exactly(tmp_path):
+    train_data, val_data = make_split(80, 0), make_split(30, 1)
+    straight = tmp_path / "straight"
+    train(small_cfg(epochs=3), train_data, val_data, straight, BACKBONES)
+    # an interrupted run: same config, stopped after epoch 2 by running with a patched epoch count
+    resumed = tmp_path / "resumed"
+    cfg = small_cfg(epochs=3)
+    import train as train_module
+
+    calls = {"n": 0}
+    real_validate = train_module.validate
+
+    def validate_then_stop(model, data):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # the kill arrives during epoch 3's validation
+        return real_validate(model, data)
+
+    train_module.validate = validate_then_stop
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg, train_data, val_data, resumed, BACKBONES)
+    finally:
+        train_module.validate = real_validate
+    assert torch.load(resumed / LAST, weights_only=False)["epoch"] == 2
+    train(cfg, train_data, val_data, resumed, BACKBONES, resume=True)
+    a = torch.load(straight / LAST, weights_only=False)
+    b = torch.load(resumed / LAST, weights_only=False)
+    assert a["epoch"] == b["epoch"] == 3
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert torch.equal(a["loss"]["log_temperature"], b["loss"]["log_temperature"])
+    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+
+
+def test_resume_refuses_another_config(tmp_path):
+    train_data, val_data = make_split(40, 0), make_split(20, 1)
+    train(small_cfg(epochs=1), train_data, val_data, tmp_path, BACKBONES)
+    with pytest.raises(ValueError, match="another config"):
+        train(small_cfg(epochs=1, lr=1e-2), train_data, val_data, tmp_path, BACKBONES, resume=True)
+
+
+def test_early_stopping(tmp_path):
+    train_data, val_data = make_split(40, 0), make_split(20, 1)
+    # lr 0: nothing improves after the first epoch, so patience 2 stops after epoch 3
+    train(small_cfg(epochs=10, lr=0.0, patience=2), train_data, val_data, tmp_path, BACKBONES)
+    rows = list(csv.DictReader(open(tmp_path / "log.csv")))
+    assert len(rows) == 3
+
+
+def test_schedule_warms_up_then_decays_once():
+    total, warm = 100, 10
+    values = [lr_lambda(s, warm, total) for s in range(total)]
+    assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(values[10:], values[11:])), "no restarts"
+    assert values[-1] < 0.01
+
+
+def test_random_window_mean_is_a_window_average():
+    cells = torch.arange(2 * 9 * 1, dtype=torch.float32).view(2, 9, 1)  # 3x3 grid, values = cell index
+    full = random_window_mean(cells, (3, 3), crop_min=3)
+    assert torch.allclose(full.squeeze(1), cells.mean(1).squeeze(1)), "crop_min = H gives the full mean"
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        out = random_window_mean(cells[:1], (3, 3), crop_min=1, generator=g).item()
+        # the mean of any axis-aligned window of a 3x3 index grid lies within [0, 8]
+        assert 0 <= out <= 8
+
+
+def test_grid_crops_train(tmp_path):
+    train_data, val_data = make_split(60, 0, grid=True), make_split(20, 1)
+    best = train(small_cfg(epochs=2, crop_min=1), train_data, val_data, tmp_path, BACKBONES)
+    assert best["val_rsum"] > 0
