@@ -74,10 +74,18 @@ def _train_hint(args: argparse.Namespace) -> str:
 
 def load_retriever(args: argparse.Namespace):
     """The Retriever for these arguments, or (None, message) when something must be built first."""
+    lay = Layout(args.work_dir)
+    checkpoint = args.checkpoint or lay.checkpoints / "best.pt"
+    if not args.collection and not checkpoint.is_file():  # said before the slow imports below
+        return None, f"no trained checkpoint at {checkpoint}; train one first with: {_train_hint(args)}"
+    import torch
+
+    if getattr(args, "threads", 0):
+        torch.set_num_threads(args.threads)
+    from backbones import BackboneUnavailable
     from feature_cache import read_manifest
     from retrieval import Retriever, RetrieverError, default_captions, default_image_root
 
-    lay = Layout(args.work_dir)
     kw = dict(device=args.device, text_weights=args.text_weights, image_weights=args.image_weights)
     if args.collection:
         if not (args.collection / "manifest.json").is_file():
@@ -89,13 +97,8 @@ def load_retriever(args: argparse.Namespace):
             return Retriever.from_collection(args.collection, args.checkpoint, **kw), ""
         except FileNotFoundError as err:
             return None, f"{err}; train one first with: {_train_hint(args)}"
-        except RetrieverError as err:
+        except (RetrieverError, BackboneUnavailable) as err:
             return None, str(err)
-    checkpoint = args.checkpoint or lay.checkpoints / "best.pt"
-    if not checkpoint.is_file():
-        return None, f"no trained checkpoint at {checkpoint}; train one first with: {_train_hint(args)}"
-    import torch
-
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     features = args.image_features or lay.image_features
     images = args.images or default_image_root(features, config.IMAGES_DIR)
@@ -106,7 +109,7 @@ def load_retriever(args: argparse.Namespace):
     del state
     try:
         return Retriever.from_checkpoint(checkpoint, features, images, captions, **kw), ""
-    except RetrieverError as err:
+    except (RetrieverError, BackboneUnavailable) as err:
         return None, str(err)
 
 
@@ -217,10 +220,6 @@ def main(argv: list[str] | None = None) -> int:
 
     cli.setup_logging()
     _limit_malloc_arenas()
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     retriever, problem = load_retriever(args)
     if retriever is None:

@@ -22,8 +22,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchvision.transforms import v2 as T
-
 import config
 
 log = logging.getLogger(__name__)
@@ -108,6 +106,8 @@ class ImageBackbone:
 
     def pil_transform(self) -> Callable:
         """PIL image -> uint8 tensor (3,S,S): the CPU part of the preprocessing."""
+        from torchvision.transforms import v2 as T  # lazy: text-only serving never loads torchvision
+
         return T.Compose([
             T.PILToTensor(),
             T.Resize(self.image_size, antialias=True),
@@ -116,6 +116,8 @@ class ImageBackbone:
 
     def tensor_transform(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """uint8 tensor (3,H,W) on any device -> uint8 (3,S,S): same resize for GPU-decoded JPEGs."""
+        from torchvision.transforms import v2 as T
+
         return T.Compose([T.Resize(self.image_size, antialias=True), T.CenterCrop(self.image_size)])
 
 

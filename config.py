@@ -5,7 +5,14 @@ with the scripts' flags (``--images``, ``--captions``, ``--splits``, ``--work-di
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# OpenMP worker threads that spin while waiting for each other collapse when the cores are shared
+# (bench/: a training step took 20x longer with 2 torch threads than with 1 on a busy 2-core
+# machine; with passive waiting 2 threads ran as fast as 1). Read when torch loads: the stage
+# scripts import config (via cli) before torch. An OMP_WAIT_POLICY set by the user wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parent
 

