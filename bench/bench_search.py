@@ -1,7 +1,7 @@
 """Query latency of exact search vs the FAISS index, and FAISS recall@10, at several collection sizes.
 
-    python bench/bench_search.py                         # 31,000 and 1,000,000 images (~5-10 min)
-    python bench/bench_search.py --sizes 31000,1000000,10000000   # adds 10M (~15-25 min, 9 GB RAM)
+    python bench/bench_search.py                         # 31,000 and 1,000,000 images (~4 min)
+    python bench/bench_search.py --sizes 31000,1000000,10000000   # adds 10M (~25 min, ~9 GB RAM)
 
 Per size it prints exact and FAISS p50/p95 latency per single query (``time.perf_counter``, after
 warm-up queries), FAISS recall@10 against exact search, the speed-up (exact p50 / FAISS p50), the
