@@ -48,7 +48,7 @@ class TrainConfig:
     dropout: float = config.HEAD_DROPOUT
     init_temperature: float = config.INIT_TEMPERATURE
     feature_noise: float = 0.0  # std of Gaussian noise added to input features (a cheap augmentation)
-    input_dropout: float = 0.0  # dropout on the frozen features before the heads (regularises small datasets)
+    input_dropout: float = config.INPUT_DROPOUT  # dropout on the frozen features before the heads (regularises small datasets)
     crop_min: int = 0  # with a --grid image cache: random feature-map windows of crop_min..7 cells a side; 0 = off
     seed: int = config.SEED
     threads: int = 0  # torch CPU threads; 0 = torch's default

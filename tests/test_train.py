@@ -47,7 +47,8 @@ def make_split(n_images: int, seed: int, with_keywords: bool = False, grid: bool
 
 
 def small_cfg(**kw) -> TrainConfig:
-    base = dict(epochs=4, batch_size=32, lr=3e-3, hidden_dim=32, embed_dim=16, warmup_epochs=0.5, patience=10)
+    base = dict(epochs=4, batch_size=32, lr=3e-3, hidden_dim=32, embed_dim=16, warmup_epochs=0.5, patience=10,
+                dropout=0.1, input_dropout=0.0)
     base.update(kw)
     return TrainConfig(**base)
 
