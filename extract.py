@@ -90,6 +90,29 @@ def _resize_batch(images: Sequence[torch.Tensor], resize: Callable, out: torch.T
         out[dst] = resize(torch.stack([images[k] for k in ks]) if len(ks) > 1 else images[ks[0]].unsqueeze(0))
 
 
+def _read_bytes_ahead(dataset: ImageBytesDataset, batches: list[list[int]], threads: int,
+                      ahead: int = 4) -> Iterator[tuple[list[torch.Tensor], list[str]]]:
+    """File bytes of each batch, read by a thread pool a few batches ahead.
+
+    Threads, not DataLoader processes: reading releases the GIL, and sending thousands of
+    variable-size byte tensors between processes cost more than the reads (measured on an H200
+    machine: 2,700 files/s through 16 workers, 38,000 files/s read in-process).
+    """
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    # one thread assembles batches in order; the read pool serves it (one pool for both could
+    # fill every thread with waiting batch tasks and deadlock)
+    with ThreadPoolExecutor(threads) as reads, ThreadPoolExecutor(1) as assemble:
+        pending: deque = deque()
+        for batch in batches:
+            pending.append(assemble.submit(lambda b: _collate_bytes(list(reads.map(dataset.__getitem__, b))), batch))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def _decode_on_gpu(data: list[torch.Tensor], errors: list[str], backbone: ImageBackbone,
                    device: torch.device, cpu_transform: Callable) -> tuple[torch.Tensor, list[str]]:
     """nvJPEG batch decode + batched resize on the device; files it cannot decode go through PIL."""
@@ -163,16 +186,15 @@ def extract_image_features(
         batches = [c[i : i + batch_size].tolist() for c in chunks for i in range(0, len(c), batch_size)]
         if not batches:
             return
-        dataset = (ImageBytesDataset(paths) if decode == "gpu"
-                   else ImageFileDataset(paths, cpu_transform, backbone.image_size))
-        loader = DataLoader(
-            dataset, batch_sampler=batches, num_workers=num_workers,
-            collate_fn=_collate_bytes if decode == "gpu" else _collate,
-            pin_memory=device.type == "cuda" and decode != "gpu",
-            prefetch_factor=4 if num_workers else None,
-            persistent_workers=False,
-        )
-        batch_iter = iter(loader)
+        if decode == "gpu":
+            batch_iter = _read_bytes_ahead(ImageBytesDataset(paths), batches, max(1, num_workers))
+        else:
+            loader = DataLoader(
+                ImageFileDataset(paths, cpu_transform, backbone.image_size), batch_sampler=batches,
+                num_workers=num_workers, collate_fn=_collate, pin_memory=device.type == "cuda",
+                prefetch_factor=4 if num_workers else None, persistent_workers=False,
+            )
+            batch_iter = iter(loader)
         for rows in chunks:
             feats, failures = [], []
             for start in range(0, len(rows), batch_size):
