@@ -122,6 +122,9 @@ def example_queries(retriever, n: int = 4) -> list[str]:
     return [min(retriever.captions_of(r), key=len).rstrip(" .") for r in picks] or DEFAULT_EXAMPLES
 
 
+GALLERY_PIXELS = 640  # longest side of a symlinked photo sent as pixels
+
+
 def hit_label(hit) -> str:
     label = f"#{hit.rank} · {hit.score:.3f} · {hit.name}"
     if hit.captions:
@@ -137,11 +140,27 @@ def api_hit(hit) -> dict:
     return d
 
 
+def gallery_image(path: str, root: Path):
+    """What the gallery shows for a hit: its path, or for a photo that is a symlink to a file outside
+    the collection folder, its pixels (Gradio refuses to serve a target outside ``allowed_paths``,
+    and allowing the target's folder would expose files that were never indexed)."""
+    real = Path(os.path.realpath(path))
+    if real.is_relative_to(root):
+        return path
+    from PIL import Image, ImageOps
+
+    with Image.open(real) as img:
+        img.draft("RGB", (GALLERY_PIXELS, GALLERY_PIXELS))  # JPEG: decode at reduced size
+        img = ImageOps.exif_transpose(img).convert("RGB")
+    img.thumbnail((GALLERY_PIXELS, GALLERY_PIXELS))
+    return img
+
+
 def build_ui(retriever):
     import gradio as gr
 
     def gallery(hits):
-        return [(h.path, hit_label(h)) for h in hits]
+        return [(gallery_image(h.path, retriever.images_root), hit_label(h)) for h in hits]
 
     def run_text(query: str, k: float):
         t0 = time.perf_counter()

@@ -204,6 +204,31 @@ def test_index_kind_and_description(retriever):
     assert retriever.embeddings.dtype == np.float16
 
 
+def test_faiss_recall_is_tuned_on_text_queries(world, monkeypatch):
+    """A FAISS index's recall is measured on the collection's captions encoded as queries."""
+    import search_index
+
+    seen = {}
+    real_build = search_index.FaissIndex.build.__func__
+
+    def spy(cls, vectors, kind="faiss-ivf", **kw):
+        seen["truth"] = kw.get("truth")
+        return real_build(cls, vectors, kind, **kw)
+
+    monkeypatch.setattr(search_index.FaissIndex, "build", classmethod(spy))
+    r = open_retriever(world, index_kind="faiss-ivf")
+    assert r.kind == "faiss-ivf" and r.recall_at_10 is not None
+    queries, truth_rows = seen["truth"]
+    captions = [c for row in range(len(r)) for c in r.captions_of(row)]
+    assert len(queries) == len(captions) > len(r)  # every caption (fewer than TUNING_QUERIES)
+    np.testing.assert_allclose(queries[0], r.embed_text(captions[0])[0], atol=1e-4)
+    exact_rows = search_index.ExactIndex(r.embeddings).search(queries, 10)[1]
+    np.testing.assert_array_equal(truth_rows, exact_rows)
+
+    exact = open_retriever(world)  # small collections stay exact and need no tuning queries
+    assert exact.kind == "exact"
+
+
 # --------------------------------------------------------------------------------------------------
 # the projected-matrix cache
 
@@ -404,3 +429,22 @@ def test_concurrent_queries_match_sequential(retriever):
         parallel = list(pool.map(lambda q: [(h.name, round(h.score, 5)) for h in retriever.search_text(q, k=4)],
                                  queries * 3))
     assert parallel == sequential * 3
+
+
+def test_gallery_sends_pixels_for_photos_symlinked_from_outside(tmp_path):
+    """Gradio refuses to serve a symlink's target outside the folder: such hits go as pixels."""
+    from app import gallery_image
+
+    outside, root = tmp_path / "elsewhere", tmp_path / "photos"
+    outside.mkdir()
+    root.mkdir()
+    Image.new("RGB", (1600, 900), (200, 30, 30)).save(outside / "big.jpg")
+    Image.new("RGB", (64, 48), (30, 200, 30)).save(root / "own.jpg")
+    (root / "link.jpg").symlink_to(outside / "big.jpg")
+    (root / "sub").mkdir()
+    (root / "sub" / "inner.jpg").symlink_to(root / "own.jpg")  # a link inside the folder stays a path
+
+    assert gallery_image(str(root / "own.jpg"), root.resolve()) == str(root / "own.jpg")
+    assert gallery_image(str(root / "sub" / "inner.jpg"), root.resolve()) == str(root / "sub" / "inner.jpg")
+    img = gallery_image(str(root / "link.jpg"), root.resolve())
+    assert isinstance(img, Image.Image) and max(img.size) <= 640 and img.getpixel((10, 10))[0] > 150

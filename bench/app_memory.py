@@ -1,0 +1,99 @@
+#!/usr/bin/env python
+"""Resident memory of the search page at a given collection size (default 31,000 photos, MiniLM).
+
+Builds what ``app.py`` builds, in this process: the text backbone, a ``Retriever`` over N
+projected image embeddings (float16, the clustered synthetic vectors of ``bench_search.py``,
+memory-mapped as the app maps its projection cache) with 5 synthetic captions per photo, the Gradio page, launched on 127.0.0.1, then answers
+``--queries`` text queries. Prints resident memory (VmRSS) after each step and the peak (VmHWM),
+beside the cost of the imports alone, so the share of torch / transformers / gradio is visible.
+
+    python bench/app_memory.py [--images 31000] [--queries 50]
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+
+def status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=int, default=31_000)
+    p.add_argument("--queries", type=int, default=50)
+    p.add_argument("--backbone", default="minilm")
+    p.add_argument("--captions-per-image", type=int, default=5)
+    p.add_argument("--port", type=int, default=7899)
+    args = p.parse_args(argv)
+
+    steps = [("python start", status_mb("VmRSS"))]
+    import numpy as np
+    import torch
+    import transformers  # noqa: F401
+    steps.append(("import numpy, torch, transformers", status_mb("VmRSS")))
+    import gradio as gr
+    steps.append(("import gradio", status_mb("VmRSS")))
+
+    import app
+    from backbones import create_text_backbone
+    from model import RetrievalModel
+    from retrieval import Retriever
+
+    torch.set_num_threads(1)  # the app's default (--threads 1)
+    backbone = create_text_backbone(args.backbone)
+    backbone.model.eval()
+    steps.append((f"text backbone {backbone.name} loaded", status_mb("VmRSS")))
+    model = RetrievalModel(image_dim=1280, text_dim=backbone.dim).eval()
+    # Generated in a child process and memory-mapped, as the app maps its projected cache: the
+    # generator's temporaries would otherwise count in this process's peak.
+    tmp = Path(tempfile.mkdtemp(prefix="app_memory_"))
+    subprocess.run([sys.executable, "-c", (
+        "import sys, numpy as np; sys.path.insert(0, sys.argv[1]); from bench_search import clustered; "
+        "np.save(sys.argv[2], clustered(int(sys.argv[3]), d=int(sys.argv[4]), dtype=np.float16))"),
+        str(Path(__file__).resolve().parent), str(tmp / "projected.npy"), str(args.images),
+        str(model.config_dict()["embed_dim"])], check=True)
+    emb = np.load(tmp / "projected.npy", mmap_mode="r")
+    names = [f"{i:012d}.jpg" for i in range(args.images)]
+    # Flickr-like captions shown under results: 5 per photo, ~65 characters each
+    captions = {n: [f"caption {j} of photo {n}: a person walks a dog along a snowy street"
+                    for j in range(args.captions_per_image)] for n in names}
+    retriever = Retriever(model, {"image": {"backbone": "efficientnet_lite0", "weights": "-"},
+                                  "text": {"backbone": backbone.name, "weights": backbone.weights}},
+                          names, emb, images_root=".", captions=captions, text_backbone=backbone)
+    del emb, names, captions
+    steps.append((f"retriever over {args.images:,} photos ({retriever.kind})", status_mb("VmRSS")))
+    demo = app.build_ui(retriever)
+    demo.queue(default_concurrency_limit=4)
+    demo.launch(server_name="127.0.0.1", server_port=args.port, prevent_thread_lock=True, quiet=True,
+                ssr_mode=False)
+    steps.append(("page built and launched", status_mb("VmRSS")))
+    t0 = time.perf_counter()
+    for i in range(args.queries):
+        retriever.search_text(f"a dog number {i} running through the snow", 5)
+    steps.append((f"after {args.queries} queries ({(time.perf_counter() - t0) / args.queries * 1e3:.0f} ms each)",
+                  status_mb("VmRSS")))
+    peak = status_mb("VmHWM")
+    demo.close()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+    C.print_machine(f"App resident memory, {args.backbone}, {args.images:,} photos")
+    print(C.table(["step", "resident MB"], [[s, round(mb)] for s, mb in steps]))
+    print(f"\npeak resident: {peak:.0f} MB ({peak / 1024:.2f} GB); target <= 1024 MB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

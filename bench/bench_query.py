@@ -1,0 +1,139 @@
+#!/usr/bin/env python
+"""End-to-end query latency (encode + search) against the bare text-encoder forward, in one process.
+
+What a user waits for after pressing Enter is ``Retriever.search_text``: query check, tokenisation,
+the text backbone's forward pass, pooling, the text head, the index search and building the hits.
+Per collection size and index kind it prints, over the same real captions used as queries:
+
+* bare      the text backbone's forward pass alone on the query, pre-tokenised (``model(**batch)``):
+            the floor any system using this encoder pays;
+* query     ``Retriever.search_text(query, k=10)``, everything included;
+* query / bare  p50 ratio (target at 31,000 images: <= 1.2).
+
+The two are timed alternately query by query, so load from other jobs hits both alike. The
+projection heads are randomly initialised (latency does not depend on their values) and the image
+embeddings are the clustered synthetic unit vectors of ``bench_search.py``, stored in float16 as
+the app stores them. The index is the app's (``exact`` below ``config.EXACT_SEARCH_MAX``) and, for
+comparison, the tuned FAISS index, with its recall@10 against exact search.
+
+    python bench/bench_query.py                          # 31,000 and 1,000,000 images (~3 min)
+    python bench/bench_query.py --sizes 31000,1000000,10000000   # adds 10M (~25 min, ~9 GB RAM)
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import config  # noqa: E402
+from backbones import create_text_backbone  # noqa: E402
+from bench_search import clustered  # noqa: E402
+from datasets import read_captions  # noqa: E402
+from model import RetrievalModel  # noqa: E402
+from retrieval import Retriever  # noqa: E402
+from search_index import recall_at  # noqa: E402
+
+FALLBACK_QUERIES = [  # used when the Flickr8k captions are absent
+    "a dog running through the snow", "two children playing on the beach",
+    "a man riding a bicycle down a city street", "a group of people standing in front of a building",
+    "a black and white dog jumps over a log", "a woman in a red dress walks past a shop window",
+    "a boy in a blue shirt kicks a soccer ball on a grassy field", "climber on a rock face",
+]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=C.SHARED_DATA / "flickr8k" / "flickr8k.token",
+                   help="caption file whose captions are the queries (default: %(default)s)")
+    p.add_argument("--sizes", default="31000,1000000", help="comma-separated collection sizes")
+    p.add_argument("--queries", type=int, default=200, help="timed queries per setting")
+    p.add_argument("--warmup", type=int, default=10, help="untimed queries first")
+    p.add_argument("--backbone", default="minilm", help="text backbone (default: %(default)s)")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def load_queries(path: Path, n: int, seed: int) -> list[str]:
+    if path.is_file():
+        captions = [c.text for c in read_captions(path).captions]
+        rng = np.random.default_rng(seed)
+        return [captions[i] for i in rng.choice(len(captions), size=min(n, len(captions)), replace=False)]
+    print(f"(captions not found at {path}: using {len(FALLBACK_QUERIES)} built-in queries in a cycle)")
+    return [FALLBACK_QUERIES[i % len(FALLBACK_QUERIES)] for i in range(n)]
+
+
+def pct_ms(times: list[float], q: float) -> float:
+    return float(np.percentile(times, q) * 1e3)
+
+
+def run_setting(retriever: Retriever, queries: list[str], warmup: int, k: int):
+    """Alternating timings of the bare forward and the full query; returns both lists and the rows found."""
+    backbone = retriever.text_backbone
+    times_bare, times_query, rows = [], [], []
+    for i, q in enumerate(queries):
+        batch = backbone.tokenizer([q], truncation=True, max_length=backbone.max_length, return_tensors="pt")
+        batch = {key: v for key, v in batch.items() if key in ("input_ids", "attention_mask")}
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            backbone.model(**batch)
+            t1 = time.perf_counter()
+        hits = retriever.search_text(q, k)
+        t2 = time.perf_counter()
+        if i >= warmup:
+            times_bare.append(t1 - t0)
+            times_query.append(t2 - t1)
+            rows.append([int(h.name) for h in hits])  # names are row numbers
+    return times_bare, times_query, np.asarray(rows)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("search_index").setLevel(logging.INFO)
+    sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
+    queries = load_queries(args.data, args.queries + args.warmup, args.seed)
+
+    backbone = create_text_backbone(args.backbone)
+    backbone.model.eval()
+    torch.manual_seed(args.seed)
+    model = RetrievalModel(image_dim=1280, text_dim=backbone.dim).eval()
+    C.print_machine(f"Query latency: {args.backbone} + heads + search, {len(queries) - args.warmup} queries, k={args.k}")
+
+    rows_out = []
+    for n in sizes:
+        emb = clustered(n, d=model.config_dict()["embed_dim"], seed=args.seed, dtype=np.float16)
+        names = [str(i) for i in range(n)]  # the row number, so hits map back to rows
+        truth = None
+        # exact first (its results are the truth for recall), then the tuned FAISS index; the app
+        # itself takes exact up to config.EXACT_SEARCH_MAX images and FAISS above
+        for kind in ("exact", "faiss"):
+            r = Retriever(model, {"text": {"backbone": backbone.name, "weights": backbone.weights}}, names, emb,
+                          images_root=".", text_backbone=backbone, index_kind=kind)
+            bare, query, found = run_setting(r, queries, args.warmup, args.k)
+            if kind == "exact":
+                truth = found
+            recall = "exact" if kind == "exact" else (f"{recall_at(found, truth):.3f}" if truth is not None else "n/a")
+            app = " (the app's choice)" if (kind == "exact") == (n <= config.EXACT_SEARCH_MAX) else ""
+            rows_out.append([f"{n:,}", r.index.describe() + app, pct_ms(bare, 50), pct_ms(bare, 95),
+                             pct_ms(query, 50), pct_ms(query, 95), pct_ms(query, 50) / pct_ms(bare, 50), recall])
+            print(C.table(["images", "index", "bare p50 ms", "bare p95 ms", "query p50 ms", "query p95 ms",
+                           "query/bare p50", "recall@10"], rows_out[-1:]), flush=True)
+            del r
+        del emb, names
+    print()
+    print(C.table(["images", "index", "bare forward p50 ms", "bare p95 ms", "query p50 ms", "query p95 ms",
+                   "query / bare (p50)", "recall@10 vs exact"], rows_out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,89 @@
+#!/usr/bin/env python
+"""Start app.py, type one query in headless Chromium, save a screenshot of the answer.
+
+    python scripts/screenshot_app.py --out docs/app_flickr8k.png --query "a dog runs through the snow" \\
+        -- --work-dir work/flickr8k_lite2 --images ../shared/data/flickr8k/flickr8k-images
+
+Everything after ``--`` goes to app.py. Needs Debian's chromium (/usr/bin/chromium) and the
+playwright package (requirements-dev.txt), as the browser test does.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            sys.exit(f"app.py exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        if time.monotonic() > deadline:
+            sys.exit(f"app.py did not answer on {url} within {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    app_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    own = argv[:argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--query", default="a dog runs through the snow")
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "app_screenshot.png")
+    p.add_argument("--port", type=int, default=7871)
+    args = p.parse_args(own)
+    from playwright.sync_api import expect, sync_playwright
+
+    url = f"http://127.0.0.1:{args.port}/"
+    env = dict(os.environ, TQDM_DISABLE="1")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(args.port), *app_args],
+                            cwd=ROOT, env=env)
+    try:
+        wait_until_up(url, proc)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                         args=["--no-sandbox", "--disable-dev-shm-usage"])
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 900})
+                page.goto(url, wait_until="domcontentloaded")
+                expect(page.locator("#index-info")).to_contain_text("photos", timeout=60_000)
+                box = page.locator("#query textarea")
+                box.fill(args.query)
+                box.press("Enter")
+                results = page.locator("#results img")
+                expect(results).to_have_count(5, timeout=60_000)
+                for i in range(5):
+                    page.wait_for_function("img => img.complete && img.naturalWidth > 0",
+                                           arg=results.nth(i).element_handle(), timeout=30_000)
+                expect(page.locator("#timing")).to_contain_text("results in", timeout=30_000)
+                page.screenshot(path=str(args.out), full_page=True)
+            finally:
+                browser.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    print(f"screenshot: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
