@@ -59,6 +59,7 @@ AUG_CAPTION_RATIO = 4  # caption samples per keyword sample in a batch (4:1, as 
 EMBED_DIM = 256
 HEAD_HIDDEN_DIM = 1024
 HEAD_DROPOUT = 0.5  # heavy: heads on a few thousand photos overfit within 2-3 epochs
+TRAIN_BF16 = "auto"  # bf16 autocast in training: auto (on where the CPU has AMX) | on | off
 INPUT_DROPOUT = 0.2  # dropout on the frozen features themselves (Flickr8k dev rsum 290 -> 300)
 INIT_TEMPERATURE = 0.07
 MIN_TEMPERATURE = 0.01

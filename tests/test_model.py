@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from model import AttentionPool, ProjectionHead, RetrievalModel
+from model import AttentionPool, Dropout, ProjectionHead, RetrievalModel, dropout
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -27,7 +27,7 @@ def test_head_has_residual_skip_and_mlp():
     head = ProjectionHead(8, out_dim=4, hidden_dim=16)
     assert isinstance(head.norm, torch.nn.LayerNorm)
     assert head.skip.in_features == 8 and head.skip.out_features == 4
-    assert any(isinstance(m, torch.nn.Dropout) for m in head.mlp)
+    assert any(isinstance(m, Dropout) for m in head.mlp)
 
 
 def test_encoders_accept_float16_and_float32():
@@ -140,3 +140,32 @@ def test_attention_model_rebuilds_and_accepts_pooled_input():
     torch.testing.assert_close(model.encode_image(x), clone.encode_image(x))
     # an already pooled (n, dim) input (e.g. a mean-pooled cache at search time) passes straight to the head
     torch.testing.assert_close(model.encode_image(x[:, 0]), model.image_head(x[:, 0]))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.2, 0.5])
+def test_fast_dropout_rate_scale_and_gradient(p):
+    torch.manual_seed(0)
+    x = torch.ones(400, 1000, requires_grad=True)
+    y = dropout(x, p)
+    dropped = (y == 0).float().mean().item()
+    kept_value = y[y != 0].unique()
+    assert abs(dropped - p) < 0.005  # p is rounded to a multiple of 1/256
+    assert len(kept_value) == 1 and abs(kept_value.item() * (1 - dropped) - 1) < 0.01  # expectation kept
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, (y != 0).float() * kept_value.item())
+    torch.manual_seed(1)
+    again = dropout(torch.ones(400, 1000), p)
+    assert not torch.equal(again != 0, y != 0)  # a fresh mask per call
+
+
+def test_fast_dropout_is_identity_when_off_and_seeded():
+    x = torch.randn(64, 32)
+    assert dropout(x, 0.5, training=False) is x
+    assert dropout(x, 0.0) is x
+    assert torch.count_nonzero(dropout(x, 1.0)) == 0
+    torch.manual_seed(3)
+    a = dropout(x, 0.3)
+    torch.manual_seed(3)
+    torch.testing.assert_close(dropout(x, 0.3), a)  # reproducible from torch's seed (resume relies on it)
+    head = Dropout(0.3).eval()
+    assert head(x) is x

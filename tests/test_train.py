@@ -143,3 +143,23 @@ def test_grid_crops_train(tmp_path):
     train_data, val_data = make_split(60, 0, grid=True), make_split(20, 1)
     best = train(small_cfg(epochs=2, crop_min=1), train_data, val_data, tmp_path, BACKBONES)
     assert best["val_rsum"] > 0
+
+
+@pytest.mark.parametrize("mode", ["on", "off"])
+def test_training_learns_in_bf16_and_float32(tmp_path, mode):
+    train_data, val_data = make_split(120, 0), make_split(40, 1)
+    best = train(small_cfg(bf16=mode, input_dropout=0.2), train_data, val_data, tmp_path, BACKBONES)
+    assert best["val_rsum"] > 250  # chance is ~120 (see above)
+    model, _ = load_checkpoint(tmp_path / BEST)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast keeps float32 weights
+
+
+def test_use_bf16_modes(monkeypatch):
+    from train import use_bf16
+    assert use_bf16("on") and not use_bf16("off")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert not use_bf16("auto")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert use_bf16("auto")
+    with pytest.raises(ValueError, match="auto, on or off"):
+        use_bf16("yes")
