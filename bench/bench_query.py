@@ -59,6 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--backbone", default="minilm", help="text backbone (default: %(default)s)")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1, as app.py serves queries)")
     return p.parse_args(argv)
 
 
@@ -101,6 +102,8 @@ def main(argv=None) -> int:
     logging.getLogger("search_index").setLevel(logging.INFO)
     sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
     queries = load_queries(args.data, args.queries + args.warmup, args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     backbone = create_text_backbone(args.backbone)
     backbone.model.eval()
