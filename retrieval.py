@@ -209,11 +209,9 @@ class Retriever:
         self._image_backbone: ImageBackbone | None = None
         self._image_weights = image_weights
         self._lock = threading.Lock()  # fast tokenizers and lazy loading are not thread-safe
-        faiss_next = index_kind.startswith("faiss") or (index_kind == "auto" and len(names) > config.EXACT_SEARCH_MAX)
-        truth = self._text_query_truth(embeddings) if faiss_next and text_backbone is not None else None
         # logs its choice and recall; a FAISS index is tuned on real text queries where it has them
-        self.index = search_index.build_index(embeddings, kind=index_kind,
-                                              **({"truth": truth} if truth is not None else {}))
+        self.index = search_index.build_index(
+            embeddings, kind=index_kind, tuning_queries=self._text_queries if text_backbone is not None else None)
 
     # ---------------------------------------------------------------------------------------------
     # construction
@@ -276,16 +274,14 @@ class Retriever:
         backbone.model.to(device).eval()
         return backbone
 
-    def _text_query_truth(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Text queries and their exact top 10, for tuning and stating a FAISS index's recall.
+    def _text_queries(self) -> np.ndarray:
+        """Encoded text queries for tuning and stating a FAISS index's recall.
 
         Text queries do not fall where image vectors do (the modality gap; with random heads they
         fall anywhere), so recall measured with perturbed image rows, the index's own default, can
         overstate what a user gets. Queries are up to ``TUNING_QUERIES`` captions of the collection,
         else the built-in ``GENERIC_QUERIES``.
         """
-        import search_index
-
         texts = [c for row in self._captions or () for c in row.split("\n") if c] or list(GENERIC_QUERIES)
         if len(texts) > TUNING_QUERIES:
             rng = np.random.default_rng(0)
@@ -293,11 +289,9 @@ class Retriever:
         feats = torch.from_numpy(self._text_backbone.encode(texts, device=self.device))
         with torch.inference_mode():
             queries = self.model.encode_text(feats.to(self.device)).float().cpu().numpy()
-        k = min(search_index.RECALL_K, len(embeddings))
-        truth_rows = search_index.ExactIndex(embeddings).search(queries, k)[1]
         log.info("FAISS recall is measured on %d text queries (%s)", len(texts),
                  "captions of the collection" if self._captions else "built-in descriptions")
-        return queries, truth_rows
+        return queries
 
     # ---------------------------------------------------------------------------------------------
     # properties

@@ -501,11 +501,14 @@ def _add_in_blocks(index: Any, vectors: np.ndarray, assign: Callable[[np.ndarray
 # choosing, saving, loading
 
 def build_index(vectors: np.ndarray, kind: str = "auto", exact_max: int = config.EXACT_SEARCH_MAX,
-                target_recall: float = 0.95, **faiss_options: Any) -> SearchIndex:
+                target_recall: float = 0.95, tuning_queries: Callable[[], np.ndarray] | None = None,
+                **faiss_options: Any) -> SearchIndex:
     """Exact search at or below ``exact_max`` rows, a tuned FAISS index above; logs the choice.
 
     ``kind``: auto | exact | faiss (IVF-Flat, or IVF-SQ8 above IVF_FLAT_MAX_BYTES of float32) |
-    faiss-ivf | faiss-ivf-sq8 | faiss-hnsw. ``faiss_options`` go to ``FaissIndex.build``.
+    faiss-ivf | faiss-ivf-sq8 | faiss-hnsw. ``tuning_queries``: called only when a FAISS index is
+    built, returns the (q, d) queries its recall is tuned and measured on (default: perturbed rows,
+    ``recall_queries``). ``faiss_options`` go to ``FaissIndex.build``.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown index kind {kind!r}; expected one of {KINDS}")
@@ -524,6 +527,9 @@ def build_index(vectors: np.ndarray, kind: str = "auto", exact_max: int = config
         index: SearchIndex = ExactIndex(vectors, _checked=True)
         index.build_seconds = time.perf_counter() - t0
     else:
+        if tuning_queries is not None:
+            queries = np.ascontiguousarray(tuning_queries(), dtype=np.float32)
+            faiss_options["truth"] = (queries, ExactIndex(vectors, _checked=True).search(queries, min(RECALL_K, n))[1])
         index = FaissIndex.build(vectors, chosen, target_recall=target_recall, _checked=True, **faiss_options)
     recall = "exact" if index.recall_at_10 is None else f"recall@10={index.recall_at_10:.3f}"
     log.info("search index: %s over %d x %d (%s); %s; built in %.1f s",
