@@ -41,7 +41,8 @@ def add_backbone_args(p: argparse.ArgumentParser, image: bool = True, text: bool
                        help="a local weights file for the image backbone")
     if text:
         p.add_argument("--text-backbone", default=config.TEXT_BACKBONE,
-                       help="auto | bert-base-uncased | minilm (default: %(default)s)")
+                       help="auto | bert-base-uncased | minilm | bert-base-uncased-last3 | minilm-last3 "
+                            "(default: %(default)s)")
         p.add_argument("--text-weights", type=Path, default=None,
                        help="a local model folder for the text backbone")
 

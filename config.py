@@ -39,12 +39,13 @@ SPLIT_SEED = 0
 SPLIT_FRACTIONS = {"train": 29000 / 31014, "val": 1014 / 31014, "test": 1000 / 31014}
 
 # --- backbones ----------------------------------------------------------------------------------
-IMAGE_BACKBONE = "auto"  # auto | resnet18 | efficientnet_lite0
-TEXT_BACKBONE = "auto"  # auto | bert-base-uncased | minilm
+IMAGE_BACKBONE = "auto"  # auto | resnet18 | efficientnet_lite0 | efficientnet_lite1 | efficientnet_lite2
+TEXT_BACKBONE = "auto"  # auto | bert-base-uncased | minilm | bert-base-uncased-last3 | minilm-last3
 RESNET18_WEIGHTS = MODELS_DIR / "resnet18.pth"  # optional local state dict
 BERT_DIR = MODELS_DIR / "bert-base-uncased"  # local folder; else the hub id when online
 
 # --- feature extraction -------------------------------------------------------------------------
+IMAGE_VIEWS = 1  # views cached per image (--views, backbones.IMAGE_VIEWS): 7 = crops/flips/scale, +26 Flickr8k dev rsum, 7x the time
 IMAGE_BATCH_SIZE_CPU = 8  # small batches stay in cache: measured faster on a 2-core CPU
 IMAGE_BATCH_SIZE_GPU = 256
 TEXT_BATCH_SIZE = 256

@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from backbones import views_of
 from datasets import CaptionSet, list_hash
 from feature_cache import FeatureCache, StaleCacheError, load_cache
 
@@ -46,6 +47,8 @@ class Caches:
         image = {k: m_img[k] for k in ("backbone", "weights", "dim", "preprocess")}
         if m_img.get("grid"):  # a grid cache's rows are H*W cells; the heads see one cell-sized mean
             image["dim"] = m_img["grid"][2]
+        if m_img.get("views"):  # rows are V views; the heads see one view-sized vector
+            image["dim"] = m_img["dim"] // len(m_img["views"])
         return {"image": image, "text": {k: m_txt[k] for k in ("backbone", "weights", "dim", "preprocess")}}
 
 
@@ -56,6 +59,11 @@ def open_caches(image_dir: Path, text_dir: Path, keyword_dir: Path | None = None
     exp_img = {k: v for k, v in (expected_backbones or {}).get("image", {}).items() if k in ("backbone", "weights")}
     exp_txt = {k: v for k, v in (expected_backbones or {}).get("text", {}).items() if k in ("backbone", "weights")}
     images = load_cache(image_dir, exp_img, f"python batch_image_feature_extract.py {rerun_hint}".strip())
+    if expected_backbones and views_of(images.manifest["preprocess"]) != views_of(expected_backbones["image"].get("preprocess")):
+        raise StaleCacheError(
+            f"{image_dir} holds features of the views {list(views_of(images.manifest['preprocess']))}, the model "
+            f"expects {list(views_of(expected_backbones['image'].get('preprocess')))}; rerun "
+            f"batch_image_feature_extract.py with --views {len(views_of(expected_backbones['image'].get('preprocess')))}")
     captions = load_cache(text_dir, exp_txt, f"python batch_text_feature_extract.py {rerun_hint}".strip())
     keywords = None
     if keyword_dir is not None:
@@ -83,6 +91,7 @@ class SplitData:
     keyword_phrases: list[str] | None = None
     image_cells: torch.Tensor | None = None  # (n_images, H*W, D_img) from a --grid cache, else None
     grid_hw: tuple[int, int] | None = None
+    image_views: torch.Tensor | None = None  # (n_images, V, D_img) from a --views cache, else None
 
     @property
     def n_captions(self) -> int:
@@ -95,6 +104,7 @@ class SplitData:
         Index i < n_captions is caption row i; larger indices are keyword rows (i - n_captions).
         With a grid cache and ``crop_min`` > 0, each image feature is the mean of a random
         sub-window (crop_min..H cells a side) of its feature map: a crop augmentation in feature space.
+        With a views cache, each image feature is one of its views, drawn at random per sample.
         """
         idx = np.asarray(sample_index)
         is_cap = idx < self.n_captions
@@ -109,6 +119,9 @@ class SplitData:
         image_idx_t = torch.from_numpy(image_idx)
         if crop_min and self.image_cells is not None:
             return random_window_mean(self.image_cells[image_idx_t], self.grid_hw, crop_min, generator), text, image_idx_t
+        if self.image_views is not None:
+            view = torch.randint(0, self.image_views.shape[1], (len(idx),), generator=generator)
+            return self.image_views[image_idx_t, view], text, image_idx_t
         return self.image_features[image_idx_t], text, image_idx_t
 
 
@@ -153,6 +166,11 @@ def split_data(caches: Caches, image_names: Sequence[str], use_keywords: bool = 
     if grid:  # [H, W, D]: keep the cells for crop augmentation; the plain feature is their mean
         cells = image_features.view(len(names), grid[0] * grid[1], grid[2])
         image_features = cells.float().mean(1).to(torch.float16)
+    views = caches.images.manifest.get("views")
+    view_rows = None
+    if views:  # V views per row: training samples them; the plain feature is their mean
+        view_rows = image_features.view(len(names), len(views), -1)
+        image_features = view_rows.float().mean(1).to(torch.float16)
 
     def rows_for(cache: FeatureCache) -> tuple[np.ndarray, np.ndarray]:
         rows, owners = [], []
@@ -167,7 +185,7 @@ def split_data(caches: Caches, image_names: Sequence[str], use_keywords: bool = 
     data = SplitData(names, image_features,
                      torch.from_numpy(np.ascontiguousarray(caches.captions.features[cap_rows])),
                      cap_owner, [caches.captions.ids[r] for r in cap_rows],
-                     image_cells=cells, grid_hw=(grid[0], grid[1]) if grid else None)
+                     image_cells=cells, grid_hw=(grid[0], grid[1]) if grid else None, image_views=view_rows)
     if use_keywords and caches.keywords is not None:
         kw_rows, kw_owner = rows_for(caches.keywords)
         data.keyword_features = torch.from_numpy(np.ascontiguousarray(caches.keywords.features[kw_rows]))

@@ -20,7 +20,7 @@ import torch
 
 import cli
 from atomic_io import atomic_write_json, atomic_write_text
-from backbones import BackboneUnavailable, create_image_backbone, create_text_backbone
+from backbones import BackboneUnavailable, create_image_backbone, create_text_backbone, views_of
 from data_loader import Caches, SplitData, open_caches, split_data
 from datasets import DatasetError, list_hash, load_splits, read_captions
 from extract import extract_image_features, extract_text_features
@@ -39,7 +39,8 @@ def ensure_caches(args: argparse.Namespace, captions, backbones: dict) -> Caches
     lay = cli.layout(args)
     if read_manifest(lay.image_features) is None:
         backbone = create_image_backbone(backbones["image"]["backbone"])
-        extract_image_features(backbone, args.images, captions.images, lay.image_features, device=args.device)
+        extract_image_features(backbone, args.images, captions.images, lay.image_features, device=args.device,
+                               views=views_of(backbones["image"].get("preprocess")))
     if read_manifest(lay.text_features) is None:
         backbone = create_text_backbone(backbones["text"]["backbone"])
         keys = [f"{c.image}#{c.number}" for c in captions.captions]

@@ -21,7 +21,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 import config
-from backbones import ImageBackbone, TextBackbone, resolve_device
+from backbones import ONE_VIEW, ImageBackbone, TextBackbone, resolve_device
 from feature_cache import FeatureCache, build_cache
 
 log = logging.getLogger(__name__)
@@ -159,6 +159,8 @@ def extract_image_features(
     device: str | None = None,
     decode: str = "cpu",
     grid: bool = False,
+    views: tuple[str, ...] = ONE_VIEW,
+    stack_views: bool = True,
     force: bool = False,
     extra: dict | None = None,
 ) -> FeatureCache:
@@ -166,7 +168,12 @@ def extract_image_features(
 
     With ``grid`` each row holds the last feature map's cells (grid_size**2 x dim, cell-major)
     instead of their mean: training can then pool random sub-windows (feature-space crops).
+    With several ``views`` (``backbones.IMAGE_VIEWS``) each row holds one vector per view
+    (len(views) x dim, view-major): training samples one per step, everything else takes their mean;
+    without ``stack_views`` each row is that mean already (what a searched collection needs).
     """
+    if grid and views != ONE_VIEW:
+        raise ValueError("a cache holds either grid cells or several views per image, not both")
     device = resolve_device(device)
     if decode == "gpu" and device.type != "cuda":
         raise ValueError("--decode gpu needs a CUDA device")
@@ -178,6 +185,8 @@ def extract_image_features(
     # uninterrupted one and the features are byte-identical.
     chunk_size = max(batch_size, chunk_size // batch_size * batch_size)
     backbone.set_grid(grid)
+    stack_views = stack_views and views != ONE_VIEW
+    backbone.set_views(views, stack=stack_views)
     model = backbone.model.to(device).eval().to(memory_format=torch.channels_last)
     use_bf16 = device.type == "cuda"
     cpu_transform = backbone.pil_transform()
@@ -218,9 +227,11 @@ def extract_image_features(
 
     identity = {"kind": "image", "backbone": backbone.name, "weights": backbone.weights,
                 "preprocess": {**backbone.preprocess, "jpeg_draft": decode == "cpu", "decode": decode},
-                "dim": backbone.dim * (backbone.grid_size ** 2 if grid else 1)}
+                "dim": backbone.dim * (backbone.grid_size ** 2 if grid else 1) * (len(views) if stack_views else 1)}
     if grid:
         identity["grid"] = [backbone.grid_size, backbone.grid_size, backbone.dim]
+    if stack_views:  # rows hold the views stacked (preprocess["views"] says which)
+        identity["views"] = list(views)
     cache = build_cache(out_dir, names, identity, compute, chunk_size=chunk_size, force=force,
                         desc=f"images ({backbone.name})", unit="img", extra=extra)
     return cache

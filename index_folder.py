@@ -36,7 +36,7 @@ import numpy as np
 import cli
 import config
 from atomic_io import atomic_open, atomic_write_json, atomic_write_text
-from backbones import BackboneUnavailable, create_image_backbone, resolve_device
+from backbones import BackboneUnavailable, create_image_backbone, resolve_device, views_of
 from datasets import list_hash
 from feature_cache import (FEATURES_FILE, FORMAT_VERSION, IDS_FILE, MANIFEST_FILE, StaleCacheError, load_cache,
                            read_manifest)
@@ -94,7 +94,7 @@ def read_sources(out: Path) -> dict[str, tuple[int, int]]:
     return result
 
 
-def _previous(out: Path, root: Path, backbone_name: str, weights: str):
+def _previous(out: Path, root: Path, backbone_name: str, weights: str, views: tuple[str, ...]):
     """The previous index (cache, stats), or None when there is none or it cannot be reused."""
     manifest = read_manifest(out)
     if manifest is None:
@@ -104,6 +104,8 @@ def _previous(out: Path, root: Path, backbone_name: str, weights: str):
         raise StaleCacheError(f"{out} holds something other than an indexed photo folder; choose another --out")
     if manifest.get("backbone") != backbone_name or manifest.get("weights") != weights:
         why = f"it was made with {manifest.get('backbone')} ({manifest.get('weights')})"
+    elif views_of(manifest.get("preprocess")) != views:
+        why = f"it averages other views of each photo ({list(views_of(manifest.get('preprocess')))})"
     elif manifest.get("root") != str(root):
         why = f"it indexes another folder ({manifest.get('root')})"
     else:
@@ -141,9 +143,10 @@ def index_folder(folder: str | os.PathLike, checkpoint: str | os.PathLike, out: 
     backbone = create_image_backbone(expected["backbone"], image_weights)
     _check_identity("image", expected, backbone.name, backbone.weights, "found")
     backbone.set_grid(False)
+    views = views_of(expected.get("preprocess"))  # a collection row is the mean of the trained views
 
     stats = scan_folder(folder, exclude=out)
-    previous = _previous(out, folder, backbone.name, backbone.weights)
+    previous = _previous(out, folder, backbone.name, backbone.weights, views)
     old_stats = previous[1] if previous else {}
     todo = [rel for rel, st in stats.items() if old_stats.get(rel) != st]
     kept_ids = [rel for rel, st in stats.items() if old_stats.get(rel) == st]
@@ -162,7 +165,8 @@ def index_folder(folder: str | os.PathLike, checkpoint: str | os.PathLike, out: 
             shutil.rmtree(pending)
         atomic_write_text(marker, todo_key + "\n")
         new_cache = extract_image_features(backbone, folder, todo, pending, batch_size=batch_size,
-                                           num_workers=workers, chunk_size=chunk_size, device=device)
+                                           num_workers=workers, chunk_size=chunk_size, device=device, views=views,
+                                           stack_views=False)
         preprocess = new_cache.manifest["preprocess"]
 
     # Merge kept rows and new rows, in sorted relative-path order.

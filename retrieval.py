@@ -30,8 +30,8 @@ import torch
 
 import config
 from atomic_io import atomic_save_npy
-from backbones import (ImageBackbone, TextBackbone, create_image_backbone, create_text_backbone,
-                       resolve_device)
+from backbones import (ONE_VIEW, ImageBackbone, TextBackbone, create_image_backbone, create_text_backbone,
+                       resolve_device, views_of)
 from feature_cache import FEATURES_FILE, FeatureCache, StaleCacheError, load_cache, read_manifest
 from model import RetrievalModel
 
@@ -97,12 +97,22 @@ def projected_key(ckpt_digest: str, cache: FeatureCache) -> str:
 
 
 def pooled_rows(cache: FeatureCache, rows: np.ndarray) -> torch.Tensor:
-    """Float32 pooled backbone features of some rows; a grid cache's cells are averaged."""
+    """Float32 pooled backbone features of some rows; a grid cache's cells and a views cache's views
+    are averaged."""
     x = torch.from_numpy(np.asarray(cache.features[rows], dtype=np.float32))
-    grid = cache.manifest.get("grid")
+    grid, views = cache.manifest.get("grid"), cache.manifest.get("views")
     if grid:  # [H, W, D]: rows are H*W cells, cell-major; the pooled feature is their mean
         x = x.view(len(rows), grid[0] * grid[1], grid[2]).mean(1)
+    if views:  # rows are V views, view-major; the image's feature is their mean
+        x = x.view(len(rows), len(views), -1).mean(1)
     return x
+
+
+def pooled_dim(cache: FeatureCache) -> int:
+    """The size of ``pooled_rows``' vectors."""
+    if cache.manifest.get("grid"):
+        return int(cache.manifest["grid"][2])
+    return cache.dim // len(cache.manifest.get("views") or ONE_VIEW)
 
 
 @torch.inference_mode()
@@ -239,10 +249,15 @@ class Retriever:
                                rerun="python batch_image_feature_extract.py (with the checkpoint's backbone)")
         except StaleCacheError as err:
             raise RetrieverError(str(err)) from err
-        pooled_dim = cache.manifest["grid"][2] if cache.manifest.get("grid") else cache.dim
-        if pooled_dim != model.config_dict()["image_dim"]:
-            raise RetrieverError(f"{image_cache_dir} holds {pooled_dim}-d features but the checkpoint's image "
+        dim = pooled_dim(cache)
+        if dim != model.config_dict()["image_dim"]:
+            raise RetrieverError(f"{image_cache_dir} holds {dim}-d features but the checkpoint's image "
                                  f"head takes {model.config_dict()['image_dim']}-d")
+        if views_of(cache.manifest["preprocess"]) != views_of(img_exp.get("preprocess")):
+            raise RetrieverError(
+                f"{image_cache_dir} holds features of the views {list(views_of(cache.manifest['preprocess']))} "
+                f"but {checkpoint} was trained on {list(views_of(img_exp.get('preprocess')))}; extract them "
+                f"again with the checkpoint's --views")
         rows, proj = load_or_project(model, cache, checkpoint_digest(checkpoint), device)
         names = [cache.ids[r] for r in rows]
         captions = _read_caption_map(captions_file, set(names)) if captions_file else {}
@@ -343,6 +358,7 @@ class Retriever:
                     backbone = create_image_backbone(exp["backbone"], self._image_weights)
                     _check_identity("image", exp, backbone.name, backbone.weights, "found")
                     backbone.set_grid(False)
+                    backbone.set_views(views_of(exp.get("preprocess")))  # the mean of the trained views
                     backbone.model.to(self.device).eval()
                     self._image_backbone = backbone
         return self._image_backbone
@@ -377,8 +393,7 @@ class Retriever:
                                        return_tensors="pt")
         batch = {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            hidden = backbone.model(**batch).last_hidden_state
-        feats = backbone.pool(hidden.float(), batch["attention_mask"])
+            feats = backbone.forward_pooled(batch)
         return self.model.encode_text(feats).float().cpu().numpy()
 
     @torch.inference_mode()

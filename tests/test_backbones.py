@@ -213,6 +213,24 @@ def test_bert_code_path_tiny_model(bert, bert_dir):
     assert len({tuple(np.round(r, 4)) for r in out}) == len(TEXTS)  # distinct texts, distinct vectors
 
 
+def test_last_layers_variant_concatenates_layer_mean_pools(bert, bert_dir):
+    from transformers import AutoModel
+
+    last3 = create_text_backbone("bert-base-uncased-last3", weights=bert_dir)
+    assert last3.name == "bert-base-uncased-last3" and last3.dim == 3 * 32 and last3.weights == bert.weights
+    assert last3.preprocess["layers"] == 3 and "layers" not in bert.preprocess  # old caches keep their identity
+    out = last3.encode(TEXTS, batch_size=3, device="cpu")
+    assert out.shape == (len(TEXTS), 96)
+    np.testing.assert_allclose(out[:, :32], bert.encode(TEXTS, batch_size=3, device="cpu"), atol=1e-5, rtol=0)
+    # the next blocks are the mean pools of the layer before the last and of the one before that
+    # (here the embeddings: the tiny model has 2 layers), computed independently of backbones.py
+    batch = last3.tokenizer(TEXTS[:1], return_tensors="pt")
+    with torch.no_grad():
+        hidden = AutoModel.from_pretrained(str(bert_dir))(**batch, output_hidden_states=True).hidden_states
+    np.testing.assert_allclose(out[0, 32:64], hidden[-2][0].mean(0).numpy(), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(out[0, 64:], hidden[-3][0].mean(0).numpy(), atol=1e-5, rtol=0)
+
+
 def test_bert_encode_keeps_input_order(bert):
     base = bert.encode(TEXTS, batch_size=3, device="cpu")
     perm = np.random.default_rng(0).permutation(len(TEXTS))

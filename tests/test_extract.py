@@ -16,6 +16,7 @@ import torch
 import torchvision
 from PIL import Image
 
+import backbones
 import batch_image_feature_extract
 import batch_text_feature_extract
 import extract
@@ -410,3 +411,43 @@ def test_stage_script_missing_weights_exit_2(tmp_path, image_set, caplog):
              "--device", "cpu"])
     assert rc == 2
     assert any("nope.pth" in r.getMessage() for r in caplog.records)
+
+
+# --------------------------------------------------------------------------------------------------
+# several views per image
+
+def test_views_geometry():
+    size = 20
+    cols = torch.arange(size, dtype=torch.uint8).view(1, 1, 1, size).expand(2, 3, size, size) * 10  # value = 10 x column
+    assert torch.equal(backbones.make_view(cols, "full"), cols)
+    assert torch.equal(backbones.make_view(cols, "full_flip"), cols.flip(-1))
+    tl, br = backbones.make_view(cols, "top_left80"), backbones.make_view(cols, "bottom_right80")
+    assert tl.shape == br.shape == cols.shape
+    # the top-left 16 columns stretched to 20 end near column 15; the bottom-right ones start near column 4
+    assert abs(int(tl[0, 0, 0, -1]) - 150) <= 10 and abs(int(br[0, 0, 0, 0]) - 40) <= 10
+    assert backbones.make_view(cols, "full_large").shape[-1] == round(size * 1.27 / 2) * 2
+    center = backbones.make_view(cols, "center80")
+    assert torch.equal(backbones.make_view(cols, "center80_flip"), center.flip(-1))
+    with pytest.raises(ValueError, match="between 1 and 7"):
+        backbones.first_views(8)
+
+
+def test_views_cache_stacks_views_and_collections_take_their_mean(tmp_path, image_set, resnet, image_reference):
+    images, names = image_set
+    views = backbones.first_views(3)
+    try:
+        cache = extract.extract_image_features(resnet, images, names, tmp_path / "views", views=views, **IMAGE_KW)
+        mean = extract.extract_image_features(resnet, images, names, tmp_path / "mean", views=views,
+                                              stack_views=False, **IMAGE_KW)
+    finally:
+        resnet.set_views()  # the fixture is shared with other tests
+    assert cache.manifest["views"] == list(views) and cache.manifest["preprocess"]["views"] == list(views)
+    assert cache.dim == 3 * 512 and cache.features.shape == (len(names), 3 * 512)
+    stacked = np.asarray(cache.features, dtype=np.float32).reshape(len(names), 3, 512)
+    one_view = np.asarray(load_cache(image_reference).features, dtype=np.float32)
+    np.testing.assert_allclose(stacked[:, 0], one_view, atol=2e-3, rtol=2e-3)  # "full" is the plain feature
+    assert not np.allclose(stacked[:, 1], stacked[:, 0], atol=1e-2)  # a flip is another view
+    assert "views" not in mean.manifest and mean.manifest["preprocess"]["views"] == list(views)
+    np.testing.assert_allclose(np.asarray(mean.features, dtype=np.float32), stacked.mean(1), atol=2e-3, rtol=2e-3)
+    with pytest.raises(ValueError, match="not both"):
+        extract.extract_image_features(resnet, images, names, tmp_path / "both", views=views, grid=True, **IMAGE_KW)

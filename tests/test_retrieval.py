@@ -448,3 +448,43 @@ def test_gallery_sends_pixels_for_photos_symlinked_from_outside(tmp_path):
     assert gallery_image(str(root / "sub" / "inner.jpg"), root.resolve()) == str(root / "sub" / "inner.jpg")
     img = gallery_image(str(root / "link.jpg"), root.resolve())
     assert isinstance(img, Image.Image) and max(img.size) <= 640 and img.getpixel((10, 10))[0] > 150
+
+
+def test_views_checkpoint_searches_the_mean_of_views_everywhere(world, tmp_path, monkeypatch):
+    from backbones import first_views
+    from retrieval import pooled_rows
+
+    views = first_views(2)
+    image_bb = create_image_backbone("resnet18", world["resnet_file"])
+    image_bb.set_views(views)
+    checkpoint = tmp_path / "views.pt"
+    save_checkpoint(checkpoint, 1, image_bb, world["text_bb"])
+    with pytest.raises(RetrieverError, match="views"):  # a one-view cache for a views checkpoint
+        open_retriever(world, checkpoint=checkpoint)
+
+    cache_dir = tmp_path / "image_embeddings"
+    cache = extract.extract_image_features(image_bb, world["images"], world["names"], cache_dir, views=views,
+                                           num_workers=0, batch_size=8, chunk_size=8, device="cpu")
+    stacked = np.asarray(cache.features, dtype=np.float32).reshape(len(world["names"]), 2, -1)
+    rows = np.arange(len(world["names"]))
+    np.testing.assert_allclose(pooled_rows(cache, rows).numpy(), stacked.mean(1), rtol=1e-6)
+    r = Retriever.from_checkpoint(checkpoint, cache_dir, world["images"], device="cpu",
+                                  text_weights=world["bert_dir"], image_weights=world["resnet_file"])
+    photo_name = world["names"][0]
+    hit = r.search_image(Image.open(world["images"] / photo_name), k=1)[0]
+    assert hit.name == photo_name and hit.score == pytest.approx(1.0, abs=1e-3)  # the query also takes the mean
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for n in world["names"][:3]:
+        (folder / n).write_bytes((world["images"] / n).read_bytes())
+    out = tmp_path / "index"
+    index_folder.index_folder(folder, world["checkpoint"], out, device="cpu", workers=0, batch_size=4,
+                              image_weights=world["resnet_file"])  # one view
+    result = index_folder.index_folder(folder, checkpoint, out, device="cpu", workers=0, batch_size=4,
+                                       image_weights=world["resnet_file"])
+    assert result.embedded == 3 and result.kept == 0  # other views: nothing reused
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["preprocess"]["views"] == list(views) and manifest["dim"] == image_bb.dim
+    np.testing.assert_allclose(np.load(out / "features.npy").astype(np.float32), stacked[:3].mean(1),
+                               atol=2e-3, rtol=2e-3)

@@ -163,3 +163,40 @@ def test_use_bf16_modes(monkeypatch):
     assert use_bf16("auto")
     with pytest.raises(ValueError, match="auto, on or off"):
         use_bf16("yes")
+
+
+def test_views_cache_trains_on_sampled_views_and_validates_on_their_mean(tmp_path):
+    from data_loader import Caches, split_data
+    from feature_cache import FeatureCache
+
+    g = np.random.default_rng(0)
+    names = [f"{i}.jpg" for i in range(6)]
+    views = g.normal(size=(6, 3, 4)).astype(np.float16)  # 3 views of 4-d per image, view-major rows
+    manifest = {"backbone": "b", "weights": "w", "dim": 12, "views": ["full", "full_flip", "center80"],
+                "preprocess": {"views": ["full", "full_flip", "center80"]}}
+    images = FeatureCache(tmp_path, views.reshape(6, 12), names, manifest)
+    captions = FeatureCache(tmp_path, g.normal(size=(12, 5)).astype(np.float16),
+                            [f"{n}#{k}" for n in names for k in range(2)], {"backbone": "t", "weights": "w",
+                                                                            "dim": 5, "preprocess": {}})
+    caches = Caches(images, captions)
+    assert caches.backbones["image"]["dim"] == 4  # the heads see one view
+    data = split_data(caches, names[::-1], use_keywords=False)  # another order than the cache's
+    np.testing.assert_allclose(data.image_features.float().numpy(),
+                               views[::-1].astype(np.float32).mean(1), atol=1e-3)  # the plain feature: the mean
+    seen = set()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        img, _, image_idx = data.gather(np.arange(12), generator=gen)
+        for row, j in zip(img.numpy(), image_idx.numpy()):
+            match = [v for v in range(3) if np.array_equal(row, views[::-1][j, v])]
+            assert len(match) == 1  # every training row is one cached view of its own image
+            seen.add(match[0])
+    assert seen == {0, 1, 2}
+
+    train_data, val_data = make_split(120, 0), make_split(40, 1)
+    offsets = g.normal(size=(120, 3, 24)).astype(np.float32)
+    offsets -= offsets.mean(1, keepdims=True)
+    train_data.image_views = torch.tensor(train_data.image_features.float().numpy()[:, None] + 0.3 * offsets,
+                                          dtype=torch.float16)
+    best = train(small_cfg(), train_data, val_data, tmp_path / "run", BACKBONES)
+    assert best["val_rsum"] > 250  # chance is ~120 (see test_training_learns_and_writes_everything)
