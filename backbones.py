@@ -116,6 +116,14 @@ def views_of(preprocess: dict | None) -> tuple[str, ...]:
     return tuple((preprocess or {}).get("views", ONE_VIEW))
 
 
+def views_mismatch(found: dict | None, expected: dict | None) -> str | None:
+    """None when two preprocess records average the same views, else what differs (for messages)."""
+    have, want = views_of(found), views_of(expected)
+    if have == want:
+        return None
+    return f"it holds features of the views {list(have)}, the model was trained on {list(want)} (--views {len(want)})"
+
+
 def make_view(x: torch.Tensor, view: str) -> torch.Tensor:
     """uint8 (B,3,S,S) -> uint8 (B,3,S',S'): the named view of each image."""
     from torchvision.transforms.v2 import functional as TF

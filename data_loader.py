@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from backbones import views_of
+from backbones import views_mismatch
 from datasets import CaptionSet, list_hash
 from feature_cache import FeatureCache, StaleCacheError, load_cache
 
@@ -44,11 +44,8 @@ class Caches:
     def backbones(self) -> dict:
         """What a checkpoint records so the app and evaluation use the same encoders."""
         m_img, m_txt = self.images.manifest, self.captions.manifest
-        image = {k: m_img[k] for k in ("backbone", "weights", "dim", "preprocess")}
-        if m_img.get("grid"):  # a grid cache's rows are H*W cells; the heads see one cell-sized mean
-            image["dim"] = m_img["grid"][2]
-        if m_img.get("views"):  # rows are V views; the heads see one view-sized vector
-            image["dim"] = m_img["dim"] // len(m_img["views"])
+        image = {k: m_img[k] for k in ("backbone", "weights", "preprocess")}
+        image["dim"] = self.images.pooled_dim  # the heads see one cell- or view-sized vector
         return {"image": image, "text": {k: m_txt[k] for k in ("backbone", "weights", "dim", "preprocess")}}
 
 
@@ -59,11 +56,11 @@ def open_caches(image_dir: Path, text_dir: Path, keyword_dir: Path | None = None
     exp_img = {k: v for k, v in (expected_backbones or {}).get("image", {}).items() if k in ("backbone", "weights")}
     exp_txt = {k: v for k, v in (expected_backbones or {}).get("text", {}).items() if k in ("backbone", "weights")}
     images = load_cache(image_dir, exp_img, f"python batch_image_feature_extract.py {rerun_hint}".strip())
-    if expected_backbones and views_of(images.manifest["preprocess"]) != views_of(expected_backbones["image"].get("preprocess")):
-        raise StaleCacheError(
-            f"{image_dir} holds features of the views {list(views_of(images.manifest['preprocess']))}, the model "
-            f"expects {list(views_of(expected_backbones['image'].get('preprocess')))}; rerun "
-            f"batch_image_feature_extract.py with --views {len(views_of(expected_backbones['image'].get('preprocess')))}")
+    why = None
+    if expected_backbones:
+        why = views_mismatch(images.manifest["preprocess"], expected_backbones["image"].get("preprocess"))
+    if why:
+        raise StaleCacheError(f"{image_dir}: {why}; rerun batch_image_feature_extract.py with that --views")
     captions = load_cache(text_dir, exp_txt, f"python batch_text_feature_extract.py {rerun_hint}".strip())
     keywords = None
     if keyword_dir is not None:

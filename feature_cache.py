@@ -61,6 +61,13 @@ class FeatureCache:
         return int(self.manifest["dim"])
 
     @property
+    def pooled_dim(self) -> int:
+        """The size of one image's vector: a grid cache's rows hold H*W cells, a views cache's V views."""
+        if self.manifest.get("grid"):
+            return int(self.manifest["grid"][2])
+        return self.dim // len(self.manifest.get("views") or (None,))
+
+    @property
     def failed_ids(self) -> set[str]:
         return {f["id"] for f in self.manifest.get("failures", [])}
 

@@ -36,7 +36,7 @@ import numpy as np
 import cli
 import config
 from atomic_io import atomic_open, atomic_write_json, atomic_write_text
-from backbones import BackboneUnavailable, create_image_backbone, resolve_device, views_of
+from backbones import BackboneUnavailable, create_image_backbone, resolve_device, views_mismatch, views_of
 from datasets import list_hash
 from feature_cache import (FEATURES_FILE, FORMAT_VERSION, IDS_FILE, MANIFEST_FILE, StaleCacheError, load_cache,
                            read_manifest)
@@ -94,7 +94,7 @@ def read_sources(out: Path) -> dict[str, tuple[int, int]]:
     return result
 
 
-def _previous(out: Path, root: Path, backbone_name: str, weights: str, views: tuple[str, ...]):
+def _previous(out: Path, root: Path, backbone_name: str, weights: str, preprocess: dict):
     """The previous index (cache, stats), or None when there is none or it cannot be reused."""
     manifest = read_manifest(out)
     if manifest is None:
@@ -104,8 +104,8 @@ def _previous(out: Path, root: Path, backbone_name: str, weights: str, views: tu
         raise StaleCacheError(f"{out} holds something other than an indexed photo folder; choose another --out")
     if manifest.get("backbone") != backbone_name or manifest.get("weights") != weights:
         why = f"it was made with {manifest.get('backbone')} ({manifest.get('weights')})"
-    elif views_of(manifest.get("preprocess")) != views:
-        why = f"it averages other views of each photo ({list(views_of(manifest.get('preprocess')))})"
+    elif mismatch := views_mismatch(manifest.get("preprocess"), preprocess):
+        why = mismatch
     elif manifest.get("root") != str(root):
         why = f"it indexes another folder ({manifest.get('root')})"
     else:
@@ -146,7 +146,7 @@ def index_folder(folder: str | os.PathLike, checkpoint: str | os.PathLike, out: 
     views = views_of(expected.get("preprocess"))  # a collection row is the mean of the trained views
 
     stats = scan_folder(folder, exclude=out)
-    previous = _previous(out, folder, backbone.name, backbone.weights, views)
+    previous = _previous(out, folder, backbone.name, backbone.weights, expected.get("preprocess"))
     old_stats = previous[1] if previous else {}
     todo = [rel for rel, st in stats.items() if old_stats.get(rel) != st]
     kept_ids = [rel for rel, st in stats.items() if old_stats.get(rel) == st]

@@ -30,8 +30,8 @@ import torch
 
 import config
 from atomic_io import atomic_save_npy
-from backbones import (ONE_VIEW, ImageBackbone, TextBackbone, create_image_backbone, create_text_backbone,
-                       resolve_device, views_of)
+from backbones import (ImageBackbone, TextBackbone, create_image_backbone, create_text_backbone,
+                       resolve_device, views_mismatch, views_of)
 from feature_cache import FEATURES_FILE, FeatureCache, StaleCacheError, load_cache, read_manifest
 from model import RetrievalModel
 
@@ -106,13 +106,6 @@ def pooled_rows(cache: FeatureCache, rows: np.ndarray) -> torch.Tensor:
     if views:  # rows are V views, view-major; the image's feature is their mean
         x = x.view(len(rows), len(views), -1).mean(1)
     return x
-
-
-def pooled_dim(cache: FeatureCache) -> int:
-    """The size of ``pooled_rows``' vectors."""
-    if cache.manifest.get("grid"):
-        return int(cache.manifest["grid"][2])
-    return cache.dim // len(cache.manifest.get("views") or ONE_VIEW)
 
 
 @torch.inference_mode()
@@ -249,15 +242,12 @@ class Retriever:
                                rerun="python batch_image_feature_extract.py (with the checkpoint's backbone)")
         except StaleCacheError as err:
             raise RetrieverError(str(err)) from err
-        dim = pooled_dim(cache)
-        if dim != model.config_dict()["image_dim"]:
-            raise RetrieverError(f"{image_cache_dir} holds {dim}-d features but the checkpoint's image "
+        if cache.pooled_dim != model.config_dict()["image_dim"]:
+            raise RetrieverError(f"{image_cache_dir} holds {cache.pooled_dim}-d features but the checkpoint's image "
                                  f"head takes {model.config_dict()['image_dim']}-d")
-        if views_of(cache.manifest["preprocess"]) != views_of(img_exp.get("preprocess")):
-            raise RetrieverError(
-                f"{image_cache_dir} holds features of the views {list(views_of(cache.manifest['preprocess']))} "
-                f"but {checkpoint} was trained on {list(views_of(img_exp.get('preprocess')))}; extract them "
-                f"again with the checkpoint's --views")
+        why = views_mismatch(cache.manifest["preprocess"], img_exp.get("preprocess"))
+        if why:
+            raise RetrieverError(f"{image_cache_dir}: {why}; extract them again with that --views")
         rows, proj = load_or_project(model, cache, checkpoint_digest(checkpoint), device)
         names = [cache.ids[r] for r in rows]
         captions = _read_caption_map(captions_file, set(names)) if captions_file else {}
