@@ -4,7 +4,8 @@ Each entry owns its weights lookup, its preprocessing and its output size, and r
 ``weights`` identity that feature caches record so features of different models never mix.
 
 Image entries: ``resnet18`` (torchvision), ``efficientnet_lite0/1/2`` (offline pip packages); any of
-them can pool several views of each image (``IMAGE_VIEWS``, ``ImageBackbone.set_views``).
+them can pool several views of each image (``IMAGE_VIEWS``, ``ImageBackbone.set_views``), and
+``"a+b"`` runs several of them on the same views with their features side by side.
 Text entries: ``bert-base-uncased`` (local folder or hub), ``minilm`` (offline pip package), and
 ``<name>-last3`` of each: the mean pools of its last three layers concatenated instead of the last
 layer's alone (earlier layers keep word-level detail the sentence-similarity training pooled away).
@@ -148,6 +149,7 @@ class ImageBackbone:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     grid_size: int = 7  # cells per side of the last feature map at image_size
+    members: tuple[dict, ...] = ()  # a "+" combination: each member's name, input size, mean and std
 
     def set_grid(self, grid: bool) -> None:
         """Make the model return the last feature map's cells (B, grid_size**2 * dim), not their mean."""
@@ -170,6 +172,9 @@ class ImageBackbone:
         """What the cache manifest records about preprocessing."""
         pre = {"resize_shorter": self.image_size, "center_crop": self.image_size,
                "interpolation": "bilinear+antialias", "mean": list(self.mean), "std": list(self.std)}
+        if self.members:  # each member resizes the S x S square (S: the smallest) to its own size
+            pre = {"resize_shorter": self.image_size, "center_crop": self.image_size,
+                   "interpolation": "bilinear+antialias", "members": list(self.members)}
         if self.views != ONE_VIEW:  # absent for one view: caches written before views stay valid
             pre["views"] = list(self.views)
         return pre
@@ -218,6 +223,54 @@ class _PooledBackbone(nn.Module):
             raise ValueError("a grid cache holds one view per image; use views or grid, not both")
         pooled = [self.feature_map(self.normalize(make_view(x, v))).mean(dim=(2, 3)) for v in self.views]
         return torch.cat(pooled, dim=1) if self.stack_views else torch.stack(pooled).mean(0)
+
+
+class _ConcatBackbone(nn.Module):
+    """Several backbones on the same views, their pooled features concatenated (``"a+b"`` names).
+
+    Each view of the S x S square is resized to every member's own size: one decode, one cache, one
+    identity. S is the smallest member's size, because resizing a square down again changed Lite0's
+    features far more (correlation 0.90 with its direct input) than resizing up costs the larger
+    member. (Flickr8k dev rsum, Lite0+Lite2 with 7 views: 354.2 against 350.6 for Lite2 and 340.7
+    for Lite0.)
+    """
+
+    def __init__(self, members: Sequence[_PooledBackbone], sizes: Sequence[int]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.sizes = tuple(sizes)
+        self.grid = False
+        self.views, self.stack_views = ONE_VIEW, False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms.v2 import functional as TF
+
+        if self.grid:
+            raise ValueError("a combined backbone has no single feature-map grid; use views instead")
+        pooled = []
+        for v in self.views:
+            xv = make_view(x, v)
+            scale = xv.shape[-1] / x.shape[-1]  # the larger-scale view stays larger for every member
+            feats = []
+            for member, size in zip(self.members, self.sizes):
+                side = round(size * scale / 2) * 2 if scale != 1.0 else size
+                xm = xv if side == xv.shape[-1] else TF.resize(xv, [side, side], antialias=True)
+                feats.append(member.feature_map(member.normalize(xm)).mean(dim=(2, 3)))
+            pooled.append(torch.cat(feats, dim=1))
+        return torch.cat(pooled, dim=1) if self.stack_views else torch.stack(pooled).mean(0)
+
+
+def _combine(backbones: Sequence[ImageBackbone]) -> ImageBackbone:
+    """One ImageBackbone whose features are the members' pooled features side by side."""
+    if any(b.members for b in backbones):
+        raise ValueError("combine plain backbones only, e.g. efficientnet_lite0+efficientnet_lite2")
+    members = tuple({"name": b.name, "image_size": b.image_size, "mean": list(b.mean), "std": list(b.std)}
+                    for b in backbones)
+    first = backbones[0]
+    model = _ConcatBackbone([b.model for b in backbones], [b.image_size for b in backbones]).eval()
+    return ImageBackbone("+".join(b.name for b in backbones), sum(b.dim for b in backbones), model,
+                         min(b.image_size for b in backbones), "+".join(b.weights for b in backbones),
+                         first.mean, first.std, members=members)
 
 
 class _PooledEfficientNet(_PooledBackbone):
@@ -503,8 +556,18 @@ def resolve_names(image: str = "auto", text: str = "auto") -> tuple[str, str]:
 
 
 def create_image_backbone(name: str = "auto", weights: str | os.PathLike | None = None) -> ImageBackbone:
+    """A registry entry, or ``"a+b"``: several entries on the same views, features concatenated."""
     if name == "auto":
         name = resolve_names("auto", "auto")[0]
+    if "+" in name:
+        parts = name.split("+")
+        if weights:
+            raise ValueError(f"--image-weights names one file; {name!r} combines {len(parts)} backbones "
+                             "(put their weights where each entry looks for them)")
+        if len(set(parts)) != len(parts) or "auto" in parts:
+            raise ValueError(f"image backbone {name!r}: combine distinct named entries, e.g. "
+                             "efficientnet_lite0+efficientnet_lite2")
+        return _combine([create_image_backbone(part) for part in parts])
     if name not in IMAGE_BACKBONES:
         raise ValueError(f"unknown image backbone {name!r}; choose from auto, {', '.join(IMAGE_BACKBONES)}")
     return IMAGE_BACKBONES[name](weights)

@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="cache N views of every image (crops, flips, a larger scale; backbones.IMAGE_VIEWS, "
                         f"1-{len(IMAGE_VIEWS)}): training samples one per step, search uses their mean "
                         "(N x the time and disk; Flickr8k dev rsum +26 with 7)")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="auto: bf16 autocast on a GPU, float32 on a CPU; bf16 also on a CPU (about 3.8x "
+                        "faster where it has AMX, e.g. recent Xeons)")
     p.add_argument("--force", action="store_true", help="rebuild even if a finished cache exists")
     p.add_argument("--out", default=None, help="output folder (default: WORK_DIR/image_embeddings)")
     args = p.parse_args(argv)
@@ -56,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         cache = extract_image_features(
             backbone, args.images, names, out, batch_size=args.batch_size, num_workers=args.workers,
             chunk_size=args.chunk_size, device=args.device, decode=args.decode, grid=args.grid, views=views,
-            force=args.force,
+            precision=args.precision, force=args.force,
             extra={"images_dir": str(args.images.resolve()), "captions_file": str(args.captions.resolve())},
         )
     except (DatasetError, BackboneUnavailable, StaleCacheError, ValueError) as err:

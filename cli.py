@@ -35,8 +35,9 @@ def add_data_args(p: argparse.ArgumentParser, images: bool = True) -> None:
 def add_backbone_args(p: argparse.ArgumentParser, image: bool = True, text: bool = True) -> None:
     if image:
         p.add_argument("--image-backbone", default=config.IMAGE_BACKBONE,
-                       help="auto | resnet18 | efficientnet_lite0 | efficientnet_lite1 | efficientnet_lite2 "
-                            "(default: %(default)s)")
+                       help="auto | resnet18 | efficientnet_lite0 | efficientnet_lite1 | efficientnet_lite2, or "
+                            "several joined by + (their features concatenated, e.g. "
+                            "efficientnet_lite0+efficientnet_lite2) (default: %(default)s)")
         p.add_argument("--image-weights", type=Path, default=None,
                        help="a local weights file for the image backbone")
     if text:

@@ -36,6 +36,8 @@ RESULTS_DIRNAME = "results"
 
 # --- split made when no split lists are given (Karpathy Flickr30K proportions) --------------------
 SPLIT_SEED = 0
+ENSEMBLE = 1  # independently trained head pairs used as one (--ensemble; 2 = +5 Flickr8k dev rsum, 2x training time)
+QUERYBANK_SIZE = 30_000  # training captions (and images) kept for querybank normalisation; 0 = off (querybank.py)
 SPLIT_FRACTIONS = {"train": 29000 / 31014, "val": 1014 / 31014, "test": 1000 / 31014}
 
 # --- backbones ----------------------------------------------------------------------------------

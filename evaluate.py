@@ -26,7 +26,8 @@ from datasets import DatasetError, list_hash, load_splits, read_captions
 from extract import extract_image_features, extract_text_features
 from feature_cache import StaleCacheError, read_manifest
 from metrics import chance_retrieval_metrics, chance_word_metrics, retrieval_metrics, word_query_metrics
-from model import RetrievalModel
+from model import EnsembleModel, RetrievalModel, build_model
+from querybank import split_biases
 from train import embed_split, load_checkpoint, set_seed
 
 log = logging.getLogger("evaluate")
@@ -68,14 +69,18 @@ def word_queries(data: SplitData, captions, n_words: int) -> tuple[list[str], np
     return words, relevance
 
 
-def evaluate_model(model: RetrievalModel, data: SplitData, word_feats: torch.Tensor | None,
-                   relevance: np.ndarray | None) -> dict:
+def evaluate_model(model: RetrievalModel | EnsembleModel, data: SplitData, word_feats: torch.Tensor | None,
+                   relevance: np.ndarray | None, querybank: dict | None = None) -> dict:
+    """Metrics of one model; with a ``querybank`` (``querybank.py``) every score is normalised by it."""
     img, txt = embed_split(model, data)
-    out = retrieval_metrics(img, txt, data.caption_image)
+    image_bias = text_bias = None
+    if querybank is not None:
+        image_bias, text_bias = split_biases(querybank, img, txt)
+    out = retrieval_metrics(img, txt, data.caption_image, image_bias, text_bias)
     if word_feats is not None:
         with torch.inference_mode():
             words = model.encode_text(word_feats)
-        wm = word_query_metrics(img, words, relevance)
+        wm = word_query_metrics(img, words, relevance, image_bias)
         out.update({"word_map": wm["map"], "word_p5": wm["p5"]})
     return out
 
@@ -131,10 +136,14 @@ def main(argv: list[str] | None = None) -> int:
         cw = chance_word_metrics(relevance)
         chance.update({"word_map": cw["map"], "word_p5": cw["p5"]})
     set_seed(0)
-    untrained = RetrievalModel(**state["model_config"]).eval()
+    untrained = build_model(state["model_config"]).eval()
+    trained = f"trained ({ckpt_path.name}, epoch {state['epoch']})"
     rows = {"chance": chance,
             "untrained heads": evaluate_model(untrained, data, word_feats, relevance),
-            f"trained ({ckpt_path.name}, epoch {state['epoch']})": evaluate_model(model, data, word_feats, relevance)}
+            trained: evaluate_model(model, data, word_feats, relevance)}
+    if state.get("querybank") is not None:  # what search uses; the plain cosine row stays for comparison
+        rows[f"{trained} + querybank normalisation"] = evaluate_model(model, data, word_feats, relevance,
+                                                                      state["querybank"])
     table = markdown_table(rows)
     out_dir = args.out or lay.results
     stem = f"eval_{split}"

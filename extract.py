@@ -161,6 +161,7 @@ def extract_image_features(
     grid: bool = False,
     views: tuple[str, ...] = ONE_VIEW,
     stack_views: bool = True,
+    precision: str = "auto",
     force: bool = False,
     extra: dict | None = None,
 ) -> FeatureCache:
@@ -171,7 +172,11 @@ def extract_image_features(
     With several ``views`` (``backbones.IMAGE_VIEWS``) each row holds one vector per view
     (len(views) x dim, view-major): training samples one per step, everything else takes their mean;
     without ``stack_views`` each row is that mean already (what a searched collection needs).
+    ``precision``: "auto" = bf16 autocast on a GPU, float32 on a CPU; "bf16" or "fp32" everywhere
+    (bf16 on a CPU with AMX ran Lite2 about 3.8x faster; the cache records it).
     """
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
     if grid and views != ONE_VIEW:
         raise ValueError("a cache holds either grid cells or several views per image, not both")
     device = resolve_device(device)
@@ -188,7 +193,7 @@ def extract_image_features(
     stack_views = stack_views and views != ONE_VIEW
     backbone.set_views(views, stack=stack_views)
     model = backbone.model.to(device).eval().to(memory_format=torch.channels_last)
-    use_bf16 = device.type == "cuda"
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     cpu_transform = backbone.pil_transform()
 
     def compute(chunks: list[np.ndarray], progress: Callable[[int], object]) -> Iterator:
@@ -225,8 +230,11 @@ def extract_image_features(
                 progress(len(batch_rows))
             yield torch.cat(feats).cpu().numpy(), failures
 
+    preprocess = {**backbone.preprocess, "jpeg_draft": decode == "cpu", "decode": decode}
+    if use_bf16 and device.type == "cpu":  # absent otherwise: earlier caches keep their identity
+        preprocess["autocast"] = "bf16"
     identity = {"kind": "image", "backbone": backbone.name, "weights": backbone.weights,
-                "preprocess": {**backbone.preprocess, "jpeg_draft": decode == "cpu", "decode": decode},
+                "preprocess": preprocess,
                 "dim": backbone.dim * (backbone.grid_size ** 2 if grid else 1) * (len(views) if stack_views else 1)}
     if grid:
         identity["grid"] = [backbone.grid_size, backbone.grid_size, backbone.dim]

@@ -214,7 +214,8 @@ def index_folder(folder: str | os.PathLike, checkpoint: str | os.PathLike, out: 
     if project and ids:  # the head's projection, cached for the first search
         cache = load_cache(out)
         if cache.valid_mask().any():
-            load_or_project(model, cache, manifest["checkpoint"]["digest"], resolve_device(device))
+            load_or_project(model, cache, manifest["checkpoint"]["digest"], resolve_device(device),
+                            state.get("querybank"))
     return IndexResult(out, len(todo), removed, len(kept_ids), len(failures))
 
 

@@ -28,24 +28,30 @@ def _tensor(x: torch.Tensor | np.ndarray, device: torch.device | None = None) ->
     return t if device is None else t.to(device)
 
 
-def _t2i_ranks(image_emb: torch.Tensor, text_emb: torch.Tensor, caption_image: torch.Tensor) -> torch.Tensor:
-    """0-based rank of each caption's image among all images."""
+def _t2i_ranks(image_emb: torch.Tensor, text_emb: torch.Tensor, caption_image: torch.Tensor,
+               image_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """0-based rank of each caption's image among all images (scores minus ``image_bias``)."""
     ranks = []
     step = _rows_per_block(len(image_emb))
     for s in range(0, len(text_emb), step):
         sim = text_emb[s : s + step] @ image_emb.T  # (b, N_img)
+        if image_bias is not None:
+            sim = sim - image_bias[None, :]
         own = sim.gather(1, caption_image[s : s + step, None])  # score of the right image
         # rank = how many other images score >= the right one (ties pessimistic)
         ranks.append((sim >= own).sum(1) - 1)
     return torch.cat(ranks)
 
 
-def _i2t_ranks(image_emb: torch.Tensor, text_emb: torch.Tensor, caption_image: torch.Tensor) -> torch.Tensor:
-    """0-based rank of each image's best-ranked own caption among all captions."""
+def _i2t_ranks(image_emb: torch.Tensor, text_emb: torch.Tensor, caption_image: torch.Tensor,
+               text_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """0-based rank of each image's best-ranked own caption among all captions (scores minus ``text_bias``)."""
     ranks = []
     step = _rows_per_block(len(text_emb))
     for s in range(0, len(image_emb), step):
         sim = image_emb[s : s + step] @ text_emb.T  # (b, N_cap)
+        if text_bias is not None:
+            sim = sim - text_bias[None, :]
         rows = torch.arange(s, s + len(sim), device=sim.device)
         mine = caption_image[None, :] == rows[:, None]  # (b, N_cap) own captions
         best_own = sim.masked_fill(~mine, float("-inf")).max(1, keepdim=True).values
@@ -55,7 +61,9 @@ def _i2t_ranks(image_emb: torch.Tensor, text_emb: torch.Tensor, caption_image: t
 
 
 def retrieval_metrics(image_emb: torch.Tensor | np.ndarray, text_emb: torch.Tensor | np.ndarray,
-                      caption_image: np.ndarray | Sequence[int]) -> dict:
+                      caption_image: np.ndarray | Sequence[int],
+                      image_bias: torch.Tensor | np.ndarray | None = None,
+                      text_bias: torch.Tensor | np.ndarray | None = None) -> dict:
     """Recall@{1,5,10} both ways and rsum in percent, 1-based median and mean ranks; python floats.
 
     ``image_emb`` (N_img, d), ``text_emb`` (N_cap, d), ``caption_image`` (N_cap,): each caption's
@@ -63,7 +71,9 @@ def retrieval_metrics(image_emb: torch.Tensor | np.ndarray, text_emb: torch.Tens
     top K. Image->text: every image is a query, correct if ANY of its captions is in the top K (its
     rank is that of its best-ranked caption). Images with no caption are still candidates for
     text->image but are not image queries. Keys: t2i_r1 t2i_r5 t2i_r10 i2t_r1 i2t_r5 i2t_r10 rsum
-    t2i_medr i2t_medr t2i_meanr i2t_meanr.
+    t2i_medr i2t_medr t2i_meanr i2t_meanr. Optional per-item biases are subtracted from the scores
+    of the item being ranked (``querybank.py``): ``image_bias`` (N_img,) for text->image,
+    ``text_bias`` (N_cap,) for image->text.
     """
     img = _tensor(image_emb)
     txt = _tensor(text_emb, img.device)
@@ -72,9 +82,13 @@ def retrieval_metrics(image_emb: torch.Tensor | np.ndarray, text_emb: torch.Tens
         raise ValueError(f"caption_image has {len(cap_img)} entries for {len(txt)} caption rows")
     if len(cap_img) and not 0 <= int(cap_img.min()) <= int(cap_img.max()) < len(img):
         raise ValueError(f"caption_image must index the {len(img)} image rows")
-    t2i = _t2i_ranks(img, txt, cap_img).cpu()
+    ib = None if image_bias is None else _tensor(image_bias, img.device)
+    tb = None if text_bias is None else _tensor(text_bias, img.device)
+    if ib is not None and ib.shape != (len(img),) or tb is not None and tb.shape != (len(txt),):
+        raise ValueError(f"biases must be ({len(img)},) for images and ({len(txt)},) for captions")
+    t2i = _t2i_ranks(img, txt, cap_img, ib).cpu()
     has_caption = (torch.bincount(cap_img, minlength=len(img)) > 0).cpu()
-    i2t = _i2t_ranks(img, txt, cap_img).cpu()[has_caption]
+    i2t = _i2t_ranks(img, txt, cap_img, tb).cpu()[has_caption]
     out: dict[str, float] = {}
     for name, ranks in (("t2i", t2i), ("i2t", i2t)):
         for k in KS:
@@ -88,13 +102,14 @@ def retrieval_metrics(image_emb: torch.Tensor | np.ndarray, text_emb: torch.Tens
 
 
 def word_query_metrics(image_emb: torch.Tensor | np.ndarray, word_emb: torch.Tensor | np.ndarray,
-                       relevance: np.ndarray) -> dict:
+                       relevance: np.ndarray, image_bias: torch.Tensor | np.ndarray | None = None) -> dict:
     """One-word queries against all images: mean average precision and precision@5, in percent.
 
     ``relevance[w, i]`` says whether image i is relevant to word w. AP = the mean, over the
     word's relevant images, of the precision at each one's rank. Returns ``map``, ``p5`` (means
     over words with at least one relevant image; P@5 = relevant among the top min(5, N_img)) and
-    ``ap``, the per-word AP list (percent; NaN for a word with no relevant image).
+    ``ap``, the per-word AP list (percent; NaN for a word with no relevant image). ``image_bias``
+    is subtracted from every image's score, as in ``retrieval_metrics``.
     """
     img = _tensor(image_emb)
     words = _tensor(word_emb, img.device)
@@ -107,7 +122,10 @@ def word_query_metrics(image_emb: torch.Tensor | np.ndarray, word_emb: torch.Ten
     aps, p5s = [], []
     step = _rows_per_block(n_img)
     for s in range(0, len(words), step):
-        sim = (words[s : s + step] @ img.T).cpu().numpy()
+        sim = words[s : s + step] @ img.T
+        if image_bias is not None:
+            sim = sim - _tensor(image_bias, img.device)[None, :]
+        sim = sim.cpu().numpy()
         r = rel[s : s + step]
         # sort by score descending; within a tie irrelevant images first (pessimistic, as above)
         order = np.lexsort((r, -sim), axis=-1)

@@ -33,7 +33,7 @@ from atomic_io import atomic_save_npy
 from backbones import (ImageBackbone, TextBackbone, create_image_backbone, create_text_backbone,
                        resolve_device, views_mismatch, views_of)
 from feature_cache import FEATURES_FILE, FeatureCache, StaleCacheError, load_cache, read_manifest
-from model import RetrievalModel
+from model import EnsembleModel, RetrievalModel
 
 log = logging.getLogger(__name__)
 
@@ -122,37 +122,65 @@ def project_cache(model: RetrievalModel, cache: FeatureCache, rows: np.ndarray,
     return out
 
 
-def load_or_project(model: RetrievalModel, cache: FeatureCache, ckpt_digest: str,
-                    device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """(valid row indices, their projected float16 embeddings), from the on-disk cache if current.
+def load_or_project(model: RetrievalModel | EnsembleModel, cache: FeatureCache, ckpt_digest: str,
+                    device: torch.device | str = "cpu",
+                    querybank: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(valid row indices, their projected float16 embeddings, their querybank bias or None), from
+    the on-disk cache if current.
 
     The file ``projected_<key>.npy`` in the feature cache folder holds the embeddings of the
-    readable rows; it is rebuilt (atomically) when the checkpoint or the features change, and
-    projections made for other keys are removed. A read-only cache folder only costs a recompute.
+    readable rows, and ``querybias_<key>.npy`` their float32 bias against the checkpoint's
+    ``querybank`` (``querybank.py``); they are rebuilt (atomically) when the checkpoint or the
+    features change, and files made for other keys are removed. A read-only cache folder only
+    costs a recompute.
     """
     rows = np.flatnonzero(cache.valid_mask())
-    path = cache.directory / f"projected_{projected_key(ckpt_digest, cache)}.npy"
+    key = projected_key(ckpt_digest, cache)
+    path = cache.directory / f"projected_{key}.npy"
+    bias_path = cache.directory / f"querybias_{key}.npy"
     embed_dim = model.config_dict()["embed_dim"]
-    if path.is_file():
+
+    def cached(p: Path, shape: tuple, dtype: type) -> np.ndarray | None:
+        if not p.is_file():
+            return None
         try:
-            proj = np.load(path, mmap_mode="r")
-            if proj.shape == (len(rows), embed_dim) and proj.dtype == np.float16:
-                log.info("projected image embeddings: reusing %s", path.name)
-                return rows, proj
-            log.warning("%s has shape %s, expected %s; recomputing", path, proj.shape, (len(rows), embed_dim))
+            arr = np.load(p, mmap_mode="r")
+            if arr.shape == shape and arr.dtype == dtype:
+                log.info("%s: reusing %s", "projected image embeddings" if p == path else "querybank bias", p.name)
+                return arr
+            log.warning("%s has shape %s, expected %s; recomputing", p, arr.shape, shape)
         except (OSError, ValueError) as err:
-            log.warning("cannot read %s (%s); recomputing", path, err)
-    t0 = time.perf_counter()
-    proj = project_cache(model, cache, rows, device)
-    log.info("projected %d image embeddings in %.1f s", len(rows), time.perf_counter() - t0)
-    try:
-        atomic_save_npy(path, proj)
-        for old in cache.directory.glob("projected_*.npy"):
-            if old != path:
-                old.unlink(missing_ok=True)
-    except OSError as err:
-        log.warning("could not save %s (%s); it will be recomputed on the next start", path, err)
-    return rows, proj
+            log.warning("cannot read %s (%s); recomputing", p, err)
+        return None
+
+    def save(p: Path, arr: np.ndarray, prefix: str) -> None:
+        try:
+            atomic_save_npy(p, arr)
+            for old in cache.directory.glob(f"{prefix}_*.npy"):
+                if old != p:
+                    old.unlink(missing_ok=True)
+        except OSError as err:
+            log.warning("could not save %s (%s); it will be recomputed on the next start", p, err)
+
+    proj = cached(path, (len(rows), embed_dim), np.float16)
+    if proj is None:
+        t0 = time.perf_counter()
+        proj = project_cache(model, cache, rows, device)
+        log.info("projected %d image embeddings in %.1f s", len(rows), time.perf_counter() - t0)
+        save(path, proj, "projected")
+    bias = None
+    if querybank is not None:
+        bias = cached(bias_path, (len(rows),), np.float32)
+        if bias is None:
+            from querybank import querybank_bias
+
+            t0 = time.perf_counter()
+            bias = querybank_bias(proj, querybank["text"], querybank["beta"], progress=True)
+            log.info("querybank bias of %d images (bank of %d captions) in %.1f s", len(rows),
+                     len(querybank["text"]), time.perf_counter() - t0)
+            save(bias_path, bias, "querybias")
+        bias = np.ascontiguousarray(bias)
+    return rows, proj, bias
 
 
 def _read_caption_map(captions_file: str | os.PathLike, names: set[str]) -> dict[str, list[str]]:
@@ -190,7 +218,7 @@ class Retriever:
                  images_root: str | os.PathLike, captions: dict[str, list[str]] | None = None,
                  text_backbone: TextBackbone | None = None, device: str | torch.device = "cpu",
                  image_weights: str | os.PathLike | None = None, index_kind: str = "auto",
-                 source: str = ""):
+                 source: str = "", bias: np.ndarray | None = None):
         import search_index
 
         if len(names) != len(embeddings):
@@ -201,6 +229,10 @@ class Retriever:
         self.backbones = backbones
         self.names = names
         self.embeddings = embeddings  # (n, embed_dim) float16 unit vectors, row i = names[i]
+        # (n,) querybank bias subtracted from text-query scores (querybank.py), or None
+        self.bias = None if bias is None else np.asarray(bias, dtype=np.float32)
+        if self.bias is not None and self.bias.shape != (len(names),):
+            raise ValueError(f"{len(names)} names but a bias of shape {self.bias.shape}")
         self.images_root = Path(images_root).resolve()
         # One newline-joined string per row instead of a list of strings per image: a third of the
         # memory for Flickr30K's 155,000 captions (caption lines never contain a newline).
@@ -248,13 +280,14 @@ class Retriever:
         why = views_mismatch(cache.manifest["preprocess"], img_exp.get("preprocess"))
         if why:
             raise RetrieverError(f"{image_cache_dir}: {why}; extract them again with that --views")
-        rows, proj = load_or_project(model, cache, checkpoint_digest(checkpoint), device)
+        querybank = state.get("querybank")
+        rows, proj, bias = load_or_project(model, cache, checkpoint_digest(checkpoint), device, querybank)
         names = [cache.ids[r] for r in rows]
         captions = _read_caption_map(captions_file, set(names)) if captions_file else {}
         text = cls._load_text_backbone(backbones["text"], text_weights, device) if load_text else None
         del cache  # only the projected embeddings stay resident
         retriever = cls(model, backbones, names, proj, images_root, captions, text, device, image_weights,
-                        index_kind, source=str(checkpoint))
+                        index_kind, source=str(checkpoint), bias=bias)
         del captions
         _release_free_memory()
         return retriever
@@ -327,8 +360,9 @@ class Retriever:
         recall = self.recall_at_10
         rec = ("exact search, recall@10 1.000" if recall is None
                else f"measured recall@10 {recall:.3f} against exact search")
+        qb = " · querybank normalisation" if self.bias is not None else ""
         return (f"{len(self):,} photos · index: {self.kind} ({rec}) · "
-                f"{self.backbones['image']['backbone']} + {self.backbones['text']['backbone']}")
+                f"{self.backbones['image']['backbone']} + {self.backbones['text']['backbone']}{qb}")
 
     @property
     def text_backbone(self) -> TextBackbone:
@@ -395,12 +429,17 @@ class Retriever:
             feats = backbone.model(x).float()
             return self.model.encode_image(feats).float().cpu().numpy()
 
-    def search_vector(self, query: np.ndarray, k: int = config.TOP_K) -> list[Hit]:
-        scores, rows = self.index.search(np.asarray(query, dtype=np.float32).reshape(1, -1), self._k(k))
+    def search_vector(self, query: np.ndarray, k: int = config.TOP_K, normalise: bool = False) -> list[Hit]:
+        """The k best rows for a query vector; ``normalise`` ranks with the querybank bias (text
+        queries: the bank holds captions). Hits report the plain cosine similarity either way."""
+        bias = self.bias if normalise else None
+        scores, rows = self.index.search(np.asarray(query, dtype=np.float32).reshape(1, -1), self._k(k), bias)
         hits = []
         for score, row in zip(np.asarray(scores)[0], np.asarray(rows)[0]):
             if row < 0:  # an approximate index may return fewer than k
                 continue
+            if bias is not None:
+                score = score + bias[int(row)]
             name = self.names[int(row)]
             hits.append(Hit(len(hits) + 1, str(self.images_root / name), name, float(score),
                             self.captions_of(int(row))))
@@ -409,7 +448,7 @@ class Retriever:
     def search_text(self, query: str, k: int = config.TOP_K) -> list[Hit]:
         """The k photos that best match a description. ValueError for an empty or too long query."""
         k = self._k(k)
-        return self.search_vector(self.embed_text(query), k)
+        return self.search_vector(self.embed_text(query), k, normalise=True)
 
     def search_image(self, image, k: int = config.TOP_K) -> list[Hit]:
         """The k indexed photos most similar to a PIL image."""

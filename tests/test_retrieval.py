@@ -488,3 +488,47 @@ def test_views_checkpoint_searches_the_mean_of_views_everywhere(world, tmp_path,
     assert manifest["preprocess"]["views"] == list(views) and manifest["dim"] == image_bb.dim
     np.testing.assert_allclose(np.load(out / "features.npy").astype(np.float32), stacked[:3].mean(1),
                                atol=2e-3, rtol=2e-3)
+
+
+def test_querybank_checkpoint_ranks_by_normalised_score_and_reports_cosines(world, tmp_path, monkeypatch):
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(world["cache"], cache, ignore=shutil.ignore_patterns("projected_*", "querybias_*"))
+    ckpt = tmp_path / "qb.pt"
+    save_checkpoint(ckpt, 1, world["image_bb"], world["text_bb"])
+    state = torch.load(ckpt, weights_only=False)
+    g = torch.Generator().manual_seed(5)
+    bank = torch.nn.functional.normalize(torch.randn(40, EMBED, generator=g), dim=1).half()
+    state["querybank"] = {"text": bank, "image": bank, "beta": 8.0, "size": 40}
+    torch.save(state, ckpt)
+
+    def open_qb():
+        return Retriever.from_checkpoint(ckpt, cache, world["images"], world["captions"], device="cpu",
+                                         text_weights=world["bert_dir"], image_weights=world["resnet_file"])
+
+    r = open_qb()
+    assert "querybank normalisation" in r.describe()
+    assert len(list(cache.glob("querybias_*.npy"))) == 1
+    query = "a dog runs on the grass"
+    cosine = brute_force(world, query, checkpoint=ckpt)
+    ids = [n for n in (cache / "ids.txt").read_text().splitlines() if n != "broken.jpg"]
+    emb = np.asarray(r.embeddings, dtype=np.float32)
+    bias = np.log(np.exp(8.0 * emb @ bank.float().numpy().T).sum(1)) / 8.0  # by the formula, per row
+    row_of = {n: i for i, n in enumerate(r.names)}
+    normalised = {n: cosine[n] - bias[row_of[n]] for n in ids}
+    hits = r.search_text(query, k=N_IMAGES)
+    want = sorted(normalised.values(), reverse=True)
+    for h, w in zip(hits, want):
+        assert normalised[h.name] == pytest.approx(w, abs=3e-3), h.rank  # ranked by the normalised score
+        assert h.score == pytest.approx(cosine[h.name], abs=3e-3)  # and reports the cosine
+    assert [h.name for h in hits] != sorted(cosine, key=cosine.get, reverse=True)  # the bias mattered
+    # photo queries rank by plain similarity (the bank holds captions)
+    img_hits = r.search_image(Image.open(world["images"] / "img_03.jpg"), k=3)
+    assert img_hits[0].name == "img_03.jpg"
+    # a reload reuses the bias file
+    with monkeypatch.context() as m:
+        import querybank
+
+        m.setattr(querybank, "querybank_bias", lambda *a, **k: pytest.fail("bias recomputed"))
+        np.testing.assert_array_equal(open_qb().bias, r.bias)

@@ -200,3 +200,34 @@ def test_views_cache_trains_on_sampled_views_and_validates_on_their_mean(tmp_pat
                                           dtype=torch.float16)
     best = train(small_cfg(), train_data, val_data, tmp_path / "run", BACKBONES)
     assert best["val_rsum"] > 250  # chance is ~120 (see test_training_learns_and_writes_everything)
+
+
+def test_ensemble_trains_members_joins_them_and_resumes(tmp_path):
+    from train import add_querybank, train_ensemble
+    from model import EnsembleModel
+
+    train_data, val_data = make_split(80, 0), make_split(30, 1)
+    cfg = small_cfg(epochs=3)
+    best = train_ensemble(cfg, train_data, val_data, tmp_path, BACKBONES, members=2)
+    model, state = load_checkpoint(tmp_path / BEST)
+    assert isinstance(model, EnsembleModel) and len(model.members) == 2
+    assert [m["seed"] for m in state["members"]] == [cfg.seed, cfg.seed + 1]
+    assert state["metrics"]["rsum"] == pytest.approx(best["val_rsum"])
+    assert state["backbones"] == BACKBONES and state["ensemble"] == 2
+    for i in range(2):
+        member, _ = load_checkpoint(tmp_path / f"member{i}" / BEST)
+        torch.testing.assert_close(member.state_dict()["text_head.skip.weight"],
+                                   model.members[i].state_dict()["text_head.skip.weight"])
+    # resuming finished members trains nothing more: their logs are unchanged
+    log_before = (tmp_path / "member1" / "log.json").read_text()
+    train_ensemble(cfg, train_data, val_data, tmp_path, BACKBONES, members=2, resume=True)
+    assert (tmp_path / "member1" / "log.json").read_text() == log_before
+    # the querybank is stored with beta = 1 / the members' mean temperature, and its metrics returned
+    qb = add_querybank(tmp_path / BEST, train_data, val_data, size=50)
+    _, state = load_checkpoint(tmp_path / BEST)
+    assert state["querybank"]["text"].shape == (50, 32) and state["querybank"]["image"].shape == (50, 32)
+    assert state["querybank"]["beta"] == pytest.approx(1 / state["temperature"])
+    assert state["metrics_querybank"] == qb and qb["rsum"] > 0
+    assert add_querybank(tmp_path / BEST, train_data, val_data, size=0) is None
+    with pytest.raises(ValueError, match="at least 1"):
+        train_ensemble(cfg, train_data, val_data, tmp_path, BACKBONES, members=0)
