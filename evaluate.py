@@ -27,7 +27,7 @@ from extract import extract_image_features, extract_text_features
 from feature_cache import StaleCacheError, read_manifest
 from metrics import chance_retrieval_metrics, chance_word_metrics, retrieval_metrics, word_query_metrics
 from model import EnsembleModel, RetrievalModel, build_model
-from querybank import split_biases
+from querybank import keyword_bias, split_biases
 from train import embed_split, load_checkpoint, set_seed
 
 log = logging.getLogger("evaluate")
@@ -73,14 +73,15 @@ def evaluate_model(model: RetrievalModel | EnsembleModel, data: SplitData, word_
                    relevance: np.ndarray | None, querybank: dict | None = None) -> dict:
     """Metrics of one model; with a ``querybank`` (``querybank.py``) every score is normalised by it."""
     img, txt = embed_split(model, data)
-    image_bias = text_bias = None
-    if querybank is not None:
+    image_bias = text_bias = word_bias = None
+    if querybank is not None:  # one-word queries use the keyword bank, as search does (querybank.bank_for_query)
         image_bias, text_bias = split_biases(querybank, img, txt)
+        word_bias = keyword_bias(querybank, img)
     out = retrieval_metrics(img, txt, data.caption_image, image_bias, text_bias)
     if word_feats is not None:
         with torch.inference_mode():
             words = model.encode_text(word_feats)
-        wm = word_query_metrics(img, words, relevance, image_bias)
+        wm = word_query_metrics(img, words, relevance, word_bias)
         out.update({"word_map": wm["map"], "word_p5": wm["p5"]})
     return out
 

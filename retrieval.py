@@ -124,13 +124,14 @@ def project_cache(model: RetrievalModel, cache: FeatureCache, rows: np.ndarray,
 
 def load_or_project(model: RetrievalModel | EnsembleModel, cache: FeatureCache, ckpt_digest: str,
                     device: torch.device | str = "cpu",
-                    querybank: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(valid row indices, their projected float16 embeddings, their querybank bias or None), from
-    the on-disk cache if current.
+                    querybank: dict | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """(valid row indices, their projected float16 embeddings, their querybank biases), from the
+    on-disk cache if current.
 
     The file ``projected_<key>.npy`` in the feature cache folder holds the embeddings of the
-    readable rows, and ``querybias_<key>.npy`` their float32 bias against the checkpoint's
-    ``querybank`` (``querybank.py``); they are rebuilt (atomically) when the checkpoint or the
+    readable rows, and ``querybias_<key>.npy`` their float32 biases against each text bank of the
+    checkpoint's ``querybank`` (``querybank.py``; biases: bank name -> (n,), empty without a
+    querybank); they are rebuilt (atomically) when the checkpoint or the
     features change, and files made for other keys are removed. A read-only cache folder only
     costs a recompute.
     """
@@ -168,19 +169,19 @@ def load_or_project(model: RetrievalModel | EnsembleModel, cache: FeatureCache, 
         proj = project_cache(model, cache, rows, device)
         log.info("projected %d image embeddings in %.1f s", len(rows), time.perf_counter() - t0)
         save(path, proj, "projected")
-    bias = None
-    if querybank is not None:
-        bias = cached(bias_path, (len(rows),), np.float32)
-        if bias is None:
-            from querybank import querybank_bias
+    from querybank import querybank_bias, text_banks
 
-            t0 = time.perf_counter()
-            bias = querybank_bias(proj, querybank["text"], querybank["beta"], progress=True)
-            log.info("querybank bias of %d images (bank of %d captions) in %.1f s", len(rows),
-                     len(querybank["text"]), time.perf_counter() - t0)
-            save(bias_path, bias, "querybias")
-        bias = np.ascontiguousarray(bias)
-    return rows, proj, bias
+    banks = text_banks(querybank)
+    if not banks:
+        return rows, proj, {}
+    bias = cached(bias_path, (len(banks), len(rows)), np.float32)
+    if bias is None:
+        t0 = time.perf_counter()
+        bias = np.stack([querybank_bias(proj, querybank[b], querybank["beta"], progress=True) for b in banks])
+        log.info("querybank biases of %d images (banks: %s) in %.1f s", len(rows),
+                 ", ".join(f"{len(querybank[b])} {b}" for b in banks), time.perf_counter() - t0)
+        save(bias_path, bias, "querybias")
+    return rows, proj, {b: np.ascontiguousarray(bias[i]) for i, b in enumerate(banks)}
 
 
 def _read_caption_map(captions_file: str | os.PathLike, names: set[str]) -> dict[str, list[str]]:
@@ -218,7 +219,7 @@ class Retriever:
                  images_root: str | os.PathLike, captions: dict[str, list[str]] | None = None,
                  text_backbone: TextBackbone | None = None, device: str | torch.device = "cpu",
                  image_weights: str | os.PathLike | None = None, index_kind: str = "auto",
-                 source: str = "", bias: np.ndarray | None = None):
+                 source: str = "", biases: dict[str, np.ndarray] | None = None):
         import search_index
 
         if len(names) != len(embeddings):
@@ -229,10 +230,11 @@ class Retriever:
         self.backbones = backbones
         self.names = names
         self.embeddings = embeddings  # (n, embed_dim) float16 unit vectors, row i = names[i]
-        # (n,) querybank bias subtracted from text-query scores (querybank.py), or None
-        self.bias = None if bias is None else np.asarray(bias, dtype=np.float32)
-        if self.bias is not None and self.bias.shape != (len(names),):
-            raise ValueError(f"{len(names)} names but a bias of shape {self.bias.shape}")
+        # bank name -> (n,) querybank bias subtracted from text-query scores (querybank.py)
+        self.biases = {b: np.asarray(v, dtype=np.float32) for b, v in (biases or {}).items()}
+        for b, v in self.biases.items():
+            if v.shape != (len(names),):
+                raise ValueError(f"{len(names)} names but a {b!r} bias of shape {v.shape}")
         self.images_root = Path(images_root).resolve()
         # One newline-joined string per row instead of a list of strings per image: a third of the
         # memory for Flickr30K's 155,000 captions (caption lines never contain a newline).
@@ -281,13 +283,13 @@ class Retriever:
         if why:
             raise RetrieverError(f"{image_cache_dir}: {why}; extract them again with that --views")
         querybank = state.get("querybank")
-        rows, proj, bias = load_or_project(model, cache, checkpoint_digest(checkpoint), device, querybank)
+        rows, proj, biases = load_or_project(model, cache, checkpoint_digest(checkpoint), device, querybank)
         names = [cache.ids[r] for r in rows]
         captions = _read_caption_map(captions_file, set(names)) if captions_file else {}
         text = cls._load_text_backbone(backbones["text"], text_weights, device) if load_text else None
         del cache  # only the projected embeddings stay resident
         retriever = cls(model, backbones, names, proj, images_root, captions, text, device, image_weights,
-                        index_kind, source=str(checkpoint), bias=bias)
+                        index_kind, source=str(checkpoint), biases=biases)
         del captions
         _release_free_memory()
         return retriever
@@ -360,7 +362,7 @@ class Retriever:
         recall = self.recall_at_10
         rec = ("exact search, recall@10 1.000" if recall is None
                else f"measured recall@10 {recall:.3f} against exact search")
-        qb = " · querybank normalisation" if self.bias is not None else ""
+        qb = f" · querybank normalisation ({', '.join(self.biases)})" if self.biases else ""
         return (f"{len(self):,} photos · index: {self.kind} ({rec}) · "
                 f"{self.backbones['image']['backbone']} + {self.backbones['text']['backbone']}{qb}")
 
@@ -429,10 +431,10 @@ class Retriever:
             feats = backbone.model(x).float()
             return self.model.encode_image(feats).float().cpu().numpy()
 
-    def search_vector(self, query: np.ndarray, k: int = config.TOP_K, normalise: bool = False) -> list[Hit]:
-        """The k best rows for a query vector; ``normalise`` ranks with the querybank bias (text
-        queries: the bank holds captions). Hits report the plain cosine similarity either way."""
-        bias = self.bias if normalise else None
+    def search_vector(self, query: np.ndarray, k: int = config.TOP_K, bank: str | None = None) -> list[Hit]:
+        """The k best rows for a query vector; ``bank`` ranks with that querybank bias ("text" or
+        "keywords", for text queries). Hits report the plain cosine similarity either way."""
+        bias = self.biases.get(bank) if bank else None
         scores, rows = self.index.search(np.asarray(query, dtype=np.float32).reshape(1, -1), self._k(k), bias)
         hits = []
         for score, row in zip(np.asarray(scores)[0], np.asarray(rows)[0]):
@@ -447,8 +449,11 @@ class Retriever:
 
     def search_text(self, query: str, k: int = config.TOP_K) -> list[Hit]:
         """The k photos that best match a description. ValueError for an empty or too long query."""
+        from querybank import bank_for_query
+
         k = self._k(k)
-        return self.search_vector(self.embed_text(query), k, normalise=True)
+        bank = bank_for_query(self.check_query(query), tuple(self.biases))
+        return self.search_vector(self.embed_text(query), k, bank)
 
     def search_image(self, image, k: int = config.TOP_K) -> list[Hit]:
         """The k indexed photos most similar to a PIL image."""

@@ -20,6 +20,7 @@ import functools
 import json
 import logging
 import math
+import mmap
 import os
 import tempfile
 import time
@@ -54,7 +55,9 @@ MAX_NLIST = 4096  # assigning n vectors costs n * nlist * d multiply-adds: keeps
 # faster at 4,096 lists, at the price of a few vectors landing in a near-best list.
 TWO_LEVEL_MIN_WORK = 10**10
 SCORE_BLOCK = 1 << 24  # score entries computed at once by exact search (64 MB of float32)
-FP16_MARGIN = 16  # extra float16 candidates re-scored in float32 (fp16 rounding reorders near-ties)
+# |bf16 pre-score - float32 score| <= (BF16_REL_ERROR + d * 2^-24) * |q| * |x|: both factors rounded
+# to bf16 (2^-9 each), the output rounded to bf16 (2^-9), float32 accumulation over d terms, slack.
+BF16_REL_ERROR = 2.0 ** -8 + 2.0 ** -9 + 2.0 ** -14
 BIAS_OVERFETCH = 10  # a FAISS index re-ranks this many times k candidates when a querybank bias is applied
 
 NPROBE_STEPS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024,
@@ -177,14 +180,29 @@ def _select_topk(scores: np.ndarray, cols: np.ndarray, k: int) -> tuple[np.ndarr
     return np.take_along_axis(scores, order, 1), np.take_along_axis(cols, order, 1)
 
 
+def _release_mapped_pages(array: np.ndarray) -> None:
+    """Let the kernel drop the resident pages of a memory-mapped array (re-read on access): keeps
+    resident memory to one copy of a matrix whose other copy does the work."""
+    base = array
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = getattr(base, "base", None)
+    if base is not None and hasattr(base, "madvise"):
+        try:
+            base.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError, AttributeError):  # pragma: no cover - best effort only
+            pass
+
+
 class ExactIndex(SearchIndex):
     """Exact top-k by matrix product, in row blocks so that memory stays bounded for any size.
 
-    Ties are broken by the lower row, so results are reproducible. float16 vectors are searched in
-    float16 (torch's CPU kernel accumulates in float32 and rounds the output), then the best
-    ``k + FP16_MARGIN`` candidates are re-scored in float32: returned scores are float32 dot
-    products with the stored (float16) vectors. (A row outside those candidates would need a
-    float16 rounding error larger than the gap to the 16 rows above it to belong in the top k.)
+    Ties are broken by the lower row, so results are reproducible. float16 vectors are pre-scored
+    from a bfloat16 copy (torch's bf16 matrix-vector kernel: 1.7 ms against 3.5 ms for the float16
+    product, 31,000 x 256 right after a MiniLM forward, 2-core Xeon), then every row that could still
+    be in the top k is re-scored in float32, so the result is exact: a pre-score is within
+    b = (BF16_REL_ERROR + d * 2^-24) * |q| * max|x| of the float32 score, and a row whose
+    pre-score is below the k-th best minus 2b has k rows certainly above it. Returned scores are
+    float32 dot products with the stored (float16) vectors.
     """
 
     kind = "exact"
@@ -194,29 +212,42 @@ class ExactIndex(SearchIndex):
         super().__init__(len(vectors), vectors.shape[1], None, build_seconds,
                          {"dtype": str(vectors.dtype)})
         self.vectors = vectors
-        self._vectors_t = _as_torch(vectors) if vectors.dtype == np.float16 else None
+        self._vectors_bf16, self._max_norm = None, 0.0
+        if vectors.dtype == np.float16 and len(vectors):
+            self._vectors_bf16 = _as_torch(vectors).to(torch.bfloat16)
+            step = 8192  # small blocks: a float32 copy of the whole matrix would be the memory peak
+            self._max_norm = max(float(np.linalg.norm(vectors[i : i + step].astype(np.float32), axis=1).max())
+                                 for i in range(0, len(vectors), step))
+            _release_mapped_pages(vectors)  # the scan reads the bf16 copy; float16 rows only for re-scoring
 
     def _search(self, queries: np.ndarray, k: int, bias: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         fp16 = self.vectors.dtype == np.float16
-        q_half = torch.from_numpy(queries).half() if fp16 else None
+        if fp16:  # per query: twice the bound on |pre-score - float32 score| (class docstring)
+            q_bf16 = torch.from_numpy(queries).to(torch.bfloat16)
+            margin = (2 * (BF16_REL_ERROR + self.dim * 2.0 ** -24) * self._max_norm
+                      * np.linalg.norm(queries, axis=1, keepdims=True))
         # One block for a single query (the whole matrix); bounded score memory for big batches.
         block = max(4096, SCORE_BLOCK // len(queries))
         best_s = best_c = None
         for start in range(0, self.size, block):
             stop = min(start + block, self.size)
             m = stop - start
-            if fp16:  # numpy has no fast float16 matmul; torch's CPU kernel does (fp32 accumulate)
-                s = (q_half @ self._vectors_t[start:stop].T).numpy()
+            if fp16:  # bf16 kernels accumulate in float32; one query takes the matrix-vector one (2x
+                # faster than a (m, d) @ (d, 1) product)
+                rows = self._vectors_bf16[start:stop]
+                s = (torch.mv(rows, q_bf16[0])[None] if len(queries) == 1 else q_bf16 @ rows.T).float().numpy()
             else:
                 # numpy (OpenBLAS) rather than torch: equal at 1M rows, and it keeps small products
                 # single-threaded, where torch's 2-thread pool measured 10x slower on a busy box.
                 s = queries @ self.vectors[start:stop].T
             if bias is not None:
                 s = s - bias[None, start:stop]
-            kk = min(k + (FP16_MARGIN if fp16 else 0), m)
+            kk = min(k, m)
             # Threshold = kk-th best score per row; every entry at or above it is a candidate, so
             # ties at the boundary are all kept and then broken by row below.
             thr = np.partition(s, m - kk, axis=1)[:, m - kk:m - kk + 1]
+            if fp16:  # and every row whose pre-score could be rounding away from the top k
+                thr = thr - margin
             qi, ci = np.nonzero(s >= thr)
             if fp16:  # re-score the candidates exactly (float32 dot products of upcast rows)
                 cand = self.vectors[start + ci].astype(np.float32)

@@ -311,7 +311,12 @@ def add_querybank(checkpoint: str | Path, train_data: SplitData, val_data: Split
         return None
     model, state = load_checkpoint(checkpoint)
     train_img, train_txt = embed_split(model, train_data)
-    bank = make_querybank(train_txt, train_img, state["temperature"], size)
+    keywords = None
+    if train_data.keyword_features is not None:  # trained with keyword samples: a bank of them too
+        with torch.inference_mode():
+            kw = train_data.keyword_features
+            keywords = torch.cat([model.encode_text(kw[i : i + 4096].float()) for i in range(0, len(kw), 4096)])
+    bank = make_querybank(train_txt, train_img, state["temperature"], size, keyword_emb=keywords)
     val_img, val_txt = embed_split(model, val_data)
     image_bias, text_bias = split_biases(bank, val_img, val_txt)
     metrics = retrieval_metrics(val_img, val_txt, val_data.caption_image, image_bias, text_bias)

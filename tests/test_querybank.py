@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from metrics import retrieval_metrics, word_query_metrics
-from querybank import make_querybank, querybank_bias, sample_bank, split_biases
+from querybank import bank_for_query, make_querybank, querybank_bias, sample_bank, split_biases, text_banks
 from search_index import ExactIndex, build_index
 
 
@@ -43,8 +43,21 @@ def test_sample_bank_is_capped_seeded_and_float16():
     assert torch.equal(sample_bank(x, 1000), x.half())  # fewer rows than the cap: all of them, in order
     bank = make_querybank(x, x[:5], temperature=0.05, size=10)
     assert bank["beta"] == pytest.approx(20.0) and len(bank["text"]) == 10 and len(bank["image"]) == 5
+    assert "keywords" not in bank
+    with_kw = make_querybank(x, x[:5], temperature=0.05, size=10, keyword_emb=x[:3])
+    assert len(with_kw["keywords"]) == 3 and text_banks(with_kw) == ("text", "keywords")
+    assert text_banks(bank) == ("text",) and text_banks(None) == ()
     with pytest.raises(ValueError, match="temperature"):
         make_querybank(x, x, temperature=0.0)
+
+
+def test_short_queries_use_the_keyword_bank_only():
+    both = ("text", "keywords")
+    assert bank_for_query("dog", both) == "keywords"
+    assert bank_for_query("  black   dog ", both) == "keywords"
+    assert bank_for_query("a dog runs", both) == "text"
+    assert bank_for_query("dog", ("text",)) is None  # no keyword bank: plain cosine, not the caption bank
+    assert bank_for_query("a dog runs", ()) is None
 
 
 def test_a_hub_image_loses_its_grip_with_the_bias():

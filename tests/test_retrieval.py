@@ -500,7 +500,8 @@ def test_querybank_checkpoint_ranks_by_normalised_score_and_reports_cosines(worl
     state = torch.load(ckpt, weights_only=False)
     g = torch.Generator().manual_seed(5)
     bank = torch.nn.functional.normalize(torch.randn(40, EMBED, generator=g), dim=1).half()
-    state["querybank"] = {"text": bank, "image": bank, "beta": 8.0, "size": 40}
+    kw_bank = torch.nn.functional.normalize(torch.randn(30, EMBED, generator=g), dim=1).half()
+    state["querybank"] = {"text": bank, "image": bank, "keywords": kw_bank, "beta": 8.0, "size": 40}
     torch.save(state, ckpt)
 
     def open_qb():
@@ -508,7 +509,7 @@ def test_querybank_checkpoint_ranks_by_normalised_score_and_reports_cosines(worl
                                          text_weights=world["bert_dir"], image_weights=world["resnet_file"])
 
     r = open_qb()
-    assert "querybank normalisation" in r.describe()
+    assert "querybank normalisation (text, keywords)" in r.describe()
     assert len(list(cache.glob("querybias_*.npy"))) == 1
     query = "a dog runs on the grass"
     cosine = brute_force(world, query, checkpoint=ckpt)
@@ -523,6 +524,13 @@ def test_querybank_checkpoint_ranks_by_normalised_score_and_reports_cosines(worl
         assert normalised[h.name] == pytest.approx(w, abs=3e-3), h.rank  # ranked by the normalised score
         assert h.score == pytest.approx(cosine[h.name], abs=3e-3)  # and reports the cosine
     assert [h.name for h in hits] != sorted(cosine, key=cosine.get, reverse=True)  # the bias mattered
+    # a two-word query is keyword-like: ranked against the keyword bank
+    short = "red ball"
+    cos2 = brute_force(world, short, checkpoint=ckpt)
+    kw_bias = np.log(np.exp(8.0 * emb @ kw_bank.float().numpy().T).sum(1)) / 8.0
+    norm2 = {n: cos2[n] - kw_bias[row_of[n]] for n in ids}
+    for h, w in zip(r.search_text(short, k=N_IMAGES), sorted(norm2.values(), reverse=True)):
+        assert norm2[h.name] == pytest.approx(w, abs=3e-3), h.rank
     # photo queries rank by plain similarity (the bank holds captions)
     img_hits = r.search_image(Image.open(world["images"] / "img_03.jpg"), k=3)
     assert img_hits[0].name == "img_03.jpg"
@@ -531,4 +539,7 @@ def test_querybank_checkpoint_ranks_by_normalised_score_and_reports_cosines(worl
         import querybank
 
         m.setattr(querybank, "querybank_bias", lambda *a, **k: pytest.fail("bias recomputed"))
-        np.testing.assert_array_equal(open_qb().bias, r.bias)
+        again = open_qb().biases
+    assert set(again) == {"text", "keywords"}
+    for b in again:
+        np.testing.assert_array_equal(again[b], r.biases[b])

@@ -6,6 +6,7 @@ import logging
 
 import numpy as np
 import pytest
+import torch
 
 import search_index as si
 from search_index import ExactIndex, FaissIndex, build_index, load_index, save_index
@@ -185,3 +186,39 @@ def test_two_level_assignment_keeps_recall(small_clustered, monkeypatch):
     exact = si._assign(small_clustered, centroids)
     agree = (si.CoarseAssigner(centroids)(small_clustered) == exact).mean()
     assert agree > 0.9  # ~0.94 here; 0.997 on the bench's data (4,096 lists)
+
+
+def test_exact_float16_near_ties_below_bf16_resolution_stay_exact():
+    # 3,000 rows within 1e-3 of one another in score: far below bf16's 2^-9 relative step, so the
+    # bf16 pre-scores tie or misorder them, and only the exact re-scoring can rank them.
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal(64).astype(np.float32)
+    base /= np.linalg.norm(base)
+    x = base + 2e-3 * rng.standard_normal((3000, 64)).astype(np.float32)
+    x = np.vstack([x, rng.standard_normal((5000, 64)).astype(np.float32) * 0.1]).astype(np.float16)
+    q = (base + 1e-3 * rng.standard_normal((5, 64)).astype(np.float32)).astype(np.float32)
+    index = ExactIndex(x)
+    for k in (1, 10, 50):
+        scores, rows = index.search(q, k)
+        ref_scores, _ = brute_force(x.astype(np.float32), q, k)
+        # the true scores of the rows returned are the k best (rows closer than float32's own
+        # rounding, ~1e-7, may swap places between float32 and this float64 reference)
+        true = np.take_along_axis(q.astype(np.float64) @ x.astype(np.float64).T, rows, 1)
+        np.testing.assert_allclose(true, ref_scores, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(scores, ref_scores, rtol=0, atol=1e-6)
+    bf16 = (index._vectors_bf16 @ torch.from_numpy(q).to(torch.bfloat16).T).float().numpy().T
+    assert not np.array_equal(np.argsort(-bf16, axis=1, kind="stable")[:, :10], brute_force(x, q, 10)[1])
+
+
+def test_exact_float16_over_a_memory_map_reads_the_same(tmp_path):
+    # the index drops the map's resident pages once its bf16 copy exists; rows re-read from the
+    # file for re-scoring must still be the stored values
+    x = clustered(5000, 32, seed=4).astype(np.float16)
+    np.save(tmp_path / "x.npy", x)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    q = si.recall_queries(x.astype(np.float32), 20, seed=1)
+    s1, r1 = ExactIndex(mapped).search(q, 10)
+    s2, r2 = ExactIndex(x).search(q, 10)
+    np.testing.assert_array_equal(r1, r2)
+    np.testing.assert_array_equal(s1, s2)
+    np.testing.assert_array_equal(np.asarray(mapped), x)

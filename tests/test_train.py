@@ -228,6 +228,10 @@ def test_ensemble_trains_members_joins_them_and_resumes(tmp_path):
     assert state["querybank"]["text"].shape == (50, 32) and state["querybank"]["image"].shape == (50, 32)
     assert state["querybank"]["beta"] == pytest.approx(1 / state["temperature"])
     assert state["metrics_querybank"] == qb and qb["rsum"] > 0
+    assert "keywords" not in state["querybank"]  # trained without keyword samples
+    kw_train = make_split(80, 0, with_keywords=True)
+    add_querybank(tmp_path / BEST, kw_train, val_data, size=50)
+    assert load_checkpoint(tmp_path / BEST)[1]["querybank"]["keywords"].shape == (50, 32)
     assert add_querybank(tmp_path / BEST, train_data, val_data, size=0) is None
     with pytest.raises(ValueError, match="at least 1"):
         train_ensemble(cfg, train_data, val_data, tmp_path, BACKBONES, members=0)
