@@ -34,6 +34,7 @@ from backbones import (ImageBackbone, TextBackbone, create_image_backbone, creat
                        resolve_device, views_mismatch, views_of)
 from feature_cache import FEATURES_FILE, FeatureCache, StaleCacheError, load_cache, read_manifest
 from model import EnsembleModel, RetrievalModel
+from querybank import bank_for_query, querybank_bias, text_banks
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +170,6 @@ def load_or_project(model: RetrievalModel | EnsembleModel, cache: FeatureCache, 
         proj = project_cache(model, cache, rows, device)
         log.info("projected %d image embeddings in %.1f s", len(rows), time.perf_counter() - t0)
         save(path, proj, "projected")
-    from querybank import querybank_bias, text_banks
-
     banks = text_banks(querybank)
     if not banks:
         return rows, proj, {}
@@ -449,8 +448,6 @@ class Retriever:
 
     def search_text(self, query: str, k: int = config.TOP_K) -> list[Hit]:
         """The k photos that best match a description. ValueError for an empty or too long query."""
-        from querybank import bank_for_query
-
         k = self._k(k)
         bank = bank_for_query(self.check_query(query), tuple(self.biases))
         return self.search_vector(self.embed_text(query), k, bank)

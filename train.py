@@ -30,6 +30,7 @@ from data_loader import SplitData
 from loss import InfoNCELoss
 from metrics import retrieval_metrics
 from model import EnsembleModel, RetrievalModel, build_model, dropout
+from querybank import make_querybank, split_biases
 from smart_sampler import UniqueImageBatchSampler
 
 log = logging.getLogger(__name__)
@@ -305,8 +306,6 @@ def add_querybank(checkpoint: str | Path, train_data: SplitData, val_data: Split
                   size: int = config.QUERYBANK_SIZE) -> dict | None:
     """Store a querybank of the trained model's training-split embeddings in ``checkpoint``
     (``querybank.py``) and return the validation metrics with querybank normalisation."""
-    from querybank import make_querybank, split_biases
-
     if size <= 0:
         return None
     model, state = load_checkpoint(checkpoint)
