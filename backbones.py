@@ -170,11 +170,11 @@ class ImageBackbone:
     @property
     def preprocess(self) -> dict:
         """What the cache manifest records about preprocessing."""
-        pre = {"resize_shorter": self.image_size, "center_crop": self.image_size,
-               "interpolation": "bilinear+antialias", "mean": list(self.mean), "std": list(self.std)}
-        if self.members:  # each member resizes the S x S square (S: the smallest) to its own size
-            pre = {"resize_shorter": self.image_size, "center_crop": self.image_size,
-                   "interpolation": "bilinear+antialias", "members": list(self.members)}
+        pre = {"resize_shorter": self.image_size, "center_crop": self.image_size, "interpolation": "bilinear+antialias"}
+        if self.members:  # each member resizes the S x S square (S: the smallest) and normalises it itself
+            pre["members"] = list(self.members)
+        else:
+            pre.update(mean=list(self.mean), std=list(self.std))
         if self.views != ONE_VIEW:  # absent for one view: caches written before views stay valid
             pre["views"] = list(self.views)
         return pre
@@ -206,7 +206,7 @@ def _pool_or_grid(fmap: torch.Tensor, grid: bool) -> torch.Tensor:
 class _PooledBackbone(nn.Module):
     """uint8 images -> pooled features of the last feature map, of one or several views."""
 
-    def __init__(self, normalize: Normalize):
+    def __init__(self, normalize: Normalize | None):
         super().__init__()
         self.normalize = normalize
         self.grid = False  # True: return every cell of the last feature map, not their mean
@@ -216,16 +216,22 @@ class _PooledBackbone(nn.Module):
         """Normalised (B,3,S,S) -> (B,C,H,W)."""
         raise NotImplementedError
 
+    def pool_view(self, x: torch.Tensor, square: int) -> torch.Tensor:
+        """One view (B,3,S',S'), cut from a ``square`` x ``square`` image -> (B, dim)."""
+        return self.feature_map(self.normalize(x)).mean(dim=(2, 3))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.views == ONE_VIEW:
-            return _pool_or_grid(self.feature_map(self.normalize(x)), self.grid)
         if self.grid:
-            raise ValueError("a grid cache holds one view per image; use views or grid, not both")
-        pooled = [self.feature_map(self.normalize(make_view(x, v))).mean(dim=(2, 3)) for v in self.views]
+            if self.views != ONE_VIEW:
+                raise ValueError("a grid cache holds one view per image; use views or grid, not both")
+            return _pool_or_grid(self.feature_map(self.normalize(x)), grid=True)
+        pooled = [self.pool_view(make_view(x, v), x.shape[-1]) for v in self.views]
+        if len(pooled) == 1:
+            return pooled[0]
         return torch.cat(pooled, dim=1) if self.stack_views else torch.stack(pooled).mean(0)
 
 
-class _ConcatBackbone(nn.Module):
+class _ConcatBackbone(_PooledBackbone):
     """Several backbones on the same views, their pooled features concatenated (``"a+b"`` names).
 
     Each view of the S x S square is resized to every member's own size: one decode, one cache, one
@@ -236,28 +242,23 @@ class _ConcatBackbone(nn.Module):
     """
 
     def __init__(self, members: Sequence[_PooledBackbone], sizes: Sequence[int]):
-        super().__init__()
+        super().__init__(normalize=None)  # each member normalises its own input
         self.members = nn.ModuleList(members)
         self.sizes = tuple(sizes)
-        self.grid = False
-        self.views, self.stack_views = ONE_VIEW, False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        raise ValueError("a combined backbone has no single feature-map grid; use views instead")
+
+    def pool_view(self, x: torch.Tensor, square: int) -> torch.Tensor:
         from torchvision.transforms.v2 import functional as TF
 
-        if self.grid:
-            raise ValueError("a combined backbone has no single feature-map grid; use views instead")
-        pooled = []
-        for v in self.views:
-            xv = make_view(x, v)
-            scale = xv.shape[-1] / x.shape[-1]  # the larger-scale view stays larger for every member
-            feats = []
-            for member, size in zip(self.members, self.sizes):
-                side = round(size * scale / 2) * 2 if scale != 1.0 else size
-                xm = xv if side == xv.shape[-1] else TF.resize(xv, [side, side], antialias=True)
-                feats.append(member.feature_map(member.normalize(xm)).mean(dim=(2, 3)))
-            pooled.append(torch.cat(feats, dim=1))
-        return torch.cat(pooled, dim=1) if self.stack_views else torch.stack(pooled).mean(0)
+        scale = x.shape[-1] / square  # the larger-scale view stays larger for every member
+        feats = []
+        for member, size in zip(self.members, self.sizes):
+            side = round(size * scale / 2) * 2 if scale != 1.0 else size
+            xm = x if side == x.shape[-1] else TF.resize(x, [side, side], antialias=True)
+            feats.append(member.pool_view(xm, size))
+        return torch.cat(feats, dim=1)
 
 
 def _combine(backbones: Sequence[ImageBackbone]) -> ImageBackbone:

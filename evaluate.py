@@ -27,7 +27,7 @@ from extract import extract_image_features, extract_text_features
 from feature_cache import StaleCacheError, read_manifest
 from metrics import chance_retrieval_metrics, chance_word_metrics, retrieval_metrics, word_query_metrics
 from model import EnsembleModel, RetrievalModel, build_model
-from querybank import keyword_bias, split_biases
+from querybank import caption_bias, image_biases
 from train import embed_split, load_checkpoint, set_seed
 
 log = logging.getLogger("evaluate")
@@ -75,8 +75,8 @@ def evaluate_model(model: RetrievalModel | EnsembleModel, data: SplitData, word_
     img, txt = embed_split(model, data)
     image_bias = text_bias = word_bias = None
     if querybank is not None:  # one-word queries use the keyword bank, as search does (querybank.bank_for_query)
-        image_bias, text_bias = split_biases(querybank, img, txt)
-        word_bias = keyword_bias(querybank, img)
+        biases = image_biases(querybank, img)
+        image_bias, word_bias, text_bias = biases["text"], biases.get("keywords"), caption_bias(querybank, txt)
     out = retrieval_metrics(img, txt, data.caption_image, image_bias, text_bias)
     if word_feats is not None:
         with torch.inference_mode():

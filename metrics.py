@@ -119,12 +119,13 @@ def word_query_metrics(image_emb: torch.Tensor | np.ndarray, word_emb: torch.Ten
     n_img = len(img)
     positions = np.arange(1, n_img + 1)
     top = min(5, n_img)
+    bias = None if image_bias is None else _tensor(image_bias, img.device)
     aps, p5s = [], []
     step = _rows_per_block(n_img)
     for s in range(0, len(words), step):
         sim = words[s : s + step] @ img.T
-        if image_bias is not None:
-            sim = sim - _tensor(image_bias, img.device)[None, :]
+        if bias is not None:
+            sim = sim - bias[None, :]
         sim = sim.cpu().numpy()
         r = rel[s : s + step]
         # sort by score descending; within a tie irrelevant images first (pessimistic, as above)

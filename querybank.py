@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 import config
 
@@ -45,7 +46,7 @@ def make_querybank(text_emb: torch.Tensor, image_emb: torch.Tensor, temperature:
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     bank = {"text": sample_bank(text_emb, size, seed), "image": sample_bank(image_emb, size, seed + 1),
-            "beta": 1.0 / float(temperature), "size": int(size)}
+            "beta": 1.0 / float(temperature)}
     if keyword_emb is not None and len(keyword_emb):
         bank["keywords"] = sample_bank(keyword_emb, size, seed + 2)
     return bank
@@ -67,28 +68,24 @@ def bank_for_query(query: str, banks: tuple[str, ...]) -> str | None:
 def querybank_bias(gallery: torch.Tensor | np.ndarray, bank: torch.Tensor, beta: float,
                    progress: bool = False) -> np.ndarray:
     """(n,) float32: (1/β) logsumexp over the bank of β · (bank · gallery row), for every gallery row."""
-    from tqdm import tqdm
-
     bank = bank.float()
     n = len(gallery)
     out = np.empty(n, dtype=np.float32)
     starts = range(0, n, BIAS_BLOCK)
     for s in tqdm(starts, desc="querybank bias", unit="block", disable=not progress or n <= BIAS_BLOCK):
-        g = torch.as_tensor(np.asarray(gallery[s : s + BIAS_BLOCK]) if not torch.is_tensor(gallery)
-                            else gallery[s : s + BIAS_BLOCK]).float()
+        g = gallery[s : s + BIAS_BLOCK]  # a memmap block is read here, one block at a time
+        g = (g if torch.is_tensor(g) else torch.from_numpy(np.asarray(g))).float()
         out[s : s + len(g)] = (torch.logsumexp(beta * (g @ bank.T), dim=1) / beta).numpy()
     return out
 
 
-def split_biases(querybank: dict, image_emb: torch.Tensor, text_emb: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """(image bias, caption bias) of a split: images ranked for captions use the caption bank, and
-    captions ranked for images use the image bank."""
-    beta = querybank["beta"]
-    return querybank_bias(image_emb, querybank["text"], beta), querybank_bias(text_emb, querybank["image"], beta)
+def image_biases(querybank: dict, image_emb: torch.Tensor | np.ndarray,
+                 progress: bool = False) -> dict[str, np.ndarray]:
+    """Each text bank's bias of the images (bank name -> (n,)): what ranking images for a text
+    query subtracts (``bank_for_query`` picks the bank)."""
+    return {b: querybank_bias(image_emb, querybank[b], querybank["beta"], progress) for b in text_banks(querybank)}
 
 
-def keyword_bias(querybank: dict, image_emb: torch.Tensor) -> np.ndarray | None:
-    """Image bias for keyword-like queries, or None without a keyword bank."""
-    if "keywords" not in querybank:
-        return None
-    return querybank_bias(image_emb, querybank["keywords"], querybank["beta"])
+def caption_bias(querybank: dict, text_emb: torch.Tensor) -> np.ndarray:
+    """The captions' bias against the image bank: what ranking captions for an image query subtracts."""
+    return querybank_bias(text_emb, querybank["image"], querybank["beta"])

@@ -34,7 +34,7 @@ from backbones import (ImageBackbone, TextBackbone, create_image_backbone, creat
                        resolve_device, views_mismatch, views_of)
 from feature_cache import FEATURES_FILE, FeatureCache, StaleCacheError, load_cache, read_manifest
 from model import EnsembleModel, RetrievalModel
-from querybank import bank_for_query, querybank_bias, text_banks
+from querybank import bank_for_query, image_biases, text_banks
 
 log = logging.getLogger(__name__)
 
@@ -142,13 +142,13 @@ def load_or_project(model: RetrievalModel | EnsembleModel, cache: FeatureCache, 
     bias_path = cache.directory / f"querybias_{key}.npy"
     embed_dim = model.config_dict()["embed_dim"]
 
-    def cached(p: Path, shape: tuple, dtype: type) -> np.ndarray | None:
+    def cached(p: Path, shape: tuple, dtype: type, what: str) -> np.ndarray | None:
         if not p.is_file():
             return None
         try:
             arr = np.load(p, mmap_mode="r")
             if arr.shape == shape and arr.dtype == dtype:
-                log.info("%s: reusing %s", "projected image embeddings" if p == path else "querybank bias", p.name)
+                log.info("%s: reusing %s", what, p.name)
                 return arr
             log.warning("%s has shape %s, expected %s; recomputing", p, arr.shape, shape)
         except (OSError, ValueError) as err:
@@ -164,7 +164,7 @@ def load_or_project(model: RetrievalModel | EnsembleModel, cache: FeatureCache, 
         except OSError as err:
             log.warning("could not save %s (%s); it will be recomputed on the next start", p, err)
 
-    proj = cached(path, (len(rows), embed_dim), np.float16)
+    proj = cached(path, (len(rows), embed_dim), np.float16, "projected image embeddings")
     if proj is None:
         t0 = time.perf_counter()
         proj = project_cache(model, cache, rows, device)
@@ -173,10 +173,10 @@ def load_or_project(model: RetrievalModel | EnsembleModel, cache: FeatureCache, 
     banks = text_banks(querybank)
     if not banks:
         return rows, proj, {}
-    bias = cached(bias_path, (len(banks), len(rows)), np.float32)
+    bias = cached(bias_path, (len(banks), len(rows)), np.float32, "querybank biases")
     if bias is None:
         t0 = time.perf_counter()
-        bias = np.stack([querybank_bias(proj, querybank[b], querybank["beta"], progress=True) for b in banks])
+        bias = np.stack(list(image_biases(querybank, proj, progress=True).values()))  # text_banks order
         log.info("querybank biases of %d images (banks: %s) in %.1f s", len(rows),
                  ", ".join(f"{len(querybank[b])} {b}" for b in banks), time.perf_counter() - t0)
         save(bias_path, bias, "querybias")

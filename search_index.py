@@ -189,7 +189,7 @@ def _release_mapped_pages(array: np.ndarray) -> None:
     if base is not None and hasattr(base, "madvise"):
         try:
             base.madvise(mmap.MADV_DONTNEED)
-        except (OSError, ValueError, AttributeError):  # pragma: no cover - best effort only
+        except (OSError, ValueError):  # pragma: no cover - best effort only (e.g. a closed map)
             pass
 
 
@@ -213,7 +213,7 @@ class ExactIndex(SearchIndex):
                          {"dtype": str(vectors.dtype)})
         self.vectors = vectors
         self._vectors_bf16, self._max_norm = None, 0.0
-        if vectors.dtype == np.float16 and len(vectors):
+        if vectors.dtype == np.float16:
             self._vectors_bf16 = _as_torch(vectors).to(torch.bfloat16)
             step = 8192  # small blocks: a float32 copy of the whole matrix would be the memory peak
             self._max_norm = max(float(np.linalg.norm(vectors[i : i + step].astype(np.float32), axis=1).max())
@@ -430,9 +430,7 @@ class FaissIndex(SearchIndex):
         if bias is not None:  # re-rank a wider candidate set by the biased score
             wide = min(self.size, max(k * BIAS_OVERFETCH, RECALL_K * BIAS_OVERFETCH))
             scores, rows = self._search(queries, wide, None)
-            scores = scores - bias[rows]
-            order = np.lexsort((rows, -scores), axis=1)[:, :k]
-            return np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
+            return _select_topk(scores - bias[rows], rows, k)
         scores, rows = self._raw_search(queries, k)
         missing = np.flatnonzero((rows < 0).any(axis=1))
         if len(missing):

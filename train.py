@@ -19,6 +19,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ from data_loader import SplitData
 from loss import InfoNCELoss
 from metrics import retrieval_metrics
 from model import EnsembleModel, RetrievalModel, build_model, dropout
-from querybank import make_querybank, split_biases
+from querybank import caption_bias, image_biases, make_querybank
 from smart_sampler import UniqueImageBatchSampler
 
 log = logging.getLogger(__name__)
@@ -111,14 +112,17 @@ def lr_lambda(step: int, warmup_steps: int, total_steps: int) -> float:
 
 
 @torch.inference_mode()
+def encode_rows(encode: Callable[[torch.Tensor], torch.Tensor], features: torch.Tensor,
+                batch_size: int = 4096) -> torch.Tensor:
+    """``encode`` (a head) over float16 feature rows, in batches."""
+    return torch.cat([encode(features[i : i + batch_size].float()) for i in range(0, len(features), batch_size)])
+
+
 def embed_split(model: RetrievalModel, data: SplitData, batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
     """Projected, normalised image and caption embeddings of a split."""
     model.eval()
-    img = torch.cat([model.encode_image(data.image_features[i : i + batch_size].float())
-                     for i in range(0, len(data.image_features), batch_size)])
-    txt = torch.cat([model.encode_text(data.caption_features[i : i + batch_size].float())
-                     for i in range(0, len(data.caption_features), batch_size)])
-    return img, txt
+    return (encode_rows(model.encode_image, data.image_features, batch_size),
+            encode_rows(model.encode_text, data.caption_features, batch_size))
 
 
 def validate(model: RetrievalModel, data: SplitData) -> dict:
@@ -312,13 +316,11 @@ def add_querybank(checkpoint: str | Path, train_data: SplitData, val_data: Split
     train_img, train_txt = embed_split(model, train_data)
     keywords = None
     if train_data.keyword_features is not None:  # trained with keyword samples: a bank of them too
-        with torch.inference_mode():
-            kw = train_data.keyword_features
-            keywords = torch.cat([model.encode_text(kw[i : i + 4096].float()) for i in range(0, len(kw), 4096)])
+        keywords = encode_rows(model.encode_text, train_data.keyword_features)
     bank = make_querybank(train_txt, train_img, state["temperature"], size, keyword_emb=keywords)
     val_img, val_txt = embed_split(model, val_data)
-    image_bias, text_bias = split_biases(bank, val_img, val_txt)
-    metrics = retrieval_metrics(val_img, val_txt, val_data.caption_image, image_bias, text_bias)
+    metrics = retrieval_metrics(val_img, val_txt, val_data.caption_image, image_biases(bank, val_img)["text"],
+                                caption_bias(bank, val_txt))
     state.update(querybank=bank, metrics_querybank=metrics)
     atomic_save_with(Path(checkpoint), lambda f: torch.save(state, f))
     return metrics

@@ -501,7 +501,7 @@ def test_querybank_checkpoint_ranks_by_normalised_score_and_reports_cosines(worl
     g = torch.Generator().manual_seed(5)
     bank = torch.nn.functional.normalize(torch.randn(40, EMBED, generator=g), dim=1).half()
     kw_bank = torch.nn.functional.normalize(torch.randn(30, EMBED, generator=g), dim=1).half()
-    state["querybank"] = {"text": bank, "image": bank, "keywords": kw_bank, "beta": 8.0, "size": 40}
+    state["querybank"] = {"text": bank, "image": bank, "keywords": kw_bank, "beta": 8.0}
     torch.save(state, ckpt)
 
     def open_qb():
