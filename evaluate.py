@@ -63,8 +63,11 @@ def word_queries(data: SplitData, captions, n_words: int) -> tuple[list[str], np
         if j is not None:
             nouns_per_image[j].update(nouns_of(cap.text, tools))
     counts = Counter(w for s in nouns_per_image for w in s)
+    # Ties in count go alphabetically: set iteration order changes with each process's string hash
+    # seed, and most_common() alone then picked different words at the cutoff from run to run.
+    ranked = sorted(counts.items(), key=lambda wc: (-wc[1], wc[0]))
     # A word relevant to nearly every image says nothing about ranking; keep informative ones.
-    words = [w for w, c in counts.most_common() if 2 <= c <= 0.5 * len(data.image_names)][:n_words]
+    words = [w for w, c in ranked if 2 <= c <= 0.5 * len(data.image_names)][:n_words]
     relevance = np.array([[w in s for s in nouns_per_image] for w in words], dtype=bool)
     return words, relevance
 

@@ -15,7 +15,7 @@ The bank should look like the queries it normalises, so there are up to three: t
 for sentence queries, training keyword phrases for queries of at most ``KEYWORD_QUERY_MAX_WORDS``
 words (a caption bank cost one-word queries 4 points of mAP; a keyword bank gains 0.8), and
 training images for image→text evaluation. Flickr8k dev (Lite0+Lite2 views, two heads): rsum
-357.0 → 375.3, text→image R@1 30.3 → 33.5, one-word mAP 29.3 → 30.1.
+357.0 → 375.3, text→image R@1 30.3 → 33.5, one-word mAP 29.1 → 29.9.
 """
 from __future__ import annotations
 

@@ -253,3 +253,20 @@ def test_chance_word_metrics_matches_simulation():
     sims = [word_query_metrics(np.eye(50, dtype=np.float32), rng.random((3, 50)).astype(np.float32), rel)["map"]
             for _ in range(400)]
     assert np.mean(sims) == pytest.approx(ch["map"], abs=1.5)
+
+
+def test_word_queries_break_count_ties_alphabetically():
+    # evaluate.word_queries once took ties in the order of a set, which changes with the process's
+    # hash seed: the words at the cutoff (and word mAP) then varied from run to run
+    from types import SimpleNamespace
+
+    from evaluate import word_queries
+
+    texts = {"a.jpg": "a dog and a cat on the grass", "b.jpg": "a dog and a cat in the snow",
+             "c.jpg": "a bike near the grass", "d.jpg": "a bike in the snow"}
+    caps = SimpleNamespace(captions=[SimpleNamespace(image=n, text=t) for n, t in texts.items()])
+    data = SimpleNamespace(image_names=list(texts))
+    words, relevance = word_queries(data, caps, 10)
+    assert words == sorted(words) == ["bike", "cat", "dog", "grass", "snow"]  # every count is 2
+    assert relevance.tolist()[0] == [False, False, True, True]
+    assert word_queries(data, caps, 2)[0] == ["bike", "cat"]
