@@ -27,10 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_device_arg(p)
     p.add_argument("--batch-size", type=int, default=None,
                    help=f"default: {config.IMAGE_BATCH_SIZE_CPU} on CPU, {config.IMAGE_BATCH_SIZE_GPU} on GPU")
-    p.add_argument("--workers", type=int, default=config.NUM_WORKERS, help="JPEG-decoding processes")
+    p.add_argument("--workers", type=int, default=config.NUM_WORKERS, help="JPEG-decoding processes (with --decode gpu: file-reading processes; 8 on a 16-core GPU machine)")
     p.add_argument("--chunk-size", type=int, default=config.CHUNK_SIZE, help="images per resumable chunk")
     p.add_argument("--decode", choices=("cpu", "gpu"), default="cpu",
-                   help="where JPEGs are decoded: worker processes (PIL) or the GPU (nvJPEG)")
+                   help="where JPEGs are decoded: worker processes (PIL) or the GPU (nvJPEG, "
+                        f"{config.GPU_DECODE_THREADS} decode threads beside the model: config.GPU_DECODE_THREADS)")
     p.add_argument("--grid", action="store_true",
                    help="cache every cell of the last feature map (7x7 x dim) for feature-space crop "
                         "augmentation in training (49x the disk space)")

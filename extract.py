@@ -2,8 +2,9 @@
 
 Images: a DataLoader whose worker processes decode JPEGs (PIL, with JPEG draft-mode downscaling)
 into compact uint8 tensors; the model runs under ``inference_mode`` in channels_last, and on a
-GPU with bf16 autocast and pinned memory. With ``decode="gpu"`` workers only read the file bytes
-and nvJPEG decodes on the device, taking decoding off the CPU's critical path.
+GPU with bf16 autocast and pinned memory. With ``decode="gpu"`` workers only read the file bytes,
+and nvJPEG decodes and resizes on the device in background threads (own CUDA streams) while the
+model runs: decoding is off the CPU's critical path and overlaps the forward pass.
 
 Texts: one vector per text (captions are never averaged), through ``TextBackbone.encode`` —
 the same code for captions, keyword phrases and the app's queries.
@@ -12,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -49,29 +51,48 @@ class ImageFileDataset(Dataset):
             return torch.zeros(3, self.image_size, self.image_size, dtype=torch.uint8), f"{type(err).__name__}: {err}"
 
 
-class ImageBytesDataset(Dataset):
-    """Raw file bytes, for decoding on the GPU."""
+class PackedBytesBatches(Dataset):
+    """Item b: the file bytes of batch b packed in one uint8 tensor, each file's length, and errors.
 
-    def __init__(self, paths: Sequence[str | os.PathLike]):
+    One tensor per batch, because a DataLoader sends each tensor between processes on its own:
+    thousands of small byte tensors cost more than the reads (H200 machine: 2,700 files/s through
+    16 workers). And processes, not threads: a pool of threads reading files in the main process
+    passed the GIL around and held nvJPEG back to about 5,000 images/s.
+    """
+
+    def __init__(self, paths: Sequence[str | os.PathLike], batches: Sequence[Sequence[int]]):
         self.paths = [str(p) for p in paths]
+        self.batches = [list(b) for b in batches]
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.batches)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
-        try:
-            with open(self.paths[i], "rb") as f:
-                return torch.frombuffer(bytearray(f.read()), dtype=torch.uint8), ""
-        except OSError as err:
-            return torch.empty(0, dtype=torch.uint8), f"{type(err).__name__}: {err}"
+    def __getitem__(self, b: int) -> tuple[torch.Tensor, list[int], list[str]]:
+        chunks, errors = [], []
+        for i in self.batches[b]:
+            try:
+                with open(self.paths[i], "rb") as f:
+                    chunks.append(f.read())
+                errors.append("")
+            except OSError as err:
+                chunks.append(b"")
+                errors.append(f"{type(err).__name__}: {err}")
+        packed = bytearray().join(chunks)
+        data = torch.frombuffer(packed, dtype=torch.uint8) if packed else torch.empty(0, dtype=torch.uint8)
+        return data, [len(c) for c in chunks], errors
+
+
+def _byte_batches(paths: Sequence[str | os.PathLike], batches: Sequence[Sequence[int]],
+                  num_workers: int) -> Iterator[tuple[list[torch.Tensor], list[str]]]:
+    """(each file's bytes, errors) per batch, read ahead by DataLoader worker processes."""
+    loader = DataLoader(PackedBytesBatches(paths, batches), batch_size=None, num_workers=num_workers,
+                        prefetch_factor=4 if num_workers else None)
+    for packed, lengths, errors in loader:
+        yield list(torch.split(packed, lengths)), errors
 
 
 def _collate(batch: list[tuple[torch.Tensor, str]]) -> tuple[torch.Tensor, list[str]]:
     return torch.stack([x for x, _ in batch]), [e for _, e in batch]
-
-
-def _collate_bytes(batch: list[tuple[torch.Tensor, str]]) -> tuple[list[torch.Tensor], list[str]]:
-    return [x for x, _ in batch], [e for _, e in batch]
 
 
 def _resize_batch(images: Sequence[torch.Tensor], resize: Callable, out: torch.Tensor,
@@ -86,35 +107,63 @@ def _resize_batch(images: Sequence[torch.Tensor], resize: Callable, out: torch.T
     for k, img in enumerate(images):
         groups.setdefault(tuple(img.shape), []).append(k)
     for ks in groups.values():
-        dst = torch.as_tensor([rows[k] for k in ks], device=out.device)
-        out[dst] = resize(torch.stack([images[k] for k in ks]) if len(ks) > 1 else images[ks[0]].unsqueeze(0))
+        dst = torch.tensor([rows[k] for k in ks])
+        if out.is_cuda:  # from pinned memory, asynchronously: a pageable copy would wait for the device
+            dst = dst.pin_memory().to(out.device, non_blocking=True)
+        out.index_copy_(0, dst, resize(torch.stack([images[k] for k in ks])))
 
 
-def _read_bytes_ahead(dataset: ImageBytesDataset, batches: list[list[int]], threads: int,
-                      ahead: int = 4) -> Iterator[tuple[list[torch.Tensor], list[str]]]:
-    """File bytes of each batch, read by a thread pool a few batches ahead.
-
-    Threads, not DataLoader processes: reading releases the GIL, and sending thousands of
-    variable-size byte tensors between processes cost more than the reads (measured on an H200
-    machine: 2,700 files/s through 16 workers, 38,000 files/s read in-process).
-    """
+def _map_ahead(fn: Callable, items: Iterable, threads: int = 1, ahead: int = 4) -> Iterator:
+    """``fn(item)`` for each item, in order, computed by a thread pool up to ``ahead`` items early."""
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
-    # one thread assembles batches in order; the read pool serves it (one pool for both could
-    # fill every thread with waiting batch tasks and deadlock)
-    with ThreadPoolExecutor(threads) as reads, ThreadPoolExecutor(1) as assemble:
+    with ThreadPoolExecutor(threads) as pool:
         pending: deque = deque()
-        for batch in batches:
-            pending.append(assemble.submit(lambda b: _collate_bytes(list(reads.map(dataset.__getitem__, b))), batch))
+        for item in items:
+            pending.append(pool.submit(fn, item))
             if len(pending) > ahead:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
 
 
+def _gpu_decoded_batches(byte_batches: Iterable[tuple[list[torch.Tensor], list[str]]], backbone: ImageBackbone,
+                         device: torch.device, threads: int = config.GPU_DECODE_THREADS,
+                         ahead: int = 2) -> Iterator[tuple[torch.Tensor, list[str]]]:
+    """(uint8 batch on the device, errors) for each batch of file bytes.
+
+    With ``threads`` > 0, nvJPEG decoding and resizing run in background threads, each on its own
+    CUDA stream, while the caller's stream runs the model: torchvision's batched decode waits for
+    the hardware decoder before it returns, so done inline it leaves the GPU's compute idle.
+    ``threads=0`` decodes inline on the caller's stream.
+    """
+    if threads <= 0:
+        for data, errors in byte_batches:
+            yield _decode_on_gpu(data, errors, backbone, device)
+        return
+    cuda = device.type == "cuda"  # (on a CPU, as in the tests, there are no streams to order)
+    local = threading.local()
+
+    def prepare(item: tuple[list[torch.Tensor], list[str]]) -> tuple[torch.Tensor, list[str], torch.cuda.Event | None]:
+        if not cuda:
+            return (*_decode_on_gpu(*item, backbone, device), None)
+        if not hasattr(local, "stream"):
+            local.stream = torch.cuda.Stream(device)
+        with torch.cuda.stream(local.stream):
+            x, errors = _decode_on_gpu(*item, backbone, device)
+            return x, errors, local.stream.record_event()
+
+    consumer = torch.cuda.current_stream(device) if cuda else None
+    for x, errors, ready in _map_ahead(prepare, byte_batches, threads, ahead):
+        if ready is not None:
+            consumer.wait_event(ready)
+            x.record_stream(consumer)  # allocated on the producer's stream: not reused before the model is done
+        yield x, errors
+
+
 def _decode_on_gpu(data: list[torch.Tensor], errors: list[str], backbone: ImageBackbone,
-                   device: torch.device, cpu_transform: Callable) -> tuple[torch.Tensor, list[str]]:
+                   device: torch.device) -> tuple[torch.Tensor, list[str]]:
     """nvJPEG batch decode + batched resize on the device; files it cannot decode go through PIL."""
     from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
@@ -158,6 +207,7 @@ def extract_image_features(
     chunk_size: int = config.CHUNK_SIZE,
     device: str | None = None,
     decode: str = "cpu",
+    decode_threads: int = config.GPU_DECODE_THREADS,
     grid: bool = False,
     views: tuple[str, ...] = ONE_VIEW,
     stack_views: bool = True,
@@ -174,6 +224,7 @@ def extract_image_features(
     without ``stack_views`` each row is that mean already (what a searched collection needs).
     ``precision``: "auto" = bf16 autocast on a GPU, float32 on a CPU; "bf16" or "fp32" everywhere
     (bf16 on a CPU with AMX ran Lite2 about 3.8x faster; the cache records it).
+    ``decode_threads``: with ``decode="gpu"``, threads that decode and resize beside the model.
     """
     if precision not in ("auto", "bf16", "fp32"):
         raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
@@ -201,7 +252,8 @@ def extract_image_features(
         if not batches:
             return
         if decode == "gpu":
-            batch_iter = _read_bytes_ahead(ImageBytesDataset(paths), batches, max(1, num_workers))
+            batch_iter = _gpu_decoded_batches(_byte_batches(paths, batches, num_workers), backbone, device,
+                                              decode_threads)
         else:
             loader = DataLoader(
                 ImageFileDataset(paths, cpu_transform, backbone.image_size), batch_sampler=batches,
@@ -213,10 +265,7 @@ def extract_image_features(
             feats, failures = [], []
             for start in range(0, len(rows), batch_size):
                 data, errors = next(batch_iter)
-                if decode == "gpu":
-                    x, errors = _decode_on_gpu(data, errors, backbone, device, cpu_transform)
-                else:
-                    x = data.to(device, non_blocking=True)
+                x = data.to(device, non_blocking=True)  # GPU-decoded batches are on the device already
                 x = x.contiguous(memory_format=torch.channels_last)
                 batch_rows = rows[start : start + batch_size]
                 bad = [j for j, e in enumerate(errors) if e]

@@ -9,6 +9,7 @@ Measured (each the fastest of --rounds interleaved runs, all on the same images)
               size, threads, dtype, channels_last and inference_mode (on a GPU the tensors are
               already on the device). The ceiling ours can approach: ours/bare is the share of
               the model's speed that survives decoding and caching.
+* decode only ours' GPU input pipeline without the model (worker file reads, nvJPEG, resize).
 * original    the original design's loop: PIL open + torchvision Resize/CenterCrop/ToTensor,
               forward one image at a time (batch 1), one .npy file saved per image.
 
@@ -46,6 +47,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--decode", choices=("cpu", "gpu", "both"), default=None,
                    help="where ours decodes JPEGs (default: cpu on CPU, both on CUDA)")
+    p.add_argument("--decode-threads", default=None,
+                   help="comma list: GPU decode runs with these numbers of decode threads "
+                        "(extract_image_features(decode_threads=...); 0 = inline; default: config's)")
     p.add_argument("--repeat", type=int, default=1, help="repeat the image set this many times")
     p.add_argument("--limit", type=int, default=0, help="use only the first N images of the folder (0 = all)")
     p.add_argument("--batch-size", type=int, default=None, help="default: config's CPU or GPU batch size")
@@ -113,10 +117,12 @@ def original_loop(backbone, paths: list[Path], out_dir: Path, device: torch.devi
 
 
 def run_ours(backbone, images_dir: Path, names: list[str], out_dir: Path, *, batch: int, workers: int,
-             device: str, decode: str) -> None:
+             device: str, decode: str, decode_threads: int | None = None) -> None:
+    import config
     from extract import extract_image_features
+    threads = config.GPU_DECODE_THREADS if decode_threads is None else decode_threads
     cache = extract_image_features(backbone, images_dir, names, out_dir, batch_size=batch, num_workers=workers,
-                                   device=device, decode=decode, force=True)
+                                   device=device, decode=decode, decode_threads=threads, force=True)
     bad = cache.manifest["failures"]
     if bad:
         raise RuntimeError(f"{len(bad)} images failed to decode, e.g. {bad[:2]}")
@@ -124,15 +130,12 @@ def run_ours(backbone, images_dir: Path, names: list[str], out_dir: Path, *, bat
 
 def gpu_decode_only(backbone, images_dir: Path, names: list[str], batch: int, workers: int,
                     device: torch.device) -> None:
-    """The GPU-decode input pipeline without the model: worker file reads + nvJPEG + batched resize."""
-    from torch.utils.data import DataLoader
-    from extract import ImageBytesDataset, _collate_bytes, _decode_on_gpu
+    """ours' GPU-decode input pipeline without the model: worker file reads, nvJPEG, batched resize."""
+    from extract import _byte_batches, _gpu_decoded_batches
     paths = [images_dir / nm for nm in names]
     batches = [list(range(i, min(i + batch, len(paths)))) for i in range(0, len(paths), batch)]
-    loader = DataLoader(ImageBytesDataset(paths), batch_sampler=batches, num_workers=workers,
-                        collate_fn=_collate_bytes, prefetch_factor=4 if workers else None)
-    for data, errors in loader:
-        _decode_on_gpu(data, errors, backbone, device, None)
+    for _ in _gpu_decoded_batches(_byte_batches(paths, batches, workers), backbone, device):
+        pass
 
 
 @contextlib.contextmanager
@@ -169,6 +172,8 @@ def main(argv=None) -> int:
     if not cuda and "gpu" in decodes:
         print("SKIP: --decode gpu needs --device cuda")
         return 0
+    extra_threads = [] if args.decode_threads is None or "gpu" not in decodes else \
+        [int(t) for t in args.decode_threads.split(",") if int(t) != config.GPU_DECODE_THREADS]
     names = files * args.repeat
     n = len(names)
     sync = torch.cuda.synchronize if cuda else None
@@ -210,6 +215,10 @@ def main(argv=None) -> int:
             for dec in decodes:
                 record(f"ours_{dec}", lambda: run_ours(backbone, args.data, names, tmp / f"ours_{dec}", batch=batch,
                                                        workers=workers, device=args.device, decode=dec))
+            for t in extra_threads:
+                record(f"ours_gpu_t{t}", lambda: run_ours(backbone, args.data, names, tmp / "ours_gpu_t", batch=batch,
+                                                          workers=workers, device=args.device, decode="gpu",
+                                                          decode_threads=t))
         if cuda and "gpu" in decodes:
             for _ in range(args.rounds):
                 record("decode_gpu", lambda: gpu_decode_only(backbone, args.data, names, batch, workers, device))
@@ -223,12 +232,15 @@ def main(argv=None) -> int:
 
     rate = {k: (n_orig if k == "original" else n) / v for k, v in times.items()}
     label = {"bare": "bare forward (ready uint8 tensors" + (", on GPU)" if cuda else ")"),
-             "ours_cpu": f"ours, CPU decode ({workers} workers)", "ours_gpu": "ours, GPU decode (nvJPEG)",
+             "ours_cpu": f"ours, CPU decode ({workers} workers)",
+             "ours_gpu": f"ours, GPU decode (nvJPEG, {config.GPU_DECODE_THREADS} decode threads: the default)",
+             **{f"ours_gpu_t{t}": f"ours, GPU decode, {t} decode threads" + (" (inline)" if t == 0 else "")
+                for t in extra_threads},
              "original": "original loop (PIL + transforms, batch 1)",
-             "decode_gpu": "GPU decode + resize only, no model (file reads + nvJPEG)"}
+             "decode_gpu": "GPU decode + resize only, no model (worker file reads + nvJPEG)"}
     rows = []
     extra = [k for k in ("decode_gpu", "original") if k in times]
-    for k in ["bare"] + [f"ours_{d}" for d in decodes] + extra:
+    for k in ["bare"] + [f"ours_{d}" for d in decodes] + [f"ours_gpu_t{t}" for t in extra_threads] + extra:
         n_k = n_orig if k == "original" else n
         rows.append([label[k], n_k, round(times[k], 2), rate[k], rate[k] / rate["bare"], 1e3 * cpu[k] / n_k,
                      (cpu["bare"] / n) / (cpu[k] / n_k)])
@@ -242,6 +254,8 @@ def main(argv=None) -> int:
     for d in decodes:
         ratio_rows.append([f"ours ({d} decode) / bare forward", rate[f"ours_{d}"] / rate["bare"],
                            "≥ 0.9 (CPU)" if not cuda else "-"])
+        if d == "gpu":
+            ratio_rows.append(["ours (gpu decode), images/s", rate["ours_gpu"], "≥ 5,000 (H100/H200)"])
         if "original" in rate:
             ratio_rows.append([f"ours ({d} decode) / original loop", rate[f"ours_{d}"] / rate["original"], "> 1"])
     if cuda and len(decodes) == 2:

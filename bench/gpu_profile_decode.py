@@ -1,47 +1,124 @@
-"""Where the GPU-decode path spends its time (run on a CUDA machine): bytes loading, nvJPEG, resize."""
-import glob, sys, time
-import torch
-sys.path.insert(0, ".")
-from torchvision.io import ImageReadMode, decode_jpeg
-from torchvision.transforms import v2 as T
-from torch.utils.data import DataLoader
-import extract
+#!/usr/bin/env python
+"""Where the GPU-decode path spends its time, with the file bytes already in memory.
 
-files = sorted(glob.glob("bench_data/fullres/*.jpg"))
-paths = (files * 26)[:5120]
-data = [torch.frombuffer(bytearray(open(f, "rb").read()), dtype=torch.uint8) for f in files]
-batch = (data * 2)[:256]
+Times, on the same in-memory JPEG bytes (no file reads): nvJPEG batch decode alone; the batched
+resize alone; both (``extract._decode_on_gpu``); the input pipeline ``extract._gpu_decoded_batches``
+with 0 (inline), 1, 2 and 3 decode threads, without and with the model; the model alone on a ready
+batch; then reading the files, by worker processes (as extract does) and by in-process threads.
+First it checks that the threaded pipeline's batches equal each image decoded and resized
+alone (exactly), so the streams and threads lose or reorder nothing.
 
-def timeit(name, fn, n_img, reps=3):
-    fn(); torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(reps): fn()
-    torch.cuda.synchronize()
-    dt = (time.perf_counter() - t) / reps
-    print(f"{name:55s} {n_img / dt:10,.0f} img/s")
+Run on a CUDA machine (bench/gpu_extract.sh does): python bench/gpu_profile_decode.py --device cuda
+On a CPU it runs the same code (decode on the CPU), as a dry run.
+"""
+from __future__ import annotations
 
-timeit("decode_jpeg list of 256 on cuda", lambda: decode_jpeg(batch, mode=ImageReadMode.RGB, device="cuda"), 256)
-imgs = decode_jpeg(batch, mode=ImageReadMode.RGB, device="cuda")
-out = torch.zeros(256, 3, 224, 224, dtype=torch.uint8, device="cuda")
-for aa in (True, False):
-    rs = T.Compose([T.Resize(224, antialias=aa), T.CenterCrop(224)])
-    timeit(f"_resize_batch antialias={aa}", lambda: extract._resize_batch(imgs, rs, out, list(range(256))), 256)
-    timeit(f"per-image resize antialias={aa}", lambda: [rs(i) for i in imgs], 256)
-def resize_float(imgs):
-    import torch.nn.functional as F
-    for i, im in enumerate(imgs):
-        h, w = im.shape[-2:]; s = 224 / min(h, w)
-        r = F.interpolate(im[None].float(), size=(max(224, round(h * s)), max(224, round(w * s))), mode="bilinear", antialias=True)
-        out[i] = T.functional.center_crop(r, 224)[0].round().clamp(0, 255).to(torch.uint8)
-timeit("per-image F.interpolate float antialias", lambda: resize_float(imgs), 256)
-ds = extract.ImageBytesDataset(paths)
-for w in (8, 16):
-    t = time.perf_counter(); n = 0
-    for x, e in DataLoader(ds, batch_size=256, num_workers=w, collate_fn=extract._collate_bytes, prefetch_factor=4):
-        n += len(x)
-    print(f"{'DataLoader bytes only, workers=' + str(w):55s} {n / (time.perf_counter() - t):10,.0f} img/s")
-t = time.perf_counter(); n = 0
-for f in paths:
-    with open(f, "rb") as fh: torch.frombuffer(bytearray(fh.read()), dtype=torch.uint8)
-    n += 1
-print(f"{'plain loop read bytes, main process':55s} {n / (time.perf_counter() - t):10,.0f} img/s")
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402  (sets sys.path to the repo root)
+
+import torch  # noqa: E402
+from torchvision.io import ImageReadMode, decode_jpeg  # noqa: E402
+
+import extract  # noqa: E402
+from bench_extract import make_backbone  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=C.default_images_dir())
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--backbone", default="resnet18")
+    p.add_argument("--images", type=int, default=5120)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--threads", default="0,1,2,3", help="decode threads tried")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    files = sorted(args.data.glob("*.jpg"))
+    if not files:
+        print(f"SKIP: no JPEGs in {args.data}")
+        return 0
+    data = [torch.frombuffer(bytearray(f.read_bytes()), dtype=torch.uint8) for f in files]
+    data = (data * (args.images // len(data) + 1))[: args.images]
+    batches = [(data[i : i + args.batch], [""] * len(data[i : i + args.batch])) for i in range(0, len(data), args.batch)]
+    tmp = tempfile.TemporaryDirectory()
+    backbone, _ = make_backbone(args.backbone, Path(tmp.name))
+    model = backbone.model.to(device).eval().to(memory_format=torch.channels_last)
+    resize = backbone.tensor_transform()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    print(f"## gpu_profile_decode: {len(data)} images in memory, batch {args.batch}, device {device}, "
+          f"backbone {backbone.name}")
+
+    # correctness first: the threaded pipeline == per-image decode + resize, in order
+    threads_list = [int(t) for t in args.threads.split(",")]
+    ok = True
+    for t in sorted({max(threads_list), 0}):
+        got = torch.cat([x for x, _ in extract._gpu_decoded_batches(iter(batches[:6]), backbone, device, t)])
+        ref = torch.stack([resize(decode_jpeg(d, mode=ImageReadMode.RGB, device=device)) for d in data[: len(got)]])
+        same = torch.equal(got, ref)
+        ok &= same
+        print(f"check: pipeline with {t} decode threads == per-image decode+resize over {len(got)} images: {same}"
+              + ("" if same else f" (max abs diff {(got.int() - ref.int()).abs().max().item()})"))
+
+    def forward(x: torch.Tensor) -> None:
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            model(x.contiguous(memory_format=torch.channels_last)).float()
+
+    def timeit(name: str, fn, reps: int = 2) -> None:
+        fn()
+        sync()
+        best = float("inf")
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            best = min(best, time.perf_counter() - t0)
+        print(f"| {name} | {len(data) / best:,.0f} |")
+
+    decoded = decode_jpeg(batches[0][0], mode=ImageReadMode.RGB, device=device)
+    out = torch.zeros(len(decoded), 3, backbone.image_size, backbone.image_size, dtype=torch.uint8, device=device)
+    ready = out.clone()
+    print("\n| step (bytes in memory) | images/s |\n|---|---|")
+    timeit("nvJPEG batch decode alone", lambda: [decode_jpeg(b, mode=ImageReadMode.RGB, device=device) for b, _ in batches])
+    timeit("batched resize alone", lambda: [extract._resize_batch(decoded, resize, out, list(range(len(decoded))))
+                                            for _ in batches])
+    timeit("decode + resize (_decode_on_gpu)", lambda: [extract._decode_on_gpu(b, e, backbone, device) for b, e in batches])
+    timeit("model alone (ready batch on the device)", lambda: [forward(ready) for _ in batches])
+    for t in threads_list:
+        timeit(f"pipeline, {t} decode threads, no model",
+               lambda: [None for _ in extract._gpu_decoded_batches(iter(batches), backbone, device, t)])
+    for t in threads_list:
+        timeit(f"pipeline, {t} decode threads, + model",
+               lambda: [forward(x) for x, _ in extract._gpu_decoded_batches(iter(batches), backbone, device, t)])
+    # reading the files (page cache): worker processes packing a batch per tensor (what extract
+    # does) against the earlier design, threads in this process reading a whole batch per task
+    paths = (files * (args.images // len(files) + 1))[: args.images]
+    path_batches = [list(range(i, min(i + args.batch, len(paths)))) for i in range(0, len(paths), args.batch)]
+
+    def thread_reads(threads: int) -> None:
+        def read(b):
+            return [torch.frombuffer(bytearray(Path(paths[i]).read_bytes()), dtype=torch.uint8) for i in b]
+        for _ in extract._map_ahead(read, path_batches, threads, max(4, threads)):
+            pass
+
+    print("\n| file reads (page cache) | images/s |\n|---|---|")
+    timeit("threads in-process, a batch per task, 4 threads", lambda: thread_reads(4))
+    for w in (4, 8, 16):
+        timeit(f"worker processes, packed batches, {w} workers",
+               lambda: [None for _ in extract._byte_batches(paths, path_batches, w)])
+    for w in (8, 16):
+        timeit(f"+ decode pipeline ({max(threads_list)} threads) + model, {w} workers",
+               lambda: [forward(x) for x, _ in extract._gpu_decoded_batches(
+                   extract._byte_batches(paths, path_batches, w), backbone, device, max(threads_list))])
+    tmp.cleanup()
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

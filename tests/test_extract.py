@@ -226,6 +226,38 @@ def test_gpu_decode_needs_cuda(tmp_path, image_set, resnet):
         extract.extract_image_features(resnet, images, names, tmp_path / "x", decode="gpu", **IMAGE_KW)
 
 
+@pytest.mark.parametrize("threads", [0, 1, 3])
+def test_device_decode_pipeline_matches_per_image(tmp_path, resnet, threads):
+    """The --decode gpu input pipeline (packed reads in workers or in-process, batched decode,
+    batched resize, decode threads), run on the CPU: every row equals its own file decoded and resized alone, in order,
+    across mixed sizes, a PNG, and files that fail (zeros and a reason)."""
+    from torchvision.io import ImageReadMode, decode_image
+
+    rng = np.random.default_rng(1)
+    names = []
+    for i, (w, h) in enumerate([(120, 90), (90, 120), (120, 90), (100, 67)] * 4):
+        names.append(f"{i:02d}.jpg")
+        (tmp_path / names[-1]).write_bytes(jpeg_bytes(rng, w, h))
+    Image.fromarray(rng.integers(0, 256, (70, 110, 3), dtype=np.uint8)).save(tmp_path / "pic.png")
+    (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8" + rng.integers(0, 256, 500, dtype=np.uint8).tobytes())
+    names[3:3] = ["pic.png"]
+    names[9:9] = ["corrupt.jpg", "missing.jpg"]
+    batches = [list(range(i, min(i + 5, len(names)))) for i in range(0, len(names), 5)]
+    byte_batches = extract._byte_batches([tmp_path / n for n in names], batches, num_workers=min(threads, 1))
+    got = list(extract._gpu_decoded_batches(byte_batches, resnet, torch.device("cpu"), threads))
+    assert [len(x) for x, _ in got] == [len(b) for b in batches]
+    x = torch.cat([x for x, _ in got])
+    errors = [e for _, es in got for e in es]
+    resize = resnet.tensor_transform()
+    for i, name in enumerate(names):
+        if name in ("corrupt.jpg", "missing.jpg"):
+            assert errors[i] and not x[i].any(), name
+        else:
+            assert not errors[i], (name, errors[i])
+            ref = resize(decode_image(str(tmp_path / name), mode=ImageReadMode.RGB))
+            assert torch.equal(x[i], ref), name
+
+
 # --------------------------------------------------------------------------------------------------
 # texts
 
