@@ -247,7 +247,8 @@ class Retriever:
         self._lock = threading.Lock()  # fast tokenizers and lazy loading are not thread-safe
         # logs its choice and recall; a FAISS index is tuned on real text queries where it has them
         self.index = search_index.build_index(
-            embeddings, kind=index_kind, tuning_queries=self._text_queries if text_backbone is not None else None)
+            embeddings, kind=index_kind, tuning_queries=self._text_queries if text_backbone is not None else None,
+            biases=self.biases)
 
     # ---------------------------------------------------------------------------------------------
     # construction
@@ -411,12 +412,11 @@ class Retriever:
         """(1, embed_dim) float32 unit vector of a query."""
         query = self.check_query(query)
         backbone = self.text_backbone
-        # What TextBackbone.encode does for one text, with only the tokenizer under the lock: a fast
-        # tokenizer's truncation state is not thread-safe ("Already borrowed"), the model is.
+        # What TextBackbone.encode does for one text, with only the tokenizer under the lock (a slow
+        # tokenizer, or the first call building the private backend, is not thread-safe; the model is).
         with self._lock:
-            batch = backbone.tokenizer([query], truncation=True, max_length=backbone.max_length,
-                                       return_tensors="pt")
-        batch = {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+            batch = backbone.tokenize_one(query)
+        batch = {k: v.to(self.device) for k, v in batch.items()}
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             feats = backbone.forward_pooled(batch)
         return self.model.encode_text(feats).float().cpu().numpy()
@@ -434,7 +434,8 @@ class Retriever:
         """The k best rows for a query vector; ``bank`` ranks with that querybank bias ("text" or
         "keywords", for text queries). Hits report the plain cosine similarity either way."""
         bias = self.biases.get(bank) if bank else None
-        scores, rows = self.index.search(np.asarray(query, dtype=np.float32).reshape(1, -1), self._k(k), bias)
+        scores, rows = self.index.search(np.asarray(query, dtype=np.float32).reshape(1, -1), self._k(k),
+                                         bank if bias is not None else None)
         hits = []
         for score, row in zip(np.asarray(scores)[0], np.asarray(rows)[0]):
             if row < 0:  # an approximate index may return fewer than k

