@@ -231,6 +231,15 @@ def _limit_malloc_arenas(n: int = 2) -> None:
         pass
 
 
+def lean_process() -> None:
+    """Settings that keep the serving process small (``main``; bench/app_memory.py measures them)."""
+    _limit_malloc_arenas()
+    # transformers' BERT code imports torch._dynamo, which loads Triton, a GPU kernel compiler
+    # (75 MB resident), though the page never compiles a kernel; with None in sys.modules the
+    # import fails and torch treats Triton as absent.
+    sys.modules.setdefault("triton", None)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -238,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     import cli
 
     cli.setup_logging()
-    _limit_malloc_arenas()
+    lean_process()
     t0 = time.perf_counter()
     retriever, problem = load_retriever(args)
     if retriever is None:

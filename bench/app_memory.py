@@ -37,6 +37,8 @@ def main(argv=None) -> int:
     p.add_argument("--backbone", default="minilm")
     p.add_argument("--captions-per-image", type=int, default=5)
     p.add_argument("--port", type=int, default=7899)
+    p.add_argument("--as-before", action="store_true",
+                   help="skip app.lean_process (malloc arenas, Triton hidden), to measure what it saves")
     args = p.parse_args(argv)
 
     steps = [("python start", status_mb("VmRSS"))]
@@ -53,6 +55,8 @@ def main(argv=None) -> int:
     from retrieval import Retriever
 
     torch.set_num_threads(1)  # the app's default (--threads 1)
+    if not args.as_before:
+        app.lean_process()  # what app.main does before loading
     backbone = create_text_backbone(args.backbone)
     backbone.model.eval()
     steps.append((f"text backbone {backbone.name} loaded", status_mb("VmRSS")))

@@ -185,3 +185,22 @@ def test_missing_checkpoint_exits_2_with_the_command_to_run(tmp_path):
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 2
     assert "python run_train.py" in proc.stderr and str(tmp_path / "w") in proc.stderr
+
+
+def test_lean_process_keeps_triton_out_and_text_search_working(tmp_path):
+    """app.lean_process hides Triton (loaded by transformers' BERT code through torch._dynamo,
+    never used by the page); a BERT still loads and encodes, and torch reports no Triton."""
+    from test_backbones import save_tiny_bert
+
+    folder = save_tiny_bert(tmp_path / "bert-base-uncased")
+    code = (
+        "import sys, app; app.lean_process()\n"
+        "import torch, torch.utils._triton as t, backbones\n"
+        f"bb = backbones.create_text_backbone('bert-base-uncased', {str(folder)!r})\n"
+        "v = bb.encode(['a dog runs'])\n"
+        "assert v.shape == (1, 32), v.shape\n"
+        "assert sys.modules['triton'] is None and not t.has_triton_package()\n"
+        "print('ok')\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]
