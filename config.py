@@ -51,7 +51,7 @@ IMAGE_VIEWS = 1  # views cached per image (--views, backbones.IMAGE_VIEWS): 7 = 
 IMAGE_BATCH_SIZE_CPU = 8  # small batches stay in cache: measured faster on a 2-core CPU
 IMAGE_BATCH_SIZE_GPU = 256
 TEXT_BATCH_SIZE = 256
-NUM_WORKERS = 2  # JPEG-decoding worker processes (with --decode gpu: file-reading threads)
+NUM_WORKERS = 2  # JPEG-decoding worker processes (--decode gpu reads files with up to 8 by default)
 GPU_DECODE_THREADS = 3  # --decode gpu: threads running nvJPEG + resize beside the model (0 = inline)
 CHUNK_SIZE = 2048  # rows written (atomically) per resumable chunk
 TEXT_MAX_LENGTH = 64  # tokens; captions are short, this only guards against runaway input

@@ -229,11 +229,9 @@ class Retriever:
         self.backbones = backbones
         self.names = names
         self.embeddings = embeddings  # (n, embed_dim) float16 unit vectors, row i = names[i]
-        # bank name -> (n,) querybank bias subtracted from text-query scores (querybank.py)
+        # bank name -> (n,) querybank bias subtracted from text-query scores (querybank.py); the
+        # index checks their shapes
         self.biases = {b: np.asarray(v, dtype=np.float32) for b, v in (biases or {}).items()}
-        for b, v in self.biases.items():
-            if v.shape != (len(names),):
-                raise ValueError(f"{len(names)} names but a {b!r} bias of shape {v.shape}")
         self.images_root = Path(images_root).resolve()
         # One newline-joined string per row instead of a list of strings per image: a third of the
         # memory for Flickr30K's 155,000 captions (caption lines never contain a newline).

@@ -31,7 +31,7 @@ from data_loader import SplitData
 from loss import InfoNCELoss
 from metrics import retrieval_metrics
 from model import EnsembleModel, RetrievalModel, build_model, dropout
-from querybank import caption_bias, image_biases, make_querybank
+from querybank import caption_bias, make_querybank, querybank_bias
 from smart_sampler import UniqueImageBatchSampler
 
 log = logging.getLogger(__name__)
@@ -319,8 +319,8 @@ def add_querybank(checkpoint: str | Path, train_data: SplitData, val_data: Split
         keywords = encode_rows(model.encode_text, train_data.keyword_features)
     bank = make_querybank(train_txt, train_img, state["temperature"], size, keyword_emb=keywords)
     val_img, val_txt = embed_split(model, val_data)
-    metrics = retrieval_metrics(val_img, val_txt, val_data.caption_image, image_biases(bank, val_img)["text"],
-                                caption_bias(bank, val_txt))
+    metrics = retrieval_metrics(val_img, val_txt, val_data.caption_image,
+                                querybank_bias(val_img, bank["text"], bank["beta"]), caption_bias(bank, val_txt))
     state.update(querybank=bank, metrics_querybank=metrics)
     atomic_save_with(Path(checkpoint), lambda f: torch.save(state, f))
     return metrics
