@@ -33,6 +33,7 @@ import torch
 
 import config
 from atomic_io import atomic_save_npy, atomic_write_json
+from int8_scan import Int8Rows
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +57,6 @@ MAX_NLIST = 4096  # assigning n vectors costs n * nlist * d multiply-adds: keeps
 # faster at 4,096 lists, at the price of a few vectors landing in a near-best list.
 TWO_LEVEL_MIN_WORK = 10**10
 SCORE_BLOCK = 1 << 24  # score entries computed at once by exact search (64 MB of float32)
-# |bf16 pre-score - float32 score| <= (BF16_REL_ERROR + d * 2^-24) * |q| * |x|: both factors rounded
-# to bf16 (2^-9 each), the output rounded to bf16 (2^-9), float32 accumulation over d terms, slack.
-BF16_REL_ERROR = 2.0 ** -8 + 2.0 ** -9 + 2.0 ** -14
 
 NPROBE_STEPS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024,
                 1536, 2048, 3072, 4096)
@@ -91,6 +89,11 @@ def _check_vectors(vectors: Any, finite: bool = True) -> np.ndarray:
 
 
 def _check_queries(queries: Any, dim: int) -> np.ndarray:
+    if (type(queries) is np.ndarray and queries.dtype == np.float32 and queries.ndim == 2
+            and queries.shape[1] == dim and queries.flags.c_contiguous):  # the usual case, in one check
+        if not np.isfinite(queries).all():
+            raise ValueError("queries contain NaN or infinity")
+        return queries
     if isinstance(queries, torch.Tensor):
         queries = queries.detach().cpu().numpy()
     queries = np.asarray(queries)
@@ -206,15 +209,13 @@ def _release_mapped_pages(array: np.ndarray) -> None:
 
 
 class ExactIndex(SearchIndex):
-    """Exact top-k by matrix product, in row blocks so that memory stays bounded for any size.
+    """Exact top-k by matrix product, in blocks so that memory stays bounded for any size.
 
-    Ties are broken by the lower row, so results are reproducible. float16 vectors are pre-scored
-    from a bfloat16 copy (torch's bf16 matrix-vector kernel: 1.7 ms against 3.5 ms for the float16
-    product, 31,000 x 256 right after a MiniLM forward, 2-core Xeon), then every row that could still
-    be in the top k is re-scored in float32, so the result is exact: a pre-score is within
-    b = (BF16_REL_ERROR + d * 2^-24) * |q| * max|x| of the float32 score, and a row whose
-    pre-score is below the k-th best minus 2b has k rows certainly above it. Returned scores are
-    float32 dot products with the stored (float16) vectors.
+    Ties are broken by the lower row, so results are reproducible. Returned scores are float32 dot
+    products with the stored vectors (minus the bank's bias). Float16 vectors are scanned from an
+    int8 copy (``int8_scan.Int8Rows``: half the bytes of bf16, and a single query's scan reads the
+    whole matrix cold, right after a forward pass); every row whose pre-score is within twice the
+    proven pre-score error of the k-th best is then re-scored in float32, so the result is exact.
     """
 
     kind = "exact"
@@ -226,57 +227,84 @@ class ExactIndex(SearchIndex):
         super().__init__(len(vectors), vectors.shape[1], None, build_seconds,
                          {"dtype": str(vectors.dtype)}, banks=list(self.biases))
         self.vectors = vectors
-        self._vectors_bf16, self._max_norm = None, 0.0
+        self._int8: Int8Rows | None = None
         if vectors.dtype == np.float16:
-            self._vectors_bf16 = _as_torch(vectors).to(torch.bfloat16)
-            step = 8192  # small blocks: a float32 copy of the whole matrix would be the memory peak
-            self._max_norm = max(float(np.linalg.norm(vectors[i : i + step].astype(np.float32), axis=1).max())
-                                 for i in range(0, len(vectors), step))
-            _release_mapped_pages(vectors)  # the scan reads the bf16 copy; float16 rows only for re-scoring
+            self._int8 = Int8Rows(vectors)
+            self.params["scan"] = f"int8-{self._int8.kernel}"
+            self._neg_biases = {bank: torch.from_numpy(-b) for bank, b in self.biases.items()}
+            self._max_abs_bias = {bank: float(np.abs(b).max()) for bank, b in self.biases.items()}
+            _release_mapped_pages(vectors)  # the scan reads the int8 copy; float16 rows only for re-scoring
 
     def _search(self, queries: np.ndarray, k: int, bank: str | None) -> tuple[np.ndarray, np.ndarray]:
+        nq = len(queries)
+        if self._int8 is not None:
+            block, chunk = self._int8.block_rows(nq, SCORE_BLOCK)
+        else:
+            block, chunk = max(4096, SCORE_BLOCK // nq), nq
+        if chunk >= nq:
+            return self._search_chunk(queries, k, bank, block)
+        parts = [self._search_chunk(queries[i : i + chunk], k, bank, block) for i in range(0, nq, chunk)]
+        return np.vstack([s for s, _ in parts]), np.vstack([c for _, c in parts])
+
+    def _search_chunk(self, queries: np.ndarray, k: int, bank: str | None,
+                      block: int) -> tuple[np.ndarray, np.ndarray]:
         bias = self.biases[bank] if bank is not None else None
-        fp16 = self.vectors.dtype == np.float16
-        if fp16:  # per query: twice the bound on |pre-score - float32 score| (class docstring)
-            q_bf16 = torch.from_numpy(queries).to(torch.bfloat16)
-            margin = (2 * (BF16_REL_ERROR + self.dim * 2.0 ** -24) * self._max_norm
-                      * np.linalg.norm(queries, axis=1, keepdims=True))
-        # One block for a single query (the whole matrix); bounded score memory for big batches.
-        block = max(4096, SCORE_BLOCK // len(queries))
+        int8 = self._int8
+        nq = len(queries)
+        if int8 is not None:  # per query: twice the bound on |pre-score - float32 score|
+            prep = int8.prepare(queries, self._max_abs_bias[bank] if bank is not None else 0.0)
+            margin = 2 * prep.bounds[:, None]
+            neg_bias = self._neg_biases[bank] if bank is not None else None
         best_s = best_c = None
         for start in range(0, self.size, block):
             stop = min(start + block, self.size)
             m = stop - start
-            if fp16:  # bf16 kernels accumulate in float32; one query takes the matrix-vector one (2x
-                # faster than a (m, d) @ (d, 1) product)
-                rows = self._vectors_bf16[start:stop]
-                s = (torch.mv(rows, q_bf16[0])[None] if len(queries) == 1 else q_bf16 @ rows.T).float().numpy()
+            if int8 is not None:  # float32 pre-scores, the bias subtracted in the same call
+                s = int8.scores(prep, start, stop, None if neg_bias is None else neg_bias[start:stop])
             else:
                 # numpy (OpenBLAS) rather than torch: equal at 1M rows, and it keeps small products
                 # single-threaded, where torch's 2-thread pool measured 10x slower on a busy box.
                 s = queries @ self.vectors[start:stop].T
-            if bias is not None:
-                s = s - bias[None, start:stop]
+                if bias is not None:
+                    s -= bias[None, start:stop]
             kk = min(k, m)
             # Threshold = kk-th best score per row; every entry at or above it is a candidate, so
-            # ties at the boundary are all kept and then broken by row below.
-            thr = np.partition(s, m - kk, axis=1)[:, m - kk:m - kk + 1]
-            if fp16:  # and every row whose pre-score could be rounding away from the top k
-                thr = thr - margin
-            qi, ci = np.nonzero(s >= thr)
-            if fp16:  # re-score the candidates exactly (float32 dot products of upcast rows)
-                cand = self.vectors[start + ci].astype(np.float32)
+            # ties at the boundary are all kept and then broken by row below. One query, the app's
+            # case, takes 1-D calls: each numpy call costs tens of microseconds once a forward pass
+            # has pushed numpy itself out of cache.
+            if nq == 1:
+                s1, slack = s[0], (margin[0, 0] if int8 is not None else 0.0)
+                if m >= 64 * kk:  # the kk-th best of every 16th entry is at most the kk-th best of
+                    # all: a cheap, lower threshold, then the exact one among the few rows above it
+                    ci = np.flatnonzero(s1 >= np.partition(s1[::16], -kk)[-kk] - slack)
+                    sub = s1[ci]
+                    ci = ci[sub >= np.partition(sub, -kk)[-kk] - slack]
+                else:
+                    ci = np.flatnonzero(s1 >= np.partition(s1, m - kk)[m - kk] - slack)
+                qi = np.zeros(len(ci), np.intp)
+            else:
+                thr = np.partition(s, m - kk, axis=1)[:, m - kk:m - kk + 1]
+                if int8 is not None:  # and every row whose pre-score could be rounding away from the top k
+                    thr = thr - margin
+                qi, ci = np.nonzero(s >= thr)
+            if int8 is not None:  # re-score the candidates exactly (float32 dot products of upcast
+                # rows; torch upcasts float16 6x faster than numpy)
+                cand = torch.from_numpy(self.vectors[start + ci]).float().numpy()
                 sc = np.einsum("md,md->m", cand, queries[qi])
                 if bias is not None:
-                    sc = sc - bias[start + ci]
+                    sc -= bias[start + ci]
             else:
                 sc = s[qi, ci]
             ci = ci.astype(np.int64) + start
-            order = np.lexsort((ci, -sc, qi))
-            qi, ci, sc = qi[order], ci[order], sc[order]
-            starts = np.searchsorted(qi, np.arange(len(queries)))
-            take = starts[:, None] + np.arange(min(k, m))[None, :]
-            blk_s, blk_c = sc[take], ci[take]
+            if nq == 1:
+                order = np.lexsort((ci, -sc))[:kk]
+                blk_s, blk_c = sc[order][None], ci[order][None]
+            else:
+                order = np.lexsort((ci, -sc, qi))
+                qi, ci, sc = qi[order], ci[order], sc[order]
+                starts = np.searchsorted(qi, np.arange(nq))
+                take = starts[:, None] + np.arange(kk)[None, :]
+                blk_s, blk_c = sc[take], ci[take]
             if best_s is None:
                 best_s, best_c = blk_s, blk_c
             else:

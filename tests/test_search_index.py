@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import int8_scan
 import search_index as si
 from search_index import ExactIndex, FaissIndex, build_index, load_index, save_index
 
@@ -210,12 +211,75 @@ def test_exact_float16_near_ties_below_bf16_resolution_stay_exact():
         true = np.take_along_axis(q.astype(np.float64) @ x.astype(np.float64).T, rows, 1)
         np.testing.assert_allclose(true, ref_scores, rtol=0, atol=1e-6)
         np.testing.assert_allclose(scores, ref_scores, rtol=0, atol=1e-6)
-    bf16 = (index._vectors_bf16 @ torch.from_numpy(q).to(torch.bfloat16).T).float().numpy().T
-    assert not np.array_equal(np.argsort(-bf16, axis=1, kind="stable")[:, :10], brute_force(x, q, 10)[1])
+    pre = index._int8.scores(index._int8.prepare(q), 0, index.size)
+    assert not np.array_equal(np.argsort(-pre, axis=1, kind="stable")[:, :10], brute_force(x, q, 10)[1])
+
+
+def _kernels() -> list[str]:
+    return [k for k in int8_scan.KERNELS if k != "onednn" or int8_scan.best_kernel() == "onednn"
+            if k != "int8pack" or int8_scan._INT8_MM is not None]
+
+
+@pytest.mark.parametrize("kernel", _kernels())
+@pytest.mark.parametrize("dim", [64, 50])  # 50: codes padded with zero columns to 64
+def test_int8_prescore_bound_holds(kernel, dim):
+    # Exact search is exact only if every pre-score lies within the stated bound of the float32
+    # score; check the worst case over many rows and queries, one at a time and batched, against
+    # float64, with a bias, a zero row, a zero query and rows of very different norms.
+    rng = np.random.default_rng(dim)
+    x = rng.standard_normal((4000, dim)) * rng.uniform(0.01, 2.0, (4000, 1))
+    x[7] = 0.0
+    x = x.astype(np.float16)
+    q = rng.standard_normal((40, dim)).astype(np.float32) * rng.uniform(0.1, 3.0, (40, 1)).astype(np.float32)
+    q[3] = 0.0
+    bias = rng.uniform(-2, 2, 4000).astype(np.float32)
+    rows = int8_scan.Int8Rows(x, kernel=kernel)
+    assert rows.kernel == kernel and rows.width == 64
+    true = q.astype(np.float64) @ x.astype(np.float64).T - bias
+    neg = torch.from_numpy(-bias)
+    single = [(rows.scores(p, 0, 4000, neg), p.bounds) for p in (rows.prepare(q[i : i + 1], 2.0) for i in range(40))]
+    prep = rows.prepare(q, 2.0)  # 40 queries: int8pack hands over to the dequantised product
+    for pre, bounds in [(np.vstack([s for s, _ in single]), np.concatenate([b for _, b in single])),
+                        (rows.scores(prep, 0, 4000, neg), prep.bounds)]:
+        err = np.abs(pre - true)
+        assert (err <= bounds[:, None]).all()
+        assert float((err / np.maximum(bounds[:, None], 1e-30)).max()) > 0.05  # not loose by orders of magnitude
+
+
+@pytest.mark.parametrize("kernel", _kernels())
+def test_exact_float16_every_kernel_gives_the_brute_force_top_k(small_clustered, kernel, monkeypatch):
+    monkeypatch.setattr(int8_scan, "best_kernel", lambda: kernel)
+    x = small_clustered[:6000].astype(np.float16)
+    q = si.recall_queries(small_clustered[:6000], 40, seed=2)
+    bias = np.random.default_rng(0).uniform(0, 0.05, 6000).astype(np.float32)
+    index = ExactIndex(x, biases={"text": bias})
+    assert index._int8.kernel == kernel
+    for b in (None, "text"):
+        batched = index.search(q, 10, b)
+        single = [index.search(q[i : i + 1], 10, b) for i in range(len(q))]
+        np.testing.assert_array_equal(np.vstack([r for _, r in single]), batched[1])
+        np.testing.assert_array_equal(np.vstack([s for s, _ in single]), batched[0])
+        ref = x.astype(np.float32) @ q.T - (bias[:, None] if b else 0)
+        np.testing.assert_array_equal(np.argsort(-ref.T, axis=1, kind="stable")[:, :10], batched[1])
+
+
+def test_int8_onednn_check_rejects_a_wrong_result(monkeypatch):
+    int8_scan.best_kernel.cache_clear()
+    try:
+        real = torch.ops.onednn.qlinear_pointwise
+        monkeypatch.setattr(torch.ops.onednn, "qlinear_pointwise", lambda *a: real(*a).clamp(-32768, 32767))
+        assert not int8_scan._onednn_exact()  # what int16 saturation would give
+        monkeypatch.undo()
+        monkeypatch.setattr(torch.ops.onednn, "qlinear_prepack", None)  # a build without the op
+        assert not int8_scan._onednn_exact()
+        assert int8_scan.best_kernel() in ("int8pack", "bf16")
+    finally:
+        monkeypatch.undo()
+        int8_scan.best_kernel.cache_clear()
 
 
 def test_exact_float16_over_a_memory_map_reads_the_same(tmp_path):
-    # the index drops the map's resident pages once its bf16 copy exists; rows re-read from the
+    # the index drops the map's resident pages once its int8 copy exists; rows re-read from the
     # file for re-scoring must still be the stored values
     x = clustered(5000, 32, seed=4).astype(np.float16)
     np.save(tmp_path / "x.npy", x)
