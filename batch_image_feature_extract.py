@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 import cli
 import config
 from backbones import IMAGE_VIEWS, BackboneUnavailable, create_image_backbone, first_views, resolve_names
 from datasets import DatasetError, missing_images, read_captions
-from extract import extract_image_features
+from extract import default_num_workers, extract_image_features
 from feature_cache import StaleCacheError
 
 log = logging.getLogger("batch_image_feature_extract")
@@ -30,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"default: {config.IMAGE_BATCH_SIZE_CPU} on CPU, {config.IMAGE_BATCH_SIZE_GPU} on GPU")
     p.add_argument("--workers", type=int, default=None,
                    help=f"JPEG-decoding processes (default {config.NUM_WORKERS}); with --decode gpu, file-reading "
-                        "processes (default: up to 8, one per CPU core; on an H200 machine 8 beat 16)")
+                        f"processes (default: up to {config.GPU_READ_WORKERS}, one per CPU core; on an H200 machine 8 beat 16)")
     p.add_argument("--chunk-size", type=int, default=config.CHUNK_SIZE, help="images per resumable chunk")
     p.add_argument("--decode", choices=("cpu", "gpu"), default="cpu",
                    help="where JPEGs are decoded: worker processes (PIL) or the GPU (nvJPEG, "
@@ -60,8 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         image_name, _ = resolve_names(args.image_backbone, "auto")
         backbone = create_image_backbone(image_name, args.image_weights)
         out = args.out or cli.layout(args).image_features
-        workers = args.workers if args.workers is not None else (
-            config.NUM_WORKERS if args.decode == "cpu" else min(8, os.cpu_count() or 1))
+        workers = args.workers if args.workers is not None else default_num_workers(args.decode)
         cache = extract_image_features(
             backbone, args.images, names, out, batch_size=args.batch_size, num_workers=workers,
             chunk_size=args.chunk_size, device=args.device, decode=args.decode, grid=args.grid, views=views,

@@ -51,7 +51,9 @@ IMAGE_VIEWS = 1  # views cached per image (--views, backbones.IMAGE_VIEWS): 7 = 
 IMAGE_BATCH_SIZE_CPU = 8  # small batches stay in cache: measured faster on a 2-core CPU
 IMAGE_BATCH_SIZE_GPU = 256
 TEXT_BATCH_SIZE = 256
-NUM_WORKERS = 2  # JPEG-decoding worker processes (--decode gpu reads files with up to 8 by default)
+NUM_WORKERS = 2  # JPEG-decoding worker processes (--decode cpu)
+GPU_READ_WORKERS = 8  # --decode gpu: file-reading worker processes, at most one per core (H200 profile:
+# 8 read 13,402 img/s, 16 starved the decode threads of CPU)
 GPU_DECODE_THREADS = 3  # --decode gpu: threads running nvJPEG + resize beside the model (0 = inline)
 CHUNK_SIZE = 2048  # rows written (atomically) per resumable chunk
 TEXT_MAX_LENGTH = 64  # tokens; captions are short, this only guards against runaway input

@@ -197,6 +197,12 @@ def _decode_on_gpu(data: list[torch.Tensor], errors: list[str], backbone: ImageB
     return out, errors
 
 
+def default_num_workers(decode: str) -> int:
+    """Worker processes by default: ``config.NUM_WORKERS`` PIL decoders for ``decode="cpu"``; for
+    ``"gpu"`` only file reading is left to them, and nvJPEG needs more of it."""
+    return config.NUM_WORKERS if decode == "cpu" else min(config.GPU_READ_WORKERS, os.cpu_count() or 1)
+
+
 def extract_image_features(
     backbone: ImageBackbone,
     images_dir: str | os.PathLike,

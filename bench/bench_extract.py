@@ -36,6 +36,7 @@ import _common as C  # noqa: E402  (sets sys.path to the repo root)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from extract import default_num_workers  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,7 +55,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=0, help="use only the first N images of the folder (0 = all)")
     p.add_argument("--batch-size", type=int, default=None, help="default: config's CPU or GPU batch size")
     p.add_argument("--workers", type=int, default=None,
-                   help="decode workers for ours (default: config.NUM_WORKERS on CPU, 16 on CUDA)")
+                   help="PIL decode workers for ours with CPU decoding (default: config.NUM_WORKERS on CPU, "
+                        "16 on CUDA, as a plain GPU DataLoader would use)")
+    p.add_argument("--gpu-workers", type=int, default=None,
+                   help="file-reading workers for ours with GPU decoding (default: what "
+                        "batch_image_feature_extract.py uses, extract.default_num_workers)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds; the fastest counts")
     p.add_argument("--original-images", type=int, default=None,
@@ -168,6 +173,7 @@ def main(argv=None) -> int:
     import config
     batch = args.batch_size or (config.IMAGE_BATCH_SIZE_GPU if cuda else config.IMAGE_BATCH_SIZE_CPU)
     workers = args.workers if args.workers is not None else (16 if cuda else config.NUM_WORKERS)
+    gpu_workers = args.gpu_workers if args.gpu_workers is not None else default_num_workers("gpu")
     decodes = {"cpu": ["cpu"], "gpu": ["gpu"], "both": ["cpu", "gpu"], None: ["cpu", "gpu"] if cuda else ["cpu"]}[args.decode]
     if not cuda and "gpu" in decodes:
         print("SKIP: --decode gpu needs --device cuda")
@@ -190,7 +196,7 @@ def main(argv=None) -> int:
     print(f"- backbone {backbone.name} ({weights_note}), input {backbone.image_size}px, device {device}, "
           f"dtype {'bf16 autocast' if cuda else 'float32'}, channels_last")
     print(f"- images: {len(files)} JPEGs from {args.data} x repeat {args.repeat} = {n}; batch {batch}; "
-          f"decode workers {workers}; torch threads {torch.get_num_threads()}; rounds {args.rounds} (fastest kept)")
+          f"decode workers {workers} (CPU decode), {gpu_workers} (GPU decode, file reading); torch threads {torch.get_num_threads()}; rounds {args.rounds} (fastest kept)")
 
     # warm-up (allocator, cuDNN autotune, nvJPEG init, page cache), untimed
     with quiet():
@@ -214,14 +220,15 @@ def main(argv=None) -> int:
             record("bare", lambda: bare_forward(model, ready, n, batch, device))
             for dec in decodes:
                 record(f"ours_{dec}", lambda: run_ours(backbone, args.data, names, tmp / f"ours_{dec}", batch=batch,
-                                                       workers=workers, device=args.device, decode=dec))
+                                                       workers=workers if dec == "cpu" else gpu_workers,
+                                                       device=args.device, decode=dec))
             for t in extra_threads:
                 record(f"ours_gpu_t{t}", lambda: run_ours(backbone, args.data, names, tmp / "ours_gpu_t", batch=batch,
-                                                          workers=workers, device=args.device, decode="gpu",
+                                                          workers=gpu_workers, device=args.device, decode="gpu",
                                                           decode_threads=t))
         if cuda and "gpu" in decodes:
             for _ in range(args.rounds):
-                record("decode_gpu", lambda: gpu_decode_only(backbone, args.data, names, batch, workers, device))
+                record("decode_gpu", lambda: gpu_decode_only(backbone, args.data, names, batch, gpu_workers, device))
         n_orig = 0
         if not args.skip_original:
             n_orig = args.original_images or (min(n, 1000) if cuda else n)
@@ -233,7 +240,7 @@ def main(argv=None) -> int:
     rate = {k: (n_orig if k == "original" else n) / v for k, v in times.items()}
     label = {"bare": "bare forward (ready uint8 tensors" + (", on GPU)" if cuda else ")"),
              "ours_cpu": f"ours, CPU decode ({workers} workers)",
-             "ours_gpu": f"ours, GPU decode (nvJPEG, {config.GPU_DECODE_THREADS} decode threads: the default)",
+             "ours_gpu": f"ours, GPU decode (nvJPEG, {config.GPU_DECODE_THREADS} decode threads, {gpu_workers} readers: the defaults)",
              **{f"ours_gpu_t{t}": f"ours, GPU decode, {t} decode threads" + (" (inline)" if t == 0 else "")
                 for t in extra_threads},
              "original": "original loop (PIL + transforms, batch 1)",

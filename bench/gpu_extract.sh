@@ -12,7 +12,8 @@
 # equals per-image decode+resize exactly, then times decode, resize, pipeline and model with the
 # bytes in memory); then runs bench/bench_extract.py on the GPU with --repeat 50 (200 x 50 = 10,000
 # images), batch 256, for resnet18 (random weights; GPU decode with 0-3 decode threads) and
-# efficientnet_lite0: CPU decode with 16 PIL workers, GPU decode (nvJPEG), GPU decode+resize alone,
+# efficientnet_lite0: CPU decode with 16 PIL workers, GPU decode (nvJPEG; files read by the default
+# 8 worker processes, as batch_image_feature_extract.py does), GPU decode+resize alone,
 # bare forward (ready tensors on the GPU), and the original batch-1 loop on 500 images. Log: $OUT/gpu_extract.log. Target: >= 5,000 images/s end to end with
 # GPU decoding (H200 reference: ResNet18 bf16 model-only ~40,000 img/s, GPU decode+resize
 # ~13,000 img/s, a plain DataLoader with 16 PIL workers ~1,300 img/s).
