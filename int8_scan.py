@@ -51,7 +51,7 @@ class PreparedQueries:
 class Int8Rows:
     """A float16 (n, d) matrix as int8 codes with one scale per row, scored by one kernel."""
 
-    def __init__(self, vectors: np.ndarray, kernel: str | None = None, step: int = 8192) -> None:
+    def __init__(self, vectors: np.ndarray, kernel: str | None = None, step: int = 1024) -> None:
         if vectors.dtype != np.float16 or vectors.ndim != 2:
             raise ValueError(f"expected a 2-D float16 matrix, got {vectors.dtype} {vectors.shape}")
         self.n, self.dim = vectors.shape
@@ -61,16 +61,15 @@ class Int8Rows:
         # dequantises to the same values, which the bound below is computed from
         scales = torch.empty(self.n, dtype=torch.float32)
         max_norm = max_error = 0.0
-        for i in range(0, self.n, step):  # blocks: a float32 copy of the whole matrix would be the peak
-            x = torch.from_numpy(vectors[i : i + step].astype(np.float32))
+        for i in range(0, self.n, step):  # small blocks: temporaries stay a few MB (the app's peak memory)
+            x = torch.from_numpy(vectors[i : i + step]).double()  # float16 values, exact
             amax = x.abs().amax(1)
-            s = torch.where(amax > 0, amax / 127, 1.0).to(torch.bfloat16).float()  # clamping absorbs rounding
-            c = torch.round(x / s[:, None]).clamp_(-127, 127)
+            s = torch.where(amax > 0, amax / 127, 1.0).to(torch.bfloat16).double()  # clamping absorbs rounding
+            c = (x / s[:, None]).round_().clamp_(-127, 127)
             codes[i : i + len(x), : self.dim] = c.to(torch.int8)
-            scales[i : i + len(x)] = s
-            x64 = x.double()
-            max_norm = max(max_norm, float(x64.norm(dim=1).max()))
-            max_error = max(max_error, float((x64 - s.double()[:, None] * c.double()).norm(dim=1).max()))
+            scales[i : i + len(x)] = s.float()
+            max_norm = max(max_norm, float(x.norm(dim=1).max()))
+            max_error = max(max_error, float(x.sub_(c.mul_(s[:, None])).norm(dim=1).max()))  # |x - s*c|
         self.max_norm, self.max_error = max_norm, max_error  # largest |x| and |x - scale * codes|
         self.kernel = kernel or best_kernel()
         if self.kernel not in KERNELS:
