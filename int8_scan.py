@@ -62,7 +62,7 @@ class Int8Rows:
         scales = torch.empty(self.n, dtype=torch.float32)
         max_norm = max_error = 0.0
         for i in range(0, self.n, step):  # small blocks: temporaries stay a few MB (the app's peak memory)
-            x = torch.from_numpy(vectors[i : i + step]).double()  # float16 values, exact
+            x = torch.from_numpy(vectors[i : i + step].copy()).double()  # float16 values, exact (copied: maps are read-only)
             amax = x.abs().amax(1)
             s = torch.where(amax > 0, amax / 127, 1.0).to(torch.bfloat16).double()  # clamping absorbs rounding
             c = (x / s[:, None]).round_().clamp_(-127, 127)

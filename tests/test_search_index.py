@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 
 import numpy as np
 import pytest
@@ -285,7 +286,9 @@ def test_exact_float16_over_a_memory_map_reads_the_same(tmp_path):
     np.save(tmp_path / "x.npy", x)
     mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
     q = si.recall_queries(x.astype(np.float32), 20, seed=1)
-    s1, r1 = ExactIndex(mapped).search(q, 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. torch's warning about a read-only array
+        s1, r1 = ExactIndex(mapped).search(q, 10)
     s2, r2 = ExactIndex(x).search(q, 10)
     np.testing.assert_array_equal(r1, r2)
     np.testing.assert_array_equal(s1, s2)
