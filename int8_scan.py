@@ -3,11 +3,12 @@
 Exact search (``search_index.ExactIndex``) uses this for float16 collections. A single query pays
 for reading the whole matrix, and reads it cold: the text encoder's forward pass has just pushed it
 out of cache. So bytes are the cost, and int8 codes with one scale per row are half a bf16 copy.
-Every pre-score is within ``Int8Rows.bounds(queries)`` of the float32 score ``q·x - bias``, so
-re-scoring every row within twice that of the k-th best pre-score gives the exact top k.
+Every pre-score is within ``Int8Rows.prepare(queries).bounds`` of the float32 score ``q·x - bias``,
+so re-scoring every row within twice that of the k-th best pre-score gives the exact top k.
 
-Kernels, the first that works here is used (31,000 x 256 right after a MiniLM forward, 2-core
-Xeon, one thread: 0.93 / 1.20 / 1.8 ms):
+Kernels, the first that works here is used (one query, 31,000 x 256, caches flushed first, 2-core
+Xeon, one thread: onednn 0.93 ms, int8pack 1.20 ms, against 1.8 ms for the bf16 matrix-vector
+product of a bf16 copy):
 
 * ``onednn``: oneDNN's int8 matrix product, the op behind torch's x86 int8 inference. The query is
   quantised to uint8 here, products are summed exactly in int32, and the scales and the bias are
@@ -15,7 +16,8 @@ Xeon, one thread: 0.93 / 1.20 / 1.8 ms):
   against exact integer arithmetic (an older CPU path could saturate) before it is trusted.
 * ``int8pack``: torch's weight-only int8 kernel (AVX512 / AVX2 / NEON): the query in bf16,
   float32 sums, a bf16 result.
-* ``bf16``: rows dequantised to bf16 block by block, then a bf16 matrix product (any build).
+* ``bf16``: rows dequantised to bf16 block by block, then a bf16 matrix product (any build; the
+  slow fallback for one query, and what int8pack hands batches of more than 16 queries to).
 """
 from __future__ import annotations
 
@@ -56,33 +58,38 @@ class Int8Rows:
             raise ValueError(f"expected a 2-D float16 matrix, got {vectors.dtype} {vectors.shape}")
         self.n, self.dim = vectors.shape
         self.width = -(-self.dim // WIDTH) * WIDTH
-        codes = torch.zeros((self.n, self.width), dtype=torch.int8)
-        # bf16-representable scales: the int8pack kernel takes bf16 ones, and every kernel then
-        # dequantises to the same values, which the bound below is computed from
-        scales = torch.empty(self.n, dtype=torch.float32)
-        max_norm = max_error = 0.0
-        for i in range(0, self.n, step):  # small blocks: temporaries stay a few MB (the app's peak memory)
-            x = torch.from_numpy(vectors[i : i + step].copy()).double()  # float16 values, exact (copied: maps are read-only)
-            amax = x.abs().amax(1)
-            s = torch.where(amax > 0, amax / 127, 1.0).to(torch.bfloat16).double()  # clamping absorbs rounding
-            c = (x / s[:, None]).round_().clamp_(-127, 127)
-            codes[i : i + len(x), : self.dim] = c.to(torch.int8)
-            scales[i : i + len(x)] = s.float()
-            max_norm = max(max_norm, float(x.norm(dim=1).max()))
-            max_error = max(max_error, float(x.sub_(c.mul_(s[:, None])).norm(dim=1).max()))  # |x - s*c|
-        self.max_norm, self.max_error = max_norm, max_error  # largest |x| and |x - scale * codes|
         self.kernel = kernel or best_kernel()
         if self.kernel not in KERNELS:
             raise ValueError(f"unknown int8 kernel {self.kernel!r}; one of {KERNELS}")
-        self.scales = scales
-        self.scales_bf16 = scales.to(torch.bfloat16)  # exact: the scales are bf16 values
-        self.codes: torch.Tensor | None = codes
+        # bf16-representable scales: the int8pack kernel takes bf16 ones, and every kernel then
+        # dequantises to the same values, which the bound below is computed from
+        self.scales = torch.empty(self.n, dtype=torch.float32)
+        self.max_norm = self.max_error = 0.0  # largest |x| and |x - scale * codes| of a row
+        onednn = self.kernel == "onednn"
+        # "onednn" keeps only packed blocks, quantised and packed one at a time (memory peak: one block)
+        self.codes = None if onednn else torch.zeros((self.n, self.width), dtype=torch.int8)
         self.packed: list[torch.Tensor] = []
-        if self.kernel == "onednn":  # the packed blocks replace the codes
-            self.packed = [torch.ops.onednn.qlinear_prepack(codes[i : i + PACK_ROWS], [1, self.width])
-                           for i in range(0, self.n, PACK_ROWS)]
-            self.codes = None
+        blocks = [(lo, min(lo + PACK_ROWS, self.n)) for lo in range(0, self.n, PACK_ROWS)] if onednn else [(0, self.n)]
+        for lo, hi in blocks:
+            block = torch.zeros((hi - lo, self.width), dtype=torch.int8) if onednn else self.codes
+            for i in range(lo, hi, step):
+                self._quantize(vectors[i : min(i + step, hi)], i, block[i - lo : min(i + step, hi) - lo])
+            if onednn:
+                self.packed.append(torch.ops.onednn.qlinear_prepack(block, [1, self.width]))
+        self.scales_bf16 = self.scales.to(torch.bfloat16)  # exact: the scales are bf16 values
         self._zero_points = torch.zeros(min(self.n, PACK_ROWS), dtype=torch.int64)
+
+    def _quantize(self, rows: np.ndarray, start: int, out: torch.Tensor) -> None:
+        """Rows [start, start + len(rows)) into ``out`` (int8) and ``self.scales``; updates the bounds.
+        In small blocks: the float64 temporaries stay a few MB (they set the app's peak memory)."""
+        x = torch.from_numpy(rows.copy()).double()  # float16 values, exactly (copied: a map is read-only)
+        amax = x.abs().amax(1)
+        s = torch.where(amax > 0, amax / 127, 1.0).to(torch.bfloat16).double()  # clamping absorbs rounding
+        c = (x / s[:, None]).round_().clamp_(-127, 127)
+        out[:, : self.dim] = c.to(torch.int8)
+        self.scales[start : start + len(x)] = s.float()
+        self.max_norm = max(self.max_norm, float(x.norm(dim=1).max()))
+        self.max_error = max(self.max_error, float(x.sub_(c.mul_(s[:, None])).norm(dim=1).max()))  # |x - s*c|
 
     def block_rows(self, n_queries: int, score_entries: int) -> tuple[int, int]:
         """(rows, queries) per pre-score call, so that a call holds about ``score_entries`` scores."""

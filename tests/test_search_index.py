@@ -247,14 +247,18 @@ def test_int8_prescore_bound_holds(kernel, dim):
         assert float((err / np.maximum(bounds[:, None], 1e-30)).max()) > 0.05  # not loose by orders of magnitude
 
 
+@pytest.mark.parametrize("pack_rows", [1 << 20, 1000])  # 1000: six packed oneDNN blocks, the last one short
 @pytest.mark.parametrize("kernel", _kernels())
-def test_exact_float16_every_kernel_gives_the_brute_force_top_k(small_clustered, kernel, monkeypatch):
+def test_exact_float16_every_kernel_gives_the_brute_force_top_k(small_clustered, kernel, pack_rows, monkeypatch):
     monkeypatch.setattr(int8_scan, "best_kernel", lambda: kernel)
-    x = small_clustered[:6000].astype(np.float16)
-    q = si.recall_queries(small_clustered[:6000], 40, seed=2)
-    bias = np.random.default_rng(0).uniform(0, 0.05, 6000).astype(np.float32)
+    monkeypatch.setattr(int8_scan, "PACK_ROWS", pack_rows)
+    n = 5999
+    x = small_clustered[:n].astype(np.float16)
+    q = si.recall_queries(small_clustered[:n], 40, seed=2)
+    bias = np.random.default_rng(0).uniform(0, 0.05, n).astype(np.float32)
     index = ExactIndex(x, biases={"text": bias})
     assert index._int8.kernel == kernel
+    assert len(index._int8.packed) == (-(-n // pack_rows) if kernel == "onednn" else 0)
     for b in (None, "text"):
         batched = index.search(q, 10, b)
         single = [index.search(q[i : i + 1], 10, b) for i in range(len(q))]
