@@ -108,12 +108,14 @@ class Int8Rows:
             amax = float(np.abs(queries).max())
             scale = amax / 127 if amax > 0 else 1.0
             u = np.rint(q64 / scale)  # in [-127, 127]
-            q_err = np.sqrt(np.einsum("ij,ij->i", q64 - scale * u, q64 - scale * u))  # |q - scale * u|
+            r = q64 - scale * u
+            q_err = np.sqrt(np.einsum("ij,ij->i", r, r))  # |q - scale * u|, exactly enough (float64)
             u += 128  # uint8 with zero point 128; padding columns hold 128, i.e. 0
             if self.width != self.dim:
                 u = np.pad(u, ((0, 0), (0, self.width - self.dim)), constant_values=128)
-            bounds = (qnorm * self.max_error + q_err * ynorm
-                      + (FLOAT32_REL_ERROR + ref) * ((qnorm + q_err) * ynorm + max_abs_bias))
+            rel = FLOAT32_REL_ERROR + ref
+            # |q|e + |q - scale u| |y| + rel ((|q| + |q - scale u|) |y| + max|bias|), y = scale * codes
+            bounds = qnorm * (self.max_error + rel * ynorm) + q_err * ((1 + rel) * ynorm) + rel * max_abs_bias
             return PreparedQueries(torch.from_numpy(u.astype(np.uint8)), scale, bounds)
         x = torch.from_numpy(np.ascontiguousarray(queries, np.float32)).to(torch.bfloat16)
         if self.width != self.dim:
