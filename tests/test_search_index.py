@@ -11,7 +11,7 @@ import torch
 
 import int8_scan
 import search_index as si
-from search_index import ExactIndex, FaissIndex, build_index, load_index, save_index
+from search_index import ExactIndex, FaissIndex, build_index, load_index, recall_at, save_index
 
 
 def brute_force(vectors: np.ndarray, queries: np.ndarray, k: int):
@@ -297,3 +297,30 @@ def test_exact_float16_over_a_memory_map_reads_the_same(tmp_path):
     np.testing.assert_array_equal(r1, r2)
     np.testing.assert_array_equal(s1, s2)
     np.testing.assert_array_equal(np.asarray(mapped), x)
+
+
+def test_faiss_sq8_pads_to_whole_simd_blocks(small_clustered, tmp_path):
+    # one bank on 64-d vectors: 65 columns would take FAISS's slow non-SIMD SQ8 path; 80 are held
+    bias = np.random.default_rng(5).uniform(0, 0.05, len(small_clustered)).astype(np.float32)
+    index = build_index(small_clustered, kind="faiss-ivf-sq8", biases={"text": bias}, target_recall=0.9)
+    assert index.index.d == 80 == si.faiss_width("faiss-ivf-sq8", 64, 1)
+    assert si.faiss_width("faiss-ivf", 64, 1) == 65 and si.faiss_width("faiss-ivf-sq8", 48, 0) == 48
+    q = si.recall_queries(small_clustered, 50, seed=7)
+    exact = ExactIndex(small_clustered, biases={"text": bias})
+    for bank in (None, "text"):
+        assert recall_at(index.search(q, 10, bank)[1], exact.search(q, 10, bank)[1]) >= 0.85
+    save_index(index, tmp_path / "ix")
+    again = load_index(tmp_path / "ix")
+    np.testing.assert_array_equal(again.search(q, 10, "text")[1], index.search(q, 10, "text")[1])
+
+
+def test_faiss_index_saved_without_padding_still_loads(small_clustered, tmp_path, monkeypatch):
+    bias = np.random.default_rng(6).uniform(0, 0.05, 5000).astype(np.float32)
+    monkeypatch.setattr(si, "faiss_width", lambda kind, dim, n_banks: dim + n_banks)  # as saved before
+    index = build_index(small_clustered[:5000], kind="faiss-ivf-sq8", biases={"text": bias}, target_recall=0.8)
+    save_index(index, tmp_path / "ix")
+    monkeypatch.undo()
+    again = load_index(tmp_path / "ix")
+    q = si.recall_queries(small_clustered[:5000], 20, seed=8)
+    assert again.index.d == 65
+    np.testing.assert_array_equal(again.search(q, 10, "text")[1], index.search(q, 10, "text")[1])
