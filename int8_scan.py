@@ -76,8 +76,10 @@ class Int8Rows:
                 self._quantize(vectors[i : min(i + step, hi)], i, block[i - lo : min(i + step, hi) - lo])
             if onednn:
                 self.packed.append(torch.ops.onednn.qlinear_prepack(block, [1, self.width]))
-        self.scales_bf16 = self.scales.to(torch.bfloat16)  # exact: the scales are bf16 values
-        self._zero_points = torch.zeros(min(self.n, PACK_ROWS), dtype=torch.int64)
+        if onednn:  # oneDNN takes float32 scales and a zero point per row
+            self._zero_points = torch.zeros(min(self.n, PACK_ROWS), dtype=torch.int64)
+        else:  # the others take bf16 scales (exact: the scales are bf16 values)
+            self.scales = self.scales.to(torch.bfloat16)
 
     def _quantize(self, rows: np.ndarray, start: int, out: torch.Tensor) -> None:
         """Rows [start, start + len(rows)) into ``out`` (int8) and ``self.scales``; updates the bounds.
@@ -138,7 +140,7 @@ class Int8Rows:
                     None if neg_bias is None else neg_bias[lo - start : hi - start],
                     1.0, 0, torch.float32, "none", [], ""))
             return (out[0] if len(out) == 1 else torch.cat(out, 1)).numpy()
-        codes, scales = self.codes[start:stop], self.scales_bf16[start:stop]
+        codes, scales = self.codes[start:stop], self.scales[start:stop]
         if self.kernel == "int8pack" and len(prep.x) <= 16:  # a matrix-vector kernel
             s = _INT8_MM(prep.x, codes, scales)
         else:

@@ -89,22 +89,20 @@ def _check_vectors(vectors: Any, finite: bool = True) -> np.ndarray:
 
 
 def _check_queries(queries: Any, dim: int) -> np.ndarray:
-    if (type(queries) is np.ndarray and queries.dtype == np.float32 and queries.ndim == 2
-            and queries.shape[1] == dim and queries.flags.c_contiguous):  # the usual case, in one check
-        if not np.isfinite(queries).all():
-            raise ValueError("queries contain NaN or infinity")
-        return queries
-    if isinstance(queries, torch.Tensor):
-        queries = queries.detach().cpu().numpy()
-    queries = np.asarray(queries)
-    if queries.ndim != 2:
-        raise ValueError(f"queries must be a 2-D (q, d) array (use q[None] for one query), "
-                         f"got shape {queries.shape}")
-    if queries.shape[1] != dim:
-        raise ValueError(f"queries have dimension {queries.shape[1]}, the index holds {dim}-d vectors")
-    if not np.issubdtype(queries.dtype, np.number):
-        raise ValueError(f"queries must be numeric, got dtype {queries.dtype}")
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    usual = (type(queries) is np.ndarray and queries.dtype == np.float32 and queries.ndim == 2
+             and queries.shape[1] == dim and queries.flags.c_contiguous)  # needs no conversion
+    if not usual:
+        if isinstance(queries, torch.Tensor):
+            queries = queries.detach().cpu().numpy()
+        queries = np.asarray(queries)
+        if queries.ndim != 2:
+            raise ValueError(f"queries must be a 2-D (q, d) array (use q[None] for one query), "
+                             f"got shape {queries.shape}")
+        if queries.shape[1] != dim:
+            raise ValueError(f"queries have dimension {queries.shape[1]}, the index holds {dim}-d vectors")
+        if not np.issubdtype(queries.dtype, np.number):
+            raise ValueError(f"queries must be numeric, got dtype {queries.dtype}")
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
     if not np.isfinite(queries).all():
         raise ValueError("queries contain NaN or infinity")
     return queries
