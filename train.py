@@ -169,7 +169,8 @@ def train(
     resume: bool = False,
     extra: dict | None = None,
 ) -> dict:
-    """Train, writing best.pt / last.pt, log.csv, log.json and curves.png into ``out_dir``.
+    """Train, writing best.pt / last.pt, log.csv and log.json into ``out_dir`` after every epoch,
+    and curves.png when training ends.
 
     Returns the best checkpoint's validation metrics.
     """
@@ -263,6 +264,8 @@ def train(
     if stale >= cfg.patience:
         log.info("early stop: no better validation rsum for %d epochs (best %.1f at epoch %d)",
                  cfg.patience, best["val_rsum"], best["epoch"])
+    if history:  # once, at the end: a plot took 0.25 s (the first 0.9 s), 2-7% of an epoch here
+        _plot(history, out_dir / "curves.png")
     return best
 
 
@@ -332,7 +335,6 @@ def _write_logs(history: list[dict], out_dir: Path) -> None:
         writer = csv.DictWriter(f, fieldnames=list(history[0]))
         writer.writeheader()
         writer.writerows(history)
-    _plot(history, out_dir / "curves.png")
 
 
 def load_checkpoint(path: str | Path) -> tuple[RetrievalModel | EnsembleModel, dict]:

@@ -39,6 +39,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
+import config  # noqa: E402
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
@@ -54,7 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--text-noise", type=float, default=3.0, help="sigma of the per-caption noise")
     p.add_argument("--epochs", type=int, default=8, help="upper bound on epochs for ours")
     p.add_argument("--patience", type=int, default=2, help="early-stopping patience for ours")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=config.BATCH_SIZE)
+    p.add_argument("--lr", type=float, default=config.LEARNING_RATE)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--baseline-batches", type=int, default=120,
                    help="batches timed for the baseline (and ours' same-step cross-check); 0 = a full epoch")
@@ -160,7 +163,7 @@ def main(argv=None) -> int:
     print(f"- train {len(train_data.image_names):,} images / {train_data.n_captions:,} caption samples, val "
           f"{len(val_data.image_names):,} / {val_data.n_captions:,}; dims {args.image_dim}/{args.text_dim}; "
           f"text = image W + {args.text_noise} noise (made in {gen_s:.1f} s, untimed)")
-    print(f"- batch {args.batch_size}; ours: up to {args.epochs} epochs, patience {args.patience}")
+    print(f"- batch {args.batch_size}, learning rate {args.lr:g}; ours: up to {args.epochs} epochs, patience {args.patience}")
 
     # --- ours: the real trainer, timestamps taken at each validation --------------------------------
     stamps: list[float] = []
@@ -173,7 +176,7 @@ def main(argv=None) -> int:
 
     train_mod.validate = validate
     out = Path(tempfile.mkdtemp(prefix="bench_train_"))
-    cfg = train_mod.TrainConfig(epochs=args.epochs, patience=args.patience, batch_size=args.batch_size,
+    cfg = train_mod.TrainConfig(epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, lr=args.lr,
                                 caption_ratio=0, seed=args.seed, threads=args.threads)
     backbones = {"image": {"backbone": "synthetic", "dim": args.image_dim},
                  "text": {"backbone": "synthetic", "dim": args.text_dim}}
