@@ -41,6 +41,11 @@ FLOAT32_REL_ERROR = 2.0 ** -20  # a few float32 roundings (scales, bias) on the 
 _INT8_MM = getattr(torch, "_weight_int8pack_mm", None)  # absent from old torch builds
 
 
+def padded_width(dim: int) -> int:
+    """Bytes per row of the int8 codes of ``dim``-d vectors (zero columns up to a multiple of WIDTH)."""
+    return -(-dim // WIDTH) * WIDTH
+
+
 @dataclass
 class PreparedQueries:
     """Queries in the kernel's input form, and each one's bound on |pre-score - float32 score|."""
@@ -57,7 +62,7 @@ class Int8Rows:
         if vectors.dtype != np.float16 or vectors.ndim != 2:
             raise ValueError(f"expected a 2-D float16 matrix, got {vectors.dtype} {vectors.shape}")
         self.n, self.dim = vectors.shape
-        self.width = -(-self.dim // WIDTH) * WIDTH
+        self.width = padded_width(self.dim)
         self.kernel = kernel or best_kernel()
         if self.kernel not in KERNELS:
             raise ValueError(f"unknown int8 kernel {self.kernel!r}; one of {KERNELS}")

@@ -33,7 +33,7 @@ import torch
 
 import config
 from atomic_io import atomic_save_npy, atomic_write_json
-from int8_scan import Int8Rows
+from int8_scan import Int8Rows, padded_width
 
 log = logging.getLogger(__name__)
 
@@ -598,6 +598,23 @@ class FaissIndex(SearchIndex):
         return self
 
 
+def exact_scan_is_cheaper(index: SearchIndex, dtype: np.dtype) -> bool:
+    """Whether exact search over ``dtype`` vectors reads no more bytes per query than the IVF
+    ``index`` at its tuned nprobe, i.e. when it probes that large a share of its lists."""
+    return "nprobe" in index.params and _ivf_bytes_per_row(index) >= _exact_bytes_per_row(dtype, index.dim)
+
+
+def _ivf_bytes_per_row(index: SearchIndex) -> float:
+    """Bytes per stored row an IVF index reads for a query at its tuned nprobe (on average)."""
+    per_row = index.index.d * (1 if index.kind == "faiss-ivf-sq8" else 4)  # 8-bit codes, or float32
+    return per_row * index.params["nprobe"] / index.params["nlist"]
+
+
+def _exact_bytes_per_row(dtype: np.dtype, dim: int) -> int:
+    """Bytes per row ExactIndex scans: int8 codes for float16 vectors, else the float32 rows."""
+    return padded_width(dim) if np.dtype(dtype) == np.float16 else 4 * dim
+
+
 def faiss_width(kind: str, dim: int, n_banks: int) -> int:
     """Columns a FAISS index of ``dim``-d vectors holds: the vector, one per querybank, and for
     IVF-SQ8 zero columns up to a multiple of 16, because FAISS's 8-bit scalar-quantiser kernels are
@@ -643,6 +660,8 @@ def build_index(vectors: np.ndarray, kind: str = "auto", exact_max: int = config
                 target_recall: float = 0.95, tuning_queries: Callable[[], np.ndarray] | None = None,
                 biases: dict[str, np.ndarray] | None = None, **faiss_options: Any) -> SearchIndex:
     """Exact search at or below ``exact_max`` rows, a tuned FAISS index above; logs the choice.
+    Above, "auto" still takes exact search when the tuned IVF index would read as many bytes per
+    search as exact search's scan (it probes that large a share of its lists).
 
     ``kind``: auto | exact | faiss (IVF-Flat, or IVF-SQ8 above IVF_FLAT_MAX_BYTES of float32) |
     faiss-ivf | faiss-ivf-sq8 | faiss-hnsw. ``tuning_queries``: called only when a FAISS index is
@@ -671,6 +690,15 @@ def build_index(vectors: np.ndarray, kind: str = "auto", exact_max: int = config
             faiss_options["queries"] = np.ascontiguousarray(tuning_queries(), dtype=np.float32)
         index = FaissIndex.build(vectors, chosen, target_recall=target_recall, biases=biases, _checked=True,
                                  **faiss_options)
+        if kind == "auto" and exact_scan_is_cheaper(index, vectors.dtype):
+            # The tuned index reads at least the bytes of exact search's full scan (structureless
+            # vectors, e.g. untrained heads, need most lists: 1M rows probed 2,048 of 4,000 lists in
+            # 71 ms against exact's 33 ms; 10M rows all lists, 511 against 229 ms): exact is faster.
+            log.info("%s reads %.0f bytes per row against %d for a full exact scan: exact search instead",
+                     index.describe(), _ivf_bytes_per_row(index), _exact_bytes_per_row(vectors.dtype, d))
+            why += f"; {chosen} would read as much as an exact scan"
+            index = ExactIndex(vectors, biases=biases, _checked=True)
+            index.build_seconds = time.perf_counter() - t0
     recall = "exact" if index.recall_at_10 is None else f"recall@10={index.recall_at_10:.3f}"
     log.info("search index: %s over %d x %d (%s); %s; built in %.1f s",
              index.describe(), n, d, why, recall, index.build_seconds)

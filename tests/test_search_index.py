@@ -184,6 +184,38 @@ def test_auto_choice_by_size(small_clustered, caplog):
         assert build_index(small_clustered[:3_001], exact_max=3_000).kind == "faiss-ivf-sq8"
 
 
+
+def test_auto_falls_back_to_exact_when_faiss_would_read_more(caplog):
+    # Structureless vectors and queries: recall 1.0 takes all 4 lists, a full scan of float32 rows,
+    # so "auto" builds exact search instead (no slower, and exact); asked for by name, FAISS stays.
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((3_000, 32)).astype(np.float32)
+    queries = lambda: rng.standard_normal((200, 32)).astype(np.float32)  # noqa: E731
+    with caplog.at_level(logging.INFO, logger="search_index"):
+        index = build_index(vectors, exact_max=100, target_recall=1.0, tuning_queries=queries, nlist=4)
+    assert isinstance(index, ExactIndex)
+    assert "128 bytes per row against 128 for a full exact scan" in caplog.text
+    assert "faiss-ivf would read as much as an exact scan" in caplog.text
+    named = build_index(vectors, kind="faiss", target_recall=1.0, tuning_queries=queries, nlist=4)
+    assert isinstance(named, FaissIndex) and named.params["nprobe"] == named.params["nlist"] == 4
+    # with structure the tuned index probes fewer lists and is kept
+    assert build_index(clustered(3_001, 64), exact_max=3_000).kind == "faiss-ivf"
+
+
+def test_exact_scan_is_cheaper_compares_bytes_read(ivf):
+    # 64-d: exact scans 64 int8 bytes per float16 row, 256 per float32 row; IVF-Flat reads
+    # 256 bytes per row of the lists it probes, so for float16 it loses from a quarter of them.
+    params = dict(ivf.params)
+    try:
+        nlist = ivf.params["nlist"]
+        for nprobe, f16, f32 in ((nlist // 4 - 1, False, False), (-(-nlist // 4), True, False), (nlist, True, True)):
+            ivf.params["nprobe"] = nprobe
+            assert si.exact_scan_is_cheaper(ivf, np.float16) is f16, nprobe
+            assert si.exact_scan_is_cheaper(ivf, np.float32) is f32, nprobe
+    finally:
+        ivf.params.clear()
+        ivf.params.update(params)
+
 def test_two_level_assignment_keeps_recall(small_clustered, monkeypatch):
     monkeypatch.setattr(si, "TWO_LEVEL_MIN_WORK", 1)  # what 10M-row builds use
     index = build_index(small_clustered[:8_000], kind="faiss-ivf")
