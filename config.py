@@ -50,8 +50,7 @@ BERT_DIR = MODELS_DIR / "bert-base-uncased"  # local folder; else the hub id whe
 IMAGE_VIEWS = 1  # views cached per image (--views, backbones.IMAGE_VIEWS): 7 = crops/flips/scale, +26 Flickr8k dev rsum, 7x the time
 IMAGE_BATCH_SIZE_CPU = 8  # small batches stay in cache: measured faster on a 2-core CPU
 IMAGE_BATCH_SIZE_GPU = 256
-TEXT_BATCH_SIZE = 512  # half the optimiser steps and weight casts of 256 per epoch (0.7-0.9x the epoch time);
-# with LEARNING_RATE 4.5e-4 (~sqrt 2 x 3e-4) Flickr8k dev rsum as batch 256 at 3e-4 (README)
+TEXT_BATCH_SIZE = 256
 NUM_WORKERS = 2  # JPEG-decoding worker processes (--decode cpu)
 GPU_READ_WORKERS = 8  # --decode gpu: file-reading worker processes, at most one per core (H200 profile:
 # 8 read 13,402 img/s, 16 starved the decode threads of CPU)

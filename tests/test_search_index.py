@@ -184,7 +184,6 @@ def test_auto_choice_by_size(small_clustered, caplog):
         assert build_index(small_clustered[:3_001], exact_max=3_000).kind == "faiss-ivf-sq8"
 
 
-
 def test_auto_falls_back_to_exact_when_faiss_would_read_more(caplog):
     # Structureless vectors and queries: recall 1.0 takes all 4 lists, a full scan of float32 rows,
     # so "auto" builds exact search instead (no slower, and exact); asked for by name, FAISS stays.
