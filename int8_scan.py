@@ -156,9 +156,7 @@ class Int8Rows:
 @functools.lru_cache(maxsize=None)
 def best_kernel() -> str:
     """The fastest kernel that gives exact integer sums on this machine (checked once)."""
-    if _onednn_exact():
-        return "onednn"
-    return "int8pack" if _INT8_MM is not None else "bf16"
+    return "onednn" if _onednn_exact() else _fallback_kernel()
 
 
 def _onednn_exact() -> bool:
@@ -175,9 +173,14 @@ def _onednn_exact() -> bool:
         exact = (u.astype(np.int64) - 128) @ w.astype(np.int64).T
         ok = out.shape == exact.shape and np.array_equal(out.astype(np.int64), exact)
     except Exception as e:  # noqa: BLE001 - an internal op: absent, renamed or unsupported here
-        log.debug("oneDNN int8 matrix product unavailable: %s", e)
+        log.info("oneDNN int8 matrix product unavailable (%s: %s); exact search scans with %s instead",
+                 type(e).__name__, str(e).splitlines()[0] if str(e) else "", _fallback_kernel())
         return False
     if not ok:
-        log.info("oneDNN int8 matrix product is not exact on this machine; using %s",
-                 "int8pack" if _INT8_MM is not None else "bf16")
+        log.info("oneDNN int8 matrix product is not exact on this machine; exact search scans with %s instead",
+                 _fallback_kernel())
     return ok
+
+
+def _fallback_kernel() -> str:
+    return "int8pack" if _INT8_MM is not None else "bf16"

@@ -299,15 +299,20 @@ def test_exact_float16_every_kernel_gives_the_brute_force_top_k(small_clustered,
         np.testing.assert_array_equal(np.argsort(-ref.T, axis=1, kind="stable")[:, :10], batched[1])
 
 
-def test_int8_onednn_check_rejects_a_wrong_result(monkeypatch):
+def test_int8_onednn_check_rejects_a_wrong_result(monkeypatch, caplog):
     int8_scan.best_kernel.cache_clear()
     try:
         real = torch.ops.onednn.qlinear_pointwise
         monkeypatch.setattr(torch.ops.onednn, "qlinear_pointwise", lambda *a: real(*a).clamp(-32768, 32767))
-        assert not int8_scan._onednn_exact()  # what int16 saturation would give
+        with caplog.at_level(logging.INFO, logger="int8_scan"):
+            assert not int8_scan._onednn_exact()  # what int16 saturation would give
+        assert "not exact on this machine; exact search scans with" in caplog.text
         monkeypatch.undo()
+        caplog.clear()
         monkeypatch.setattr(torch.ops.onednn, "qlinear_prepack", None)  # a build without the op
-        assert not int8_scan._onednn_exact()
+        with caplog.at_level(logging.INFO, logger="int8_scan"):
+            assert not int8_scan._onednn_exact()
+        assert "unavailable (TypeError" in caplog.text  # said once, not only at debug level
         assert int8_scan.best_kernel() in ("int8pack", "bf16")
     finally:
         monkeypatch.undo()
