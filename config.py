@@ -70,7 +70,7 @@ INPUT_DROPOUT = 0.2  # dropout on the frozen features themselves (Flickr8k dev r
 INIT_TEMPERATURE = 0.07
 MIN_TEMPERATURE = 0.01
 MAX_TEMPERATURE = 1.0
-BATCH_SIZE = 512  # half the optimiser steps and weight casts of 256 per epoch (0.7-0.9x the epoch time);
+BATCH_SIZE = 512  # half the optimiser steps and weight casts of 256 per epoch (0.7-1.0x the epoch time);
 # with LEARNING_RATE 4.5e-4 (~sqrt 2 x 3e-4) Flickr8k dev rsum as batch 256 at 3e-4 (README)
 EPOCHS = 20
 LEARNING_RATE = 4.5e-4
