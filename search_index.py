@@ -24,7 +24,6 @@ import mmap
 import os
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -123,13 +122,6 @@ def _check_k(k: Any) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     return int(k)
-
-
-def _as_torch(array: np.ndarray) -> torch.Tensor:
-    """A zero-copy tensor view; read-only inputs (memory maps) are fine since we never write."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*not writable.*")
-        return torch.from_numpy(array)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -513,12 +505,13 @@ class FaissIndex(SearchIndex):
               nlist: int | None = None, hnsw_m: int = 32, ef_construction: int = 64,
               kmeans_iters: int = 10, seed: int = 0, queries: np.ndarray | None = None,
               biases: dict[str, np.ndarray] | None = None, progress: bool = True,
-              _checked: bool = False) -> "FaissIndex":
+              exact: "ExactIndex | None" = None, _checked: bool = False) -> "FaissIndex":
         """Build, then tune the search parameter upward until recall@10 >= ``target_recall``.
 
         ``queries``: (q, d) queries to measure recall on against ``ExactIndex`` (by default
         ``recall_queries`` of the data); with ``biases`` (bank -> (n,) querybank bias) each query
-        is measured with every bank, as text queries are searched.
+        is measured with every bank, as text queries are searched. ``exact``: that ExactIndex of
+        the same vectors and biases, if the caller has one (else one is built for the tuning).
         """
         faiss = _import_faiss()
         vectors = _check_vectors(vectors, finite=not _checked)
@@ -570,7 +563,7 @@ class FaissIndex(SearchIndex):
         if queries is None:
             queries = recall_queries(vectors, seed=seed)
         queries = _check_queries(queries, d)
-        exact = ExactIndex(vectors, biases=biases, _checked=True)
+        exact = exact or ExactIndex(vectors, biases=biases, _checked=True)
         key, steps = (("efSearch", EF_STEPS) if kind == "faiss-hnsw"
                       else ("nprobe", [s for s in NPROBE_STEPS if s < params["nlist"]] + [params["nlist"]]))
         self = cls(index, kind, n, d, None, 0.0, {**params, key: steps[0]})
@@ -688,17 +681,20 @@ def build_index(vectors: np.ndarray, kind: str = "auto", exact_max: int = config
     else:
         if tuning_queries is not None:
             faiss_options["queries"] = np.ascontiguousarray(tuning_queries(), dtype=np.float32)
-        index = FaissIndex.build(vectors, chosen, target_recall=target_recall, biases=biases, _checked=True,
-                                 **faiss_options)
-        if kind == "auto" and exact_scan_is_cheaper(index, vectors.dtype):
+        # "auto" may fall back to exact search below: the tuning's ExactIndex is then kept, not rebuilt
+        exact = ExactIndex(vectors, biases=biases, _checked=True) if kind == "auto" else None
+        index = FaissIndex.build(vectors, chosen, target_recall=target_recall, biases=biases, exact=exact,
+                                 _checked=True, **faiss_options)
+        if exact is not None and exact_scan_is_cheaper(index, vectors.dtype):
             # The tuned index reads at least the bytes of exact search's full scan (structureless
             # vectors, e.g. untrained heads, need most lists: 1M rows probed 2,048 of 4,000 lists in
             # 71 ms against exact's 33 ms; 10M rows all lists, 511 against 229 ms): exact is faster.
             log.info("%s reads %.0f bytes per row against %d for a full exact scan: exact search instead",
                      index.describe(), _ivf_bytes_per_row(index), _exact_bytes_per_row(vectors.dtype, d))
             why += f"; {chosen} would read as much as an exact scan"
-            index = ExactIndex(vectors, biases=biases, _checked=True)
+            index = exact
             index.build_seconds = time.perf_counter() - t0
+        del exact  # with FAISS kept, its int8 copy is freed here, not held beside it
     recall = "exact" if index.recall_at_10 is None else f"recall@10={index.recall_at_10:.3f}"
     log.info("search index: %s over %d x %d (%s); %s; built in %.1f s",
              index.describe(), n, d, why, recall, index.build_seconds)
