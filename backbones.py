@@ -426,8 +426,8 @@ class TextBackbone:
         if backend is None:  # a slow (pure Python) tokenizer has no backend
             batch = self.tokenizer([text], truncation=True, max_length=self.max_length, return_tensors="pt")
             return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
-        enc = backend.encode(text)
-        return {"input_ids": torch.tensor([enc.ids]), "attention_mask": torch.tensor([enc.attention_mask])}
+        ids = torch.tensor([backend.encode(text).ids])
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}  # no padding: all ones
 
     @functools.cached_property
     def _query_backend(self):
@@ -441,19 +441,29 @@ class TextBackbone:
         backend.enable_truncation(self.max_length)  # counts the special tokens, as transformers does
         return backend
 
-    def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def pool(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """(B, T, D) hidden states -> (B, D); ``mask`` None: no padding (every token counts)."""
         if self.pooling == "cls":
             return hidden[:, 0]
+        if mask is None:
+            return hidden.mean(1)
         mask = mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
     def forward_pooled(self, batch: dict) -> torch.Tensor:
         """Tokenised batch -> (B, dim) float32 pooled features: the one forward every text path uses."""
+        mask = batch["attention_mask"]
+        if bool(mask.all()):  # no padding (a query always): the mask masks nothing, so it is dropped;
+            # the output is the same, and building the attention mask from it cost transformers
+            # 0.1-0.4 ms of a 10 ms MiniLM query
+            batch = {k: v for k, v in batch.items() if k != "attention_mask"}
+            mask = None
         if self.layers == 1:
             hidden = [self.model(**batch).last_hidden_state]
         else:  # hidden_states = (embeddings, layer 1, ..., layer L); take the last `layers`, last first
             hidden = self.model(**batch, output_hidden_states=True).hidden_states[::-1][: self.layers]
-        return torch.cat([self.pool(h.float(), batch["attention_mask"]) for h in hidden], dim=-1)
+        pooled = [self.pool(h.float(), mask) for h in hidden]
+        return pooled[0] if len(pooled) == 1 else torch.cat(pooled, dim=-1)
 
     @torch.inference_mode()
     def encode(

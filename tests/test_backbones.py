@@ -13,7 +13,7 @@ from torchvision.transforms import v2 as T
 
 import backbones
 import config
-from backbones import BackboneUnavailable, create_image_backbone, create_text_backbone, resolve_names
+from backbones import BackboneUnavailable, TextBackbone, create_image_backbone, create_text_backbone, resolve_names
 
 WORDS = ("a an the two one dog dogs cat man men woman women child children girl boy is are runs running "
          "plays playing sits sitting jumps on in with of and at near red blue green white black ball grass "
@@ -302,6 +302,32 @@ def test_tokenize_one_matches_the_tokenizer_call(name, bert):
     assert bb.tokenize_one(QUERY_TEXTS[-1])["input_ids"].shape[1] == bb.max_length
     untruncated = bb.tokenizer([QUERY_TEXTS[-1]])["input_ids"][0]  # the shared backend is not truncating
     assert len(untruncated) > bb.max_length
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_forward_pooled_drops_a_mask_that_masks_nothing(bert, layers):
+    """An unpadded batch (every query) reaches the model without its all-ones attention mask (which
+    transformers spends time turning into an attention mask) and pools to the same features as the
+    masked mean; a padded batch keeps its mask."""
+    bb = TextBackbone(bert.name, bert.dim * layers, bert.model, bert.tokenizer, "mean", bert.weights, layers=layers)
+    seen = []
+    hook = bb.model.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(sorted(kwargs)), with_kwargs=True)
+    try:
+        with torch.inference_mode():
+            one = bb.tokenize_one(QUERY_TEXTS[1])
+            got = bb.forward_pooled(one)
+            assert "attention_mask" not in seen[-1]
+            out = bb.model(**one, output_hidden_states=True)
+            mask = one["attention_mask"].unsqueeze(-1).float()
+            want = torch.cat([(h * mask).sum(1) / mask.sum(1) for h in out.hidden_states[::-1][:layers]], dim=-1)
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+            padded = bb.tokenizer(["a dog", QUERY_TEXTS[1]], padding=True, return_tensors="pt")
+            padded = {k: padded[k] for k in ("input_ids", "attention_mask")}
+            both = bb.forward_pooled(padded)
+            assert "attention_mask" in seen[-1]
+            torch.testing.assert_close(both[1:], got, atol=1e-5, rtol=0)
+    finally:
+        hook.remove()
 
 
 def test_minilm_dim_and_determinism():

@@ -191,3 +191,36 @@ def test_ensemble_is_the_mean_cosine_of_its_members_and_rebuilds():
     assert isinstance(build_model(RetrievalModel(**cfg).config_dict()), RetrievalModel)
     with pytest.raises(ValueError, match="at least one"):
         EnsembleModel([])
+
+
+def _trained_looking(model: torch.nn.Module) -> torch.nn.Module:
+    """Every parameter moved off its initial value (LayerNorm scale 1 and shifts 0 would hide a fold bug)."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return model.eval()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_folded_text_encoder_matches_encode_text(dtype):
+    """Serving's FoldedHead (LayerNorm folded into one input matrix) gives the head's vectors to
+    float32 rounding, for one model and for an ensemble, and does not follow later weight changes."""
+    from model import EnsembleModel, FoldedHead, folded_text_encoder
+
+    torch.manual_seed(0)
+    cfg = dict(image_dim=12, text_dim=40, embed_dim=16, hidden_dim=64)
+    x = (torch.randn(9, 40) * 3 + 1).to(dtype)
+    for model in (_trained_looking(RetrievalModel(**cfg)), _trained_looking(EnsembleModel([cfg, cfg]))):
+        folded = folded_text_encoder(model)
+        with torch.inference_mode():
+            want, got = model.encode_text(x), folded(x)
+        assert got.dtype == torch.float32 and got.shape == want.shape
+        torch.testing.assert_close(got, want, atol=2e-6, rtol=0)
+    head = _trained_looking(RetrievalModel(**cfg)).text_head
+    folded = FoldedHead(head)
+    before = folded(x.float())
+    with torch.no_grad():
+        head.skip.weight.mul_(2)
+    torch.testing.assert_close(folded(x.float()), before)  # a snapshot
+    assert not torch.allclose(head(x.float()), before)
