@@ -617,11 +617,11 @@ def faiss_width(kind: str, dim: int, n_banks: int) -> int:
     return width + (-width % 16 if kind == "faiss-ivf-sq8" else 0)
 
 
-def _with_columns(rows: np.ndarray, extra: np.ndarray | None, index: Any, width: int | None = None) -> np.ndarray:
+def _with_columns(rows: np.ndarray, extra: np.ndarray | None, index: Any, width: int) -> np.ndarray:
     """float32 copy of some vectors with their extra (bias) coordinates ``extra[index]`` appended,
     then zero columns up to ``width``."""
     parts = [np.asarray(rows, np.float32)] + ([] if extra is None else [extra[index]])
-    pad = (width or 0) - sum(p.shape[1] for p in parts)
+    pad = width - sum(p.shape[1] for p in parts)
     if pad > 0:
         parts.append(np.zeros((len(parts[0]), pad), np.float32))
     return np.ascontiguousarray(parts[0] if len(parts) == 1 else np.hstack(parts))
