@@ -406,10 +406,13 @@ class Retriever:
             raise ValueError(f"k must be at least 1, got {k}")
         return min(k, len(self))
 
-    @torch.inference_mode()
     def embed_text(self, query: str) -> np.ndarray:
         """(1, embed_dim) float32 unit vector of a query."""
-        query = self.check_query(query)
+        return self._embed_checked(self.check_query(query))
+
+    @torch.inference_mode()
+    def _embed_checked(self, query: str) -> np.ndarray:
+        """``embed_text`` of a query that ``check_query`` has passed (search_text checks it once)."""
         backbone = self.text_backbone
         # What TextBackbone.encode does for one text, with only the tokenizer under the lock (a slow
         # tokenizer, or the first call building the private backend, is not thread-safe; the model is).
@@ -438,6 +441,7 @@ class Retriever:
         bias = self.biases.get(bank) if bank else None
         scores, rows = self.index.search(np.asarray(query, dtype=np.float32).reshape(1, -1), self._k(k),
                                          bank if bias is not None else None)
+        root = str(self.images_root)  # os.path.join: a third of the time of a Path join (0.05 ms a query)
         hits = []
         for score, row in zip(np.asarray(scores)[0], np.asarray(rows)[0]):
             if row < 0:  # an approximate index may return fewer than k
@@ -445,15 +449,15 @@ class Retriever:
             if bias is not None:
                 score = score + bias[int(row)]
             name = self.names[int(row)]
-            hits.append(Hit(len(hits) + 1, str(self.images_root / name), name, float(score),
+            hits.append(Hit(len(hits) + 1, os.path.join(root, name), name, float(score),
                             self.captions_of(int(row))))
         return hits
 
     def search_text(self, query: str, k: int = config.TOP_K) -> list[Hit]:
         """The k photos that best match a description. ValueError for an empty or too long query."""
         k = self._k(k)
-        bank = bank_for_query(self.check_query(query), tuple(self.biases))
-        return self.search_vector(self.embed_text(query), k, bank)
+        query = self.check_query(query)
+        return self.search_vector(self._embed_checked(query), k, bank_for_query(query, tuple(self.biases)))
 
     def search_image(self, image, k: int = config.TOP_K) -> list[Hit]:
         """The k indexed photos most similar to a PIL image."""
