@@ -215,6 +215,7 @@ def test_exact_scan_is_cheaper_compares_bytes_read(ivf):
         ivf.params.clear()
         ivf.params.update(params)
 
+
 def test_two_level_assignment_keeps_recall(small_clustered, monkeypatch):
     monkeypatch.setattr(si, "TWO_LEVEL_MIN_WORK", 1)  # what 10M-row builds use
     index = build_index(small_clustered[:8_000], kind="faiss-ivf")
