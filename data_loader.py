@@ -14,23 +14,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from backbones import views_mismatch
-from datasets import CaptionSet, list_hash
-from feature_cache import FeatureCache, StaleCacheError, load_cache
+from crossmodal.backbones import views_mismatch
+from crossmodal.captions import KEYWORD_ID_SEP, image_of_row_id
+from crossmodal.features.cache import FeatureCache, StaleCacheError, load_cache
 
 log = logging.getLogger(__name__)
-
-KEYWORD_ID_SEP = "::"  # keyword row id: "<image>#<n>::<phrase>"
-
-
-def keyword_row_id(caption_key: str, phrase: str) -> str:
-    return f"{caption_key}{KEYWORD_ID_SEP}{phrase}"
-
-
-def image_of_row_id(row_id: str) -> str:
-    """The image a caption key ("img.jpg#3") or keyword row id belongs to."""
-    return row_id.split(KEYWORD_ID_SEP, 1)[0].rsplit("#", 1)[0]
-
 
 @dataclass
 class Caches:

@@ -10,6 +10,8 @@ before the image head: ``"mean"`` averages them, ``"attention"`` learns a weight
 """
 from __future__ import annotations
 
+import pickle
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -184,6 +186,10 @@ class RetrievalModel(nn.Module):
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encode_image(image_features), self.encode_text(text_features)
 
+    def folded_text_encoder(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``encode_text`` through folded snapshots of the text head(s): what search serves."""
+        return folded_text_encoder(self)
+
     def config_dict(self) -> dict:
         """Constructor kwargs: ``RetrievalModel(**model.config_dict())`` rebuilds this architecture."""
         return dict(self._config)
@@ -213,6 +219,10 @@ class EnsembleModel(nn.Module):
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encode_image(image_features), self.encode_text(text_features)
 
+    def folded_text_encoder(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``encode_text`` through folded snapshots of the text head(s): what search serves."""
+        return folded_text_encoder(self)
+
     def config_dict(self) -> dict:
         """``build_model(model.config_dict())`` rebuilds it; ``embed_dim`` is the concatenated size."""
         first = self.members[0].config_dict()
@@ -233,3 +243,31 @@ def build_model(model_config: dict) -> RetrievalModel | EnsembleModel:
     if "members" in model_config:
         return EnsembleModel(model_config["members"])
     return RetrievalModel(**model_config)
+
+
+class CheckpointError(ValueError):
+    """A file that is not a checkpoint of tensors and plain data; the message names it."""
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A checkpoint's contents, unpickled with ``weights_only=True``: tensors and plain data only, so
+    a file from anywhere (a shared collection's manifest names one) cannot run code."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}; train one with `python run_train.py`")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        raise CheckpointError(f"{path} is not a checkpoint of tensors and plain data (refused: "
+                              f"{str(err).splitlines()[0]})") from err
+    if not isinstance(state, dict) or "model_config" not in state or "model" not in state:
+        raise CheckpointError(f"{path} is not a checkpoint written by run_train.py (no model_config/model)")
+    return state
+
+
+def load_checkpoint(path: str | Path) -> tuple[RetrievalModel | EnsembleModel, dict]:
+    """The trained heads (eval mode) and the checkpoint's contents."""
+    state = read_checkpoint(path)
+    model = build_model(state["model_config"])
+    model.load_state_dict(state["model"])
+    return model.eval(), state

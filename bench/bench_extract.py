@@ -26,17 +26,15 @@ import argparse
 import contextlib
 import itertools
 import logging
-import os
 import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402  (sets sys.path to the repo root)
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from extract import default_num_workers  # noqa: E402
+
+from bench import _common as C  # noqa: E402
+from crossmodal.features.extract import default_num_workers  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -75,7 +73,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def make_backbone(name: str, tmp: Path):
     """The backbone; resnet18 gets random weights saved to a temp file when none are local."""
-    import backbones
+    from crossmodal import backbones
     if name == "resnet18" and not backbones._resnet18_present():
         from torchvision.models import resnet18
         path = tmp / "resnet18_random.pth"
@@ -87,7 +85,7 @@ def make_backbone(name: str, tmp: Path):
 
 def load_ready(backbone, paths: list[Path]) -> torch.Tensor:
     """The images as the model sees them: decoded, resized, cropped uint8 (N,3,S,S), untimed."""
-    from extract import ImageFileDataset
+    from crossmodal.features.extract import ImageFileDataset
     ds = ImageFileDataset(paths, backbone.pil_transform(), backbone.image_size)
     return torch.stack([ds[i][0] for i in range(len(ds))])
 
@@ -123,8 +121,9 @@ def original_loop(backbone, paths: list[Path], out_dir: Path, device: torch.devi
 
 def run_ours(backbone, images_dir: Path, names: list[str], out_dir: Path, *, batch: int, workers: int,
              device: str, decode: str, decode_threads: int | None = None) -> None:
+    from crossmodal.features.extract import extract_image_features
+
     import config
-    from extract import extract_image_features
     threads = config.GPU_DECODE_THREADS if decode_threads is None else decode_threads
     cache = extract_image_features(backbone, images_dir, names, out_dir, batch_size=batch, num_workers=workers,
                                    device=device, decode=decode, decode_threads=threads, force=True)
@@ -136,7 +135,7 @@ def run_ours(backbone, images_dir: Path, names: list[str], out_dir: Path, *, bat
 def gpu_decode_only(backbone, images_dir: Path, names: list[str], batch: int, workers: int,
                     device: torch.device) -> None:
     """ours' GPU-decode input pipeline without the model: worker file reads, nvJPEG, batched resize."""
-    from extract import _byte_batches, _gpu_decoded_batches
+    from crossmodal.features.extract import _byte_batches, _gpu_decoded_batches
     paths = [images_dir / nm for nm in names]
     batches = [list(range(i, min(i + batch, len(paths)))) for i in range(0, len(paths), batch)]
     for _ in _gpu_decoded_batches(_byte_batches(paths, batches, workers), backbone, device):

@@ -22,32 +22,30 @@ their values) and the image embeddings are the clustered synthetic unit vectors 
 below ``config.EXACT_SEARCH_MAX``) and, for comparison, the tuned FAISS index, with its recall@10
 against exact search.
 
-    python bench/bench_query.py                          # 31,000 and 1,000,000 images (~3 min)
-    python bench/bench_query.py --sizes 31000,1000000,10000000   # adds 10M (~25 min, ~9 GB RAM)
-    python bench/bench_query.py --sizes 31000 --backbone bert-base-uncased --weights DIR  # a larger encoder
+    python -m bench.bench_query                          # 31,000 and 1,000,000 images (~3 min)
+    python -m bench.bench_query --sizes 31000,1000000,10000000   # adds 10M (~25 min, ~9 GB RAM)
+    python -m bench.bench_query --sizes 31000 --backbone bert-base-uncased --weights DIR  # a larger encoder
 """
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench import _common as C  # noqa: E402
+from bench.bench_search import clustered  # noqa: E402
+from crossmodal.backbones import create_text_backbone  # noqa: E402
+from crossmodal.captions import read_captions  # noqa: E402
+from crossmodal.index import exact_scan_is_cheaper, recall_at  # noqa: E402
+from crossmodal.querybank import querybank_bias  # noqa: E402
+from crossmodal.retrieval import Retriever  # noqa: E402
+
 import config  # noqa: E402
-from backbones import create_text_backbone  # noqa: E402
-from bench_search import clustered  # noqa: E402
-from datasets import read_captions  # noqa: E402
 from model import RetrievalModel  # noqa: E402
-from querybank import querybank_bias  # noqa: E402
-from retrieval import Retriever  # noqa: E402
-from search_index import exact_scan_is_cheaper, recall_at  # noqa: E402
 
 FALLBACK_QUERIES = [  # used when the Flickr8k captions are absent
     "a dog running through the snow", "two children playing on the beach",

@@ -22,11 +22,10 @@ import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from bench import _common as C  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -77,7 +76,8 @@ def main(argv=None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("SKIP: --device cuda but no CUDA device is available")
         return 0
-    import backbones
+    from crossmodal import backbones
+
     import config
     try:
         backbone = backbones.create_text_backbone(args.backbone)

@@ -36,14 +36,13 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
-
-import config  # noqa: E402
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
+
+from bench import _common as C  # noqa: E402
+
+import config  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

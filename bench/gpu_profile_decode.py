@@ -8,7 +8,7 @@ batch; then reading the files, by worker processes (as extract does) and by in-p
 First it checks that the threaded pipeline's batches equal each image decoded and resized
 alone (exactly), so the streams and threads lose or reorder nothing.
 
-Run on a CUDA machine (bench/gpu_extract.sh does): python bench/gpu_profile_decode.py --device cuda
+Run on a CUDA machine (bench/gpu_extract.sh does): python -m bench.gpu_profile_decode --device cuda
 On a CPU it runs the same code (decode on the CPU), as a dry run.
 """
 from __future__ import annotations
@@ -19,14 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402  (sets sys.path to the repo root)
-
 import torch  # noqa: E402
 from torchvision.io import ImageReadMode, decode_jpeg  # noqa: E402
 
-import extract  # noqa: E402
-from bench_extract import make_backbone  # noqa: E402
+from bench import _common as C  # noqa: E402
+from bench.bench_extract import make_backbone  # noqa: E402
+from crossmodal.features import extract  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -2,15 +2,11 @@
 
 Run: python -m pytest -q bench/test_resize_batch.py
 """
-import sys
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from torchvision.transforms import v2 as T  # noqa: E402
 
-import extract  # noqa: E402
+from crossmodal.features import extract  # noqa: E402
 
 
 def _images(dtype):

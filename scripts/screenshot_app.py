@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Start app.py, type one query in headless Chromium, save a screenshot of the answer.
 
-    python scripts/screenshot_app.py --out docs/app_flickr8k.png --query "a dog runs through the snow" \\
+    python -m scripts.screenshot_app --out docs/app_flickr8k.png --query "a dog runs through the snow" \\
         -- --work-dir work/flickr8k_lite2 --images ../shared/data/flickr8k/flickr8k-images
 
 Everything after ``--`` goes to app.py. Needs Debian's chromium (/usr/bin/chromium) and the

@@ -18,14 +18,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torchvision
 
-import demo_data
-import extract
-from backbones import create_image_backbone, create_text_backbone
+from crossmodal import demo_data
+from crossmodal.backbones import create_image_backbone, create_text_backbone
+from crossmodal.features import extract
+
 from model import RetrievalModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,7 +195,7 @@ def test_lean_process_keeps_triton_out_and_text_search_working(tmp_path):
     folder = save_tiny_bert(tmp_path / "bert-base-uncased")
     code = (
         "import sys, app; app.lean_process()\n"
-        "import torch, torch.utils._triton as t, backbones\n"
+        "import torch, torch.utils._triton as t\nfrom crossmodal import backbones\n"
         f"bb = backbones.create_text_backbone('bert-base-uncased', {str(folder)!r})\n"
         "v = bb.encode(['a dog runs'])\n"
         "assert v.shape == (1, 32), v.shape\n"

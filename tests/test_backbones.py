@@ -11,24 +11,21 @@ import torchvision
 from PIL import Image
 from torchvision.transforms import v2 as T
 
-import backbones
+from crossmodal import backbones
+from crossmodal.backbones import (
+    BackboneUnavailable,
+    TextBackbone,
+    create_image_backbone,
+    create_text_backbone,
+    resolve_names,
+)
+
 import config
-from backbones import BackboneUnavailable, TextBackbone, create_image_backbone, create_text_backbone, resolve_names
 
 WORDS = ("a an the two one dog dogs cat man men woman women child children girl boy is are runs running "
          "plays playing sits sitting jumps on in with of and at near red blue green white black ball grass "
          "water street park beach snow bike shirt hat . , ##s ##ing").split()
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a small CPU shared with other jobs, two threads spin-wait on each
-    other and run several times slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def save_random_resnet18(path: Path, seed: int = 0) -> Path:

@@ -6,9 +6,17 @@ import logging
 import numpy as np
 import pytest
 
+import crossmodal.captions as datasets
+from crossmodal.captions import (
+    DatasetError,
+    load_splits,
+    make_seeded_split,
+    missing_images,
+    read_captions,
+    read_image_list,
+)
+
 import config
-import datasets
-from datasets import DatasetError, load_splits, make_seeded_split, missing_images, read_captions, read_image_list
 
 
 def write_bytes(path, data: bytes):

@@ -16,13 +16,13 @@ import torch
 import torchvision
 from PIL import Image
 
-import backbones
 import batch_image_feature_extract
 import batch_text_feature_extract
-import extract
-from backbones import create_image_backbone, create_text_backbone
-from datasets import list_hash, read_captions
-from feature_cache import FEATURES_FILE, IDS_FILE, MANIFEST_FILE, PARTIAL_DIR, StaleCacheError, load_cache
+from crossmodal import backbones
+from crossmodal.backbones import create_image_backbone, create_text_backbone
+from crossmodal.captions import list_hash, read_captions
+from crossmodal.features import extract
+from crossmodal.features.cache import FEATURES_FILE, IDS_FILE, MANIFEST_FILE, PARTIAL_DIR, StaleCacheError, load_cache
 
 N_GOOD = 24
 BAD = {  # name -> position in the name list (one per chunk of 8)
@@ -34,16 +34,6 @@ BAD = {  # name -> position in the name list (one per chunk of 8)
 WORDS = ("a an the two one dog dogs cat man men woman women child children girl boy is are runs running "
          "plays playing sits sitting jumps on in with of and at near red blue green white black ball grass "
          "water street park beach snow bike shirt hat . ,").split()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a small CPU shared with other jobs, two threads spin-wait on each
-    other and run several times slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -6,9 +6,15 @@ import json
 import numpy as np
 import pytest
 
-from datasets import list_hash
-from feature_cache import (
-    FEATURES_FILE, IDS_FILE, MANIFEST_FILE, PARTIAL_DIR, StaleCacheError, build_cache, load_cache,
+from crossmodal.captions import list_hash
+from crossmodal.features.cache import (
+    FEATURES_FILE,
+    IDS_FILE,
+    MANIFEST_FILE,
+    PARTIAL_DIR,
+    StaleCacheError,
+    build_cache,
+    load_cache,
 )
 
 DIM = 6

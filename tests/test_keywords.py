@@ -14,15 +14,24 @@ import time
 
 import nltk
 import pytest
+from conftest import SHARED_DATA
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from crossmodal import keywords
+from crossmodal.captions import Caption, CaptionSet, DatasetError
+from crossmodal.keywords import (
+    KeywordSample,
+    augment_captions,
+    extract_phrases,
+    load_keyword_tools,
+    nouns_of,
+    phrase_counts,
+    read_keyword_samples,
+    write_keyword_samples,
+)
+
 import config
-import keywords
-from conftest import SHARED_DATA
-from datasets import Caption, CaptionSet, DatasetError
-from keywords import (KeywordSample, augment_captions, extract_phrases, load_keyword_tools, nouns_of,
-                      phrase_counts, read_keyword_samples, write_keyword_samples)
 
 FLICKR8K = SHARED_DATA / "flickr8k" / "flickr8k.token"
 
@@ -336,7 +345,7 @@ def test_any_text_gives_clean_phrases(rule_tools, text):
 
 @pytest.mark.skipif(not FLICKR8K.is_file(), reason="no flickr8k captions")
 def test_real_captions_rule_method(rule_tools):
-    from datasets import read_captions
+    from crossmodal.captions import read_captions
 
     caps = read_captions(FLICKR8K).captions[:1000]
     phrases = [p for c in caps for p in extract_phrases(c.text, rule_tools)]

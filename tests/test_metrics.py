@@ -6,17 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metrics import chance_retrieval_metrics, chance_word_metrics, retrieval_metrics, word_query_metrics
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a small CPU shared with other jobs, two threads spin-wait on each
-    other and run several times slower than one (as in test_extract.py)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from crossmodal.metrics import chance_retrieval_metrics, chance_word_metrics, retrieval_metrics, word_query_metrics
 
 
 def _e(*idx, d=4):
@@ -105,8 +95,7 @@ def test_perfect_embeddings():
 
 
 def test_blockwise_matches_single_block(monkeypatch):
-    import metrics
-
+    from crossmodal import metrics
     rng = np.random.default_rng(0)
     img, txt = rng.normal(size=(50, 8)).astype(np.float32), rng.normal(size=(140, 8)).astype(np.float32)
     cap_img = rng.integers(0, 50, 140)

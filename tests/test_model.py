@@ -5,16 +5,6 @@ import torch
 from model import AttentionPool, Dropout, ProjectionHead, RetrievalModel, dropout
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a small CPU shared with other jobs, two threads spin-wait on each
-    other and run several times slower than one (as in test_extract.py)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_head_output_is_unit_norm_and_shaped():
     torch.manual_seed(0)
     head = ProjectionHead(32, out_dim=16, hidden_dim=64, dropout=0.1)

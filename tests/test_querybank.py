@@ -7,9 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from metrics import retrieval_metrics, word_query_metrics
-from querybank import bank_for_query, caption_bias, image_biases, make_querybank, querybank_bias, sample_bank, text_banks
-from search_index import ExactIndex, build_index
+from crossmodal.index import ExactIndex, build_index
+from crossmodal.metrics import retrieval_metrics, word_query_metrics
+from crossmodal.querybank import (
+    bank_for_query,
+    caption_bias,
+    image_biases,
+    make_querybank,
+    querybank_bias,
+    sample_bank,
+    text_banks,
+)
 
 
 def test_bias_is_the_inverted_softmax_log_partition():
@@ -24,8 +32,7 @@ def test_bias_is_the_inverted_softmax_log_partition():
 
 
 def test_bias_blocks_and_numpy_input_agree(monkeypatch):
-    import querybank
-
+    from crossmodal import querybank
     g = torch.nn.functional.normalize(torch.randn(50, 8, generator=torch.Generator().manual_seed(0)), dim=1)
     bank = torch.nn.functional.normalize(torch.randn(30, 8, generator=torch.Generator().manual_seed(1)), dim=1)
     whole = querybank_bias(g, bank, 20.0)

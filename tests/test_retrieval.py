@@ -18,25 +18,18 @@ import torch
 import torchvision
 from PIL import Image
 
-import extract
 import index_folder
-import retrieval
-from backbones import create_image_backbone, create_text_backbone
+from crossmodal import retrieval
+from crossmodal.backbones import create_image_backbone, create_text_backbone
+from crossmodal.features import extract
+from crossmodal.retrieval import Retriever, RetrieverError
+
 from model import RetrievalModel
-from retrieval import Retriever, RetrieverError
 
 N_IMAGES = 16
 WORDS = ("a an the two dog dogs cat man woman child girl boy is are runs running plays sits jumps on in "
          "with of and at near red blue green white black ball grass water street park beach snow bike").split()
 EMBED = 16
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def photo(rng: np.random.Generator, w: int = 96, h: int = 72) -> Image.Image:
@@ -206,8 +199,7 @@ def test_index_kind_and_description(retriever):
 
 def test_faiss_recall_is_tuned_on_text_queries(world, monkeypatch):
     """A FAISS index's recall is measured on the collection's captions encoded as queries."""
-    import search_index
-
+    import crossmodal.index as search_index
     seen = {}
     real_build = search_index.FaissIndex.build.__func__
 
@@ -450,8 +442,8 @@ def test_gallery_sends_pixels_for_photos_symlinked_from_outside(tmp_path):
 
 
 def test_views_checkpoint_searches_the_mean_of_views_everywhere(world, tmp_path, monkeypatch):
-    from backbones import first_views
-    from retrieval import pooled_rows
+    from crossmodal.backbones import first_views
+    from crossmodal.retrieval import pooled_rows
 
     views = first_views(2)
     image_bb = create_image_backbone("resnet18", world["resnet_file"])
@@ -535,8 +527,7 @@ def test_querybank_checkpoint_ranks_by_normalised_score_and_reports_cosines(worl
     assert img_hits[0].name == "img_03.jpg"
     # a reload reuses the bias file
     with monkeypatch.context() as m:
-        import querybank
-
+        from crossmodal import querybank
         m.setattr(querybank, "querybank_bias", lambda *a, **k: pytest.fail("bias recomputed"))
         again = open_qb().biases
     assert set(again) == {"text", "keywords"}

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-import int8_scan
-import search_index as si
-from search_index import ExactIndex, FaissIndex, build_index, load_index, recall_at, save_index
+import crossmodal.index as si
+from crossmodal import int8_scan
+from crossmodal.index import ExactIndex, FaissIndex, build_index, load_index, recall_at, save_index
 
 
 def brute_force(vectors: np.ndarray, queries: np.ndarray, k: int):

@@ -166,8 +166,9 @@ def test_use_bf16_modes(monkeypatch):
 
 
 def test_views_cache_trains_on_sampled_views_and_validates_on_their_mean(tmp_path):
+    from crossmodal.features.cache import FeatureCache
+
     from data_loader import Caches, split_data
-    from feature_cache import FeatureCache
 
     g = np.random.default_rng(0)
     names = [f"{i}.jpg" for i in range(6)]
@@ -203,8 +204,8 @@ def test_views_cache_trains_on_sampled_views_and_validates_on_their_mean(tmp_pat
 
 
 def test_ensemble_trains_members_joins_them_and_resumes(tmp_path):
-    from train import add_querybank, train_ensemble
     from model import EnsembleModel
+    from train import add_querybank, train_ensemble
 
     train_data, val_data = make_split(80, 0), make_split(30, 1)
     cfg = small_cfg(epochs=3)

@@ -6,7 +6,7 @@ rows with the largest inner product. Two kinds of index answer that:
 * ``ExactIndex``: a matrix product plus a top-k selection. Exact, no build, and fast enough for
   the demo and Flickr30K (about 10 ms per query at 31,000 rows on 2 cores); results are
   deterministic (ties go to the lower row). Float16 storage halves memory for big collections.
-* ``FaissIndex``: an approximate index for collections above ``config.EXACT_SEARCH_MAX``:
+* ``FaissIndex``: an approximate index for collections above ``EXACT_SEARCH_MAX``:
   IVF-Flat by default, IVF-SQ8 where float32 copies would not fit comfortably, HNSW on request.
   Its search parameter (``nprobe`` / ``efSearch``) is tuned at build time upward until the
   measured recall@10 against exact search reaches the target, and the measured figure is kept.
@@ -30,12 +30,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-import config
-from atomic_io import atomic_save_npy, atomic_write_json
-from int8_scan import Int8Rows, padded_width
+from crossmodal.atomic_io import atomic_save_npy, atomic_write_json
+from crossmodal.int8_scan import Int8Rows, padded_width
 
 log = logging.getLogger(__name__)
 
+EXACT_SEARCH_MAX = 200_000  # above this many images "auto" builds a FAISS index
 KINDS = ("auto", "exact", "faiss", "faiss-ivf", "faiss-ivf-sq8", "faiss-hnsw")
 FAISS_KINDS = ("faiss-ivf", "faiss-ivf-sq8", "faiss-hnsw")
 
@@ -649,7 +649,7 @@ def _add_in_blocks(index: Any, vectors: np.ndarray, extra: np.ndarray | None, wi
 # --------------------------------------------------------------------------------------------------
 # choosing, saving, loading
 
-def build_index(vectors: np.ndarray, kind: str = "auto", exact_max: int = config.EXACT_SEARCH_MAX,
+def build_index(vectors: np.ndarray, kind: str = "auto", exact_max: int = EXACT_SEARCH_MAX,
                 target_recall: float = 0.95, tuning_queries: Callable[[], np.ndarray] | None = None,
                 biases: dict[str, np.ndarray] | None = None, **faiss_options: Any) -> SearchIndex:
     """Exact search at or below ``exact_max`` rows, a tuned FAISS index above; logs the choice.

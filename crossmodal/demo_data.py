@@ -25,8 +25,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from atomic_io import atomic_open, atomic_write_json, atomic_write_text
-from datasets import SPLIT_NAMES, list_hash, make_seeded_split
+from crossmodal.atomic_io import atomic_open, atomic_write_json, atomic_write_text
+from crossmodal.captions import SPLIT_NAMES, list_hash, make_seeded_split
 
 log = logging.getLogger(__name__)
 

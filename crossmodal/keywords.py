@@ -55,8 +55,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
-from atomic_io import atomic_open
-from datasets import Caption, CaptionSet, DatasetError
+from crossmodal.atomic_io import atomic_open
+from crossmodal.captions import Caption, CaptionSet, DatasetError
 
 log = logging.getLogger("keywords")
 
@@ -857,7 +857,7 @@ class KeywordSample:
 
 
 def caption_key(caption: Caption) -> str:
-    return f"{caption.image}#{caption.number}"
+    return caption.key
 
 
 def augment_captions(

