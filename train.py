@@ -52,7 +52,6 @@ class TrainConfig:
     hidden_dim: int = config.HEAD_HIDDEN_DIM
     dropout: float = config.HEAD_DROPOUT
     init_temperature: float = config.INIT_TEMPERATURE
-    feature_noise: float = 0.0  # std of Gaussian noise added to input features (a cheap augmentation)
     input_dropout: float = config.INPUT_DROPOUT  # dropout on the frozen features before the heads (regularises small datasets)
     crop_min: int = 0  # with a --grid image cache: random feature-map windows of crop_min..7 cells a side; 0 = off
     seed: int = config.SEED
@@ -92,8 +91,6 @@ def training_step(model: RetrievalModel, loss_fn: InfoNCELoss, optim: torch.opti
     if cfg.input_dropout:
         img = dropout(img, cfg.input_dropout)
         txt = dropout(txt, cfg.input_dropout)
-    if cfg.feature_noise:
-        img = img + cfg.feature_noise * img.std() * torch.randn_like(img)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         image_emb, text_emb = model.encode_image(img).float(), model.encode_text(txt).float()
     loss = loss_fn(image_emb, text_emb, image_idx)
