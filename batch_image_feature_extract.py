@@ -34,9 +34,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decode", choices=("cpu", "gpu"), default="cpu",
                    help="where JPEGs are decoded: worker processes (PIL) or the GPU (nvJPEG, "
                         f"{config.GPU_DECODE_THREADS} decode threads beside the model: config.GPU_DECODE_THREADS)")
-    p.add_argument("--grid", action="store_true",
-                   help="cache every cell of the last feature map (7x7 x dim) for feature-space crop "
-                        "augmentation in training (49x the disk space)")
     p.add_argument("--views", type=int, default=config.IMAGE_VIEWS,
                    help="cache N views of every image (crops, flips, a larger scale; backbones.IMAGE_VIEWS, "
                         f"1-{len(IMAGE_VIEWS)}): training samples one per step, search uses their mean "
@@ -62,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         workers = args.workers if args.workers is not None else default_num_workers(args.decode)
         cache = extract_image_features(
             backbone, args.images, names, out, batch_size=args.batch_size, num_workers=workers,
-            chunk_size=args.chunk_size, device=args.device, decode=args.decode, grid=args.grid, views=views,
+            chunk_size=args.chunk_size, device=args.device, decode=args.decode, views=views,
             precision=args.precision, force=args.force,
             extra={"images_dir": str(args.images.resolve()), "captions_file": str(args.captions.resolve())},
         )

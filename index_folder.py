@@ -142,7 +142,6 @@ def index_folder(folder: str | os.PathLike, checkpoint: str | os.PathLike, out: 
     expected = state["backbones"]["image"]
     backbone = create_image_backbone(expected["backbone"], image_weights)
     _check_identity("image", expected, backbone.name, backbone.weights, "found")
-    backbone.set_grid(False)
     views = views_of(expected.get("preprocess"))  # a collection row is the mean of the trained views
 
     stats = scan_folder(folder, exclude=out)

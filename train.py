@@ -53,7 +53,6 @@ class TrainConfig:
     dropout: float = config.HEAD_DROPOUT
     init_temperature: float = config.INIT_TEMPERATURE
     input_dropout: float = config.INPUT_DROPOUT  # dropout on the frozen features before the heads (regularises small datasets)
-    crop_min: int = 0  # with a --grid image cache: random feature-map windows of crop_min..7 cells a side; 0 = off
     seed: int = config.SEED
     threads: int = 0  # torch CPU threads; 0 = torch's default
     bf16: str = config.TRAIN_BF16  # bf16 autocast of the heads' products: auto | on | off (see use_bf16)
@@ -233,7 +232,7 @@ def train(
         t0 = time.perf_counter()
         total_loss, n = 0.0, 0
         for batch in tqdm(sampler, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False, dynamic_ncols=True):
-            img, txt, image_idx = train_data.gather(batch, crop_min=cfg.crop_min)
+            img, txt, image_idx = train_data.gather(batch)
             loss = training_step(model, loss_fn, optim, img, txt, image_idx, cfg, bf16)
             sched.step()
             total_loss += loss.item() * len(batch)
