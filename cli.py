@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import logging
 import shlex
-import sys
 from pathlib import Path
 
 import config
@@ -58,11 +57,6 @@ def layout(args: argparse.Namespace) -> Layout:
 
 def splits_dir(args: argparse.Namespace) -> Path:
     return args.splits if args.splits else layout(args).default_splits()
-
-
-def command_line() -> str:
-    """This run's command, for messages that say what to rerun."""
-    return "python " + " ".join(shlex.quote(a) for a in sys.argv)
 
 
 def data_flags(args: argparse.Namespace, images: bool = True) -> str:

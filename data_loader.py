@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from backbones import views_mismatch
-from datasets import CaptionSet, list_hash
 from feature_cache import FeatureCache, StaleCacheError, load_cache
 
 log = logging.getLogger(__name__)
@@ -82,10 +81,8 @@ class SplitData:
     image_features: torch.Tensor  # (n_images, D_img) float16
     caption_features: torch.Tensor  # (n_captions, D_txt) float16
     caption_image: np.ndarray  # (n_captions,) index into image_names
-    caption_ids: list[str]
     keyword_features: torch.Tensor | None = None  # (n_keywords, D_txt)
     keyword_image: np.ndarray | None = None
-    keyword_phrases: list[str] | None = None
     image_views: torch.Tensor | None = None  # (n_images, V, D_img) from a --views cache, else None
 
     @property
@@ -152,11 +149,9 @@ def split_data(caches: Caches, image_names: Sequence[str], use_keywords: bool = 
     cap_rows, cap_owner = rows_for(caches.captions)
     data = SplitData(names, image_features,
                      torch.from_numpy(np.ascontiguousarray(caches.captions.features[cap_rows])),
-                     cap_owner, [caches.captions.ids[r] for r in cap_rows],
-                     image_views=view_rows)
+                     cap_owner, image_views=view_rows)
     if use_keywords and caches.keywords is not None:
         kw_rows, kw_owner = rows_for(caches.keywords)
         data.keyword_features = torch.from_numpy(np.ascontiguousarray(caches.keywords.features[kw_rows]))
         data.keyword_image = kw_owner
-        data.keyword_phrases = [caches.keywords.ids[r].split(KEYWORD_ID_SEP, 1)[1] for r in kw_rows]
     return data

@@ -35,8 +35,6 @@ IDS_FILE = "ids.txt"
 MANIFEST_FILE = "manifest.json"
 PARTIAL_DIR = ".partial"
 FORMAT_VERSION = 1
-# Manifest fields that must agree for a cache to be reused, resumed, or mixed with another.
-IDENTITY_FIELDS = ("kind", "backbone", "weights", "preprocess", "dim", "dtype", "ids_sha256", "rows")
 
 # compute(pending chunks' row indices, progress) yields, chunk by chunk in that order,
 # (float array (len(rows), dim), failures [(row id, reason)]). One call for all pending chunks

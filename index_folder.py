@@ -128,7 +128,7 @@ def index_folder(folder: str | os.PathLike, checkpoint: str | os.PathLike, out: 
                  project: bool = True) -> IndexResult:
     """Index (or update the index of) ``folder``; returns what was embedded, removed and kept."""
     from extract import extract_image_features
-    from retrieval import RetrieverError, _check_identity, checkpoint_digest, load_or_project
+    from retrieval import _check_identity, checkpoint_digest, load_or_project
     from train import load_checkpoint
 
     folder = Path(folder).expanduser().resolve()

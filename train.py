@@ -12,12 +12,11 @@ heads' products took a Flickr30K-size epoch from 34 s to 16 s on a 2-core Xeon.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 

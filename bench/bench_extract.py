@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import itertools
 import logging
-import os
 import sys
 import tempfile
 from pathlib import Path

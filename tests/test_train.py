@@ -31,13 +31,11 @@ def make_split(n_images: int, seed: int, with_keywords: bool = False) -> SplitDa
     cap_image = np.repeat(np.arange(n_images), 3)
     cap = img[cap_image] @ proj + 0.5 * g.normal(size=(len(cap_image), 16))
     data = SplitData([f"{i}.jpg" for i in range(n_images)], torch.tensor(img, dtype=torch.float16),
-                     torch.tensor(cap, dtype=torch.float16), cap_image,
-                     [f"{i}.jpg#{k % 3}" for k, i in enumerate(cap_image)])
+                     torch.tensor(cap, dtype=torch.float16), cap_image)
     if with_keywords:
         kw_image = np.arange(n_images)
         data.keyword_features = torch.tensor(img @ proj, dtype=torch.float16)
         data.keyword_image = kw_image
-        data.keyword_phrases = ["word"] * n_images
     return data
 
 
