@@ -2,11 +2,6 @@
 
 The backbones are frozen and their features cached, so the model is only these heads; the
 contrastive temperature lives in the loss (``loss.InfoNCELoss``), not here.
-
-Image input is normally one cached vector per image, (B, D). A cache can instead hold several
-vectors per image, (B, T, D) (grid cells, several layers); ``pool`` then says how they become one
-before the image head: ``"mean"`` averages them, ``"attention"`` learns a weighted average
-(``AttentionPool``).
 """
 from __future__ import annotations
 
@@ -19,8 +14,6 @@ import torch.nn.functional as F
 from torch import nn
 
 import config
-
-POOLS = (None, "mean", "attention")
 
 
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
@@ -116,29 +109,6 @@ class FoldedHead(nn.Module):
         return F.normalize(torch.addmm(z[:, : self.out_dim], F.gelu(z[:, self.out_dim :]), self.w_out_t), dim=-1)
 
 
-class AttentionPool(nn.Module):
-    """(B, T, D) -> (B, D): a softmax-weighted average of the T vectors, scored by one learnt query.
-
-    The output is a convex combination of the inputs themselves (no value projection), so it stays
-    in the backbone's feature space, where the head expects it. The query starts at zero: uniform
-    weights, i.e. exactly mean pooling, and training moves away from the mean only where it helps.
-    """
-
-    def __init__(self, dim: int) -> None:  # dim: size of each of the T vectors
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)  # scores see normalised tokens; the average uses the raw ones
-        self.query = nn.Parameter(torch.zeros(dim))
-        self.scale = dim ** -0.5
-
-    def weights(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T) attention weights, each row summing to 1."""
-        return torch.softmax(self.norm(x) @ self.query * self.scale, dim=-1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.query.dtype)
-        return (self.weights(x).unsqueeze(-1) * x).sum(-2)
-
-
 class RetrievalModel(nn.Module):
     """An image head and a text head into a shared ``embed_dim``-d, unit-norm space."""
 
@@ -149,35 +119,16 @@ class RetrievalModel(nn.Module):
         embed_dim: int = config.EMBED_DIM,  # shared embedding size
         hidden_dim: int = config.HEAD_HIDDEN_DIM,  # MLP width of both heads
         dropout: float = config.HEAD_DROPOUT,  # dropout of both heads
-        pool: str | None = None,  # image input (B, T, D) pooled by "mean" | "attention"; None = (B, D) input
     ) -> None:
         super().__init__()
-        if pool not in POOLS:
-            raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
         self._config = {"image_dim": int(image_dim), "text_dim": int(text_dim), "embed_dim": int(embed_dim),
-                        "hidden_dim": int(hidden_dim), "dropout": float(dropout), "pool": pool}
-        self.pool = pool
-        # only "attention" has parameters; without it the state dict is that of a pool-less model
-        self.image_pool = AttentionPool(image_dim) if pool == "attention" else None
+                        "hidden_dim": int(hidden_dim), "dropout": float(dropout)}
         self.image_head = ProjectionHead(image_dim, embed_dim, hidden_dim, dropout)
         self.text_head = ProjectionHead(text_dim, embed_dim, hidden_dim, dropout)
 
-    def pool_image(self, x: torch.Tensor) -> torch.Tensor:
-        """(n, T, image_dim) -> (n, image_dim) by the model's ``pool``; (n, image_dim) passes through."""
-        if x.dim() == 2:  # already one vector per image (a pre-pooled cache, or T = 1)
-            return x
-        if x.dim() != 3:
-            raise ValueError(f"expected (n, dim) or (n, T, dim) image features, got shape {tuple(x.shape)}")
-        if self.pool is None:
-            raise ValueError(f"got (n, T, dim) = {tuple(x.shape)} image features but this model has no pool; "
-                             "build it with pool='mean' or pool='attention'")
-        if self.image_pool is not None:
-            return self.image_pool(x)
-        return x.to(self.image_head.skip.weight.dtype).mean(-2)  # "mean": cast first, fp16 sums lose precision
-
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
-        """(n, image_dim), or with ``pool`` (n, T, image_dim), float16/32 features -> (n, embed_dim) unit vectors."""
-        return self.image_head(self.pool_image(x))
+        """(n, image_dim) float16/float32 features -> (n, embed_dim) unit vectors."""
+        return self.image_head(x)
 
     def encode_text(self, x: torch.Tensor) -> torch.Tensor:
         """(n, text_dim) float16/float32 features -> (n, embed_dim) unit vectors."""
@@ -207,7 +158,7 @@ class EnsembleModel(nn.Module):
         super().__init__()
         if not members:
             raise ValueError("an ensemble needs at least one member")
-        self.members = nn.ModuleList(RetrievalModel(**m) for m in members)
+        self.members = nn.ModuleList(RetrievalModel(**_head_config(m)) for m in members)
         self.scale = len(members) ** -0.5
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
@@ -238,11 +189,21 @@ def folded_text_encoder(model: RetrievalModel | EnsembleModel) -> Callable[[torc
     return FoldedHead(model.text_head)
 
 
+def _head_config(model_config: dict) -> dict:
+    """``RetrievalModel`` kwargs from a checkpoint's config; those written before the image-pooling
+    option was removed record ``"pool": None``, and one trained with a pool is refused."""
+    cfg = dict(model_config)
+    pool = cfg.pop("pool", None)
+    if pool is not None:
+        raise ValueError(f"this checkpoint was trained with pool={pool!r}, an option since removed; retrain it")
+    return cfg
+
+
 def build_model(model_config: dict) -> RetrievalModel | EnsembleModel:
     """The model a checkpoint's ``model_config`` describes (an ensemble when it lists members)."""
     if "members" in model_config:
         return EnsembleModel(model_config["members"])
-    return RetrievalModel(**model_config)
+    return RetrievalModel(**_head_config(model_config))
 
 
 class CheckpointError(ValueError):

@@ -85,8 +85,7 @@ def synthetic(args):
             txt[s : s + len(o)] = img[o] @ W + args.text_noise * rng.standard_normal((len(o), args.text_dim),
                                                                                      dtype=np.float32)
         names = [f"{prefix}{i:06d}.jpg" for i in range(n_img)]
-        ids = [f"{names[o]}#{j % args.captions_per_image}" for j, o in enumerate(owner)]
-        return SplitData(names, torch.from_numpy(img.astype(np.float16)), torch.from_numpy(txt), owner, ids)
+        return SplitData(names, torch.from_numpy(img.astype(np.float16)), torch.from_numpy(txt), owner)
 
     return split(args.train_images, "train"), split(args.val_images, "val")
 

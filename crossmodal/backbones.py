@@ -143,12 +143,7 @@ class ImageBackbone:
     weights: str  # identity of the weights (file digest)
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    grid_size: int = 7  # cells per side of the last feature map at image_size
     members: tuple[dict, ...] = ()  # a "+" combination: each member's name, input size, mean and std
-
-    def set_grid(self, grid: bool) -> None:
-        """Make the model return the last feature map's cells (B, grid_size**2 * dim), not their mean."""
-        self.model.grid = grid
 
     def set_views(self, views: tuple[str, ...] = ONE_VIEW, stack: bool = False) -> None:
         """Make the model pool several views of each image (``IMAGE_VIEWS``): their mean (B, dim), or
@@ -191,20 +186,12 @@ class ImageBackbone:
         return T.Compose([T.Resize(self.image_size, antialias=True), T.CenterCrop(self.image_size)])
 
 
-def _pool_or_grid(fmap: torch.Tensor, grid: bool) -> torch.Tensor:
-    """(B,C,H,W) -> pooled (B,C), or with ``grid`` the flattened cells (B, H*W*C), cell-major."""
-    if grid:
-        return fmap.flatten(2).transpose(1, 2).flatten(1)
-    return fmap.mean(dim=(2, 3))
-
-
 class _PooledBackbone(nn.Module):
     """uint8 images -> pooled features of the last feature map, of one or several views."""
 
     def __init__(self, normalize: Normalize | None):
         super().__init__()
         self.normalize = normalize
-        self.grid = False  # True: return every cell of the last feature map, not their mean
         self.views, self.stack_views = ONE_VIEW, False  # see ImageBackbone.set_views
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
@@ -216,10 +203,6 @@ class _PooledBackbone(nn.Module):
         return self.feature_map(self.normalize(x)).mean(dim=(2, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.grid:
-            if self.views != ONE_VIEW:
-                raise ValueError("a grid cache holds one view per image; use views or grid, not both")
-            return _pool_or_grid(self.feature_map(self.normalize(x)), grid=True)
         pooled = [self.pool_view(make_view(x, v), x.shape[-1]) for v in self.views]
         if len(pooled) == 1:
             return pooled[0]
@@ -240,9 +223,6 @@ class _ConcatBackbone(_PooledBackbone):
         super().__init__(normalize=None)  # each member normalises its own input
         self.members = nn.ModuleList(members)
         self.sizes = tuple(sizes)
-
-    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        raise ValueError("a combined backbone has no single feature-map grid; use views instead")
 
     def pool_view(self, x: torch.Tensor, square: int) -> torch.Tensor:
         from torchvision.transforms.v2 import functional as TF

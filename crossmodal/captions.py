@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import numpy as np
-
 from crossmodal.atomic_io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -65,15 +63,9 @@ class CaptionSet:
 
     captions: list[Caption]
     images: list[str] = field(init=False)
-    caption_image_index: np.ndarray = field(init=False)  # caption row -> index into images
 
     def __post_init__(self) -> None:
-        index: dict[str, int] = {}
-        rows = []
-        for cap in self.captions:
-            rows.append(index.setdefault(cap.image, len(index)))
-        self.images = list(index)
-        self.caption_image_index = np.asarray(rows, dtype=np.int64)
+        self.images = list(dict.fromkeys(cap.image for cap in self.captions))
 
     @property
     def texts(self) -> list[str]:

@@ -592,16 +592,6 @@ def rule_verb_lemma(word: str) -> str:
     return word
 
 
-def rule_lemmatise(word: str, tag: str) -> str:
-    """The rule lemmatiser for a Penn Treebank tag: nouns singular, verbs (not -ing) base form."""
-    word = word.lower()
-    if tag.startswith("NN"):
-        return rule_noun_lemma(word)
-    if tag.startswith("VB") and tag not in ("VBG", "VBN"):
-        return rule_verb_lemma(word)
-    return word
-
-
 # --- the rule-based tagger ----------------------------------------------------------------------
 
 def _rule_lexicon() -> dict[str, str]:

@@ -76,7 +76,7 @@ GENERIC_QUERIES = (
     "a family having a picnic", "a teenager skateboarding", "a fisherman with a net", "a farmer in a field",
     "a runner in a marathon", "a busy train platform", "a playground", "a snowman",
 )
-PROJECT_BATCH = 2048  # rows projected per step (bounded memory even for a 49-cell grid cache)
+PROJECT_BATCH = 2048  # rows projected per step (bounded memory even for a 7-view cache)
 
 
 class RetrieverError(RuntimeError):
@@ -104,12 +104,9 @@ def projected_key(ckpt_digest: str, cache: FeatureCache) -> str:
 
 
 def pooled_rows(cache: FeatureCache, rows: np.ndarray) -> torch.Tensor:
-    """Float32 pooled backbone features of some rows; a grid cache's cells and a views cache's views
-    are averaged."""
+    """Float32 pooled backbone features of some rows; a views cache's views are averaged."""
     x = torch.from_numpy(np.asarray(cache.features[rows], dtype=np.float32))
-    grid, views = cache.manifest.get("grid"), cache.manifest.get("views")
-    if grid:  # [H, W, D]: rows are H*W cells, cell-major; the pooled feature is their mean
-        x = x.view(len(rows), grid[0] * grid[1], grid[2]).mean(1)
+    views = cache.manifest.get("views")
     if views:  # rows are V views, view-major; the image's feature is their mean
         x = x.view(len(rows), len(views), -1).mean(1)
     return x
@@ -377,7 +374,6 @@ class Retriever:
                     exp = self.backbones["image"]
                     backbone = create_image_backbone(exp["backbone"], self._image_weights, self._models_dir)
                     check_identity("image", exp, backbone.name, backbone.weights, "found")
-                    backbone.set_grid(False)
                     backbone.set_views(views_of(exp.get("preprocess")))  # the mean of the trained views
                     backbone.model.to(self.device).eval()
                     self._image_backbone = backbone

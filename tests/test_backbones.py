@@ -411,9 +411,6 @@ def test_combined_backbone_concatenates_members_on_the_same_views(resnet_file, m
     torch.testing.assert_close(stacked[:, combo.dim:], flipped, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(mean, (want + flipped) / 2, atol=1e-4, rtol=1e-4)
     assert combo.preprocess["views"] == list(backbones.first_views(2))
-    combo.set_grid(True)
-    with pytest.raises(ValueError, match="grid"), torch.inference_mode():
-        combo.model(x)
 
 
 @pytest.mark.parametrize("name, message", [("resnet18+resnet18", "distinct"), ("auto+resnet18", "distinct"),

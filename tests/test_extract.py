@@ -471,8 +471,6 @@ def test_views_cache_stacks_views_and_collections_take_their_mean(tmp_path, imag
     assert not np.allclose(stacked[:, 1], stacked[:, 0], atol=1e-2)  # a flip is another view
     assert "views" not in mean.manifest and mean.manifest["preprocess"]["views"] == list(views)
     np.testing.assert_allclose(np.asarray(mean.features, dtype=np.float32), stacked.mean(1), atol=2e-3, rtol=2e-3)
-    with pytest.raises(ValueError, match="not both"):
-        extract.extract_image_features(resnet, images, names, tmp_path / "both", views=views, grid=True, **IMAGE_KW)
 
 
 def test_bf16_precision_on_cpu_is_recorded_and_refuses_to_mix(tmp_path, image_set, resnet, image_reference):

@@ -151,6 +151,17 @@ def test_load_cache_detects_damaged_ids(tmp_path):
         load_cache(d)
 
 
+def test_load_cache_refuses_an_old_grid_cache(tmp_path):
+    # an older version's --grid cache holds feature-map cells per row: not to be read as one wide vector
+    d = tmp_path / "cache"
+    build_cache(d, IDS, IDENTITY, FakeCompute(), chunk_size=8)
+    manifest = json.loads((d / MANIFEST_FILE).read_text())
+    (d / MANIFEST_FILE).write_text(json.dumps({**manifest, "grid": [1, 2, DIM // 2]}))
+    with pytest.raises(StaleCacheError, match="--grid") as info:
+        load_cache(d, rerun="again")
+    assert "rebuild it with: again" in str(info.value)
+
+
 def test_interrupted_build_resumes_byte_identical(tmp_path):
     ref = tmp_path / "ref"
     build_cache(ref, IDS, IDENTITY, FakeCompute(failed_rows=[4, 17]), chunk_size=5)

@@ -35,8 +35,6 @@ IDS_FILE = "ids.txt"
 MANIFEST_FILE = "manifest.json"
 PARTIAL_DIR = ".partial"
 FORMAT_VERSION = 1
-# Manifest fields that must agree for a cache to be reused, resumed, or mixed with another.
-IDENTITY_FIELDS = ("kind", "backbone", "weights", "preprocess", "dim", "dtype", "ids_sha256", "rows")
 
 # compute(pending chunks' row indices, progress) yields, chunk by chunk in that order,
 # (float array (len(rows), dim), failures [(row id, reason)]). One call for all pending chunks
@@ -62,9 +60,7 @@ class FeatureCache:
 
     @property
     def pooled_dim(self) -> int:
-        """The size of one image's vector: a grid cache's rows hold H*W cells, a views cache's V views."""
-        if self.manifest.get("grid"):
-            return int(self.manifest["grid"][2])
+        """The size of one image's vector: a views cache's rows hold V views."""
         return self.dim // len(self.manifest.get("views") or (None,))
 
     @property
@@ -214,6 +210,8 @@ def load_cache(directory: str | os.PathLike, expected: dict | None = None, rerun
     manifest = read_manifest(directory)
     if manifest is None:
         raise StaleCacheError(f"no finished feature cache in {directory}{hint}")
+    if manifest.get("grid"):  # written by an older version's --grid, since removed
+        raise StaleCacheError(f"the cache in {directory} holds feature-map cells (the removed --grid option){hint}")
     diff = identity_mismatch(manifest, expected or {})
     if diff:
         raise StaleCacheError(f"the cache in {directory} does not match ({'; '.join(diff)}){hint}")

@@ -222,7 +222,6 @@ def extract_image_features(
     device: str | None = None,
     decode: str = "cpu",
     decode_threads: int = GPU_DECODE_THREADS,
-    grid: bool = False,
     views: tuple[str, ...] = ONE_VIEW,
     stack_views: bool = True,
     precision: str = "auto",
@@ -231,8 +230,6 @@ def extract_image_features(
 ) -> FeatureCache:
     """Features of ``images_dir/name`` for every name, cached in ``out_dir`` (resumable).
 
-    With ``grid`` each row holds the last feature map's cells (grid_size**2 x dim, cell-major)
-    instead of their mean: training can then pool random sub-windows (feature-space crops).
     With several ``views`` (``backbones.IMAGE_VIEWS``) each row holds one vector per view
     (len(views) x dim, view-major): training samples one per step, everything else takes their mean;
     without ``stack_views`` each row is that mean already (what a searched collection needs).
@@ -242,8 +239,6 @@ def extract_image_features(
     """
     if precision not in ("auto", "bf16", "fp32"):
         raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
-    if grid and views != ONE_VIEW:
-        raise ValueError("a cache holds either grid cells or several views per image, not both")
     device = resolve_device(device)
     if decode == "gpu" and device.type != "cuda":
         raise ValueError("--decode gpu needs a CUDA device")
@@ -254,7 +249,6 @@ def extract_image_features(
     # Batches never straddle chunks, so a resumed run computes exactly the batches of an
     # uninterrupted one and the features are byte-identical.
     chunk_size = max(batch_size, chunk_size // batch_size * batch_size)
-    backbone.set_grid(grid)
     stack_views = stack_views and views != ONE_VIEW
     backbone.set_views(views, stack=stack_views)
     model = backbone.model.to(device).eval().to(memory_format=torch.channels_last)
@@ -298,9 +292,7 @@ def extract_image_features(
         preprocess["autocast"] = "bf16"
     identity = {"kind": "image", "backbone": backbone.name, "weights": backbone.weights,
                 "preprocess": preprocess,
-                "dim": backbone.dim * (backbone.grid_size ** 2 if grid else 1) * (len(views) if stack_views else 1)}
-    if grid:
-        identity["grid"] = [backbone.grid_size, backbone.grid_size, backbone.dim]
+                "dim": backbone.dim * (len(views) if stack_views else 1)}
     if stack_views:  # rows hold the views stacked (preprocess["views"] says which)
         identity["views"] = list(views)
     cache = build_cache(out_dir, names, identity, compute, chunk_size=chunk_size, force=force,
