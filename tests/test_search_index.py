@@ -174,7 +174,7 @@ def test_load_missing_folder(tmp_path):
 
 
 def test_auto_choice_by_size(small_clustered, caplog):
-    with caplog.at_level(logging.INFO, logger="search_index"):
+    with caplog.at_level(logging.INFO, logger="crossmodal.index"):
         assert build_index(small_clustered[:3_000], exact_max=3_000).kind == "exact"
         assert build_index(small_clustered[:3_001], exact_max=3_000).kind == "faiss-ivf"
     assert "exact_max=3,000" in caplog.text and "recall@10=" in caplog.text
@@ -190,7 +190,7 @@ def test_auto_falls_back_to_exact_when_faiss_would_read_more(caplog):
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((3_000, 32)).astype(np.float32)
     queries = lambda: rng.standard_normal((200, 32)).astype(np.float32)  # noqa: E731
-    with caplog.at_level(logging.INFO, logger="search_index"):
+    with caplog.at_level(logging.INFO, logger="crossmodal.index"):
         index = build_index(vectors, exact_max=100, target_recall=1.0, tuning_queries=queries, nlist=4)
     assert isinstance(index, ExactIndex)
     assert "128 bytes per row against 128 for a full exact scan" in caplog.text
@@ -305,13 +305,13 @@ def test_int8_onednn_check_rejects_a_wrong_result(monkeypatch, caplog):
     try:
         real = torch.ops.onednn.qlinear_pointwise
         monkeypatch.setattr(torch.ops.onednn, "qlinear_pointwise", lambda *a: real(*a).clamp(-32768, 32767))
-        with caplog.at_level(logging.INFO, logger="int8_scan"):
+        with caplog.at_level(logging.INFO, logger="crossmodal.int8_scan"):
             assert not int8_scan._onednn_exact()  # what int16 saturation would give
         assert "not exact on this machine; exact search scans with" in caplog.text
         monkeypatch.undo()
         caplog.clear()
         monkeypatch.setattr(torch.ops.onednn, "qlinear_prepack", None)  # a build without the op
-        with caplog.at_level(logging.INFO, logger="int8_scan"):
+        with caplog.at_level(logging.INFO, logger="crossmodal.int8_scan"):
             assert not int8_scan._onednn_exact()
         assert "unavailable (TypeError" in caplog.text  # said once, not only at debug level
         assert int8_scan.best_kernel() in ("int8pack", "bf16")

@@ -1,11 +1,11 @@
-"""Caption files, split lists and the seeded split (datasets.py)."""
+"""Caption files, split lists and the seeded split (captions.py)."""
 from __future__ import annotations
 
 import logging
 
 import pytest
 
-import crossmodal.captions as datasets
+from crossmodal import captions
 from crossmodal.captions import (
     DatasetError,
     load_splits,
@@ -158,7 +158,7 @@ def test_val_txt_preferred_over_dev_txt(tmp_path):
     write(d / "val.txt", IMAGES[6])
     write(d / "dev.txt", IMAGES[7])
     write(d / "test.txt", "\n".join(IMAGES[8:]))
-    assert datasets.find_split_files(d)["val"].name == "val.txt"
+    assert captions.find_split_files(d)["val"].name == "val.txt"
     assert load_splits(cs, d)["val"] == [IMAGES[6]]
 
 
@@ -217,7 +217,7 @@ def test_seeded_split_proportions():
     s = make_seeded_split(MANY, seed=0)
     n = len(MANY)
     for k in ("val", "test"):
-        assert abs(len(s[k]) - n * config.SPLIT_FRACTIONS[k]) <= 1
+        assert abs(len(s[k]) - n * captions.SPLIT_FRACTIONS[k]) <= 1
     custom = make_seeded_split(MANY, seed=0, fractions={"train": 0.8, "val": 0.1, "test": 0.1})
     assert [len(custom[k]) for k in ("train", "val", "test")] == [800, 100, 100]
 
@@ -233,7 +233,7 @@ def test_load_splits_writes_seeded_split_and_rereads_it(tmp_path, caplog):
     images = [f"{i:04d}.jpg" for i in range(60)]
     cs = captions_for(tmp_path, images)
     d = tmp_path / "work" / "splits"  # does not exist yet
-    with caplog.at_level(logging.INFO, logger="datasets"):
+    with caplog.at_level(logging.INFO, logger="crossmodal.captions"):
         first = load_splits(cs, d, seed=7)
     assert first == make_seeded_split(images, seed=7)
     assert sorted(p.name for p in d.iterdir()) == ["test.txt", "train.txt", "val.txt"]
@@ -261,7 +261,7 @@ def test_missing_images(tmp_path):
 
 
 def test_list_hash_order_sensitive_and_unambiguous():
-    h = datasets.list_hash(["a", "b"])
-    assert h == datasets.list_hash(["a", "b"]) and len(h) == 16
-    assert h != datasets.list_hash(["b", "a"])
-    assert datasets.list_hash(["ab"]) != datasets.list_hash(["a", "b"])
+    h = captions.list_hash(["a", "b"])
+    assert h == captions.list_hash(["a", "b"]) and len(h) == 16
+    assert h != captions.list_hash(["b", "a"])
+    assert captions.list_hash(["ab"]) != captions.list_hash(["a", "b"])
