@@ -25,7 +25,7 @@ log = logging.getLogger("batch_image_feature_extract")
 
 def main(argv: list[str] | None = None) -> int:
     p = cli.StageParser(__doc__, config)
-    p.flags("images", "captions", "work-dir", "image-backbone", "image-weights", "models-dir", "device",
+    p.flags("images", "captions", "splits", "work-dir", "image-backbone", "image-weights", "models-dir", "device",
             "batch-size", "workers", "chunk-size", "decode", "views", "precision", "force", "out",
             out_help="output folder (default: WORK_DIR/image_embeddings)")
     args = p.parse(argv)

@@ -219,8 +219,10 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-        raise CheckpointError(f"{path} is not a checkpoint of tensors and plain data (refused: "
-                              f"{str(err).splitlines()[0]})") from err
+        why = next((line.strip().split(". ")[0] for line in str(err).splitlines() if "Unsupported global" in line),
+                   str(err).splitlines()[0] if str(err) else type(err).__name__)
+        raise CheckpointError(f"{path} is not a checkpoint of tensors and plain data; refused to load it ({why})") \
+            from err
     if not isinstance(state, dict) or "model_config" not in state or "model" not in state:
         raise CheckpointError(f"{path} is not a checkpoint written by run_train.py (no model_config/model)")
     return state

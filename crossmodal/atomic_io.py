@@ -37,8 +37,8 @@ _UMASK = _current_umask()
 def atomic_open(path: str | os.PathLike, mode: str = "wb", fsync: bool = True) -> Iterator[IO]:
     """Open a temporary file that replaces ``path`` when the block ends without error.
 
-    ``fsync=False`` keeps the all-or-nothing rename but skips the per-file flush to disk; for many
-    small files the caller then makes them durable once (``os.sync()``) before marking them done.
+    ``fsync=False`` keeps the all-or-nothing rename but skips the flush to disk: for many small
+    files that can be remade, where a flush each costs more than making them.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -20,8 +20,6 @@ from crossmodal.backbones import (
     resolve_names,
 )
 
-import config
-
 WORDS = ("a an the two one dog dogs cat man men woman women child children girl boy is are runs running "
          "plays playing sits sitting jumps on in with of and at near red blue green white black ball grass "
          "water street park beach snow bike shirt hat . , ##s ##ing").split()

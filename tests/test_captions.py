@@ -15,8 +15,6 @@ from crossmodal.captions import (
     read_image_list,
 )
 
-import config
-
 
 def write_bytes(path, data: bytes):
     path.write_bytes(data)

@@ -9,18 +9,11 @@ import pytest
 import torch
 
 from data_loader import SplitData
-from train import BEST, LAST, TrainConfig, load_checkpoint, lr_lambda, train
+from model import load_checkpoint
+from train import BEST, LAST, TrainConfig, lr_lambda, train
 
 BACKBONES = {"image": {"backbone": "fake-img", "weights": "w1", "dim": 24, "preprocess": {}},
              "text": {"backbone": "fake-txt", "weights": "w2", "dim": 16, "preprocess": {}}}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def make_split(n_images: int, seed: int, with_keywords: bool = False) -> SplitData:
@@ -87,10 +80,10 @@ def test_resume_continues_exactly(tmp_path):
             train(cfg, train_data, val_data, resumed, BACKBONES)
     finally:
         train_module.validate = real_validate
-    assert torch.load(resumed / LAST, weights_only=False)["epoch"] == 2
+    assert torch.load(resumed / LAST, weights_only=True)["epoch"] == 2
     train(cfg, train_data, val_data, resumed, BACKBONES, resume=True)
-    a = torch.load(straight / LAST, weights_only=False)
-    b = torch.load(resumed / LAST, weights_only=False)
+    a = torch.load(straight / LAST, weights_only=True)
+    b = torch.load(resumed / LAST, weights_only=True)
     assert a["epoch"] == b["epoch"] == 3
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
