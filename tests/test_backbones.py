@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torchvision
+from helpers import save_random_resnet18, save_tiny_bert
 from PIL import Image
 from torchvision.transforms import v2 as T
 
@@ -19,32 +19,6 @@ from crossmodal.backbones import (
     create_text_backbone,
     resolve_names,
 )
-
-WORDS = ("a an the two one dog dogs cat man men woman women child children girl boy is are runs running "
-         "plays playing sits sitting jumps on in with of and at near red blue green white black ball grass "
-         "water street park beach snow bike shirt hat . , ##s ##ing").split()
-SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-
-
-def save_random_resnet18(path: Path, seed: int = 0) -> Path:
-    torch.manual_seed(seed)
-    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
-    return path
-
-
-def save_tiny_bert(folder: Path, seed: int = 0) -> Path:
-    """A random 2-layer, 32-wide BERT with a small lowercase vocabulary, in save_pretrained layout."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.txt").write_text("\n".join(SPECIAL + WORDS) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast.from_pretrained(str(folder), do_lower_case=True)
-    torch.manual_seed(seed)
-    cfg = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-                     vocab_size=len(SPECIAL) + len(WORDS), max_position_embeddings=128)
-    BertModel(cfg).eval().save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
-    return folder
 
 
 @pytest.fixture(scope="module")

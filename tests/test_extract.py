@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from helpers import save_tiny_bert
 from PIL import Image
 
 import batch_image_feature_extract
@@ -85,19 +86,7 @@ def resnet(resnet_file):
 
 @pytest.fixture(scope="module")
 def bert_dir(tmp_path_factory) -> Path:
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    folder = tmp_path_factory.mktemp("bert") / "bert-base-uncased"
-    folder.mkdir()
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast.from_pretrained(str(folder), do_lower_case=True)
-    torch.manual_seed(0)
-    cfg = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-                     vocab_size=len(vocab), max_position_embeddings=128)
-    BertModel(cfg).eval().save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
-    return folder
+    return save_tiny_bert(tmp_path_factory.mktemp("bert") / "bert-base-uncased", words=WORDS)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torchvision
+from helpers import save_random_resnet18, save_tiny_bert
 from PIL import Image
 
 from crossmodal import collection, retrieval
@@ -67,19 +67,9 @@ def save_checkpoint(path: Path, seed: int, image_backbone, text_backbone, image_
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Images (one unreadable), captions, an image feature cache, two random backbones and a checkpoint."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
     base = tmp_path_factory.mktemp("retrieval")
-    torch.manual_seed(0)
-    resnet_file = base / "resnet18.pth"
-    torch.save(torchvision.models.resnet18(weights=None).state_dict(), resnet_file)
-    bert_dir = base / "bert-base-uncased"
-    bert_dir.mkdir()
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
-    (bert_dir / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    BertTokenizerFast.from_pretrained(str(bert_dir), do_lower_case=True).save_pretrained(str(bert_dir))
-    BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-                         vocab_size=len(vocab), max_position_embeddings=128)).eval().save_pretrained(str(bert_dir))
+    resnet_file = save_random_resnet18(base / "resnet18.pth")
+    bert_dir = save_tiny_bert(base / "bert-base-uncased", words=WORDS)
 
     images = base / "images"
     images.mkdir()
