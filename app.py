@@ -101,7 +101,8 @@ def build_ui(retriever):
         except ValueError as err:
             raise gr.Error(str(err))
         ms = (time.perf_counter() - t0) * 1000
-        return gallery(hits), f"{len(hits)} results in **{ms:.0f} ms** (one text encoding + one {retriever.kind} search)"
+        return gallery(hits), (f"{len(hits)} results in **{ms:.0f} ms** (one text encoding + one "
+                               f"{retriever.kind} search)")
 
     def run_image(image, k: float):
         t0 = time.perf_counter()
@@ -110,7 +111,8 @@ def build_ui(retriever):
         except (ValueError, RuntimeError) as err:  # no image; image backbone unavailable
             raise gr.Error(str(err))
         ms = (time.perf_counter() - t0) * 1000
-        return gallery(hits), f"{len(hits)} results in **{ms:.0f} ms** (one image encoding + one {retriever.kind} search)"
+        return gallery(hits), (f"{len(hits)} results in **{ms:.0f} ms** (one image encoding + one "
+                               f"{retriever.kind} search)")
 
     def search(query: str, k: int = TOP_K) -> list[dict]:
         """Text-to-image search: the k best photos for a description, best first.

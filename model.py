@@ -63,7 +63,7 @@ class ProjectionHead(nn.Module):
         in_dim: int,  # backbone feature size
         out_dim: int = config.EMBED_DIM,  # shared embedding size
         hidden_dim: int = config.HEAD_HIDDEN_DIM,  # width of the MLP branch
-        dropout: float = config.HEAD_DROPOUT,  # dropout inside the MLP branch (the only regulariser besides weight decay)
+        dropout: float = config.HEAD_DROPOUT,  # inside the MLP branch (the only regulariser besides weight decay)
     ) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(in_dim)  # backbones differ wildly in feature scale

@@ -252,7 +252,7 @@ def train(
         history.append(row)
         improved = metrics["rsum"] > best["val_rsum"]
         if improved:
-            best = {"val_rsum": float(metrics["rsum"]), "epoch": epoch, "metrics": {k: float(v) for k, v in metrics.items()}}
+            best = {"val_rsum": metrics["rsum"], "epoch": epoch, "metrics": metrics}
             stale = 0
         else:
             stale += 1

@@ -59,7 +59,8 @@ def machine_lines() -> list[str]:
     ]
     try:
         load = os.getloadavg()
-        lines.append(f"- load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (other jobs make timings noisy)")
+        lines.append(f"- load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
+                     "(other jobs make timings noisy)")
     except OSError:
         pass
     if torch.cuda.is_available():

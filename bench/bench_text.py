@@ -34,7 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="caption file, lines 'name.jpg#n<TAB>caption' (default: %(default)s)")
     p.add_argument("-n", "--captions", type=int, default=5000, help="captions encoded (default: %(default)s)")
     p.add_argument("--backbone", default="minilm", help="text backbone (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=None, help="default: config.TEXT_BATCH_SIZE")
+    p.add_argument("--batch-size", type=int, default=None, help="default: backbones.TEXT_BATCH_SIZE")
     p.add_argument("--fixed-length", type=int, default=32, help="padding of the fixed baseline")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
@@ -78,14 +78,13 @@ def main(argv=None) -> int:
         return 0
     from crossmodal import backbones
 
-    import config
     try:
         backbone = backbones.create_text_backbone(args.backbone)
     except backbones.BackboneUnavailable as err:
         print(f"SKIP: {err}")
         return 0
     backbone.model.to(device).eval()
-    batch = args.batch_size or config.TEXT_BATCH_SIZE
+    batch = args.batch_size or backbones.TEXT_BATCH_SIZE
     texts = read_captions(args.data, args.captions)
     n = len(texts)
     tok = backbone.tokenizer
@@ -107,7 +106,8 @@ def main(argv=None) -> int:
     print(f"- backbone {backbone.name} ({backbone.dim}-d, {backbone.pooling} pooling), device {device}, "
           f"batch {batch}, rounds {args.rounds} (fastest kept)")
     print(f"- {n} captions from {args.data}: tokens/caption mean {lengths.mean():.1f}, max {lengths.max()}, "
-          f"{int((lengths > args.fixed_length).sum())} longer than {args.fixed_length} (truncated by fixed-{args.fixed_length})")
+          f"{int((lengths > args.fixed_length).sum())} longer than {args.fixed_length} "
+          f"(truncated by fixed-{args.fixed_length})")
     print(f"- padded tokens computed: dynamic+sorted {tokens_dynamic:,}, fixed-{args.fixed_length} {tokens_fixed:,} "
           f"({tokens_fixed / tokens_dynamic:.2f}x)")
 

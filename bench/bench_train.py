@@ -161,7 +161,8 @@ def main(argv=None) -> int:
     print(f"- train {len(train_data.image_names):,} images / {train_data.n_captions:,} caption samples, val "
           f"{len(val_data.image_names):,} / {val_data.n_captions:,}; dims {args.image_dim}/{args.text_dim}; "
           f"text = image W + {args.text_noise} noise (made in {gen_s:.1f} s, untimed)")
-    print(f"- batch {args.batch_size}, learning rate {args.lr:g}; ours: up to {args.epochs} epochs, patience {args.patience}")
+    print(f"- batch {args.batch_size}, learning rate {args.lr:g}; ours: up to {args.epochs} epochs, "
+          f"patience {args.patience}")
 
     # --- ours: the real trainer, timestamps taken at each validation --------------------------------
     stamps: list[float] = []

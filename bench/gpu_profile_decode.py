@@ -44,7 +44,8 @@ def main(argv=None) -> int:
         return 0
     data = [torch.frombuffer(bytearray(f.read_bytes()), dtype=torch.uint8) for f in files]
     data = (data * (args.images // len(data) + 1))[: args.images]
-    batches = [(data[i : i + args.batch], [""] * len(data[i : i + args.batch])) for i in range(0, len(data), args.batch)]
+    batches = [(data[i : i + args.batch], [""] * len(data[i : i + args.batch]))
+               for i in range(0, len(data), args.batch)]
     tmp = tempfile.TemporaryDirectory()
     backbone, _ = make_backbone(args.backbone, Path(tmp.name))
     model = backbone.model.to(device).eval().to(memory_format=torch.channels_last)
@@ -83,10 +84,12 @@ def main(argv=None) -> int:
     out = torch.zeros(len(decoded), 3, backbone.image_size, backbone.image_size, dtype=torch.uint8, device=device)
     ready = out.clone()
     print("\n| step (bytes in memory) | images/s |\n|---|---|")
-    timeit("nvJPEG batch decode alone", lambda: [decode_jpeg(b, mode=ImageReadMode.RGB, device=device) for b, _ in batches])
+    timeit("nvJPEG batch decode alone",
+           lambda: [decode_jpeg(b, mode=ImageReadMode.RGB, device=device) for b, _ in batches])
     timeit("batched resize alone", lambda: [extract._resize_batch(decoded, resize, out, list(range(len(decoded))))
                                             for _ in batches])
-    timeit("decode + resize (_decode_on_gpu)", lambda: [extract._decode_on_gpu(b, e, backbone, device) for b, e in batches])
+    timeit("decode + resize (_decode_on_gpu)",
+           lambda: [extract._decode_on_gpu(b, e, backbone, device) for b, e in batches])
     timeit("model alone (ready batch on the device)", lambda: [forward(ready) for _ in batches])
     for t in threads_list:
         timeit(f"pipeline, {t} decode threads, no model",

@@ -115,7 +115,8 @@ def test_query_in_the_browser_shows_five_results(served):
             results = page.locator("#results img")
             expect(results).to_have_count(5, timeout=20_000)
             for i in range(5):  # every thumbnail actually loaded (served from the images folder)
-                page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=results.nth(i).element_handle(),
+                page.wait_for_function("img => img.complete && img.naturalWidth > 0",
+                                       arg=results.nth(i).element_handle(),
                                        timeout=10_000)
             expect(page.locator("#timing")).to_contain_text("results in", timeout=10_000)
             expect(page.locator("#results")).to_contain_text("#1 ·")

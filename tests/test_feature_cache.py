@@ -95,7 +95,8 @@ def test_extra_fields_are_recorded(tmp_path):
     assert cache.manifest["images_dir"] == "/x"
 
 
-@pytest.mark.parametrize("change", [{"backbone": "other"}, {"weights": "other.pth:9"}, {"kind": "caption"}, {"ids": True},
+@pytest.mark.parametrize("change", [{"backbone": "other"}, {"weights": "other.pth:9"}, {"kind": "caption"},
+                                    {"ids": True},
                                     {"preprocess": {"size": 9}}])
 def test_mismatched_identity_refused_unless_force(tmp_path, change):
     d = tmp_path / "cache"

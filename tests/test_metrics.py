@@ -19,7 +19,8 @@ def test_hand_computed_retrieval():
     #   cap0 = e0             -> sims to images (1, 0, 0):   own image 0 rank 1
     #   cap1 = (e1 + .5 e0)/n -> sims ∝ (.5, 1, 0):           own image 0 rank 2
     #   cap2 = (e2 + .5 e1)/n -> sims ∝ (0, .5, 1):           own image 1 rank 2
-    #   cap3 = e0             -> sims (1, 0, 0):             own image 2 (sim 0, tied with image 1) rank 3 (ties pessimistic)
+    #   cap3 = e0             -> sims (1, 0, 0):             own image 2 (sim 0, tied with image 1) rank 3
+    #                                                        (ties pessimistic)
     # t2i ranks = [1, 2, 2, 3]: R@1 = 1/4 = 25 %, R@5 = R@10 = 100 %, medr = median(1,2,2,3) = 2
     # i2t (image query, best-ranked own caption among 4):
     #   img0 sims to captions (1, .447, 0, 1): own caps 0,1 -> best is cap0 = 1.0, tied with cap3 (wrong) -> rank 2
