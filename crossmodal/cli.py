@@ -109,7 +109,7 @@ FLAGS: dict[str, Flag] = {
     "querybank-size": Flag("training captions and images kept in the checkpoint for querybank normalisation "
                            "(0 = off)", int, _config_default("QUERYBANK_SIZE")),
     "no-keywords": Flag("train on captions only (no keyword samples)", None, options={"action": "store_true"}),
-    "resume": Flag("continue from OUT/last.pt (the same features; more --epochs extend the run)", None,
+    "resume": Flag("continue from OUT/last.pt (the same features and settings)", None,
                    options={"action": "store_true"}),
     # serving
     "checkpoint": Flag("trained checkpoint; default: WORK_DIR/checkpoints/best.pt (with --collection, the one it "
