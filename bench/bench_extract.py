@@ -74,7 +74,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def make_backbone(name: str, tmp: Path):
     """The backbone; resnet18 gets random weights saved to a temp file when none are local."""
     from crossmodal import backbones
-    if name == "resnet18" and not backbones._resnet18_present():
+    if name == "resnet18" and not backbones.image._resnet18_present():
         from torchvision.models import resnet18
         path = tmp / "resnet18_random.pth"
         torch.manual_seed(0)
