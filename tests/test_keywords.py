@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+import socket
 import time
 from pathlib import Path
 
@@ -218,6 +219,24 @@ def test_a_hanging_download_is_not_repeated(tmp_path, nltk_path, monkeypatch):
     monkeypatch.setattr(nltk, "download", hanging_download)
     assert load_keyword_tools(allow_download=True).method == "rules"
     assert len(tried) == 1
+
+
+def test_download_leaves_the_process_socket_timeout_alone(tmp_path, nltk_path, monkeypatch):
+    """The short timeout is NLTK's own setting (restored after), never the process-wide socket default."""
+    nltk_path(tmp_path)
+    seen = []
+
+    def offline_download(package, **kwargs):
+        seen.append((socket.getdefaulttimeout(), getattr(nltk.downloader, "NETWORK_TIMEOUT", None)))
+        return False
+
+    monkeypatch.setattr(nltk, "download", offline_download)
+    before = getattr(nltk.downloader, "NETWORK_TIMEOUT", None)
+    load_keyword_tools(allow_download=True)
+    assert seen and all(sock is None for sock, _ in seen)
+    if before is not None:
+        assert all(t == nltk_data.DOWNLOAD_TIMEOUT_S for _, t in seen)
+        assert nltk.downloader.NETWORK_TIMEOUT == before
 
 
 def test_download_that_succeeds_is_used(tmp_path, nltk_path, monkeypatch, caplog):

@@ -24,7 +24,6 @@ import io
 import logging
 import os
 import shutil
-import socket
 import tempfile
 import time
 import warnings
@@ -128,15 +127,15 @@ def _find_nltk(paths: Sequence[str]) -> Any | None:
 
 
 def _download(package: str) -> bool:
-    """One quiet ``nltk.download`` with a short network timeout; False on any failure."""
+    """One quiet ``nltk.download``, with a short network timeout where NLTK's downloader has one to
+    set (``nltk.downloader.NETWORK_TIMEOUT``; an NLTK without it is called as it is); False on any
+    failure."""
     import nltk
 
     downloader = getattr(nltk, "downloader", None)
     old_timeout = getattr(downloader, "NETWORK_TIMEOUT", None)
-    old_socket = socket.getdefaulttimeout()
     if old_timeout is not None:
         downloader.NETWORK_TIMEOUT = DOWNLOAD_TIMEOUT_S  # read at call time by NLTK's urlopen calls
-    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # older NLTK passes no timeout at all
     sink = io.StringIO()
     try:
         # quiet=True still prints errors: keep them off the terminal, the one log line says it all
@@ -145,7 +144,6 @@ def _download(package: str) -> bool:
     except Exception:  # noqa: BLE001 - any downloader failure means "use the fallback"
         return False
     finally:
-        socket.setdefaulttimeout(old_socket)
         if old_timeout is not None:
             downloader.NETWORK_TIMEOUT = old_timeout
 
