@@ -5,7 +5,7 @@ Every caption yields nouns ("dog"), adjective + noun pairs ("black dog"), noun c
 ("tennis ball") and verbs ("running"); each distinct (image, phrase) becomes one line
 "image<TAB>caption_key<TAB>phrase" of the keyword file that extract_aug_text_features.py encodes.
 NLTK's tagger, stopwords and WordNet are used when their data is installed (each missing package
-is downloaded once when online), else a rule method that needs no data (crossmodal/keywords.py);
+is downloaded once when online), else a rule method that needs no data (crossmodal/keywords/rule_tagger.py);
 the log says which ran, and why.
 """
 from __future__ import annotations

@@ -75,7 +75,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def make_backbone(name: str, tmp: Path):
     """The backbone; resnet18 gets random weights saved to a temp file when none are local."""
     from crossmodal import backbones
-    if name == "resnet18" and not backbones._resnet18_present():
+    if name == "resnet18" and not backbones.image._resnet18_present():
         from torchvision.models import resnet18
         path = tmp / "resnet18_random.pth"
         torch.manual_seed(0)
@@ -136,7 +136,7 @@ def run_ours(backbone, images_dir: Path, names: list[str], out_dir: Path, *, bat
 def gpu_decode_only(backbone, images_dir: Path, names: list[str], batch: int, workers: int,
                     device: torch.device) -> None:
     """ours' GPU-decode input pipeline without the model: worker file reads, nvJPEG, batched resize."""
-    from crossmodal.features.extract import _byte_batches, _gpu_decoded_batches
+    from crossmodal.features.gpu_decode import _byte_batches, _gpu_decoded_batches
     paths = [images_dir / nm for nm in names]
     batches = [list(range(i, min(i + batch, len(paths)))) for i in range(0, len(paths), batch)]
     for _ in _gpu_decoded_batches(_byte_batches(paths, batches, workers), backbone, device):

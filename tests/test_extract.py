@@ -1,4 +1,4 @@
-"""Feature extraction end to end on a tiny generated image set (extract.py and the stage scripts).
+"""Feature extraction end to end on a tiny generated image set (features/extract.py, gpu_decode.py, stage scripts).
 
 Backbones are randomly initialised and saved locally: a ResNet18 state dict and a 2-layer BERT.
 """
@@ -22,7 +22,7 @@ import batch_text_feature_extract
 from crossmodal import backbones
 from crossmodal.backbones import create_image_backbone, create_text_backbone
 from crossmodal.captions import list_hash, read_captions
-from crossmodal.features import extract
+from crossmodal.features import extract, gpu_decode
 from crossmodal.features.cache import FEATURES_FILE, IDS_FILE, MANIFEST_FILE, PARTIAL_DIR, StaleCacheError, load_cache
 
 N_GOOD = 24
@@ -222,8 +222,8 @@ def test_device_decode_pipeline_matches_per_image(tmp_path, resnet, threads):
     names[3:3] = ["pic.png"]
     names[9:9] = ["corrupt.jpg", "missing.jpg"]
     batches = [list(range(i, min(i + 5, len(names)))) for i in range(0, len(names), 5)]
-    byte_batches = extract._byte_batches([tmp_path / n for n in names], batches, num_workers=min(threads, 1))
-    got = list(extract._gpu_decoded_batches(byte_batches, resnet, torch.device("cpu"), threads))
+    byte_batches = gpu_decode._byte_batches([tmp_path / n for n in names], batches, num_workers=min(threads, 1))
+    got = list(gpu_decode._gpu_decoded_batches(byte_batches, resnet, torch.device("cpu"), threads))
     assert [len(x) for x, _ in got] == [len(b) for b in batches]
     x = torch.cat([x for x, _ in got])
     errors = [e for _, es in got for e in es]
