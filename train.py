@@ -315,7 +315,7 @@ def train_ensemble(
 def add_querybank(checkpoint: str | Path, train_data: SplitData, val_data: SplitData,
                   size: int = config.QUERYBANK_SIZE) -> dict | None:
     """Store a querybank of the trained model's training-split embeddings in ``checkpoint``
-    (``querybank.py``) and return the validation metrics with querybank normalisation."""
+    (``crossmodal.querybank``) and return the validation metrics with querybank normalisation."""
     if size <= 0:
         return None
     model, state = load_checkpoint(checkpoint)

@@ -5,7 +5,8 @@ Builds what ``app.py`` builds, in this process: the text backbone, a ``Retriever
 projected image embeddings (float16, the clustered synthetic vectors of ``bench_search.py``,
 memory-mapped as the app maps its projection cache) with 5 synthetic captions per photo, the
 Gradio page, launched on 127.0.0.1, then answers ``--queries`` text queries. Prints resident
-memory (VmRSS) after each step and the peak (VmHWM), beside the cost of the imports alone, so the share of torch / transformers / gradio is visible.
+memory (VmRSS) after each step and the peak (VmHWM), beside the cost of the imports alone, so
+the share of torch / transformers / gradio is visible.
 
     python -m bench.app_memory [--images 31000] [--queries 50]
 """

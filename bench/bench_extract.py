@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench import _common as C  # noqa: E402
-from crossmodal.features import extract  # noqa: E402
+from crossmodal.features import extract, gpu_decode  # noqa: E402
 from crossmodal.features.extract import default_num_workers  # noqa: E402
 
 
@@ -75,7 +75,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def make_backbone(name: str, tmp: Path):
     """The backbone; resnet18 gets random weights saved to a temp file when none are local."""
     from crossmodal import backbones
-    if name == "resnet18" and not backbones.image._resnet18_present():
+    if name == "resnet18" and not backbones.image._resnet18_present(C.ROOT / "models"):
         from torchvision.models import resnet18
         path = tmp / "resnet18_random.pth"
         torch.manual_seed(0)
@@ -125,7 +125,7 @@ def run_ours(backbone, images_dir: Path, names: list[str], out_dir: Path, *, bat
              device: str, decode: str, decode_threads: int | None = None) -> None:
     from crossmodal.features.extract import extract_image_features
 
-    threads = extract.GPU_DECODE_THREADS if decode_threads is None else decode_threads
+    threads = gpu_decode.GPU_DECODE_THREADS if decode_threads is None else decode_threads
     cache = extract_image_features(backbone, images_dir, names, out_dir, batch_size=batch, num_workers=workers,
                                    device=device, decode=decode, decode_threads=threads, force=True)
     bad = cache.manifest["failures"]
@@ -179,7 +179,7 @@ def main(argv=None) -> int:
         print("SKIP: --decode gpu needs --device cuda")
         return 0
     extra_threads = [] if args.decode_threads is None or "gpu" not in decodes else \
-        [int(t) for t in args.decode_threads.split(",") if int(t) != extract.GPU_DECODE_THREADS]
+        [int(t) for t in args.decode_threads.split(",") if int(t) != gpu_decode.GPU_DECODE_THREADS]
     names = files * args.repeat
     n = len(names)
     sync = torch.cuda.synchronize if cuda else None
@@ -241,7 +241,7 @@ def main(argv=None) -> int:
     rate = {k: (n_orig if k == "original" else n) / v for k, v in times.items()}
     label = {"bare": "bare forward (ready uint8 tensors" + (", on GPU)" if cuda else ")"),
              "ours_cpu": f"ours, CPU decode ({workers} workers)",
-             "ours_gpu": f"ours, GPU decode (nvJPEG, {extract.GPU_DECODE_THREADS} decode threads, "
+             "ours_gpu": f"ours, GPU decode (nvJPEG, {gpu_decode.GPU_DECODE_THREADS} decode threads, "
                          f"{gpu_workers} readers: the defaults)",
              **{f"ours_gpu_t{t}": f"ours, GPU decode, {t} decode threads" + (" (inline)" if t == 0 else "")
                 for t in extra_threads},

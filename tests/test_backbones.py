@@ -91,7 +91,8 @@ def test_tensor_transform_matches_shape(resnet):
 
 def test_normalize_matches_torchvision(resnet):
     x = resnet.pil_transform()(random_image(317, 211, seed=3))
-    ref = T.Normalize(backbones.IMAGENET_MEAN, backbones.IMAGENET_STD)(T.functional.to_dtype(x, torch.float32, scale=True))
+    scaled = T.functional.to_dtype(x, torch.float32, scale=True)
+    ref = T.Normalize(backbones.IMAGENET_MEAN, backbones.IMAGENET_STD)(scaled)
     norm = resnet.model.normalize
     ours = norm(x[None])[0]
     assert ours.dtype == torch.float32

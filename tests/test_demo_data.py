@@ -1,4 +1,4 @@
-"""The synthetic demo set (demo_data.py, make_demo_data.py): deterministic, complete, readable."""
+"""The synthetic demo set (crossmodal.demo_data, make_demo_data.py): deterministic, complete, readable."""
 from __future__ import annotations
 
 import os

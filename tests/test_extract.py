@@ -429,7 +429,8 @@ def test_stage_script_missing_weights_exit_2(tmp_path, image_set, caplog):
 
 def test_views_geometry():
     size = 20
-    cols = torch.arange(size, dtype=torch.uint8).view(1, 1, 1, size).expand(2, 3, size, size) * 10  # value = 10 x column
+    # value = 10 x column
+    cols = torch.arange(size, dtype=torch.uint8).view(1, 1, 1, size).expand(2, 3, size, size) * 10
     assert torch.equal(backbones.make_view(cols, "full"), cols)
     assert torch.equal(backbones.make_view(cols, "full_flip"), cols.flip(-1))
     tl, br = backbones.make_view(cols, "top_left80"), backbones.make_view(cols, "bottom_right80")

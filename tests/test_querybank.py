@@ -1,4 +1,4 @@
-"""Querybank normalisation (querybank.py): the bias formula, biased metrics and biased search."""
+"""Querybank normalisation (crossmodal.querybank): the bias formula, biased metrics and biased search."""
 from __future__ import annotations
 
 import math

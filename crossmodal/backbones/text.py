@@ -170,7 +170,8 @@ def bert_base_uncased(weights: str | os.PathLike | None = None,
     except Exception as err:  # noqa: BLE001 - offline, proxy, missing cache: all mean unavailable
         target = folder or f"models/{BERT_FOLDER}"
         raise BackboneUnavailable(
-            f"bert-base-uncased: no local folder {folder or 'models/' + BERT_FOLDER} and the Hugging Face hub could not be "
+            f"bert-base-uncased: no local folder {folder or 'models/' + BERT_FOLDER} and the Hugging Face hub "
+            f"could not be "
             f"reached ({type(err).__name__}). On a networked machine run `python -c \"from transformers "
             f"import AutoModel, AutoTokenizer as T; n='bert-base-uncased'; AutoModel.from_pretrained(n)"
             f".save_pretrained('{target}'); T.from_pretrained(n).save_pretrained('{target}')\"`, "

@@ -146,7 +146,8 @@ siding bedding frosting piping bunting viking dumpling duckling seedling sapling
 stuffing ping-pong lettering flooring carving drawing opening landing gathering crossing parking
 setting ping
 """.split())
-LY_NOUNS = frozenset("family belly jelly lily fly butterfly dragonfly rally bully assembly supply ally holly gully".split())
+LY_NOUNS = frozenset("family belly jelly lily fly butterfly dragonfly rally bully assembly supply ally holly "
+                     "gully".split())
 ABLE_NOUNS = frozenset("vegetable vegetables turntable turntables timetable constable".split())
 
 
@@ -350,7 +351,8 @@ def _context_rules(words: list[str], tags: list[str]) -> None:
             singular_subject = prev_t in ("NN", "NN*", "NNP") or prev_w in _SINGULAR_SUBJECTS
             # "a boy in swim trunks jumps into": after a plural noun, a verb if a new phrase follows
             after_plural = prev_t in ("NNS", "NNS*") and next_t in ("IN", "DT", "PRP$", "RB", "CD", "TO")
-            t = "VBZ" if is_verb and (singular_subject or after_plural or (coordinated and last_verb == "VBZ")) else "NNS"
+            verb_here = singular_subject or after_plural or (coordinated and last_verb == "VBZ")
+            t = "VBZ" if is_verb and verb_here else "NNS"
         elif t in ("NN*", "VB*"):
             verbish = w in COMMON_VERBS or t == "VB*"
             plural_subject = prev_t in ("NNS", "NNS*") or prev_w in _PLURAL_SUBJECTS

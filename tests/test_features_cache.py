@@ -1,4 +1,4 @@
-"""Resumable feature caches (feature_cache.py) with a fake compute function."""
+"""Resumable feature caches (crossmodal.features.cache) with a fake compute function."""
 from __future__ import annotations
 
 import json
