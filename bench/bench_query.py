@@ -8,7 +8,7 @@ Per collection size and index kind it prints, over the same real captions used a
 * bare      the text backbone's forward pass alone on the query as its tokenizer returns it
             (``model(**tokenizer([query], return_tensors="pt"))``): the standard transformers call;
 * query     ``Retriever.search_text(query, k=10)``, everything included;
-* query / bare  p50 ratio (target at 31,000 images: <= 1.2);
+* query / bare  p50 ratio (target at 31,000 images: <= 1.3);
 * query / unmasked  p50 ratio against the same forward given only ``input_ids``. A single query has
             no padding, so its attention mask masks nothing; the app drops it, and transformers then
             skips building the attention mask (0.1-0.4 ms of a ~10 ms MiniLM forward). This ratio is the
