@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 from crossmodal import cli
 
@@ -27,9 +26,7 @@ log = logging.getLogger("extract_aug_text_features")
 
 def main(argv: list[str] | None = None) -> int:
     p = cli.StageParser(__doc__, config)
-    p.flags("captions", "work-dir", "text-weights", "models-dir", "device", "force")
-    p.add_argument("--keywords", type=Path, default=None,
-                   help="keyword file (default: the one sentence_augment.py writes for this --work-dir)")
+    p.flags("captions", "work-dir", "keywords", "text-weights", "models-dir", "device", "force")
     args = p.parse(argv)
     lay = args.layout
     keywords_file = args.keywords or lay.keywords_file

@@ -30,10 +30,9 @@ TOP_PHRASES = 10
 
 def main(argv: list[str] | None = None) -> int:
     p = cli.StageParser(__doc__, config)
-    p.flags("captions", "work-dir", "out", out_help="keyword file to write (default: the one of this --work-dir's "
-                                                   "layout, data/flickr30k_keywords_augmented.txt without one)")
-    p.add_argument("--no-download", action="store_true",
-                   help="never try to download NLTK data: use what is installed, else the rule method")
+    p.flags("captions", "work-dir", "no-download", "out",
+            out_help="keyword file to write (default: the one of this --work-dir's layout, "
+                     "data/flickr30k_keywords_augmented.txt without one)")
     args = p.parse(argv)
     out = args.out or args.layout.keywords_file
     try:

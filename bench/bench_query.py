@@ -19,7 +19,7 @@ query for another text, so that all three start from the same cache state and lo
 jobs hits all alike. The projection heads are randomly initialised (latency does not depend on
 their values) and the image embeddings are the clustered synthetic unit vectors of
 ``bench_search.py``, stored in float16 as the app stores them. The index is the app's (``exact``
-below ``config.EXACT_SEARCH_MAX``) and, for comparison, the tuned FAISS index, with its recall@10
+below ``crossmodal.index.EXACT_SEARCH_MAX``) and, for comparison, the tuned FAISS index, with its recall@10
 against exact search.
 
     python -m bench.bench_query                          # 31,000 and 1,000,000 images (~3 min)
@@ -40,11 +40,10 @@ from bench import _common as C  # noqa: E402
 from bench.bench_search import clustered  # noqa: E402
 from crossmodal.backbones import create_text_backbone  # noqa: E402
 from crossmodal.captions import read_captions  # noqa: E402
-from crossmodal.index import exact_scan_is_cheaper, recall_at  # noqa: E402
+from crossmodal.index import EXACT_SEARCH_MAX, exact_scan_is_cheaper, recall_at  # noqa: E402
 from crossmodal.querybank import querybank_bias  # noqa: E402
 from crossmodal.retrieval import Retriever  # noqa: E402
 
-import config  # noqa: E402
 from model import RetrievalModel  # noqa: E402
 
 FALLBACK_QUERIES = [  # used when the Flickr8k captions are absent
@@ -130,7 +129,7 @@ def run_setting(retriever: Retriever, queries: list[str], warmup: int, k: int):
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("search_index").setLevel(logging.INFO)
+    logging.getLogger("crossmodal.index").setLevel(logging.INFO)
     sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
     queries = load_queries(args.data, args.queries + args.warmup, args.seed)
     if args.threads:
@@ -140,7 +139,8 @@ def main(argv=None) -> int:
     backbone.model.eval()
     torch.manual_seed(args.seed)
     model = RetrievalModel(image_dim=1280, text_dim=backbone.dim).eval()
-    C.print_machine(f"Query latency: {args.backbone} + heads + search, {len(queries) - args.warmup} queries, k={args.k}")
+    C.print_machine(f"Query latency: {args.backbone} + heads + search, {len(queries) - args.warmup} queries, "
+                    f"k={args.k}")
 
     rows_out = []
     for n in sizes:
@@ -151,9 +151,9 @@ def main(argv=None) -> int:
             bank = torch.from_numpy(clustered(2000, d=model.config_dict()["embed_dim"], seed=args.seed + 1))
             biases = {"text": querybank_bias(emb, bank, beta=1 / 0.045)}
         # exact first (its results are the truth for recall), then the tuned FAISS index; the app
-        # itself (build_index "auto") takes exact up to config.EXACT_SEARCH_MAX images and FAISS
+        # itself (build_index "auto") takes exact up to EXACT_SEARCH_MAX images and FAISS
         # above, unless the tuned FAISS index would read as many bytes as an exact scan
-        app_kind = "exact" if n <= config.EXACT_SEARCH_MAX else "faiss"
+        app_kind = "exact" if n <= EXACT_SEARCH_MAX else "faiss"
         setting_rows = {}
         for kind in ("exact", "faiss"):
             r = Retriever(model, {"text": {"backbone": backbone.name, "weights": backbone.weights}}, names, emb,

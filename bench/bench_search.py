@@ -107,8 +107,8 @@ def machine() -> str:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     mem = ""
     try:
-        kb = int(next(l for l in Path("/proc/meminfo").read_text().splitlines()
-                      if l.startswith("MemTotal")).split()[1])
+        kb = int(next(line for line in Path("/proc/meminfo").read_text().splitlines()
+                      if line.startswith("MemTotal")).split()[1])
         mem = f", {kb / 2**20:.0f} GiB RAM"
     except (OSError, StopIteration):
         pass
@@ -205,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for r in results:
         lines.append(
-            f"| {r['n']:,} | {'querybank bias' if r.get('querybank') else 'cosine'} | {r['dtype']} | {r['ex50']:.2f} | {r['ex95']:.2f} | {r['index']} | {r['build']:.0f} "
+            f"| {r['n']:,} | {'querybank bias' if r.get('querybank') else 'cosine'} | {r['dtype']} "
+            f"| {r['ex50']:.2f} | {r['ex95']:.2f} | {r['index']} | {r['build']:.0f} "
             f"| {r['fa50']:.3f} | {r['fa95']:.3f} | {r['recall']:.3f} | {r['recall_build']:.3f} "
             f"| {r['ex50'] / r['fa50']:.0f}x |")
     table = "\n".join(lines)
