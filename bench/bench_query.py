@@ -40,7 +40,7 @@ from bench import _common as C  # noqa: E402
 from bench.bench_search import clustered  # noqa: E402
 from crossmodal.backbones import create_text_backbone  # noqa: E402
 from crossmodal.captions import read_captions  # noqa: E402
-from crossmodal.index import EXACT_SEARCH_MAX, exact_scan_is_cheaper, recall_at  # noqa: E402
+from crossmodal.index import EXACT_SEARCH_MAX, recall_at  # noqa: E402
 from crossmodal.querybank import querybank_bias  # noqa: E402
 from crossmodal.retrieval import Retriever  # noqa: E402
 
@@ -151,8 +151,7 @@ def main(argv=None) -> int:
             bank = torch.from_numpy(clustered(2000, d=model.config_dict()["embed_dim"], seed=args.seed + 1))
             biases = {"text": querybank_bias(emb, bank, beta=1 / 0.045)}
         # exact first (its results are the truth for recall), then the tuned FAISS index; the app
-        # itself (build_index "auto") takes exact up to EXACT_SEARCH_MAX images and FAISS
-        # above, unless the tuned FAISS index would read as many bytes as an exact scan
+        # itself (build_index "auto") takes exact up to EXACT_SEARCH_MAX images and FAISS above
         app_kind = "exact" if n <= EXACT_SEARCH_MAX else "faiss"
         setting_rows = {}
         for kind in ("exact", "faiss"):
@@ -161,8 +160,6 @@ def main(argv=None) -> int:
             bare, unmasked, query, found = run_setting(r, queries, args.warmup, args.k)
             if kind == "exact":
                 truth = found
-            elif exact_scan_is_cheaper(r.index, emb.dtype):
-                app_kind = "exact"
             recall = "exact" if kind == "exact" else f"{recall_at(found, truth):.3f}"
             setting_rows[kind] = [f"{n:,}", r.index.describe(), pct_ms(bare, 50), pct_ms(bare, 95),
                                   pct_ms(query, 50), pct_ms(query, 95), pct_ms(query, 50) / pct_ms(bare, 50),

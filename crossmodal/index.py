@@ -3,34 +3,26 @@
 Images and text queries live in one L2-normalised space, so the best images for a query are the
 rows with the largest inner product. Two kinds of index answer that:
 
-* ``ExactIndex``: a blocked matrix product over the float16 or float32 matrix as given (a memory
-  map stays a memory map), scored in float32, then a top-k selection. Exact, no build, no copy;
-  ties go to the lower row.
+* ``ExactIndex``: FAISS ``IndexFlatIP``, the query's float32 inner product with every row.
 * ``FaissIndex``: a FAISS IVF index (IVF-Flat, or IVF-SQ8 for large collections) made by
   ``faiss.index_factory`` and trained by FAISS, for collections above ``EXACT_SEARCH_MAX``.
   Its ``nprobe`` is tuned at build time: the smallest value whose recall@10 against exact search
   reaches the target, and the measured recall is kept.
 
-``build_index`` chooses between them and logs the choice; ``save_index`` / ``load_index`` store an
-index in a folder (atomic writes; ``index.json`` is written last, so it marks a complete save).
+``build_index`` chooses between them by size and logs the choice. Both are built in memory when
+a collection is served; building takes seconds below ``EXACT_SEARCH_MAX`` rows.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import tempfile
 import time
-import warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-
-from crossmodal.atomic_io import atomic_save_npy, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +30,6 @@ EXACT_SEARCH_MAX = 200_000  # above this many images "auto" builds a FAISS index
 KINDS = ("auto", "exact", "faiss", "faiss-ivf", "faiss-ivf-sq8")
 FAISS_KINDS = ("faiss-ivf", "faiss-ivf-sq8")
 FACTORY = {"faiss-ivf": "IVF{nlist},Flat", "faiss-ivf-sq8": "IVF{nlist},SQ8"}  # faiss.index_factory strings
-
-META_FILE = "index.json"
-FAISS_FILE = "index.faiss"
-VECTORS_FILE = "vectors.npy"
-BIASES_FILE = "biases.npy"  # an exact index's querybank biases, one row per bank (index.json names them)
-FORMAT_VERSION = 1
 
 RECALL_QUERIES = 200  # sampled rows used to measure recall@10 at build time
 RECALL_K = 10
@@ -54,8 +40,6 @@ IVF_FLAT_MAX_BYTES = 4 << 30
 MAX_NLIST = 4096  # assigning n vectors costs n * nlist * d multiply-adds: keeps builds in minutes
 TRAIN_PER_LIST = 64  # k-means training points per list (FAISS warns below 39 and samples down above 256)
 ADD_ROWS = 1 << 17  # rows converted to float32 and added to FAISS at a time (bounds the copy)
-SCORE_ENTRIES = 1 << 24  # scores exact search holds before each top-k selection (64 MB of float32)
-PRODUCT_ROWS = 2048  # rows upcast to float32 per product: a block that stays in cache
 
 NPROBE_STEPS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024,
                 1536, 2048, 3072, 4096)
@@ -178,26 +162,13 @@ class SearchIndex:
 # --------------------------------------------------------------------------------------------------
 # exact search
 
-def _top_k(scores: np.ndarray, cols: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per row of (q, m) ``scores``, the k best (score desc, then col asc) and their ``cols``
-    ((m,) shared by all rows, or (q, m))."""
-    m = scores.shape[1]
-    kth = np.partition(scores, m - k, axis=1)[:, m - k : m - k + 1]  # each row's k-th best score
-    qi, ci = np.nonzero(scores >= kth)  # k or more per row: entries tied with the k-th all kept
-    sc, ci = scores[qi, ci], np.broadcast_to(cols, scores.shape)[qi, ci]
-    order = np.lexsort((ci, -sc, qi))  # by row, then score desc, then col asc
-    first = np.searchsorted(qi[order], np.arange(len(scores)))
-    take = order[first[:, None] + np.arange(k)]
-    return sc[take], ci[take]
-
-
 class ExactIndex(SearchIndex):
-    """Exact top-k by float32 matrix products over the stored rows, a block at a time.
+    """Exact top-k: FAISS ``IndexFlatIP``, one float32 inner product with every stored row.
 
-    Scores are float32 dot products of the float32 queries with the stored values (float16 rows
-    are upcast exactly), minus the bank's bias; ties go to the lower row, so results are
-    reproducible. Memory stays bounded for any size: float16 rows are upcast ``PRODUCT_ROWS`` at a
-    time, and at most ``SCORE_ENTRIES`` scores are held before each top-k selection.
+    With querybank biases each row is held as [x, -b_1(x), ..., -b_m(x)] and a query searching
+    bank j as [q, e_j] (a plain query: [q, 0]), so the scan itself scores q·x - b_j(x). The index
+    holds a float32 copy of the rows (4 bytes a value): exact search is meant for collections up
+    to ``EXACT_SEARCH_MAX`` rows. Tied scores come back in FAISS's order.
     """
 
     kind = "exact"
@@ -206,40 +177,28 @@ class ExactIndex(SearchIndex):
                  biases: dict[str, np.ndarray] | None = None, _checked: bool = False):
         vectors = _check_vectors(vectors, finite=not _checked)  # (a 10M-row check takes seconds)
         self.biases = _check_biases(biases, len(vectors))  # bank -> (n,) bias, subtracted exactly
-        super().__init__(len(vectors), vectors.shape[1], None, build_seconds,
-                         {"dtype": str(vectors.dtype)}, banks=list(self.biases))
-        self.vectors = vectors
-        with warnings.catch_warnings():  # a read-only memory map: torch warns, but it is only read
-            warnings.simplefilter("ignore", UserWarning)
-            self._rows = torch.from_numpy(vectors)
-        self._neg_biases = {bank: torch.from_numpy(-b) for bank, b in self.biases.items()}
+        super().__init__(len(vectors), vectors.shape[1], None, build_seconds, {}, banks=list(self.biases))
+        extra = np.stack([-self.biases[b] for b in self.banks], axis=1) if self.banks else None
+        width = self.dim + len(self.banks)
+        self.index = _faiss().IndexFlatIP(width)
+        for start in range(0, self.size, ADD_ROWS):  # float32 copies a block at a time
+            rows = slice(start, min(start + ADD_ROWS, self.size))
+            self.index.add(_with_columns(vectors[rows], extra, rows, width))
 
     def _search(self, queries: np.ndarray, k: int, bank: str | None) -> tuple[np.ndarray, np.ndarray]:
-        q = torch.from_numpy(queries)
-        neg_bias = self._neg_biases[bank] if bank is not None else None
-        step = max(PRODUCT_ROWS, SCORE_ENTRIES // len(q))  # rows scored before each top-k
-        # float16 rows are upcast into one reused block: a fresh allocation per block costs more
-        buf = torch.empty((PRODUCT_ROWS, self.dim)) if self._rows.dtype != torch.float32 else None
-        best = None
-        with torch.inference_mode():
-            for start in range(0, self.size, step):
-                stop = min(start + step, self.size)
-                scores = torch.empty((len(q), stop - start))
-                for lo in range(start, stop, PRODUCT_ROWS):
-                    hi = min(lo + PRODUCT_ROWS, stop)
-                    rows = self._rows[lo:hi] if buf is None else buf[: hi - lo].copy_(self._rows[lo:hi])
-                    # torch, not numpy: it upcasts float16 quickly, and it runs on the threads the
-                    # process gave torch (one in the app) rather than on BLAS threads of its own
-                    torch.mm(q, rows.T, out=scores[:, lo - start : hi - start])
-                if neg_bias is not None:
-                    scores += neg_bias[start:stop]
-                cols = np.arange(start, stop, dtype=np.int64)
-                top = _top_k(scores.numpy(), cols, min(k, stop - start))
-                if best is not None:  # the k best of the best so far and this block's best
-                    both = np.hstack([best[0], top[0]]), np.hstack([best[1], top[1]])
-                    top = _top_k(*both, min(k, both[0].shape[1]))
-                best = top
-        return best
+        _faiss(torch.get_num_threads())  # as many threads as torch: one per query in the app
+        return self.index.search(_bank_columns(queries, self.index.d, self.banks, bank), k)
+
+
+def _bank_columns(queries: np.ndarray, width: int, banks: Sequence[str], bank: str | None) -> np.ndarray:
+    """Queries as an index holding ``width`` columns stores vectors: a 1 in the searched bank's
+    column (none: plain cosine), zeros in the other bias and padding columns."""
+    if width == queries.shape[1]:
+        return queries
+    extra = np.zeros((len(queries), width - queries.shape[1]), np.float32)
+    if bank is not None:
+        extra[:, list(banks).index(bank)] = 1.0
+    return np.ascontiguousarray(np.hstack([queries, extra]))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -329,14 +288,7 @@ class FaissIndex(SearchIndex):
         self.apply_params()
 
     def _augment(self, queries: np.ndarray, bank: str | None) -> np.ndarray:
-        """Queries as the index holds vectors: a 1 in the searched bank's column (none: plain
-        cosine), zeros in any padding columns (``faiss_width``)."""
-        if self.index.d == self.dim:
-            return queries
-        extra = np.zeros((len(queries), self.index.d - self.dim), np.float32)
-        if bank is not None:
-            extra[:, self.banks.index(bank)] = 1.0
-        return np.ascontiguousarray(np.hstack([queries, extra]))
+        return _bank_columns(queries, self.index.d, self.banks, bank)
 
     def apply_params(self) -> None:
         _faiss().extract_index_ivf(self.index).nprobe = int(self.params["nprobe"])
@@ -433,22 +385,6 @@ class FaissIndex(SearchIndex):
         return self
 
 
-def exact_scan_is_cheaper(index: SearchIndex, dtype: np.dtype) -> bool:
-    """Whether exact search over ``dtype`` vectors reads no more bytes per query than the IVF
-    ``index`` at its tuned nprobe, i.e. when it probes that large a share of its lists."""
-    return "nprobe" in index.params and _ivf_bytes_per_row(index) >= _exact_bytes_per_row(dtype, index.dim)
-
-
-def _ivf_bytes_per_row(index: SearchIndex) -> float:
-    """Bytes per stored row an IVF index reads for a query at its tuned nprobe (on average)."""
-    per_row = index.index.d * (1 if index.kind == "faiss-ivf-sq8" else 4)  # 8-bit codes, or float32
-    return per_row * index.params["nprobe"] / index.params["nlist"]
-
-
-def _exact_bytes_per_row(dtype: np.dtype, dim: int) -> int:
-    return np.dtype(dtype).itemsize * dim
-
-
 # --------------------------------------------------------------------------------------------------
 # choosing, saving, loading
 
@@ -456,8 +392,6 @@ def build_index(vectors: np.ndarray, kind: str = "auto", exact_max: int = EXACT_
                 target_recall: float = 0.95, tuning_queries: Callable[[], np.ndarray] | None = None,
                 biases: dict[str, np.ndarray] | None = None, **faiss_options: Any) -> SearchIndex:
     """Exact search at or below ``exact_max`` rows, a tuned FAISS index above; logs the choice.
-    Above, "auto" still takes exact search when the tuned IVF index would read as many bytes per
-    search as exact search's scan (it probes that large a share of its lists).
 
     ``kind``: auto | exact | faiss (IVF-Flat, or IVF-SQ8 above IVF_FLAT_MAX_BYTES of float32) |
     faiss-ivf | faiss-ivf-sq8. ``tuning_queries``: called only when a FAISS index is built, returns
@@ -484,78 +418,7 @@ def build_index(vectors: np.ndarray, kind: str = "auto", exact_max: int = EXACT_
             faiss_options["queries"] = np.ascontiguousarray(tuning_queries(), dtype=np.float32)
         index = FaissIndex.build(vectors, chosen, target_recall=target_recall, biases=biases, _checked=True,
                                  **faiss_options)
-        if kind == "auto" and exact_scan_is_cheaper(index, vectors.dtype):
-            # Structureless vectors (e.g. untrained heads) need most lists for the target recall:
-            # then exact search reads no more and is exact.
-            log.info("%s reads %.0f bytes per row against %d for a full exact scan: exact search instead",
-                     index.describe(), _ivf_bytes_per_row(index), _exact_bytes_per_row(vectors.dtype, d))
-            why += f"; {chosen} would read as much as an exact scan"
-            index = ExactIndex(vectors, biases=biases, build_seconds=index.build_seconds, _checked=True)
     recall = "exact" if index.recall_at_10 is None else f"recall@10={index.recall_at_10:.3f}"
     log.info("search index: %s over %d x %d (%s); %s; built in %.1f s",
              index.describe(), n, d, why, recall, index.build_seconds)
-    return index
-
-
-def save_index(index: SearchIndex, directory: str | os.PathLike) -> Path:
-    """Write the index into ``directory``: the data file first, then ``index.json`` (atomically)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    meta: dict[str, Any] = {"format": FORMAT_VERSION, "kind": index.kind, "size": index.size,
-                            "dim": index.dim, "recall_at_10": index.recall_at_10,
-                            "build_seconds": round(index.build_seconds, 3), "params": index.params}
-    if isinstance(index, ExactIndex):
-        atomic_save_npy(directory / VECTORS_FILE, index.vectors)
-        meta["file"] = VECTORS_FILE
-        if index.biases:
-            atomic_save_npy(directory / BIASES_FILE, np.stack([index.biases[b] for b in index.banks]))
-            meta["banks"] = index.banks
-    elif isinstance(index, FaissIndex):
-        faiss = _faiss()
-        # faiss writes by file name: a temporary name beside the target, fsync, then rename.
-        fd, tmp = tempfile.mkstemp(prefix=f".{FAISS_FILE}.", suffix=".tmp", dir=directory)
-        os.close(fd)
-        try:
-            faiss.write_index(index.index, tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, directory / FAISS_FILE)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        meta["file"] = FAISS_FILE
-    else:
-        raise TypeError(f"cannot save a {type(index).__name__}")
-    atomic_write_json(directory / META_FILE, meta)
-    return directory
-
-
-def load_index(directory: str | os.PathLike) -> SearchIndex:
-    """Load what ``save_index`` wrote; a missing or inconsistent folder raises a clear error."""
-    directory = Path(directory)
-    meta_path = directory / META_FILE
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"no saved search index in {directory} ({META_FILE} missing)")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    if meta.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{meta_path}: unsupported index format {meta.get('format')!r}")
-    kind, size, dim = meta["kind"], int(meta["size"]), int(meta["dim"])
-    data_path = directory / meta["file"]
-    if not data_path.is_file():
-        raise FileNotFoundError(f"{data_path} is missing (index.json names it)")
-    if kind == "exact":
-        vectors = np.load(data_path, mmap_mode="r")  # searched from the file, as the app maps its matrix
-        biases = dict(zip(meta["banks"], np.load(directory / BIASES_FILE))) if meta.get("banks") else None
-        index: SearchIndex = ExactIndex(vectors, build_seconds=meta["build_seconds"], biases=biases)
-    else:
-        index = FaissIndex(_faiss().read_index(str(data_path)), kind, size, dim, meta["recall_at_10"],
-                           meta["build_seconds"], meta["params"])
-        # + bias columns, + padding (indexes saved before the padding have none)
-        if index.index.ntotal != size or index.index.d not in (dim + len(index.banks),
-                                                               faiss_width(kind, dim, len(index.banks))):
-            raise ValueError(f"{data_path} holds {index.index.ntotal} x {index.index.d} vectors, "
-                             f"{META_FILE} says {size} x {dim} + {len(index.banks)} bias columns")
-    if index.size != size or index.dim != dim:
-        raise ValueError(f"{data_path} holds {index.size} x {index.dim} vectors, "
-                         f"{META_FILE} says {size} x {dim}")
     return index
