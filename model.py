@@ -19,11 +19,11 @@ import config
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     """``F.dropout``, with the CPU mask made from random bytes (``p`` rounded to a multiple of 1/256).
 
-    On a CPU, ``F.dropout`` draws one Bernoulli number per element, which took a quarter of a
-    training step of these heads (2-core Xeon, batch 256); eight mask bytes per 64-bit integer
-    draw make the same dropout 2.8x faster. The mask is then made in x's dtype by arithmetic
-    (byte values are exact in every float dtype): a boolean mask cost a slow cast in every
-    product, forward and backward (1.0 against 0.65 ms per 256 x 1024 bf16 dropout, same result).
+    On a CPU, ``F.dropout`` draws one Bernoulli number per element, a large share of a training
+    step of these heads; eight mask bytes per 64-bit integer draw make the same dropout several
+    times faster (docs/performance.md). The mask is then made in x's dtype by arithmetic (byte
+    values are exact in every float dtype): a boolean mask would cost a cast in every product,
+    forward and backward.
     Other devices keep ``F.dropout``.
     """
     if not training or p == 0.0:
@@ -87,8 +87,7 @@ class FoldedHead(nn.Module):
     The LayerNorm's scale and shift are folded into the two layers that read its output, which
     become one matrix (skip and MLP input side by side), and the MLP's output bias moves into the
     skip's, whose sum with the MLP branch the last product then makes. Outputs equal the head's to
-    float32 rounding (~1e-7). Right after the MiniLM forward pass (2-core Xeon): 0.37 against 0.44 ms
-    for the head, 0.08-0.10 ms off a whole query. A snapshot: later changes to the head's weights
+    float32 rounding (~1e-7), in fewer operations per query. A snapshot: later changes to the head's weights
     do not reach it (a ``Retriever``'s index is a snapshot of them too).
     """
 

@@ -7,7 +7,7 @@ continues from the last one exactly (model, temperature, optimiser, schedule, RN
 
 Speed on a CPU (the heads are the whole cost; loading is one fancy-index per batch): fused AdamW,
 dropout masks from random bytes (``model.dropout``) and, on CPUs with AMX, bf16 autocast of the
-heads' products took a Flickr30K-size epoch from 34 s to 16 s on a 2-core Xeon.
+heads' products (docs/performance.md has the figures).
 """
 from __future__ import annotations
 
@@ -88,8 +88,8 @@ def set_rng_state(state: dict) -> None:
 
 def use_bf16(mode: str) -> bool:
     """Whether training runs the heads under bf16 autocast: "on", "off", or "auto" = on a CPU with
-    AMX tiles, where bf16 matrix products ran 3x faster than float32 (2-core Xeon; without AMX they
-    are slower than float32). The loss and validation stay float32."""
+    AMX tiles, where bf16 matrix products are several times faster than float32 (without AMX they
+    are slower). The loss and validation stay float32."""
     if mode not in ("auto", "on", "off"):
         raise ValueError(f"bf16 must be auto, on or off, got {mode!r}")
     if mode != "auto":
@@ -99,7 +99,7 @@ def use_bf16(mode: str) -> bool:
 
 
 def make_optimizer(model: RetrievalModel, loss_fn: InfoNCELoss, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW over the heads and the temperature; fused: one kernel over all parameters, 5.8x faster
+    """AdamW over the heads and the temperature; fused: one kernel over all parameters, much faster
     than the per-tensor default on a CPU."""
     return torch.optim.AdamW(_param_groups(model, loss_fn, cfg.weight_decay), lr=cfg.lr, fused=True)
 
@@ -267,7 +267,7 @@ def train(
     if stale >= cfg.patience:
         log.info("early stop: no better validation rsum for %d epochs (best %.1f at epoch %d)",
                  cfg.patience, best["val_rsum"], best["epoch"])
-    if history:  # once, at the end: a plot took 0.25 s (the first 0.9 s), 2-7% of an epoch here
+    if history:  # once, at the end: a plot per epoch costs a noticeable share of a short epoch
         _plot(history, out_dir / "curves.png")
     return best
 

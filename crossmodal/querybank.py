@@ -26,7 +26,7 @@ from tqdm import tqdm
 KEYWORD_QUERY_MAX_WORDS = 2  # queries this short are keyword-like ("dog", "black dog"): keyword bank
 TEXT_BANKS = ("text", "keywords")  # the banks of text queries, in the order their biases are stored
 BANK_SIZE = 30_000  # training captions (and images) kept per bank (run_train.py --querybank-size)
-BIAS_BLOCK = 4096  # gallery rows per block: a (block, bank) score matrix stays about 0.5 GB at most
+BIAS_BLOCK = 4096  # gallery rows per block: bounds the (block, bank) score matrix
 
 
 def sample_bank(embeddings: torch.Tensor, size: int = BANK_SIZE, seed: int = 0) -> torch.Tensor:

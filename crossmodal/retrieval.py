@@ -432,7 +432,7 @@ class Retriever:
         bias = self.biases.get(bank) if bank else None
         scores, rows = self.index.search(np.asarray(query, dtype=np.float32).reshape(1, -1), self._k(k),
                                          bank if bias is not None else None)
-        root = str(self.images_root)  # os.path.join: a third of the time of a Path join (0.05 ms a query)
+        root = str(self.images_root)  # os.path.join: cheaper than a Path join per hit
         hits = []
         for score, row in zip(np.asarray(scores)[0], np.asarray(rows)[0]):
             if row < 0:  # an approximate index may return fewer than k

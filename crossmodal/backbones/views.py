@@ -10,8 +10,7 @@ import torch
 # N): crops and flips of the preprocessed S x S square, each resized to S x scale.
 # name -> ((top, left, side) as fractions of the square, flipped, scale). Training samples one view
 # per caption each step (a crop/flip augmentation in feature space); everywhere else an image's
-# feature is the mean of its views. Flickr8k dev rsum (Lite2, one-off sweep): 1 view 309.5,
-# 2 views 318.6, 7 views 335.2.
+# feature is the mean of its views (their effect on accuracy: docs/results.md).
 IMAGE_VIEWS: dict[str, tuple[tuple[float, float, float], bool, float]] = {
     "full": ((0.0, 0.0, 1.0), False, 1.0),
     "full_flip": ((0.0, 0.0, 1.0), True, 1.0),

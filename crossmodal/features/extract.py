@@ -92,7 +92,7 @@ def extract_image_features(
     (len(views) x dim, view-major): training samples one per step, everything else takes their mean;
     without ``stack_views`` each row is that mean already (what a searched collection needs).
     ``precision``: "auto" = bf16 autocast on a GPU, float32 on a CPU; "bf16" or "fp32" everywhere
-    (bf16 on a CPU with AMX ran Lite2 about 3.8x faster; the cache records it).
+    (bf16 is much faster on a CPU with AMX; the cache records the precision).
     ``decode_threads``: with ``decode="gpu"``, threads that decode and resize beside the model.
     """
     if precision not in ("auto", "bf16", "fp32"):

@@ -311,7 +311,7 @@ class RuleTagger:
 
         self._tagger = UnigramTagger(model=_rule_lexicon(), backoff=RegexpTagger(_SUFFIX_RULES))
         self._wordnet = wordnet
-        # lexicon and suffixes look at one word only: tag each distinct word once (10x faster)
+        # lexicon and suffixes look at one word only: tag each distinct word once
         self._word_tag = lru_cache(maxsize=1 << 16)(self._word_tag_uncached)
 
     def _word_tag_uncached(self, word: str) -> str:
