@@ -30,10 +30,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench import _common as C  # first: it sets what torch reads when it loads
+
+# isort: split
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench import _common as C  # noqa: E402
 from crossmodal.features import extract, gpu_decode  # noqa: E402
 from crossmodal.features.extract import default_num_workers  # noqa: E402
 

@@ -33,10 +33,12 @@ import logging
 import time
 from pathlib import Path
 
+from bench import _common as C  # first: it sets what torch reads when it loads
+
+# isort: split
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench import _common as C  # noqa: E402
 from bench.bench_search import clustered  # noqa: E402
 from crossmodal.backbones import create_text_backbone  # noqa: E402
 from crossmodal.captions import read_captions  # noqa: E402

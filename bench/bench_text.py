@@ -22,10 +22,11 @@ import logging
 import sys
 from pathlib import Path
 
+from bench import _common as C  # first: it sets what torch reads when it loads
+
+# isort: split
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
-from bench import _common as C  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

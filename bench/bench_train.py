@@ -36,11 +36,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import _common as C  # first: it sets what torch reads when it loads
+
+# isort: split
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
-
-from bench import _common as C  # noqa: E402
 
 import config  # noqa: E402
 

@@ -19,10 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import _common as C  # first: it sets what torch reads when it loads
+
+# isort: split
 import torch  # noqa: E402
 from torchvision.io import ImageReadMode, decode_jpeg  # noqa: E402
 
-from bench import _common as C  # noqa: E402
 from bench.bench_extract import make_backbone  # noqa: E402
 from crossmodal.features import gpu_decode  # noqa: E402
 
