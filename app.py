@@ -19,13 +19,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
 
-import config
-from paths import Layout
+from crossmodal import cli
+
+cli.prepare_process()
+
+import config  # noqa: E402
 
 log = logging.getLogger("app")
 
@@ -34,83 +36,11 @@ DEFAULT_EXAMPLES = ["a dog running in the snow", "two children playing on the be
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, default=None,
-                   help="trained checkpoint (default: WORK_DIR/checkpoints/best.pt; with --collection, the "
-                        "one it was indexed with)")
-    p.add_argument("--work-dir", type=Path, default=config.WORK_DIR,
-                   help="where generated files are (default: the original layout, data/ and checkpoints/)")
-    p.add_argument("--images", type=Path, default=None,
-                   help="the photos folder (default: the one recorded by the image extraction, else "
-                        f"{config.IMAGES_DIR})")
-    p.add_argument("--captions", type=Path, default=None,
-                   help="caption file shown under results (default: config.CAPTIONS_FILE, else the "
-                        "checkpoint's; optional)")
-    p.add_argument("--image-features", type=Path, default=None,
-                   help="image feature cache (default: WORK_DIR/image_embeddings)")
-    p.add_argument("--collection", type=Path, default=None,
-                   help="serve a photo folder indexed by index_folder.py instead of the dataset")
-    p.add_argument("--host", default=config.APP_HOST, help="address to listen on (default: %(default)s)")
-    p.add_argument("--port", type=int, default=config.APP_PORT, help="port (default: %(default)s)")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default: %(default)s)")
-    p.add_argument("--text-weights", type=Path, default=None, help="a local model folder for the text backbone")
-    p.add_argument("--image-weights", type=Path, default=None, help="a local weights file for the image backbone")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads per query (default: %(default)s: a query is a few small tensor ops; "
-                        "concurrent queries run in parallel instead; 0 = torch's default)")
-    return p.parse_args(argv)
-
-
-def _train_hint(args: argparse.Namespace) -> str:
-    parts = ["python", "run_train.py"]
-    if args.images:
-        parts += ["--images", str(args.images)]
-    if args.captions:
-        parts += ["--captions", str(args.captions)]
-    if args.work_dir:
-        parts += ["--work-dir", str(args.work_dir)]
-    return " ".join(shlex.quote(p) for p in parts)
-
-
-def load_retriever(args: argparse.Namespace):
-    """The Retriever for these arguments, or (None, message) when something must be built first."""
-    lay = Layout(args.work_dir)
-    checkpoint = args.checkpoint or lay.checkpoints / "best.pt"
-    if not args.collection and not checkpoint.is_file():  # said before the slow imports below
-        return None, f"no trained checkpoint at {checkpoint}; train one first with: {_train_hint(args)}"
-    import torch
-
-    if getattr(args, "threads", 0):
-        torch.set_num_threads(args.threads)
-    from backbones import BackboneUnavailable
-    from feature_cache import read_manifest
-    from retrieval import Retriever, RetrieverError, default_captions, default_image_root
-
-    kw = dict(device=args.device, text_weights=args.text_weights, image_weights=args.image_weights)
-    if args.collection:
-        if not (args.collection / "manifest.json").is_file():
-            return None, (f"no indexed photo folder in {args.collection}; index one first with: "
-                          f"python index_folder.py PHOTO_FOLDER --out {shlex.quote(str(args.collection))}")
-        if args.checkpoint and not args.checkpoint.is_file():
-            return None, f"checkpoint not found: {args.checkpoint}; train one first with: {_train_hint(args)}"
-        try:
-            return Retriever.from_collection(args.collection, args.checkpoint, **kw), ""
-        except FileNotFoundError as err:
-            return None, f"{err}; train one first with: {_train_hint(args)}"
-        except (RetrieverError, BackboneUnavailable) as err:
-            return None, str(err)
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    features = args.image_features or lay.image_features
-    images = args.images or default_image_root(features, config.IMAGES_DIR)
-    recorded = (read_manifest(features) or {}).get("captions_file")
-    captions = default_captions([args.captions, state.get("captions_file"), recorded, config.CAPTIONS_FILE])
-    if args.captions and captions != args.captions:
-        log.warning("caption file %s not found; results are shown without captions", args.captions)
-    del state
-    try:
-        return Retriever.from_checkpoint(checkpoint, features, images, captions, **kw), ""
-    except (RetrieverError, BackboneUnavailable) as err:
-        return None, str(err)
+    p = cli.StageParser(__doc__, config)
+    p.flags("checkpoint", "collection", "work-dir", "image-features", "models-dir", "text-weights", "image-weights",
+            "device", "host", "port", "threads")
+    p.flags("images", "captions", serving=True)
+    return p.parse(argv)
 
 
 def example_queries(retriever, n: int = 4) -> list[str]:
@@ -159,6 +89,8 @@ def gallery_image(path: str, root: Path):
 def build_ui(retriever):
     import gradio as gr
 
+    from crossmodal.retrieval import MAX_TOP_K, TOP_K
+
     def gallery(hits):
         return [(gallery_image(h.path, retriever.images_root), hit_label(h)) for h in hits]
 
@@ -169,7 +101,8 @@ def build_ui(retriever):
         except ValueError as err:
             raise gr.Error(str(err))
         ms = (time.perf_counter() - t0) * 1000
-        return gallery(hits), f"{len(hits)} results in **{ms:.0f} ms** (one text encoding + one {retriever.kind} search)"
+        return gallery(hits), (f"{len(hits)} results in **{ms:.0f} ms** (one text encoding + one "
+                               f"{retriever.kind} search)")
 
     def run_image(image, k: float):
         t0 = time.perf_counter()
@@ -178,16 +111,17 @@ def build_ui(retriever):
         except (ValueError, RuntimeError) as err:  # no image; image backbone unavailable
             raise gr.Error(str(err))
         ms = (time.perf_counter() - t0) * 1000
-        return gallery(hits), f"{len(hits)} results in **{ms:.0f} ms** (one image encoding + one {retriever.kind} search)"
+        return gallery(hits), (f"{len(hits)} results in **{ms:.0f} ms** (one image encoding + one "
+                               f"{retriever.kind} search)")
 
-    def search(query: str, k: int = config.TOP_K) -> list[dict]:
+    def search(query: str, k: int = TOP_K) -> list[dict]:
         """Text-to-image search: the k best photos for a description, best first.
 
         Each hit: rank (1-based), score (cosine similarity), name (id in the collection), image_path
         (on the server) and captions (known captions of the photo, possibly empty).
         """
         try:
-            return [api_hit(h) for h in retriever.search_text(query, min(int(k), config.MAX_TOP_K))]
+            return [api_hit(h) for h in retriever.search_text(query, min(int(k), MAX_TOP_K))]
         except ValueError as err:
             raise gr.Error(str(err))
 
@@ -198,7 +132,7 @@ def build_ui(retriever):
             with gr.Row():
                 query = gr.Textbox(label="Description", placeholder="e.g. a dog running in the snow",
                                    max_length=2000, scale=4, elem_id="query", submit_btn=False)
-                k = gr.Slider(1, config.MAX_TOP_K, value=config.TOP_K, step=1, label="Results", scale=1,
+                k = gr.Slider(1, MAX_TOP_K, value=TOP_K, step=1, label="Results", scale=1,
                               elem_id="k")
             button = gr.Button("Search", variant="primary", elem_id="search-button")
             gr.Examples(example_queries(retriever), inputs=query, label="Try")
@@ -210,7 +144,7 @@ def build_ui(retriever):
         with gr.Tab("Search with a photo"):
             with gr.Row():
                 photo = gr.Image(type="pil", label="A photo", sources=["upload", "clipboard"], elem_id="photo")
-                k2 = gr.Slider(1, config.MAX_TOP_K, value=config.TOP_K, step=1, label="Results")
+                k2 = gr.Slider(1, MAX_TOP_K, value=TOP_K, step=1, label="Results")
             button2 = gr.Button("Find similar photos", variant="primary", elem_id="photo-button")
             timing2 = gr.Markdown()
             results2 = gr.Gallery(label="Most similar", columns=5, height="auto", object_fit="contain",
@@ -241,15 +175,14 @@ def lean_process() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import cli
-
-    cli.setup_logging()
+    args = parse_args(argv)
     lean_process()
     t0 = time.perf_counter()
-    retriever, problem = load_retriever(args)
+    from model import load_checkpoint
+
+    retriever, problem = cli.load_retriever(args, config, load_checkpoint)
     if retriever is None:
         print(f"error: {problem}", file=sys.stderr)
         return 2

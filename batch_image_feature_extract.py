@@ -6,48 +6,29 @@ the manifest and at the end, never dropped silently.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
-import cli
-import config
-from backbones import IMAGE_VIEWS, BackboneUnavailable, create_image_backbone, first_views, resolve_names
-from datasets import DatasetError, missing_images, read_captions
-from extract import default_num_workers, extract_image_features
-from feature_cache import StaleCacheError
+from crossmodal import cli
+
+cli.prepare_process()
+
+from crossmodal.backbones import BackboneUnavailable, create_image_backbone, first_views, resolve_names  # noqa: E402
+from crossmodal.captions import DatasetError, missing_images, read_captions  # noqa: E402
+from crossmodal.features.cache import StaleCacheError  # noqa: E402
+from crossmodal.features.extract import default_num_workers, extract_dataset_images  # noqa: E402
+
+import config  # noqa: E402
 
 log = logging.getLogger("batch_image_feature_extract")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_data_args(p)
-    cli.add_backbone_args(p, text=False)
-    cli.add_device_arg(p)
-    p.add_argument("--batch-size", type=int, default=None,
-                   help=f"default: {config.IMAGE_BATCH_SIZE_CPU} on CPU, {config.IMAGE_BATCH_SIZE_GPU} on GPU")
-    p.add_argument("--workers", type=int, default=None,
-                   help=f"JPEG-decoding processes (default {config.NUM_WORKERS}); with --decode gpu, file-reading "
-                        f"processes (default: up to {config.GPU_READ_WORKERS}, one per CPU core; on an H200 machine 8 beat 16)")
-    p.add_argument("--chunk-size", type=int, default=config.CHUNK_SIZE, help="images per resumable chunk")
-    p.add_argument("--decode", choices=("cpu", "gpu"), default="cpu",
-                   help="where JPEGs are decoded: worker processes (PIL) or the GPU (nvJPEG, "
-                        f"{config.GPU_DECODE_THREADS} decode threads beside the model: config.GPU_DECODE_THREADS)")
-    p.add_argument("--grid", action="store_true",
-                   help="cache every cell of the last feature map (7x7 x dim) for feature-space crop "
-                        "augmentation in training (49x the disk space)")
-    p.add_argument("--views", type=int, default=config.IMAGE_VIEWS,
-                   help="cache N views of every image (crops, flips, a larger scale; backbones.IMAGE_VIEWS, "
-                        f"1-{len(IMAGE_VIEWS)}): training samples one per step, search uses their mean "
-                        "(N x the time and disk; Flickr8k dev rsum +26 with 7)")
-    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
-                   help="auto: bf16 autocast on a GPU, float32 on a CPU; bf16 also on a CPU (about 3.8x "
-                        "faster where it has AMX, e.g. recent Xeons)")
-    p.add_argument("--force", action="store_true", help="rebuild even if a finished cache exists")
-    p.add_argument("--out", default=None, help="output folder (default: WORK_DIR/image_embeddings)")
-    args = p.parse_args(argv)
-    cli.setup_logging()
+    p = cli.StageParser(__doc__, config)
+    p.flags("images", "captions", "splits", "work-dir", "image-backbone", "image-weights", "models-dir", "device",
+            "batch-size", "workers", "chunk-size", "decode", "views", "precision", "force", "out",
+            out_help="output folder (default: WORK_DIR/image_embeddings)")
+    args = p.parse(argv)
     try:
         captions = read_captions(args.captions)
         names = captions.images
@@ -56,16 +37,14 @@ def main(argv: list[str] | None = None) -> int:
             log.warning("%d of %d images listed in %s are missing from %s (e.g. %s); they are recorded as "
                         "failures", len(missing), len(names), args.captions, args.images, ", ".join(missing[:3]))
         views = first_views(args.views)
-        image_name, _ = resolve_names(args.image_backbone, "auto")
-        backbone = create_image_backbone(image_name, args.image_weights)
-        out = args.out or cli.layout(args).image_features
+        image_name, _ = resolve_names(args.image_backbone, "auto", args.models_dir)
+        backbone = create_image_backbone(image_name, args.image_weights, args.models_dir)
+        out = args.out or args.layout.image_features
         workers = args.workers if args.workers is not None else default_num_workers(args.decode)
-        cache = extract_image_features(
-            backbone, args.images, names, out, batch_size=args.batch_size, num_workers=workers,
-            chunk_size=args.chunk_size, device=args.device, decode=args.decode, grid=args.grid, views=views,
-            precision=args.precision, force=args.force,
-            extra={"images_dir": str(args.images.resolve()), "captions_file": str(args.captions.resolve())},
-        )
+        cache = extract_dataset_images(
+            backbone, args.images, captions, args.captions, out, batch_size=args.batch_size, num_workers=workers,
+            chunk_size=args.chunk_size, device=args.device, decode=args.decode, views=views,
+            precision=args.precision, force=args.force)
     except (DatasetError, BackboneUnavailable, StaleCacheError, ValueError) as err:
         log.error("%s", err)
         return 2

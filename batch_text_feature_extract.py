@@ -6,42 +6,36 @@ length with dynamic padding. Resumable like the image stage.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
-import cli
-import config
-from backbones import BackboneUnavailable, create_text_backbone, resolve_names
-from datasets import DatasetError, list_hash, read_captions
-from extract import extract_text_features
-from feature_cache import StaleCacheError
+from crossmodal import cli
+
+cli.prepare_process()
+
+from crossmodal.backbones import BackboneUnavailable, create_text_backbone, resolve_names  # noqa: E402
+from crossmodal.captions import DatasetError, read_captions  # noqa: E402
+from crossmodal.features.cache import StaleCacheError  # noqa: E402
+from crossmodal.features.extract import extract_caption_features  # noqa: E402
+
+import config  # noqa: E402
 
 log = logging.getLogger("batch_text_feature_extract")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_data_args(p, images=False)
-    cli.add_backbone_args(p, image=False)
-    cli.add_device_arg(p)
-    p.add_argument("--batch-size", type=int, default=config.TEXT_BATCH_SIZE)
-    p.add_argument("--force", action="store_true", help="rebuild even if a finished cache exists")
-    p.add_argument("--out", default=None, help="output folder (default: WORK_DIR/text_embeddings)")
-    args = p.parse_args(argv)
-    cli.setup_logging()
+    p = cli.StageParser(__doc__, config)
+    p.flags("captions", "work-dir", "text-backbone", "text-weights", "models-dir", "device", "batch-size",
+            "force", "out", out_help="output folder (default: WORK_DIR/text_embeddings)")
+    args = p.parse(argv)
     try:
         captions = read_captions(args.captions)
-        _, text_name = resolve_names("auto", args.text_backbone)
-        backbone = create_text_backbone(text_name, args.text_weights)
-        out = args.out or cli.layout(args).text_features
-        keys = [f"{c.image}#{c.number}" for c in captions.captions]
-        cache = extract_text_features(
-            backbone, captions.texts, keys, out, kind="caption", batch_size=args.batch_size,
-            device=args.device, force=args.force,
-            extra={"captions_file": str(args.captions.resolve()),
-                   "image_ids_sha256": list_hash(captions.images)},
-        )
+        _, text_name = resolve_names("auto", args.text_backbone, args.models_dir)
+        backbone = create_text_backbone(text_name, args.text_weights, args.models_dir)
+        out = args.out or args.layout.text_features
+        kwargs = {"batch_size": args.batch_size} if args.batch_size else {}
+        cache = extract_caption_features(backbone, captions, args.captions, out, device=args.device,
+                                         force=args.force, **kwargs)
     except (DatasetError, BackboneUnavailable, StaleCacheError, ValueError) as err:
         log.error("%s", err)
         return 2

@@ -14,23 +14,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from backbones import views_mismatch
-from datasets import CaptionSet, list_hash
-from feature_cache import FeatureCache, StaleCacheError, load_cache
+from crossmodal.backbones import views_mismatch
+from crossmodal.captions import image_of_row_id
+from crossmodal.features.cache import FeatureCache, StaleCacheError, load_cache
 
 log = logging.getLogger(__name__)
-
-KEYWORD_ID_SEP = "::"  # keyword row id: "<image>#<n>::<phrase>"
-
-
-def keyword_row_id(caption_key: str, phrase: str) -> str:
-    return f"{caption_key}{KEYWORD_ID_SEP}{phrase}"
-
-
-def image_of_row_id(row_id: str) -> str:
-    """The image a caption key ("img.jpg#3") or keyword row id belongs to."""
-    return row_id.split(KEYWORD_ID_SEP, 1)[0].rsplit("#", 1)[0]
-
 
 @dataclass
 class Caches:
@@ -52,7 +40,7 @@ class Caches:
 def open_caches(image_dir: Path, text_dir: Path, keyword_dir: Path | None = None,
                 rerun_hint: str = "", expected_backbones: dict | None = None) -> Caches:
     """Load the caches, refusing ones that do not belong together or to the expected backbones."""
-    # backbone + weights identify the encoder; dims follow from them (a grid cache's rows are wider)
+    # backbone + weights identify the encoder; dims follow from them (a views cache's rows are wider)
     exp_img = {k: v for k, v in (expected_backbones or {}).get("image", {}).items() if k in ("backbone", "weights")}
     exp_txt = {k: v for k, v in (expected_backbones or {}).get("text", {}).items() if k in ("backbone", "weights")}
     images = load_cache(image_dir, exp_img, f"python batch_image_feature_extract.py {rerun_hint}".strip())
@@ -82,25 +70,19 @@ class SplitData:
     image_features: torch.Tensor  # (n_images, D_img) float16
     caption_features: torch.Tensor  # (n_captions, D_txt) float16
     caption_image: np.ndarray  # (n_captions,) index into image_names
-    caption_ids: list[str]
     keyword_features: torch.Tensor | None = None  # (n_keywords, D_txt)
     keyword_image: np.ndarray | None = None
-    keyword_phrases: list[str] | None = None
-    image_cells: torch.Tensor | None = None  # (n_images, H*W, D_img) from a --grid cache, else None
-    grid_hw: tuple[int, int] | None = None
     image_views: torch.Tensor | None = None  # (n_images, V, D_img) from a --views cache, else None
 
     @property
     def n_captions(self) -> int:
         return len(self.caption_image)
 
-    def gather(self, sample_index: Sequence[int] | np.ndarray, crop_min: int = 0,
+    def gather(self, sample_index: Sequence[int] | np.ndarray,
                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One training batch: (image features, text features, image index) for sampler indices.
 
         Index i < n_captions is caption row i; larger indices are keyword rows (i - n_captions).
-        With a grid cache and ``crop_min`` > 0, each image feature is the mean of a random
-        sub-window (crop_min..H cells a side) of its feature map: a crop augmentation in feature space.
         With a views cache, each image feature is one of its views, drawn at random per sample.
         """
         idx = np.asarray(sample_index)
@@ -114,30 +96,10 @@ class SplitData:
             image_idx[~is_cap] = self.keyword_image[kw]
             text[torch.from_numpy(~is_cap)] = self.keyword_features[torch.from_numpy(kw)]
         image_idx_t = torch.from_numpy(image_idx)
-        if crop_min and self.image_cells is not None:
-            return random_window_mean(self.image_cells[image_idx_t], self.grid_hw, crop_min, generator), text, image_idx_t
         if self.image_views is not None:
             view = torch.randint(0, self.image_views.shape[1], (len(idx),), generator=generator)
             return self.image_views[image_idx_t, view], text, image_idx_t
         return self.image_features[image_idx_t], text, image_idx_t
-
-
-def random_window_mean(cells: torch.Tensor, grid_hw: tuple[int, int], crop_min: int,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
-    """Mean of one random axis-aligned window of cells per row: (B, H*W, D) -> (B, D)."""
-    h, w = grid_hw
-    b = cells.shape[0]
-    sizes_h = torch.randint(min(crop_min, h), h + 1, (b,), generator=generator)
-    sizes_w = torch.randint(min(crop_min, w), w + 1, (b,), generator=generator)
-    top = (torch.rand(b, generator=generator) * (h - sizes_h + 1)).long()
-    left = (torch.rand(b, generator=generator) * (w - sizes_w + 1)).long()
-    rows = torch.arange(h).view(1, h, 1)
-    cols = torch.arange(w).view(1, 1, w)
-    mask = ((rows >= top.view(b, 1, 1)) & (rows < (top + sizes_h).view(b, 1, 1))
-            & (cols >= left.view(b, 1, 1)) & (cols < (left + sizes_w).view(b, 1, 1))).view(b, 1, h * w)
-    mask = mask.to(torch.float32)
-    pooled = torch.bmm(mask, cells.float()).squeeze(1)
-    return pooled / mask.sum(-1)
 
 
 def split_data(caches: Caches, image_names: Sequence[str], use_keywords: bool = True) -> SplitData:
@@ -158,11 +120,6 @@ def split_data(caches: Caches, image_names: Sequence[str], use_keywords: bool = 
     image_features = torch.from_numpy(np.ascontiguousarray(caches.images.features[np.sort(img_rows)]))
     # rows were read sorted (fast memmap access); put them back in split order
     image_features = image_features[torch.from_numpy(np.argsort(np.argsort(img_rows)))]
-    grid = caches.images.manifest.get("grid")
-    cells = None
-    if grid:  # [H, W, D]: keep the cells for crop augmentation; the plain feature is their mean
-        cells = image_features.view(len(names), grid[0] * grid[1], grid[2])
-        image_features = cells.float().mean(1).to(torch.float16)
     views = caches.images.manifest.get("views")
     view_rows = None
     if views:  # V views per row: training samples them; the plain feature is their mean
@@ -181,11 +138,9 @@ def split_data(caches: Caches, image_names: Sequence[str], use_keywords: bool = 
     cap_rows, cap_owner = rows_for(caches.captions)
     data = SplitData(names, image_features,
                      torch.from_numpy(np.ascontiguousarray(caches.captions.features[cap_rows])),
-                     cap_owner, [caches.captions.ids[r] for r in cap_rows],
-                     image_cells=cells, grid_hw=(grid[0], grid[1]) if grid else None, image_views=view_rows)
+                     cap_owner, image_views=view_rows)
     if use_keywords and caches.keywords is not None:
         kw_rows, kw_owner = rows_for(caches.keywords)
         data.keyword_features = torch.from_numpy(np.ascontiguousarray(caches.keywords.features[kw_rows]))
         data.keyword_image = kw_owner
-        data.keyword_phrases = [caches.keywords.ids[r].split(KEYWORD_ID_SEP, 1)[1] for r in kw_rows]
     return data

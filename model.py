@@ -2,14 +2,11 @@
 
 The backbones are frozen and their features cached, so the model is only these heads; the
 contrastive temperature lives in the loss (``loss.InfoNCELoss``), not here.
-
-Image input is normally one cached vector per image, (B, D). A cache can instead hold several
-vectors per image, (B, T, D) (grid cells, several layers); ``pool`` then says how they become one
-before the image head: ``"mean"`` averages them, ``"attention"`` learns a weighted average
-(``AttentionPool``).
 """
 from __future__ import annotations
 
+import pickle
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -18,17 +15,15 @@ from torch import nn
 
 import config
 
-POOLS = (None, "mean", "attention")
-
 
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     """``F.dropout``, with the CPU mask made from random bytes (``p`` rounded to a multiple of 1/256).
 
-    On a CPU, ``F.dropout`` draws one Bernoulli number per element, which took a quarter of a
-    training step of these heads (2-core Xeon, batch 256); eight mask bytes per 64-bit integer
-    draw make the same dropout 2.8x faster. The mask is then made in x's dtype by arithmetic
-    (byte values are exact in every float dtype): a boolean mask cost a slow cast in every
-    product, forward and backward (1.0 against 0.65 ms per 256 x 1024 bf16 dropout, same result).
+    On a CPU, ``F.dropout`` draws one Bernoulli number per element, a large share of a training
+    step of these heads; eight mask bytes per 64-bit integer draw make the same dropout several
+    times faster (docs/performance.md). The mask is then made in x's dtype by arithmetic (byte
+    values are exact in every float dtype): a boolean mask would cost a cast in every product,
+    forward and backward.
     Other devices keep ``F.dropout``.
     """
     if not training or p == 0.0:
@@ -68,7 +63,7 @@ class ProjectionHead(nn.Module):
         in_dim: int,  # backbone feature size
         out_dim: int = config.EMBED_DIM,  # shared embedding size
         hidden_dim: int = config.HEAD_HIDDEN_DIM,  # width of the MLP branch
-        dropout: float = config.HEAD_DROPOUT,  # dropout inside the MLP branch (the only regulariser besides weight decay)
+        dropout: float = config.HEAD_DROPOUT,  # inside the MLP branch (the only regulariser besides weight decay)
     ) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(in_dim)  # backbones differ wildly in feature scale
@@ -92,8 +87,7 @@ class FoldedHead(nn.Module):
     The LayerNorm's scale and shift are folded into the two layers that read its output, which
     become one matrix (skip and MLP input side by side), and the MLP's output bias moves into the
     skip's, whose sum with the MLP branch the last product then makes. Outputs equal the head's to
-    float32 rounding (~1e-7). Right after the MiniLM forward pass (2-core Xeon): 0.37 against 0.44 ms
-    for the head, 0.08-0.10 ms off a whole query. A snapshot: later changes to the head's weights
+    float32 rounding (~1e-7), in fewer operations per query. A snapshot: later changes to the head's weights
     do not reach it (a ``Retriever``'s index is a snapshot of them too).
     """
 
@@ -114,29 +108,6 @@ class FoldedHead(nn.Module):
         return F.normalize(torch.addmm(z[:, : self.out_dim], F.gelu(z[:, self.out_dim :]), self.w_out_t), dim=-1)
 
 
-class AttentionPool(nn.Module):
-    """(B, T, D) -> (B, D): a softmax-weighted average of the T vectors, scored by one learnt query.
-
-    The output is a convex combination of the inputs themselves (no value projection), so it stays
-    in the backbone's feature space, where the head expects it. The query starts at zero: uniform
-    weights, i.e. exactly mean pooling, and training moves away from the mean only where it helps.
-    """
-
-    def __init__(self, dim: int) -> None:  # dim: size of each of the T vectors
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)  # scores see normalised tokens; the average uses the raw ones
-        self.query = nn.Parameter(torch.zeros(dim))
-        self.scale = dim ** -0.5
-
-    def weights(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T) attention weights, each row summing to 1."""
-        return torch.softmax(self.norm(x) @ self.query * self.scale, dim=-1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.query.dtype)
-        return (self.weights(x).unsqueeze(-1) * x).sum(-2)
-
-
 class RetrievalModel(nn.Module):
     """An image head and a text head into a shared ``embed_dim``-d, unit-norm space."""
 
@@ -147,35 +118,16 @@ class RetrievalModel(nn.Module):
         embed_dim: int = config.EMBED_DIM,  # shared embedding size
         hidden_dim: int = config.HEAD_HIDDEN_DIM,  # MLP width of both heads
         dropout: float = config.HEAD_DROPOUT,  # dropout of both heads
-        pool: str | None = None,  # image input (B, T, D) pooled by "mean" | "attention"; None = (B, D) input
     ) -> None:
         super().__init__()
-        if pool not in POOLS:
-            raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
         self._config = {"image_dim": int(image_dim), "text_dim": int(text_dim), "embed_dim": int(embed_dim),
-                        "hidden_dim": int(hidden_dim), "dropout": float(dropout), "pool": pool}
-        self.pool = pool
-        # only "attention" has parameters; without it the state dict is that of a pool-less model
-        self.image_pool = AttentionPool(image_dim) if pool == "attention" else None
+                        "hidden_dim": int(hidden_dim), "dropout": float(dropout)}
         self.image_head = ProjectionHead(image_dim, embed_dim, hidden_dim, dropout)
         self.text_head = ProjectionHead(text_dim, embed_dim, hidden_dim, dropout)
 
-    def pool_image(self, x: torch.Tensor) -> torch.Tensor:
-        """(n, T, image_dim) -> (n, image_dim) by the model's ``pool``; (n, image_dim) passes through."""
-        if x.dim() == 2:  # already one vector per image (a pre-pooled cache, or T = 1)
-            return x
-        if x.dim() != 3:
-            raise ValueError(f"expected (n, dim) or (n, T, dim) image features, got shape {tuple(x.shape)}")
-        if self.pool is None:
-            raise ValueError(f"got (n, T, dim) = {tuple(x.shape)} image features but this model has no pool; "
-                             "build it with pool='mean' or pool='attention'")
-        if self.image_pool is not None:
-            return self.image_pool(x)
-        return x.to(self.image_head.skip.weight.dtype).mean(-2)  # "mean": cast first, fp16 sums lose precision
-
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
-        """(n, image_dim), or with ``pool`` (n, T, image_dim), float16/32 features -> (n, embed_dim) unit vectors."""
-        return self.image_head(self.pool_image(x))
+        """(n, image_dim) float16/float32 features -> (n, embed_dim) unit vectors."""
+        return self.image_head(x)
 
     def encode_text(self, x: torch.Tensor) -> torch.Tensor:
         """(n, text_dim) float16/float32 features -> (n, embed_dim) unit vectors."""
@@ -183,6 +135,10 @@ class RetrievalModel(nn.Module):
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encode_image(image_features), self.encode_text(text_features)
+
+    def folded_text_encoder(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``encode_text`` through folded snapshots of the text head(s): what search serves."""
+        return folded_text_encoder(self)
 
     def config_dict(self) -> dict:
         """Constructor kwargs: ``RetrievalModel(**model.config_dict())`` rebuilds this architecture."""
@@ -201,7 +157,7 @@ class EnsembleModel(nn.Module):
         super().__init__()
         if not members:
             raise ValueError("an ensemble needs at least one member")
-        self.members = nn.ModuleList(RetrievalModel(**m) for m in members)
+        self.members = nn.ModuleList(RetrievalModel(**_head_config(m)) for m in members)
         self.scale = len(members) ** -0.5
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
@@ -212,6 +168,10 @@ class EnsembleModel(nn.Module):
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encode_image(image_features), self.encode_text(text_features)
+
+    def folded_text_encoder(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``encode_text`` through folded snapshots of the text head(s): what search serves."""
+        return folded_text_encoder(self)
 
     def config_dict(self) -> dict:
         """``build_model(model.config_dict())`` rebuilds it; ``embed_dim`` is the concatenated size."""
@@ -228,8 +188,48 @@ def folded_text_encoder(model: RetrievalModel | EnsembleModel) -> Callable[[torc
     return FoldedHead(model.text_head)
 
 
+def _head_config(model_config: dict) -> dict:
+    """``RetrievalModel`` kwargs from a checkpoint's config; those written before the image-pooling
+    option was removed record ``"pool": None``, and one trained with a pool is refused."""
+    cfg = dict(model_config)
+    pool = cfg.pop("pool", None)
+    if pool is not None:
+        raise ValueError(f"this checkpoint was trained with pool={pool!r}, an option since removed; retrain it")
+    return cfg
+
+
 def build_model(model_config: dict) -> RetrievalModel | EnsembleModel:
     """The model a checkpoint's ``model_config`` describes (an ensemble when it lists members)."""
     if "members" in model_config:
         return EnsembleModel(model_config["members"])
-    return RetrievalModel(**model_config)
+    return RetrievalModel(**_head_config(model_config))
+
+
+class CheckpointError(ValueError):
+    """A file that is not a checkpoint of tensors and plain data; the message names it."""
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A checkpoint's contents, unpickled with ``weights_only=True``: tensors and plain data only, so
+    a file from anywhere (a shared collection's manifest names one) cannot run code."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}; train one with `python run_train.py`")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        why = next((line.strip().split(". ")[0] for line in str(err).splitlines() if "Unsupported global" in line),
+                   str(err).splitlines()[0] if str(err) else type(err).__name__)
+        raise CheckpointError(f"{path} is not a checkpoint of tensors and plain data; refused to load it ({why})") \
+            from err
+    if not isinstance(state, dict) or "model_config" not in state or "model" not in state:
+        raise CheckpointError(f"{path} is not a checkpoint written by run_train.py (no model_config/model)")
+    return state
+
+
+def load_checkpoint(path: str | Path) -> tuple[RetrievalModel | EnsembleModel, dict]:
+    """The trained heads (eval mode) and the checkpoint's contents."""
+    state = read_checkpoint(path)
+    model = build_model(state["model_config"])
+    model.load_state_dict(state["model"])
+    return model.eval(), state

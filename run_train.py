@@ -6,44 +6,35 @@ Reads the caches written by the extraction stages (and the keyword cache, unless
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import logging
 import sys
-from dataclasses import fields
 from pathlib import Path
 
-import cli
-from datasets import DatasetError, load_splits, read_captions
-from data_loader import open_caches, split_data
-from feature_cache import StaleCacheError
-import config
-from train import TrainConfig, add_querybank, train_ensemble
+from crossmodal import cli
+
+cli.prepare_process()
+
+from crossmodal.captions import DatasetError, load_splits, read_captions  # noqa: E402
+from crossmodal.features.cache import StaleCacheError  # noqa: E402
+
+import config  # noqa: E402
+from data_loader import open_caches, split_data  # noqa: E402
+from train import TrainConfig, add_querybank, train_ensemble  # noqa: E402
 
 log = logging.getLogger("run_train")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_data_args(p)
-    defaults = TrainConfig()
-    for f in fields(TrainConfig):  # every TrainConfig field is a flag, with config.py's default
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(getattr(defaults, f.name)),
-                       default=getattr(defaults, f.name), help=f"(default: %(default)s)")
-    p.add_argument("--no-keywords", action="store_true", help="train on captions only (no keyword samples)")
-    p.add_argument("--ensemble", type=int, default=config.ENSEMBLE,
-                   help="independently trained head pairs used as one (seeds seed, seed+1, ...; "
-                        "N x the training time) (default: %(default)s)")
-    p.add_argument("--querybank-size", type=int, default=config.QUERYBANK_SIZE,
-                   help="training captions and images stored for querybank normalisation (querybank.py); "
-                        "0 = none (default: %(default)s)")
-    p.add_argument("--out", default=None, help="checkpoint folder (default: WORK_DIR/checkpoints)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    args = p.parse_args(argv)
-    cli.setup_logging()
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    p = cli.StageParser(__doc__, config)
+    p.flags("images", "captions", "splits", "work-dir", "ensemble", "querybank-size", "no-keywords", "resume", "out",
+            out_help="checkpoint folder (default: WORK_DIR/checkpoints)")
+    p.dataclass_flags(TrainConfig, TrainConfig())
+    args = p.parse(argv)
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     if args.no_keywords:
         cfg.caption_ratio = 0
-    lay = cli.layout(args)
+    lay = args.layout
     try:
         captions = read_captions(args.captions)
         splits = load_splits(captions, cli.splits_dir(args))
@@ -61,11 +52,11 @@ def main(argv: list[str] | None = None) -> int:
              len(train_data.image_names), train_data.n_captions,
              0 if train_data.keyword_features is None else len(train_data.keyword_image),
              len(val_data.image_names), val_data.n_captions)
-    out = args.out or lay.checkpoints
+    out = Path(args.out or lay.checkpoints)
     best = train_ensemble(cfg, train_data, val_data, out, caches.backbones, members=args.ensemble,
                           resume=args.resume, extra={"captions_file": str(args.captions),
                                                      "image_ids_sha256": caches.images.manifest["ids_sha256"]})
-    qb = add_querybank(Path(out) / "best.pt", train_data, val_data, args.querybank_size)
+    qb = add_querybank(out / "best.pt", train_data, val_data, args.querybank_size)
 
     def recalls(m: dict) -> str:
         return (f"val rsum {m['rsum']:.1f}, text→image R@1/5/10 {m['t2i_r1']:.1f}/{m['t2i_r5']:.1f}/"

@@ -6,43 +6,37 @@
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import sys
-from pathlib import Path
 
-import config
+from crossmodal import cli
+
+cli.prepare_process()
+
+import config  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.StageParser(__doc__, config)
     p.add_argument("query", help="a description of the photo")
-    p.add_argument("--k", type=int, default=config.TOP_K, help="how many results (default: %(default)s)")
-    p.add_argument("--checkpoint", type=Path, default=None, help="default: WORK_DIR/checkpoints/best.pt")
-    p.add_argument("--work-dir", type=Path, default=config.WORK_DIR, help="where generated files are")
-    p.add_argument("--images", type=Path, default=None, help="the photos folder (default: as extracted)")
-    p.add_argument("--captions", type=Path, default=None, help="caption file (for --json output; optional)")
-    p.add_argument("--image-features", type=Path, default=None, help="default: WORK_DIR/image_embeddings")
-    p.add_argument("--collection", type=Path, default=None, help="a folder indexed by index_folder.py")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default: %(default)s)")
-    p.add_argument("--text-weights", type=Path, default=None, help="a local model folder for the text backbone")
-    p.add_argument("--json", action="store_true", help="print the hits as JSON")
-    args = p.parse_args(argv)
+    p.flags("k", "checkpoint", "collection", "work-dir", "image-features", "models-dir", "text-weights", "device",
+            "json")
+    p.flags("images", "captions", serving=True)
+    args = p.parse(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from app import load_retriever  # the same argument handling as the app
+    logging.getLogger().setLevel(logging.WARNING)  # the hits are the output
+    from crossmodal.retrieval import Retriever
 
-    args.host, args.port, args.image_weights = None, None, None
-    from retrieval import Retriever
+    from model import load_checkpoint
 
     try:
         Retriever.check_query(args.query)  # refused before anything heavy is loaded
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    retriever, problem = load_retriever(args)
+    retriever, problem = cli.load_retriever(args, config, load_checkpoint)
     if retriever is None:
         print(f"error: {problem}", file=sys.stderr)
         return 2

@@ -5,45 +5,36 @@ Every caption yields nouns ("dog"), adjective + noun pairs ("black dog"), noun c
 ("tennis ball") and verbs ("running"); each distinct (image, phrase) becomes one line
 "image<TAB>caption_key<TAB>phrase" of the keyword file that extract_aug_text_features.py encodes.
 NLTK's tagger, stopwords and WordNet are used when their data is installed (each missing package
-is downloaded once when online), else a rule method that needs no data (see keywords.py); the
-log says which ran, and why.
+is downloaded once when online), else a rule method that needs no data (crossmodal/keywords/rule_tagger.py);
+the log says which ran, and why.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
-from pathlib import Path
 
-import cli
-import config
-from datasets import DatasetError, read_captions
-from keywords import augment_captions, load_keyword_tools, phrase_counts, write_keyword_samples
+from crossmodal import cli
+
+cli.prepare_process()
+
+from crossmodal.captions import DatasetError, read_captions  # noqa: E402
+from crossmodal.keywords import augment_captions, load_keyword_tools, phrase_counts, write_keyword_samples  # noqa: E402
+
+import config  # noqa: E402
 
 log = logging.getLogger("sentence_augment")
 
 TOP_PHRASES = 10
 
 
-def output_path(args: argparse.Namespace) -> Path:
-    """--out, else the keyword file of this --work-dir's layout (data/... without one)."""
-    return args.out or cli.layout(args).keywords_file
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--captions", type=Path, default=config.CAPTIONS_FILE,
-                   help="caption file, lines 'name.jpg#n<TAB>caption' (default: %(default)s)")
-    p.add_argument("--work-dir", type=Path, default=config.WORK_DIR,
-                   help=f"where generated files go: WORK_DIR/{config.KEYWORDS_FILENAME} "
-                        "(default: the original layout, data/flickr30k_keywords_augmented.txt)")
-    p.add_argument("--out", type=Path, default=None, help="keyword file to write (overrides --work-dir)")
-    p.add_argument("--no-download", action="store_true",
-                   help="never try to download NLTK data: use what is installed, else the rule method")
-    args = p.parse_args(argv)
-    cli.setup_logging()
-    out = output_path(args)
+    p = cli.StageParser(__doc__, config)
+    p.flags("captions", "work-dir", "no-download", "out",
+            out_help="keyword file to write (default: the one of this --work-dir's layout, "
+                     "data/flickr30k_keywords_augmented.txt without one)")
+    args = p.parse(argv)
+    out = args.out or args.layout.keywords_file
     try:
         captions = read_captions(args.captions)
         tools = load_keyword_tools(allow_download=not args.no_download)

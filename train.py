@@ -7,31 +7,31 @@ continues from the last one exactly (model, temperature, optimiser, schedule, RN
 
 Speed on a CPU (the heads are the whole cost; loading is one fancy-index per batch): fused AdamW,
 dropout masks from random bytes (``model.dropout``) and, on CPUs with AMX, bf16 autocast of the
-heads' products took a Flickr30K-size epoch from 34 s to 16 s on a 2-core Xeon.
+heads' products (docs/performance.md has the figures).
 """
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from crossmodal.atomic_io import atomic_open, atomic_save_with, atomic_write_json
+from crossmodal.evaluation import embed_split, encode_rows, plain_metrics
+from crossmodal.metrics import retrieval_metrics
+from crossmodal.querybank import caption_bias, make_querybank, querybank_bias
+
 import config
-from atomic_io import atomic_open, atomic_save_with, atomic_write_json
 from data_loader import SplitData
 from loss import InfoNCELoss
-from metrics import retrieval_metrics
-from model import EnsembleModel, RetrievalModel, build_model, dropout
-from querybank import caption_bias, make_querybank, querybank_bias
+from model import EnsembleModel, RetrievalModel, dropout, load_checkpoint, read_checkpoint
 from smart_sampler import UniqueImageBatchSampler
 
 log = logging.getLogger(__name__)
@@ -39,25 +39,29 @@ log = logging.getLogger(__name__)
 BEST, LAST = "best.pt", "last.pt"
 
 
+def _option(default, help: str):
+    """A TrainConfig field: its default and the help text of its run_train.py flag."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
-    epochs: int = config.EPOCHS  # upper bound; early stopping usually ends sooner
-    batch_size: int = config.BATCH_SIZE
-    lr: float = config.LEARNING_RATE
-    weight_decay: float = config.WEIGHT_DECAY
-    warmup_epochs: float = config.WARMUP_EPOCHS
-    patience: int = config.EARLY_STOP_PATIENCE  # epochs without a better val rsum before stopping
-    caption_ratio: int = config.AUG_CAPTION_RATIO  # caption samples per keyword sample; 0 = no keywords
-    embed_dim: int = config.EMBED_DIM
-    hidden_dim: int = config.HEAD_HIDDEN_DIM
-    dropout: float = config.HEAD_DROPOUT
-    init_temperature: float = config.INIT_TEMPERATURE
-    feature_noise: float = 0.0  # std of Gaussian noise added to input features (a cheap augmentation)
-    input_dropout: float = config.INPUT_DROPOUT  # dropout on the frozen features before the heads (regularises small datasets)
-    crop_min: int = 0  # with a --grid image cache: random feature-map windows of crop_min..7 cells a side; 0 = off
-    seed: int = config.SEED
-    threads: int = 0  # torch CPU threads; 0 = torch's default
-    bf16: str = config.TRAIN_BF16  # bf16 autocast of the heads' products: auto | on | off (see use_bf16)
+    epochs: int = _option(config.EPOCHS, "most epochs; early stopping usually ends sooner")
+    batch_size: int = _option(config.BATCH_SIZE, "caption-image pairs per step (each image at most once)")
+    lr: float = _option(config.LEARNING_RATE, "peak learning rate of AdamW")
+    weight_decay: float = _option(config.WEIGHT_DECAY, "AdamW weight decay (not on biases and norms)")
+    warmup_epochs: float = _option(config.WARMUP_EPOCHS, "epochs of linear warm-up before the cosine decay")
+    patience: int = _option(config.EARLY_STOP_PATIENCE, "epochs without a better validation rsum before stopping")
+    caption_ratio: int = _option(config.AUG_CAPTION_RATIO, "caption samples per keyword sample; 0 = no keywords")
+    embed_dim: int = _option(config.EMBED_DIM, "size of the shared space")
+    hidden_dim: int = _option(config.HEAD_HIDDEN_DIM, "hidden size of each head's MLP")
+    dropout: float = _option(config.HEAD_DROPOUT, "dropout inside the heads")
+    init_temperature: float = _option(config.INIT_TEMPERATURE, "starting InfoNCE temperature (it is learned)")
+    input_dropout: float = _option(config.INPUT_DROPOUT, "dropout on the frozen features before the heads")
+    seed: int = _option(config.SEED, "seed of initialisation, sampling and dropout")
+    threads: int = _option(0, "torch CPU threads; 0 = torch's default")
+    bf16: str = _option(config.TRAIN_BF16, "bf16 autocast of the heads' products: auto (where the CPU has AMX) | "
+                                           "on | off")
 
 
 def set_seed(seed: int) -> None:
@@ -66,10 +70,26 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def rng_state() -> dict:
+    """The random generators' states as tensors and plain data (a checkpoint loads with weights_only)."""
+    numpy_state = np.random.get_state(legacy=False)
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": {**numpy_state, "state": {"key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+                                               "pos": int(numpy_state["state"]["pos"])}}}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    numpy_state = state["numpy"]
+    np.random.set_state({**numpy_state, "state": {"key": numpy_state["state"]["key"].numpy().astype(np.uint32),
+                                                  "pos": numpy_state["state"]["pos"]}})
+
+
 def use_bf16(mode: str) -> bool:
     """Whether training runs the heads under bf16 autocast: "on", "off", or "auto" = on a CPU with
-    AMX tiles, where bf16 matrix products ran 3x faster than float32 (2-core Xeon; without AMX they
-    are slower than float32). The loss and validation stay float32."""
+    AMX tiles, where bf16 matrix products are several times faster than float32 (without AMX they
+    are slower). The loss and validation stay float32."""
     if mode not in ("auto", "on", "off"):
         raise ValueError(f"bf16 must be auto, on or off, got {mode!r}")
     if mode != "auto":
@@ -79,7 +99,7 @@ def use_bf16(mode: str) -> bool:
 
 
 def make_optimizer(model: RetrievalModel, loss_fn: InfoNCELoss, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW over the heads and the temperature; fused: one kernel over all parameters, 5.8x faster
+    """AdamW over the heads and the temperature; fused: one kernel over all parameters, much faster
     than the per-tensor default on a CPU."""
     return torch.optim.AdamW(_param_groups(model, loss_fn, cfg.weight_decay), lr=cfg.lr, fused=True)
 
@@ -92,8 +112,6 @@ def training_step(model: RetrievalModel, loss_fn: InfoNCELoss, optim: torch.opti
     if cfg.input_dropout:
         img = dropout(img, cfg.input_dropout)
         txt = dropout(txt, cfg.input_dropout)
-    if cfg.feature_noise:
-        img = img + cfg.feature_noise * img.std() * torch.randn_like(img)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         image_emb, text_emb = model.encode_image(img).float(), model.encode_text(txt).float()
     loss = loss_fn(image_emb, text_emb, image_idx)
@@ -112,22 +130,9 @@ def lr_lambda(step: int, warmup_steps: int, total_steps: int) -> float:
 
 
 @torch.inference_mode()
-def encode_rows(encode: Callable[[torch.Tensor], torch.Tensor], features: torch.Tensor,
-                batch_size: int = 4096) -> torch.Tensor:
-    """``encode`` (a head) over float16 feature rows, in batches."""
-    return torch.cat([encode(features[i : i + batch_size].float()) for i in range(0, len(features), batch_size)])
-
-
-def embed_split(model: RetrievalModel, data: SplitData, batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """Projected, normalised image and caption embeddings of a split."""
-    model.eval()
-    return (encode_rows(model.encode_image, data.image_features, batch_size),
-            encode_rows(model.encode_text, data.caption_features, batch_size))
-
-
 def validate(model: RetrievalModel, data: SplitData) -> dict:
     img, txt = embed_split(model, data)
-    return retrieval_metrics(img, txt, data.caption_image)
+    return plain_metrics(retrieval_metrics(img, txt, data.caption_image))
 
 
 def _param_groups(model: torch.nn.Module, loss: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -200,7 +205,7 @@ def train(
     start_epoch = 1
     last_path = out_dir / LAST
     if resume and last_path.is_file():
-        state = torch.load(last_path, map_location="cpu", weights_only=False)
+        state = read_checkpoint(last_path)
         if state["train_config"] != asdict(cfg):
             raise ValueError(f"{last_path} was trained with another config "
                              f"({state['train_config']}); start a new --out or drop --resume")
@@ -210,9 +215,7 @@ def train(
         sched.load_state_dict(state["scheduler"])
         history, best = state["history"], state["best"]
         start_epoch = state["epoch"] + 1
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
+        set_rng_state(state["rng"])
         log.info("resumed from %s at epoch %d (best val rsum %.1f at epoch %d)",
                  last_path, state["epoch"], best["val_rsum"], best["epoch"])
     elif resume:
@@ -224,7 +227,7 @@ def train(
             "temperature": loss_fn.temperature, "optimizer": optim.state_dict(), "scheduler": sched.state_dict(),
             "epoch": epoch, "metrics": metrics, "best": best, "history": history,
             "train_config": asdict(cfg), "backbones": backbones, **(extra or {}),
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "rng": rng_state(),
         }
 
     stale = sum(1 for h in history if h["epoch"] > best["epoch"])
@@ -236,7 +239,7 @@ def train(
         t0 = time.perf_counter()
         total_loss, n = 0.0, 0
         for batch in tqdm(sampler, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False, dynamic_ncols=True):
-            img, txt, image_idx = train_data.gather(batch, crop_min=cfg.crop_min)
+            img, txt, image_idx = train_data.gather(batch)
             loss = training_step(model, loss_fn, optim, img, txt, image_idx, cfg, bf16)
             sched.step()
             total_loss += loss.item() * len(batch)
@@ -249,7 +252,7 @@ def train(
         history.append(row)
         improved = metrics["rsum"] > best["val_rsum"]
         if improved:
-            best = {"val_rsum": float(metrics["rsum"]), "epoch": epoch, "metrics": {k: float(v) for k, v in metrics.items()}}
+            best = {"val_rsum": metrics["rsum"], "epoch": epoch, "metrics": metrics}
             stale = 0
         else:
             stale += 1
@@ -264,7 +267,7 @@ def train(
     if stale >= cfg.patience:
         log.info("early stop: no better validation rsum for %d epochs (best %.1f at epoch %d)",
                  cfg.patience, best["val_rsum"], best["epoch"])
-    if history:  # once, at the end: a plot took 0.25 s (the first 0.9 s), 2-7% of an epoch here
+    if history:  # once, at the end: a plot per epoch costs a noticeable share of a short epoch
         _plot(history, out_dir / "curves.png")
     return best
 
@@ -292,7 +295,7 @@ def train_ensemble(
         member_cfg = TrainConfig(**{**asdict(cfg), "seed": cfg.seed + i})
         log.info("ensemble member %d of %d (seed %d)", i + 1, members, member_cfg.seed)
         train(member_cfg, train_data, val_data, out_dir / f"member{i}", backbones, resume, extra)
-        states.append(torch.load(out_dir / f"member{i}" / BEST, map_location="cpu", weights_only=False))
+        states.append(read_checkpoint(out_dir / f"member{i}" / BEST))
     model = EnsembleModel([st["model_config"] for st in states])
     for member, st in zip(model.members, states):
         member.load_state_dict(st["model"])
@@ -312,7 +315,7 @@ def train_ensemble(
 def add_querybank(checkpoint: str | Path, train_data: SplitData, val_data: SplitData,
                   size: int = config.QUERYBANK_SIZE) -> dict | None:
     """Store a querybank of the trained model's training-split embeddings in ``checkpoint``
-    (``querybank.py``) and return the validation metrics with querybank normalisation."""
+    (``crossmodal.querybank``) and return the validation metrics with querybank normalisation."""
     if size <= 0:
         return None
     model, state = load_checkpoint(checkpoint)
@@ -322,8 +325,9 @@ def add_querybank(checkpoint: str | Path, train_data: SplitData, val_data: Split
         keywords = encode_rows(model.encode_text, train_data.keyword_features)
     bank = make_querybank(train_txt, train_img, state["temperature"], size, keyword_emb=keywords)
     val_img, val_txt = embed_split(model, val_data)
-    metrics = retrieval_metrics(val_img, val_txt, val_data.caption_image,
-                                querybank_bias(val_img, bank["text"], bank["beta"]), caption_bias(bank, val_txt))
+    metrics = plain_metrics(retrieval_metrics(val_img, val_txt, val_data.caption_image,
+                                              querybank_bias(val_img, bank["text"], bank["beta"]),
+                                              caption_bias(bank, val_txt)))
     state.update(querybank=bank, metrics_querybank=metrics)
     atomic_save_with(Path(checkpoint), lambda f: torch.save(state, f))
     return metrics
@@ -335,14 +339,3 @@ def _write_logs(history: list[dict], out_dir: Path) -> None:
         writer = csv.DictWriter(f, fieldnames=list(history[0]))
         writer.writeheader()
         writer.writerows(history)
-
-
-def load_checkpoint(path: str | Path) -> tuple[RetrievalModel | EnsembleModel, dict]:
-    """The trained heads (eval mode) and the checkpoint's metadata."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}; train one with `python run_train.py`")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    model = build_model(state["model_config"])
-    model.load_state_dict(state["model"])
-    return model.eval(), state

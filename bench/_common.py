@@ -1,4 +1,4 @@
-"""Shared bits of the benchmark scripts: repo imports, machine description, Markdown tables, data checks.
+"""Shared bits of the benchmark scripts: process settings, machine description, Markdown tables, data checks.
 
 Speed is only ever reported as ratios against a baseline measured in the same process; the
 absolute seconds are printed for context, never asserted.
@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+from crossmodal.cli import prepare_process
+
+prepare_process()  # as the stage scripts do, before torch loads
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as config.py sets it for the stage scripts (before torch)
 os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars cost time and clutter the tables (read at import)
 
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -59,7 +59,8 @@ def machine_lines() -> list[str]:
     ]
     try:
         load = os.getloadavg()
-        lines.append(f"- load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (other jobs make timings noisy)")
+        lines.append(f"- load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
+                     "(other jobs make timings noisy)")
     except OSError:
         pass
     if torch.cuda.is_available():

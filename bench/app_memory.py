@@ -3,11 +3,12 @@
 
 Builds what ``app.py`` builds, in this process: the text backbone, a ``Retriever`` over N
 projected image embeddings (float16, the clustered synthetic vectors of ``bench_search.py``,
-memory-mapped as the app maps its projection cache) with 5 synthetic captions per photo, the Gradio page, launched on 127.0.0.1, then answers
-``--queries`` text queries. Prints resident memory (VmRSS) after each step and the peak (VmHWM),
-beside the cost of the imports alone, so the share of torch / transformers / gradio is visible.
+memory-mapped as the app maps its projection cache) with 5 synthetic captions per photo, the
+Gradio page, launched on 127.0.0.1, then answers ``--queries`` text queries. Prints resident
+memory (VmRSS) after each step and the peak (VmHWM), beside the cost of the imports alone, so
+the share of torch / transformers / gradio is visible.
 
-    python bench/app_memory.py [--images 31000] [--queries 50]
+    python -m bench.app_memory [--images 31000] [--queries 50]
 """
 from __future__ import annotations
 
@@ -19,8 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+from bench import _common as C  # noqa: E402
 
 
 def status_mb(field: str) -> float:
@@ -46,13 +46,13 @@ def main(argv=None) -> int:
     import torch
     import transformers  # noqa: F401
     steps.append(("import numpy, torch, transformers", status_mb("VmRSS")))
-    import gradio as gr
     steps.append(("import gradio", status_mb("VmRSS")))
 
     import app
-    from backbones import create_text_backbone
+    from crossmodal.backbones import create_text_backbone
+    from crossmodal.retrieval import Retriever
+
     from model import RetrievalModel
-    from retrieval import Retriever
 
     torch.set_num_threads(1)  # the app's default (--threads 1)
     if not args.as_before:
@@ -65,10 +65,10 @@ def main(argv=None) -> int:
     # generator's temporaries would otherwise count in this process's peak.
     tmp = Path(tempfile.mkdtemp(prefix="app_memory_"))
     subprocess.run([sys.executable, "-c", (
-        "import sys, numpy as np; sys.path.insert(0, sys.argv[1]); from bench_search import clustered; "
-        "np.save(sys.argv[2], clustered(int(sys.argv[3]), d=int(sys.argv[4]), dtype=np.float16))"),
-        str(Path(__file__).resolve().parent), str(tmp / "projected.npy"), str(args.images),
-        str(model.config_dict()["embed_dim"])], check=True)
+        "import sys, numpy as np; from bench.bench_search import clustered; "
+        "np.save(sys.argv[1], clustered(int(sys.argv[2]), d=int(sys.argv[3]), dtype=np.float16))"),
+        str(tmp / "projected.npy"), str(args.images), str(model.config_dict()["embed_dim"])],
+        check=True, cwd=C.ROOT)
     emb = np.load(tmp / "projected.npy", mmap_mode="r")
     names = [f"{i:012d}.jpg" for i in range(args.images)]
     # Flickr-like captions shown under results: 5 per photo, ~65 characters each

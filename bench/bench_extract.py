@@ -26,17 +26,18 @@ import argparse
 import contextlib
 import itertools
 import logging
-import os
 import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402  (sets sys.path to the repo root)
+from bench import _common as C  # first: it sets what torch reads when it loads
 
+# isort: split
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from extract import default_num_workers  # noqa: E402
+
+from crossmodal.features import extract, gpu_decode  # noqa: E402
+from crossmodal.features.extract import default_num_workers  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -55,7 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=0, help="use only the first N images of the folder (0 = all)")
     p.add_argument("--batch-size", type=int, default=None, help="default: config's CPU or GPU batch size")
     p.add_argument("--workers", type=int, default=None,
-                   help="PIL decode workers for ours with CPU decoding (default: config.NUM_WORKERS on CPU, "
+                   help="PIL decode workers for ours with CPU decoding (default: extract.NUM_WORKERS on CPU, "
                         "16 on CUDA, as a plain GPU DataLoader would use)")
     p.add_argument("--gpu-workers", type=int, default=None,
                    help="file-reading workers for ours with GPU decoding (default: what "
@@ -75,19 +76,20 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def make_backbone(name: str, tmp: Path):
     """The backbone; resnet18 gets random weights saved to a temp file when none are local."""
-    import backbones
-    if name == "resnet18" and not backbones._resnet18_present():
+    from crossmodal import backbones
+    if name == "resnet18" and not backbones.image._resnet18_present(C.ROOT / "models"):
         from torchvision.models import resnet18
         path = tmp / "resnet18_random.pth"
         torch.manual_seed(0)
         torch.save(resnet18(weights=None).state_dict(), path)
-        return backbones.create_image_backbone("resnet18", path), "random weights (no local ImageNet weights; speed is the same)"
+        return (backbones.create_image_backbone("resnet18", path),
+                "random weights (no local ImageNet weights; speed is the same)")
     return backbones.create_image_backbone(name), "real weights"
 
 
 def load_ready(backbone, paths: list[Path]) -> torch.Tensor:
     """The images as the model sees them: decoded, resized, cropped uint8 (N,3,S,S), untimed."""
-    from extract import ImageFileDataset
+    from crossmodal.features.extract import ImageFileDataset
     ds = ImageFileDataset(paths, backbone.pil_transform(), backbone.image_size)
     return torch.stack([ds[i][0] for i in range(len(ds))])
 
@@ -123,9 +125,9 @@ def original_loop(backbone, paths: list[Path], out_dir: Path, device: torch.devi
 
 def run_ours(backbone, images_dir: Path, names: list[str], out_dir: Path, *, batch: int, workers: int,
              device: str, decode: str, decode_threads: int | None = None) -> None:
-    import config
-    from extract import extract_image_features
-    threads = config.GPU_DECODE_THREADS if decode_threads is None else decode_threads
+    from crossmodal.features.extract import extract_image_features
+
+    threads = gpu_decode.GPU_DECODE_THREADS if decode_threads is None else decode_threads
     cache = extract_image_features(backbone, images_dir, names, out_dir, batch_size=batch, num_workers=workers,
                                    device=device, decode=decode, decode_threads=threads, force=True)
     bad = cache.manifest["failures"]
@@ -136,7 +138,7 @@ def run_ours(backbone, images_dir: Path, names: list[str], out_dir: Path, *, bat
 def gpu_decode_only(backbone, images_dir: Path, names: list[str], batch: int, workers: int,
                     device: torch.device) -> None:
     """ours' GPU-decode input pipeline without the model: worker file reads, nvJPEG, batched resize."""
-    from extract import _byte_batches, _gpu_decoded_batches
+    from crossmodal.features.gpu_decode import _byte_batches, _gpu_decoded_batches
     paths = [images_dir / nm for nm in names]
     batches = [list(range(i, min(i + batch, len(paths)))) for i in range(0, len(paths), batch)]
     for _ in _gpu_decoded_batches(_byte_batches(paths, batches, workers), backbone, device):
@@ -170,16 +172,16 @@ def main(argv=None) -> int:
     if cuda and not torch.cuda.is_available():
         print("SKIP: --device cuda but no CUDA device is available")
         return 0
-    import config
-    batch = args.batch_size or (config.IMAGE_BATCH_SIZE_GPU if cuda else config.IMAGE_BATCH_SIZE_CPU)
-    workers = args.workers if args.workers is not None else (16 if cuda else config.NUM_WORKERS)
+    batch = args.batch_size or (extract.IMAGE_BATCH_SIZE_GPU if cuda else extract.IMAGE_BATCH_SIZE_CPU)
+    workers = args.workers if args.workers is not None else (16 if cuda else extract.NUM_WORKERS)
     gpu_workers = args.gpu_workers if args.gpu_workers is not None else default_num_workers("gpu")
-    decodes = {"cpu": ["cpu"], "gpu": ["gpu"], "both": ["cpu", "gpu"], None: ["cpu", "gpu"] if cuda else ["cpu"]}[args.decode]
+    decodes = {"cpu": ["cpu"], "gpu": ["gpu"], "both": ["cpu", "gpu"],
+               None: ["cpu", "gpu"] if cuda else ["cpu"]}[args.decode]
     if not cuda and "gpu" in decodes:
         print("SKIP: --decode gpu needs --device cuda")
         return 0
     extra_threads = [] if args.decode_threads is None or "gpu" not in decodes else \
-        [int(t) for t in args.decode_threads.split(",") if int(t) != config.GPU_DECODE_THREADS]
+        [int(t) for t in args.decode_threads.split(",") if int(t) != gpu_decode.GPU_DECODE_THREADS]
     names = files * args.repeat
     n = len(names)
     sync = torch.cuda.synchronize if cuda else None
@@ -196,7 +198,8 @@ def main(argv=None) -> int:
     print(f"- backbone {backbone.name} ({weights_note}), input {backbone.image_size}px, device {device}, "
           f"dtype {'bf16 autocast' if cuda else 'float32'}, channels_last")
     print(f"- images: {len(files)} JPEGs from {args.data} x repeat {args.repeat} = {n}; batch {batch}; "
-          f"decode workers {workers} (CPU decode), {gpu_workers} (GPU decode, file reading); torch threads {torch.get_num_threads()}; rounds {args.rounds} (fastest kept)")
+          f"decode workers {workers} (CPU decode), {gpu_workers} (GPU decode, file reading); "
+          f"torch threads {torch.get_num_threads()}; rounds {args.rounds} (fastest kept)")
 
     # warm-up (allocator, cuDNN autotune, nvJPEG init, page cache), untimed
     with quiet():
@@ -240,7 +243,8 @@ def main(argv=None) -> int:
     rate = {k: (n_orig if k == "original" else n) / v for k, v in times.items()}
     label = {"bare": "bare forward (ready uint8 tensors" + (", on GPU)" if cuda else ")"),
              "ours_cpu": f"ours, CPU decode ({workers} workers)",
-             "ours_gpu": f"ours, GPU decode (nvJPEG, {config.GPU_DECODE_THREADS} decode threads, {gpu_workers} readers: the defaults)",
+             "ours_gpu": f"ours, GPU decode (nvJPEG, {gpu_decode.GPU_DECODE_THREADS} decode threads, "
+                         f"{gpu_workers} readers: the defaults)",
              **{f"ours_gpu_t{t}": f"ours, GPU decode, {t} decode threads" + (" (inline)" if t == 0 else "")
                 for t in extra_threads},
              "original": "original loop (PIL + transforms, batch 1)",

@@ -8,7 +8,7 @@ Per collection size and index kind it prints, over the same real captions used a
 * bare      the text backbone's forward pass alone on the query as its tokenizer returns it
             (``model(**tokenizer([query], return_tensors="pt"))``): the standard transformers call;
 * query     ``Retriever.search_text(query, k=10)``, everything included;
-* query / bare  p50 ratio (target at 31,000 images: <= 1.2);
+* query / bare  p50 ratio (target at 31,000 images: <= 1.3);
 * query / unmasked  p50 ratio against the same forward given only ``input_ids``. A single query has
             no padding, so its attention mask masks nothing; the app drops it, and transformers then
             skips building the attention mask (0.1-0.4 ms of a ~10 ms MiniLM forward). This ratio is the
@@ -19,35 +19,34 @@ query for another text, so that all three start from the same cache state and lo
 jobs hits all alike. The projection heads are randomly initialised (latency does not depend on
 their values) and the image embeddings are the clustered synthetic unit vectors of
 ``bench_search.py``, stored in float16 as the app stores them. The index is the app's (``exact``
-below ``config.EXACT_SEARCH_MAX``) and, for comparison, the tuned FAISS index, with its recall@10
+below ``crossmodal.index.EXACT_SEARCH_MAX``) and, for comparison, the tuned FAISS index, with its recall@10
 against exact search.
 
-    python bench/bench_query.py                          # 31,000 and 1,000,000 images (~3 min)
-    python bench/bench_query.py --sizes 31000,1000000,10000000   # adds 10M (~25 min, ~9 GB RAM)
-    python bench/bench_query.py --sizes 31000 --backbone bert-base-uncased --weights DIR  # a larger encoder
+    python -m bench.bench_query                          # 31,000 and 1,000,000 images (~3 min)
+    python -m bench.bench_query --sizes 31000,1000000,10000000   # adds 10M (~25 min, ~9 GB RAM)
+    python -m bench.bench_query --sizes 31000 --backbone bert-base-uncased --weights DIR  # a larger encoder
 """
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+from bench import _common as C  # first: it sets what torch reads when it loads
 
+# isort: split
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import config  # noqa: E402
-from backbones import create_text_backbone  # noqa: E402
-from bench_search import clustered  # noqa: E402
-from datasets import read_captions  # noqa: E402
+from bench.bench_search import clustered  # noqa: E402
+from crossmodal.backbones import create_text_backbone  # noqa: E402
+from crossmodal.captions import read_captions  # noqa: E402
+from crossmodal.index import EXACT_SEARCH_MAX, recall_at  # noqa: E402
+from crossmodal.querybank import querybank_bias  # noqa: E402
+from crossmodal.retrieval import Retriever  # noqa: E402
+
 from model import RetrievalModel  # noqa: E402
-from querybank import querybank_bias  # noqa: E402
-from retrieval import Retriever  # noqa: E402
-from search_index import exact_scan_is_cheaper, recall_at  # noqa: E402
 
 FALLBACK_QUERIES = [  # used when the Flickr8k captions are absent
     "a dog running through the snow", "two children playing on the beach",
@@ -132,7 +131,7 @@ def run_setting(retriever: Retriever, queries: list[str], warmup: int, k: int):
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("search_index").setLevel(logging.INFO)
+    logging.getLogger("crossmodal.index").setLevel(logging.INFO)
     sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
     queries = load_queries(args.data, args.queries + args.warmup, args.seed)
     if args.threads:
@@ -142,7 +141,8 @@ def main(argv=None) -> int:
     backbone.model.eval()
     torch.manual_seed(args.seed)
     model = RetrievalModel(image_dim=1280, text_dim=backbone.dim).eval()
-    C.print_machine(f"Query latency: {args.backbone} + heads + search, {len(queries) - args.warmup} queries, k={args.k}")
+    C.print_machine(f"Query latency: {args.backbone} + heads + search, {len(queries) - args.warmup} queries, "
+                    f"k={args.k}")
 
     rows_out = []
     for n in sizes:
@@ -153,9 +153,8 @@ def main(argv=None) -> int:
             bank = torch.from_numpy(clustered(2000, d=model.config_dict()["embed_dim"], seed=args.seed + 1))
             biases = {"text": querybank_bias(emb, bank, beta=1 / 0.045)}
         # exact first (its results are the truth for recall), then the tuned FAISS index; the app
-        # itself (build_index "auto") takes exact up to config.EXACT_SEARCH_MAX images and FAISS
-        # above, unless the tuned FAISS index would read as many bytes as an exact scan
-        app_kind = "exact" if n <= config.EXACT_SEARCH_MAX else "faiss"
+        # itself (build_index "auto") takes exact up to EXACT_SEARCH_MAX images and FAISS above
+        app_kind = "exact" if n <= EXACT_SEARCH_MAX else "faiss"
         setting_rows = {}
         for kind in ("exact", "faiss"):
             r = Retriever(model, {"text": {"backbone": backbone.name, "weights": backbone.weights}}, names, emb,
@@ -163,8 +162,6 @@ def main(argv=None) -> int:
             bare, unmasked, query, found = run_setting(r, queries, args.warmup, args.k)
             if kind == "exact":
                 truth = found
-            elif exact_scan_is_cheaper(r.index, emb.dtype):
-                app_kind = "exact"
             recall = "exact" if kind == "exact" else f"{recall_at(found, truth):.3f}"
             setting_rows[kind] = [f"{n:,}", r.index.describe(), pct_ms(bare, 50), pct_ms(bare, 95),
                                   pct_ms(query, 50), pct_ms(query, 95), pct_ms(query, 50) / pct_ms(bare, 50),

@@ -1,7 +1,7 @@
 """Query latency of exact search vs the FAISS index, and FAISS recall@10, at several collection sizes.
 
-    python bench/bench_search.py                         # 31,000 and 1,000,000 images (~4 min)
-    python bench/bench_search.py --sizes 31000,1000000,10000000   # adds 10M (~25 min, ~9 GB RAM)
+    python -m bench.bench_search                         # 31,000 and 1,000,000 images (~4 min)
+    python -m bench.bench_search --sizes 31000,1000000,10000000   # adds 10M (~25 min, ~9 GB RAM)
 
 Per size it prints exact and FAISS p50/p95 latency per single query (``time.perf_counter``, after
 warm-up queries), FAISS recall@10 against exact search, the speed-up (exact p50 / FAISS p50), the
@@ -28,16 +28,13 @@ import argparse
 import logging
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import search_index as si  # noqa: E402
-from atomic_io import atomic_write_text  # noqa: E402
+import crossmodal.index as si  # noqa: E402
+from crossmodal.atomic_io import atomic_write_text  # noqa: E402
 
 log = logging.getLogger("bench_search")
 
@@ -110,8 +107,8 @@ def machine() -> str:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     mem = ""
     try:
-        kb = int(next(l for l in Path("/proc/meminfo").read_text().splitlines()
-                      if l.startswith("MemTotal")).split()[1])
+        kb = int(next(line for line in Path("/proc/meminfo").read_text().splitlines()
+                      if line.startswith("MemTotal")).split()[1])
         mem = f", {kb / 2**20:.0f} GiB RAM"
     except (OSError, StopIteration):
         pass
@@ -154,7 +151,8 @@ def bench_size(n: int, args: argparse.Namespace) -> list[dict]:
     del exact, index
     if args.querybank:  # as served: text queries ranked by q·x - querybank bias (querybank.py)
         import torch
-        from querybank import querybank_bias
+
+        from crossmodal.querybank import querybank_bias
         bank = torch.from_numpy(clustered(args.querybank, seed=args.seed + 2))  # "training queries"
         biases = {"text": querybank_bias(vectors, bank, beta=1 / QUERYBANK_TEMPERATURE, progress=True)}
         exact = si.ExactIndex(vectors, biases=biases)
@@ -207,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for r in results:
         lines.append(
-            f"| {r['n']:,} | {'querybank bias' if r.get('querybank') else 'cosine'} | {r['dtype']} | {r['ex50']:.2f} | {r['ex95']:.2f} | {r['index']} | {r['build']:.0f} "
+            f"| {r['n']:,} | {'querybank bias' if r.get('querybank') else 'cosine'} | {r['dtype']} "
+            f"| {r['ex50']:.2f} | {r['ex95']:.2f} | {r['index']} | {r['build']:.0f} "
             f"| {r['fa50']:.3f} | {r['fa95']:.3f} | {r['recall']:.3f} | {r['recall_build']:.3f} "
             f"| {r['ex50'] / r['fa50']:.0f}x |")
     table = "\n".join(lines)

@@ -22,9 +22,9 @@ import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+from bench import _common as C  # first: it sets what torch reads when it loads
 
+# isort: split
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -35,7 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="caption file, lines 'name.jpg#n<TAB>caption' (default: %(default)s)")
     p.add_argument("-n", "--captions", type=int, default=5000, help="captions encoded (default: %(default)s)")
     p.add_argument("--backbone", default="minilm", help="text backbone (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=None, help="default: config.TEXT_BATCH_SIZE")
+    p.add_argument("--batch-size", type=int, default=None, help="default: backbones.TEXT_BATCH_SIZE")
     p.add_argument("--fixed-length", type=int, default=32, help="padding of the fixed baseline")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
@@ -77,15 +77,15 @@ def main(argv=None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("SKIP: --device cuda but no CUDA device is available")
         return 0
-    import backbones
-    import config
+    from crossmodal import backbones
+
     try:
         backbone = backbones.create_text_backbone(args.backbone)
     except backbones.BackboneUnavailable as err:
         print(f"SKIP: {err}")
         return 0
     backbone.model.to(device).eval()
-    batch = args.batch_size or config.TEXT_BATCH_SIZE
+    batch = args.batch_size or backbones.TEXT_BATCH_SIZE
     texts = read_captions(args.data, args.captions)
     n = len(texts)
     tok = backbone.tokenizer
@@ -107,7 +107,8 @@ def main(argv=None) -> int:
     print(f"- backbone {backbone.name} ({backbone.dim}-d, {backbone.pooling} pooling), device {device}, "
           f"batch {batch}, rounds {args.rounds} (fastest kept)")
     print(f"- {n} captions from {args.data}: tokens/caption mean {lengths.mean():.1f}, max {lengths.max()}, "
-          f"{int((lengths > args.fixed_length).sum())} longer than {args.fixed_length} (truncated by fixed-{args.fixed_length})")
+          f"{int((lengths > args.fixed_length).sum())} longer than {args.fixed_length} "
+          f"(truncated by fixed-{args.fixed_length})")
     print(f"- padded tokens computed: dynamic+sorted {tokens_dynamic:,}, fixed-{args.fixed_length} {tokens_fixed:,} "
           f"({tokens_fixed / tokens_dynamic:.2f}x)")
 

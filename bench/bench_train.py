@@ -36,14 +36,14 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+from bench import _common as C  # first: it sets what torch reads when it loads
 
-import config  # noqa: E402
-
+# isort: split
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
+
+import config  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -86,8 +86,7 @@ def synthetic(args):
             txt[s : s + len(o)] = img[o] @ W + args.text_noise * rng.standard_normal((len(o), args.text_dim),
                                                                                      dtype=np.float32)
         names = [f"{prefix}{i:06d}.jpg" for i in range(n_img)]
-        ids = [f"{names[o]}#{j % args.captions_per_image}" for j, o in enumerate(owner)]
-        return SplitData(names, torch.from_numpy(img.astype(np.float16)), torch.from_numpy(txt), owner, ids)
+        return SplitData(names, torch.from_numpy(img.astype(np.float16)), torch.from_numpy(txt), owner)
 
     return split(args.train_images, "train"), split(args.val_images, "val")
 
@@ -163,7 +162,8 @@ def main(argv=None) -> int:
     print(f"- train {len(train_data.image_names):,} images / {train_data.n_captions:,} caption samples, val "
           f"{len(val_data.image_names):,} / {val_data.n_captions:,}; dims {args.image_dim}/{args.text_dim}; "
           f"text = image W + {args.text_noise} noise (made in {gen_s:.1f} s, untimed)")
-    print(f"- batch {args.batch_size}, learning rate {args.lr:g}; ours: up to {args.epochs} epochs, patience {args.patience}")
+    print(f"- batch {args.batch_size}, learning rate {args.lr:g}; ours: up to {args.epochs} epochs, "
+          f"patience {args.patience}")
 
     # --- ours: the real trainer, timestamps taken at each validation --------------------------------
     stamps: list[float] = []

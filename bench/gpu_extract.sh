@@ -56,11 +56,11 @@ fi
 echo "data: $(ls $DATA | wc -l) JPEGs in $DATA"
 
 echo "== where the time goes, bytes in memory; first a check that the threaded pipeline == per-image decode+resize"
-timeout 100 $PY bench/gpu_profile_decode.py --device cuda --data "$DATA" --threads 0,2,3,4 || echo "(exit $?: CHECK FAILED, timed out or failed)"
+timeout 100 $PY -m bench.gpu_profile_decode --device cuda --data "$DATA" --threads 0,2,3,4 || echo "(exit $?: CHECK FAILED, timed out or failed)"
 
 run() {  # bench_extract on the GPU; each capped so the whole script stays under 5 minutes
   echo; echo "== bench_extract $* ($(( $(date +%s) - START )) s elapsed)"
-  timeout 110 $PY bench/bench_extract.py --data "$DATA" --device cuda --decode both --repeat 50 --workers 16 \
+  timeout 110 $PY -m bench.bench_extract --data "$DATA" --device cuda --decode both --repeat 50 --workers 16 \
     --batch-size 256 --rounds 2 --original-images 500 "$@" || echo "(exit $?: timed out or failed)"
 }
 run --backbone resnet18 --decode-threads 0,2,3,4

@@ -2,13 +2,13 @@
 """Where the GPU-decode path spends its time, with the file bytes already in memory.
 
 Times, on the same in-memory JPEG bytes (no file reads): nvJPEG batch decode alone; the batched
-resize alone; both (``extract._decode_on_gpu``); the input pipeline ``extract._gpu_decoded_batches``
+resize alone; both (``gpu_decode._decode_on_gpu``); the input pipeline ``gpu_decode._gpu_decoded_batches``
 with 0 (inline), 1, 2 and 3 decode threads, without and with the model; the model alone on a ready
 batch; then reading the files, by worker processes (as extract does) and by in-process threads.
 First it checks that the threaded pipeline's batches equal each image decoded and resized
 alone (exactly), so the streams and threads lose or reorder nothing.
 
-Run on a CUDA machine (bench/gpu_extract.sh does): python bench/gpu_profile_decode.py --device cuda
+Run on a CUDA machine (bench/gpu_extract.sh does): python -m bench.gpu_profile_decode --device cuda
 On a CPU it runs the same code (decode on the CPU), as a dry run.
 """
 from __future__ import annotations
@@ -19,14 +19,14 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402  (sets sys.path to the repo root)
+from bench import _common as C  # first: it sets what torch reads when it loads
 
+# isort: split
 import torch  # noqa: E402
 from torchvision.io import ImageReadMode, decode_jpeg  # noqa: E402
 
-import extract  # noqa: E402
-from bench_extract import make_backbone  # noqa: E402
+from bench.bench_extract import make_backbone  # noqa: E402
+from crossmodal.features import gpu_decode  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -46,7 +46,8 @@ def main(argv=None) -> int:
         return 0
     data = [torch.frombuffer(bytearray(f.read_bytes()), dtype=torch.uint8) for f in files]
     data = (data * (args.images // len(data) + 1))[: args.images]
-    batches = [(data[i : i + args.batch], [""] * len(data[i : i + args.batch])) for i in range(0, len(data), args.batch)]
+    batches = [(data[i : i + args.batch], [""] * len(data[i : i + args.batch]))
+               for i in range(0, len(data), args.batch)]
     tmp = tempfile.TemporaryDirectory()
     backbone, _ = make_backbone(args.backbone, Path(tmp.name))
     model = backbone.model.to(device).eval().to(memory_format=torch.channels_last)
@@ -59,7 +60,7 @@ def main(argv=None) -> int:
     threads_list = [int(t) for t in args.threads.split(",")]
     ok = True
     for t in sorted({max(threads_list), 0}):
-        got = torch.cat([x for x, _ in extract._gpu_decoded_batches(iter(batches[:6]), backbone, device, t)])
+        got = torch.cat([x for x, _ in gpu_decode._gpu_decoded_batches(iter(batches[:6]), backbone, device, t)])
         ref = torch.stack([resize(decode_jpeg(d, mode=ImageReadMode.RGB, device=device)) for d in data[: len(got)]])
         same = torch.equal(got, ref)
         ok &= same
@@ -85,17 +86,19 @@ def main(argv=None) -> int:
     out = torch.zeros(len(decoded), 3, backbone.image_size, backbone.image_size, dtype=torch.uint8, device=device)
     ready = out.clone()
     print("\n| step (bytes in memory) | images/s |\n|---|---|")
-    timeit("nvJPEG batch decode alone", lambda: [decode_jpeg(b, mode=ImageReadMode.RGB, device=device) for b, _ in batches])
-    timeit("batched resize alone", lambda: [extract._resize_batch(decoded, resize, out, list(range(len(decoded))))
+    timeit("nvJPEG batch decode alone",
+           lambda: [decode_jpeg(b, mode=ImageReadMode.RGB, device=device) for b, _ in batches])
+    timeit("batched resize alone", lambda: [gpu_decode._resize_batch(decoded, resize, out, list(range(len(decoded))))
                                             for _ in batches])
-    timeit("decode + resize (_decode_on_gpu)", lambda: [extract._decode_on_gpu(b, e, backbone, device) for b, e in batches])
+    timeit("decode + resize (_decode_on_gpu)",
+           lambda: [gpu_decode._decode_on_gpu(b, e, backbone, device) for b, e in batches])
     timeit("model alone (ready batch on the device)", lambda: [forward(ready) for _ in batches])
     for t in threads_list:
         timeit(f"pipeline, {t} decode threads, no model",
-               lambda: [None for _ in extract._gpu_decoded_batches(iter(batches), backbone, device, t)])
+               lambda: [None for _ in gpu_decode._gpu_decoded_batches(iter(batches), backbone, device, t)])
     for t in threads_list:
         timeit(f"pipeline, {t} decode threads, + model",
-               lambda: [forward(x) for x, _ in extract._gpu_decoded_batches(iter(batches), backbone, device, t)])
+               lambda: [forward(x) for x, _ in gpu_decode._gpu_decoded_batches(iter(batches), backbone, device, t)])
     # reading the files (page cache): worker processes packing a batch per tensor (what extract
     # does) against the earlier design, threads in this process reading a whole batch per task
     paths = (files * (args.images // len(files) + 1))[: args.images]
@@ -104,18 +107,18 @@ def main(argv=None) -> int:
     def thread_reads(threads: int) -> None:
         def read(b):
             return [torch.frombuffer(bytearray(Path(paths[i]).read_bytes()), dtype=torch.uint8) for i in b]
-        for _ in extract._map_ahead(read, path_batches, threads, max(4, threads)):
+        for _ in gpu_decode._map_ahead(read, path_batches, threads, max(4, threads)):
             pass
 
     print("\n| file reads (page cache) | images/s |\n|---|---|")
     timeit("threads in-process, a batch per task, 4 threads", lambda: thread_reads(4))
     for w in (4, 8, 16):
         timeit(f"worker processes, packed batches, {w} workers",
-               lambda: [None for _ in extract._byte_batches(paths, path_batches, w)])
+               lambda: [None for _ in gpu_decode._byte_batches(paths, path_batches, w)])
     for w in (8, 16):
         timeit(f"+ decode pipeline ({max(threads_list)} threads) + model, {w} workers",
-               lambda: [forward(x) for x, _ in extract._gpu_decoded_batches(
-                   extract._byte_batches(paths, path_batches, w), backbone, device, max(threads_list))])
+               lambda: [forward(x) for x, _ in gpu_decode._gpu_decoded_batches(
+                   gpu_decode._byte_batches(paths, path_batches, w), backbone, device, max(threads_list))])
     tmp.cleanup()
     return 0 if ok else 1
 

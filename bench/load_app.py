@@ -2,7 +2,7 @@
 """Load check: N concurrent gradio_client clients, each sending M text queries to a running app.
 
     python app.py --work-dir work/demo &                   # in another shell
-    python bench/load_app.py --url http://127.0.0.1:7860/ --clients 20 --queries 50
+    python -m bench.load_app --url http://127.0.0.1:7860/ --clients 20 --queries 50
 
 Prints the end-to-end latency (client call to result, as a user of the API sees it) at p50/p95/max,
 the throughput and the number of failed calls. Exit status 1 when any call failed.

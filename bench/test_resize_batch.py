@@ -2,15 +2,11 @@
 
 Run: python -m pytest -q bench/test_resize_batch.py
 """
-import sys
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from torchvision.transforms import v2 as T  # noqa: E402
 
-import extract  # noqa: E402
+from crossmodal.features import gpu_decode  # noqa: E402
 
 
 def _images(dtype):
@@ -26,6 +22,6 @@ def test_resize_batch_matches_per_image():
         imgs = _images(dtype)
         rows = [6, 0, 3, 1, 5, 2, 4]  # scattered destination rows
         out = torch.zeros(len(imgs), 3, 224, 224, dtype=dtype)
-        extract._resize_batch(imgs, resize, out, rows)
+        gpu_decode._resize_batch(imgs, resize, out, rows)
         for k, img in enumerate(imgs):
             assert torch.equal(out[rows[k]], resize(img)), (dtype, k)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Bar chart of Flickr8k dev results from ``evaluate.py`` JSON reports (one bar group per report).
 
-    python scripts/plot_dev_results.py LABEL=work/x/results/eval_val.json ... --out docs/flickr8k_dev.png
+    python -m scripts.plot_dev_results LABEL=work/x/results/eval_val.json ... --out docs/flickr8k_dev.png
 
 Each report's trained rows are drawn (plain cosine, and with querybank normalisation where the
 report has it): rsum on the left axis, text->image R@1 on the right.
@@ -13,14 +13,12 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from atomic_io import atomic_open  # noqa: E402
+from crossmodal.atomic_io import atomic_open  # noqa: E402
 
 
 def trained_rows(report: dict) -> tuple[dict, dict | None]:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Start app.py, type one query in headless Chromium, save a screenshot of the answer.
 
-    python scripts/screenshot_app.py --out docs/app_flickr8k.png --query "a dog runs through the snow" \\
+    python -m scripts.screenshot_app --out docs/app_flickr8k.png --query "a dog runs through the snow" \\
         -- --work-dir work/flickr8k_lite2 --images ../shared/data/flickr8k/flickr8k-images
 
 Everything after ``--`` goes to app.py. Needs Debian's chromium (/usr/bin/chromium) and the
@@ -22,11 +22,13 @@ ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 
 
-def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 300.0) -> None:
+def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 300.0, poll: float = 0.5) -> None:
+    """Return once the app started as ``proc`` answers ``url``; RuntimeError if it exits or times out.
+    (The browser test waits for its app the same way.)"""
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
-            sys.exit(f"app.py exited with {proc.returncode}")
+            raise RuntimeError(f"app.py exited with {proc.returncode}")
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
@@ -34,8 +36,17 @@ def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 300.0) -> N
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
         if time.monotonic() > deadline:
-            sys.exit(f"app.py did not answer on {url} within {timeout:.0f} s")
-        time.sleep(0.5)
+            raise RuntimeError(f"app.py did not answer on {url} within {timeout:.0f} s")
+        time.sleep(poll)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop the app: terminate, then kill if it has not exited within 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(args.port), *app_args],
                             cwd=ROOT, env=env)
     try:
-        wait_until_up(url, proc)
+        try:
+            wait_until_up(url, proc)
+        except RuntimeError as err:
+            sys.exit(str(err))
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
@@ -76,11 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 browser.close()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
     print(f"screenshot: {args.out}")
     return 0
 

@@ -13,19 +13,19 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-import torchvision
+from helpers import save_random_resnet18, save_tiny_bert
 
-import demo_data
-import extract
-from backbones import create_image_backbone, create_text_backbone
+from crossmodal import demo_data
+from crossmodal.backbones import create_image_backbone, create_text_backbone
+from crossmodal.features import extract
+from scripts.screenshot_app import stop, wait_until_up
+
 from model import RetrievalModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,22 +47,12 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """A demo set, its features, a checkpoint and app.py serving them; yields (url, paths)."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
     base = tmp_path_factory.mktemp("app")
     demo_data.generate(base / "demo", num_images=N_IMAGES, progress=False)
     images, captions = base / "demo" / "images", base / "demo" / "captions.token"
 
-    torch.manual_seed(0)
-    resnet_file = base / "resnet18.pth"
-    torch.save(torchvision.models.resnet18(weights=None).state_dict(), resnet_file)
-    bert_dir = base / "bert-base-uncased"
-    bert_dir.mkdir()
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + VOCAB
-    (bert_dir / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    BertTokenizerFast.from_pretrained(str(bert_dir), do_lower_case=True).save_pretrained(str(bert_dir))
-    BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-                         vocab_size=len(vocab), max_position_embeddings=128)).eval().save_pretrained(str(bert_dir))
+    resnet_file = save_random_resnet18(base / "resnet18.pth")
+    bert_dir = save_tiny_bert(base / "bert-base-uncased", words=VOCAB)
 
     # 112 px instead of 224 for the cached features: 4x less compute, and text search never runs
     # the image backbone (the app builds its own, at 224 px, only for photo queries)
@@ -96,26 +86,13 @@ def served(tmp_path_factory):
          "--text-weights", str(bert_dir), "--image-weights", str(resnet_file), "--threads", "1"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"app.py exited with {proc.returncode}:\n{(base / 'app.log').read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url, timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"app.py did not answer on {url}:\n{(base / 'app.log').read_text()[-3000:]}")
-            time.sleep(0.3)
+        try:
+            wait_until_up(url, proc, timeout=90, poll=0.3)
+        except RuntimeError as err:
+            pytest.fail(f"{err}:\n{(base / 'app.log').read_text()[-3000:]}")
         yield url, dict(base=base, images=images, checkpoint=checkpoint, captions=captions)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
         log.close()
 
 
@@ -138,7 +115,8 @@ def test_query_in_the_browser_shows_five_results(served):
             results = page.locator("#results img")
             expect(results).to_have_count(5, timeout=20_000)
             for i in range(5):  # every thumbnail actually loaded (served from the images folder)
-                page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=results.nth(i).element_handle(),
+                page.wait_for_function("img => img.complete && img.naturalWidth > 0",
+                                       arg=results.nth(i).element_handle(),
                                        timeout=10_000)
             expect(page.locator("#timing")).to_contain_text("results in", timeout=10_000)
             expect(page.locator("#results")).to_contain_text("#1 ·")
@@ -190,12 +168,11 @@ def test_missing_checkpoint_exits_2_with_the_command_to_run(tmp_path):
 def test_lean_process_keeps_triton_out_and_text_search_working(tmp_path):
     """app.lean_process hides Triton (loaded by transformers' BERT code through torch._dynamo,
     never used by the page); a BERT still loads and encodes, and torch reports no Triton."""
-    from test_backbones import save_tiny_bert
 
     folder = save_tiny_bert(tmp_path / "bert-base-uncased")
     code = (
         "import sys, app; app.lean_process()\n"
-        "import torch, torch.utils._triton as t, backbones\n"
+        "import torch, torch.utils._triton as t\nfrom crossmodal import backbones\n"
         f"bb = backbones.create_text_backbone('bert-base-uncased', {str(folder)!r})\n"
         "v = bb.encode(['a dog runs'])\n"
         "assert v.shape == (1, 32), v.shape\n"

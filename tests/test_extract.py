@@ -1,4 +1,4 @@
-"""Feature extraction end to end on a tiny generated image set (extract.py and the stage scripts).
+"""Feature extraction end to end on a tiny generated image set (features/extract.py, gpu_decode.py, stage scripts).
 
 Backbones are randomly initialised and saved locally: a ResNet18 state dict and a 2-layer BERT.
 """
@@ -14,15 +14,16 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from helpers import save_tiny_bert
 from PIL import Image
 
-import backbones
 import batch_image_feature_extract
 import batch_text_feature_extract
-import extract
-from backbones import create_image_backbone, create_text_backbone
-from datasets import list_hash, read_captions
-from feature_cache import FEATURES_FILE, IDS_FILE, MANIFEST_FILE, PARTIAL_DIR, StaleCacheError, load_cache
+from crossmodal import backbones
+from crossmodal.backbones import create_image_backbone, create_text_backbone
+from crossmodal.captions import list_hash, read_captions
+from crossmodal.features import extract, gpu_decode
+from crossmodal.features.cache import FEATURES_FILE, IDS_FILE, MANIFEST_FILE, PARTIAL_DIR, StaleCacheError, load_cache
 
 N_GOOD = 24
 BAD = {  # name -> position in the name list (one per chunk of 8)
@@ -34,16 +35,6 @@ BAD = {  # name -> position in the name list (one per chunk of 8)
 WORDS = ("a an the two one dog dogs cat man men woman women child children girl boy is are runs running "
          "plays playing sits sitting jumps on in with of and at near red blue green white black ball grass "
          "water street park beach snow bike shirt hat . ,").split()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a small CPU shared with other jobs, two threads spin-wait on each
-    other and run several times slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -95,19 +86,7 @@ def resnet(resnet_file):
 
 @pytest.fixture(scope="module")
 def bert_dir(tmp_path_factory) -> Path:
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    folder = tmp_path_factory.mktemp("bert") / "bert-base-uncased"
-    folder.mkdir()
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast.from_pretrained(str(folder), do_lower_case=True)
-    torch.manual_seed(0)
-    cfg = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-                     vocab_size=len(vocab), max_position_embeddings=128)
-    BertModel(cfg).eval().save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
-    return folder
+    return save_tiny_bert(tmp_path_factory.mktemp("bert") / "bert-base-uncased", words=WORDS)
 
 
 @pytest.fixture(scope="module")
@@ -243,8 +222,8 @@ def test_device_decode_pipeline_matches_per_image(tmp_path, resnet, threads):
     names[3:3] = ["pic.png"]
     names[9:9] = ["corrupt.jpg", "missing.jpg"]
     batches = [list(range(i, min(i + 5, len(names)))) for i in range(0, len(names), 5)]
-    byte_batches = extract._byte_batches([tmp_path / n for n in names], batches, num_workers=min(threads, 1))
-    got = list(extract._gpu_decoded_batches(byte_batches, resnet, torch.device("cpu"), threads))
+    byte_batches = gpu_decode._byte_batches([tmp_path / n for n in names], batches, num_workers=min(threads, 1))
+    got = list(gpu_decode._gpu_decoded_batches(byte_batches, resnet, torch.device("cpu"), threads))
     assert [len(x) for x, _ in got] == [len(b) for b in batches]
     x = torch.cat([x for x, _ in got])
     errors = [e for _, es in got for e in es]
@@ -450,7 +429,8 @@ def test_stage_script_missing_weights_exit_2(tmp_path, image_set, caplog):
 
 def test_views_geometry():
     size = 20
-    cols = torch.arange(size, dtype=torch.uint8).view(1, 1, 1, size).expand(2, 3, size, size) * 10  # value = 10 x column
+    # value = 10 x column
+    cols = torch.arange(size, dtype=torch.uint8).view(1, 1, 1, size).expand(2, 3, size, size) * 10
     assert torch.equal(backbones.make_view(cols, "full"), cols)
     assert torch.equal(backbones.make_view(cols, "full_flip"), cols.flip(-1))
     tl, br = backbones.make_view(cols, "top_left80"), backbones.make_view(cols, "bottom_right80")
@@ -481,8 +461,6 @@ def test_views_cache_stacks_views_and_collections_take_their_mean(tmp_path, imag
     assert not np.allclose(stacked[:, 1], stacked[:, 0], atol=1e-2)  # a flip is another view
     assert "views" not in mean.manifest and mean.manifest["preprocess"]["views"] == list(views)
     np.testing.assert_allclose(np.asarray(mean.features, dtype=np.float32), stacked.mean(1), atol=2e-3, rtol=2e-3)
-    with pytest.raises(ValueError, match="not both"):
-        extract.extract_image_features(resnet, images, names, tmp_path / "both", views=views, grid=True, **IMAGE_KW)
 
 
 def test_bf16_precision_on_cpu_is_recorded_and_refuses_to_mix(tmp_path, image_set, resnet, image_reference):

@@ -1,4 +1,4 @@
-"""Keyword augmentation (keywords.py, sentence_augment.py) on both methods, with no network.
+"""Keyword augmentation (crossmodal/keywords/, sentence_augment.py) on both methods, with no network.
 
 The NLTK method runs for real on a private NLTK data folder: a tiny perceptron tagger trained here
 and saved in NLTK's own format, a tiny stopword list and a tiny WordNet. The rule method runs with
@@ -10,19 +10,31 @@ from __future__ import annotations
 import logging
 import random
 import re
+import socket
 import time
+from pathlib import Path
 
 import nltk
 import pytest
+from conftest import SHARED_DATA
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from crossmodal import keywords
+from crossmodal.captions import Caption, CaptionSet, DatasetError
+from crossmodal.keywords import (
+    KeywordSample,
+    augment_captions,
+    extract_phrases,
+    load_keyword_tools,
+    nltk_data,
+    nouns_of,
+    phrase_counts,
+    read_keyword_samples,
+    write_keyword_samples,
+)
+
 import config
-import keywords
-from conftest import SHARED_DATA
-from datasets import Caption, CaptionSet, DatasetError
-from keywords import (KeywordSample, augment_captions, extract_phrases, load_keyword_tools, nouns_of,
-                      phrase_counts, read_keyword_samples, write_keyword_samples)
 
 FLICKR8K = SHARED_DATA / "flickr8k" / "flickr8k.token"
 
@@ -96,7 +108,7 @@ def make_nltk_data(root):
 
 @pytest.fixture(autouse=True)
 def no_system_wordnet(monkeypatch, tmp_path_factory):
-    monkeypatch.setattr(keywords, "SYSTEM_WORDNET_DIR", tmp_path_factory.getbasetemp() / "no-wordnet")
+    monkeypatch.setattr(nltk_data, "SYSTEM_WORDNET_DIR", tmp_path_factory.getbasetemp() / "no-wordnet")
 
 
 @pytest.fixture
@@ -196,7 +208,7 @@ def test_one_quiet_download_try_per_missing_package(tmp_path, nltk_path, monkeyp
 
 def test_a_hanging_download_is_not_repeated(tmp_path, nltk_path, monkeypatch):
     nltk_path(tmp_path)
-    monkeypatch.setattr(keywords, "DOWNLOAD_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(nltk_data, "DOWNLOAD_TIMEOUT_S", 0.05)
     tried = []
 
     def hanging_download(package, **kwargs):
@@ -207,6 +219,24 @@ def test_a_hanging_download_is_not_repeated(tmp_path, nltk_path, monkeypatch):
     monkeypatch.setattr(nltk, "download", hanging_download)
     assert load_keyword_tools(allow_download=True).method == "rules"
     assert len(tried) == 1
+
+
+def test_download_leaves_the_process_socket_timeout_alone(tmp_path, nltk_path, monkeypatch):
+    """The short timeout is NLTK's own setting (restored after), never the process-wide socket default."""
+    nltk_path(tmp_path)
+    seen = []
+
+    def offline_download(package, **kwargs):
+        seen.append((socket.getdefaulttimeout(), getattr(nltk.downloader, "NETWORK_TIMEOUT", None)))
+        return False
+
+    monkeypatch.setattr(nltk, "download", offline_download)
+    before = getattr(nltk.downloader, "NETWORK_TIMEOUT", None)
+    load_keyword_tools(allow_download=True)
+    assert seen and all(sock is None for sock, _ in seen)
+    if before is not None:
+        assert all(t == nltk_data.DOWNLOAD_TIMEOUT_S for _, t in seen)
+        assert nltk.downloader.NETWORK_TIMEOUT == before
 
 
 def test_download_that_succeeds_is_used(tmp_path, nltk_path, monkeypatch, caplog):
@@ -231,7 +261,7 @@ def test_debian_style_wordnet_folder_is_used(tmp_path, nltk_path, monkeypatch):
     """A folder laid out like /usr/share/wordnet (no lexnames) serves the lemmatiser."""
     nltk_path(tmp_path / "empty")
     wn_dir = write_tiny_wordnet(tmp_path / "usr-share-wordnet", with_lexnames=False)
-    monkeypatch.setattr(keywords, "SYSTEM_WORDNET_DIR", wn_dir)
+    monkeypatch.setattr(nltk_data, "SYSTEM_WORDNET_DIR", wn_dir)
     tools = load_keyword_tools(allow_download=False)
     assert tools.method == "tagger=rules,stopwords=rules,lemmatiser=system-wordnet"
     assert tools.noun_lemma("dogs") == "dog" and tools.noun_lemma("men") == "man"
@@ -240,11 +270,11 @@ def test_debian_style_wordnet_folder_is_used(tmp_path, nltk_path, monkeypatch):
     assert extract_phrases("A black dog runs on the grass .", tools) == ["black dog", "dog", "run", "grass"]
 
 
-@pytest.mark.skipif(not (keywords.Path("/usr/share/wordnet") / "index.noun").is_file(),
+@pytest.mark.skipif(not (Path("/usr/share/wordnet") / "index.noun").is_file(),
                     reason="Debian's wordnet-base is not installed (optional)")
 def test_real_debian_wordnet(nltk_path, tmp_path):
     nltk_path(tmp_path)
-    tools = load_keyword_tools(allow_download=False, system_wordnet=keywords.Path("/usr/share/wordnet"))
+    tools = load_keyword_tools(allow_download=False, system_wordnet=Path("/usr/share/wordnet"))
     assert tools.method.endswith("lemmatiser=system-wordnet")
     lemmas = [tools.noun_lemma(w) for w in "dogs children leaves glasses boss buses t-shirts".split()]
     assert lemmas == "dog child leaf glasses boss bus t-shirt".split()
@@ -257,7 +287,7 @@ def test_real_debian_wordnet(nltk_path, tmp_path):
 def test_plural_nouns_and_verb(tools):
     phrases = extract_phrases("Two dogs are running through the snow .", tools)
     assert "dog" in phrases and "snow" in phrases and "dogs" not in phrases
-    assert "running" in phrases  # -ing forms are kept as written (see keywords.py)
+    assert "running" in phrases  # -ing forms are kept as written (see crossmodal/keywords/phrases.py)
     assert not {"two", "are", "through", "the", "."} & set(phrases)
 
 
@@ -295,8 +325,6 @@ def test_rule_lemmatisers():
     verbs = "runs carries watches goes rides uses ran jumped stopped smiled".split()
     assert [keywords.rule_verb_lemma(w) for w in verbs] == \
         "run carry watch go ride use run jump stop smile".split()
-    assert keywords.rule_lemmatise("running", "VBG") == "running"
-    assert keywords.rule_lemmatise("Dogs", "NNS") == "dog"
 
 
 def test_rule_tagger_context(rule_tools):
@@ -336,7 +364,7 @@ def test_any_text_gives_clean_phrases(rule_tools, text):
 
 @pytest.mark.skipif(not FLICKR8K.is_file(), reason="no flickr8k captions")
 def test_real_captions_rule_method(rule_tools):
-    from datasets import read_captions
+    from crossmodal.captions import read_captions
 
     caps = read_captions(FLICKR8K).captions[:1000]
     phrases = [p for c in caps for p in extract_phrases(c.text, rule_tools)]
@@ -421,7 +449,7 @@ def test_sentence_augment_end_to_end(tmp_path, nltk_path, caplog):
     with caplog.at_level(logging.INFO):
         rc = sentence_augment.main(["--captions", str(caps), "--work-dir", str(tmp_path / "work"), "--no-download"])
     assert rc == 0
-    samples = read_keyword_samples(tmp_path / "work" / config.KEYWORDS_FILENAME)
+    samples = read_keyword_samples(tmp_path / "work" / "keywords_augmented.txt")
     got = {(s.image, s.phrase): s.caption_key for s in samples}
     assert got["1000092795.jpg", "dog"] == "1000092795.jpg#0"
     assert got["1000092795.jpg", "black dog"] == "1000092795.jpg#1"
@@ -435,14 +463,10 @@ def test_sentence_augment_end_to_end(tmp_path, nltk_path, caplog):
 
 
 def test_sentence_augment_default_path():
-    import argparse
+    from crossmodal.paths import Layout
 
-    import sentence_augment
-
-    args = argparse.Namespace(out=None, work_dir=None)
-    assert sentence_augment.output_path(args) == config.DATA_DIR / "flickr30k_keywords_augmented.txt"
-    args.work_dir = keywords.Path("/w")
-    assert sentence_augment.output_path(args) == keywords.Path("/w") / config.KEYWORDS_FILENAME
+    assert Layout(None, config.DATA_DIR).keywords_file == config.DATA_DIR / "flickr30k_keywords_augmented.txt"
+    assert Layout(Path("/w")).keywords_file == Path("/w") / "keywords_augmented.txt"
 
 
 def test_sentence_augment_bad_captions_exit_2(tmp_path, nltk_path, caplog):

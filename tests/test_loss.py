@@ -9,16 +9,6 @@ from loss import InfoNCELoss
 from model import RetrievalModel
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a small CPU shared with other jobs, two threads spin-wait on each
-    other and run several times slower than one (as in test_extract.py)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _unit(n, d, seed=0):
     g = torch.Generator().manual_seed(seed)
     return F.normalize(torch.randn(n, d, generator=g), dim=-1)

@@ -6,17 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metrics import chance_retrieval_metrics, chance_word_metrics, retrieval_metrics, word_query_metrics
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a small CPU shared with other jobs, two threads spin-wait on each
-    other and run several times slower than one (as in test_extract.py)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from crossmodal.metrics import chance_retrieval_metrics, chance_word_metrics, retrieval_metrics, word_query_metrics
 
 
 def _e(*idx, d=4):
@@ -29,7 +19,8 @@ def test_hand_computed_retrieval():
     #   cap0 = e0             -> sims to images (1, 0, 0):   own image 0 rank 1
     #   cap1 = (e1 + .5 e0)/n -> sims ∝ (.5, 1, 0):           own image 0 rank 2
     #   cap2 = (e2 + .5 e1)/n -> sims ∝ (0, .5, 1):           own image 1 rank 2
-    #   cap3 = e0             -> sims (1, 0, 0):             own image 2 (sim 0, tied with image 1) rank 3 (ties pessimistic)
+    #   cap3 = e0             -> sims (1, 0, 0):             own image 2 (sim 0, tied with image 1) rank 3
+    #                                                        (ties pessimistic)
     # t2i ranks = [1, 2, 2, 3]: R@1 = 1/4 = 25 %, R@5 = R@10 = 100 %, medr = median(1,2,2,3) = 2
     # i2t (image query, best-ranked own caption among 4):
     #   img0 sims to captions (1, .447, 0, 1): own caps 0,1 -> best is cap0 = 1.0, tied with cap3 (wrong) -> rank 2
@@ -105,8 +96,7 @@ def test_perfect_embeddings():
 
 
 def test_blockwise_matches_single_block(monkeypatch):
-    import metrics
-
+    from crossmodal import metrics
     rng = np.random.default_rng(0)
     img, txt = rng.normal(size=(50, 8)).astype(np.float32), rng.normal(size=(140, 8)).astype(np.float32)
     cap_img = rng.integers(0, 50, 140)

@@ -1,18 +1,8 @@
-"""ProjectionHead / RetrievalModel: shapes, unit norm, dtype handling, rebuild from config, pooling."""
+"""ProjectionHead / RetrievalModel: shapes, unit norm, dtype handling, rebuild from config."""
 import pytest
 import torch
 
-from model import AttentionPool, Dropout, ProjectionHead, RetrievalModel, dropout
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a small CPU shared with other jobs, two threads spin-wait on each
-    other and run several times slower than one (as in test_extract.py)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from model import Dropout, ProjectionHead, RetrievalModel, dropout
 
 
 def test_head_output_is_unit_norm_and_shaped():
@@ -47,7 +37,7 @@ def test_encoders_accept_float16_and_float32():
 def test_config_dict_rebuilds_the_model():
     model = RetrievalModel(image_dim=24, text_dim=12, embed_dim=8, hidden_dim=32, dropout=0.2)
     cfg = model.config_dict()
-    assert cfg == {"image_dim": 24, "text_dim": 12, "embed_dim": 8, "hidden_dim": 32, "dropout": 0.2, "pool": None}
+    assert cfg == {"image_dim": 24, "text_dim": 12, "embed_dim": 8, "hidden_dim": 32, "dropout": 0.2}
     clone = RetrievalModel(**cfg)
     clone.load_state_dict(model.state_dict())  # same architecture: strict load succeeds
     model.eval(), clone.eval()
@@ -68,78 +58,16 @@ def test_gradients_reach_both_heads():
     assert model.text_head.mlp[0].weight.grad is not None
 
 
-def test_checkpoint_config_without_pool_key_still_loads():
-    # checkpoints written before ``pool`` existed: same state dict keys, pool defaults to None
-    old_cfg = {"image_dim": 6, "text_dim": 5, "embed_dim": 4, "hidden_dim": 8, "dropout": 0.1}
-    state = RetrievalModel(**old_cfg).state_dict()
-    RetrievalModel(**old_cfg).load_state_dict(state)
-    assert not any(k.startswith("image_pool") for k in state)
+def test_checkpoint_config_with_the_removed_pool_key_still_loads():
+    # checkpoints written while the ``pool`` option existed record "pool": None (run_train never set it)
+    from model import EnsembleModel, build_model
 
-
-def test_unpooled_model_rejects_token_input():
-    model = RetrievalModel(image_dim=6, text_dim=5, embed_dim=4, hidden_dim=8)
-    with pytest.raises(ValueError, match="pool"):
-        model.encode_image(torch.randn(2, 3, 6))
-    with pytest.raises(ValueError):
-        RetrievalModel(image_dim=6, text_dim=5, pool="max")
-
-
-def test_mean_pool_is_the_mean_of_tokens():
-    torch.manual_seed(0)
-    model = RetrievalModel(image_dim=6, text_dim=5, embed_dim=4, hidden_dim=8, pool="mean").eval()
-    x = torch.randn(3, 7, 6)
-    torch.testing.assert_close(model.encode_image(x), model.encode_image(x.mean(1)))
-    torch.testing.assert_close(model.encode_image(x.half()), model.encode_image(x.half().float()))
-    assert list(model.state_dict()) == list(RetrievalModel(6, 5, 4, 8).state_dict())  # no extra parameters
-
-
-def test_attention_pool_starts_as_mean_and_learns():
-    torch.manual_seed(0)
-    model = RetrievalModel(image_dim=6, text_dim=5, embed_dim=4, hidden_dim=8, pool="attention").eval()
-    x = torch.randn(3, 7, 6)
-    # zero query at init -> uniform weights -> exactly mean pooling
-    torch.testing.assert_close(model.encode_image(x), model.encode_image(x.mean(1)))
-    out = model.encode_image(x.half())
-    assert out.shape == (3, 4) and out.dtype == torch.float32
-    torch.testing.assert_close(out.norm(dim=-1), torch.ones(3))
-    # gradients reach the query, and a non-zero query gives non-uniform weights that still sum to 1
-    model.train()
-    model.encode_image(x).sum().backward()
-    assert model.image_pool.query.grad is not None and model.image_pool.query.grad.abs().sum() > 0
-    with torch.no_grad():
-        model.image_pool.query.normal_()
-    w = model.image_pool.weights(x)
-    assert w.shape == (3, 7)
-    torch.testing.assert_close(w.sum(-1), torch.ones(3))
-    assert w.std() > 0.01
-
-
-def test_attention_pool_is_a_permutation_invariant_convex_combination():
-    torch.manual_seed(0)
-    pool = AttentionPool(5)
-    with torch.no_grad():
-        pool.query.normal_()
-    x = torch.randn(4, 6, 5)
-    out = pool(x)
-    torch.testing.assert_close(out, pool(x[:, torch.randperm(6)]))
-    # each output coordinate lies between the min and max of its tokens
-    assert (out <= x.max(1).values + 1e-6).all() and (out >= x.min(1).values - 1e-6).all()
-    torch.testing.assert_close(pool(x[:, :1]), x[:, 0])  # one token: itself
-
-
-def test_attention_model_rebuilds_and_accepts_pooled_input():
-    model = RetrievalModel(image_dim=6, text_dim=5, embed_dim=4, hidden_dim=8, pool="attention")
-    with torch.no_grad():
-        model.image_pool.query.normal_()
-    cfg = model.config_dict()
-    assert cfg["pool"] == "attention"
-    clone = RetrievalModel(**cfg)
-    clone.load_state_dict(model.state_dict())
-    model.eval(), clone.eval()
-    x = torch.randn(2, 3, 6)
-    torch.testing.assert_close(model.encode_image(x), clone.encode_image(x))
-    # an already pooled (n, dim) input (e.g. a mean-pooled cache at search time) passes straight to the head
-    torch.testing.assert_close(model.encode_image(x[:, 0]), model.image_head(x[:, 0]))
+    cfg = {"image_dim": 6, "text_dim": 5, "embed_dim": 4, "hidden_dim": 8, "dropout": 0.1}
+    state = RetrievalModel(**cfg).state_dict()
+    build_model({**cfg, "pool": None}).load_state_dict(state)
+    assert isinstance(build_model({"members": [{**cfg, "pool": None}] * 2}), EnsembleModel)
+    with pytest.raises(ValueError, match="pool='attention'"):
+        build_model({**cfg, "pool": "attention"})
 
 
 @pytest.mark.parametrize("p", [0.1, 0.2, 0.5])

@@ -1,4 +1,4 @@
-"""retrieval.Retriever, index_folder.py and search.py on a tiny image set with random local backbones.
+"""The search engine, own-photo folders and search.py on a tiny image set with random local backbones.
 
 The backbones are a randomly initialised ResNet18 (saved as a local state dict) and a 2-layer BERT;
 the checkpoint's heads are random too. The checks compare the engine with an independent brute-force
@@ -15,28 +15,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torchvision
+from helpers import save_random_resnet18, save_tiny_bert
 from PIL import Image
 
-import extract
-import index_folder
-import retrieval
-from backbones import create_image_backbone, create_text_backbone
-from model import RetrievalModel
-from retrieval import Retriever, RetrieverError
+from crossmodal import collection, retrieval
+from crossmodal.backbones import create_image_backbone, create_text_backbone
+from crossmodal.features import extract
+from crossmodal.retrieval import Retriever, RetrieverError
+
+from model import RetrievalModel, load_checkpoint
 
 N_IMAGES = 16
 WORDS = ("a an the two dog dogs cat man woman child girl boy is are runs running plays sits jumps on in "
          "with of and at near red blue green white black ball grass water street park beach snow bike").split()
 EMBED = 16
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def photo(rng: np.random.Generator, w: int = 96, h: int = 72) -> Image.Image:
@@ -75,19 +67,9 @@ def save_checkpoint(path: Path, seed: int, image_backbone, text_backbone, image_
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Images (one unreadable), captions, an image feature cache, two random backbones and a checkpoint."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
     base = tmp_path_factory.mktemp("retrieval")
-    torch.manual_seed(0)
-    resnet_file = base / "resnet18.pth"
-    torch.save(torchvision.models.resnet18(weights=None).state_dict(), resnet_file)
-    bert_dir = base / "bert-base-uncased"
-    bert_dir.mkdir()
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
-    (bert_dir / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    BertTokenizerFast.from_pretrained(str(bert_dir), do_lower_case=True).save_pretrained(str(bert_dir))
-    BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-                         vocab_size=len(vocab), max_position_embeddings=128)).eval().save_pretrained(str(bert_dir))
+    resnet_file = save_random_resnet18(base / "resnet18.pth")
+    bert_dir = save_tiny_bert(base / "bert-base-uncased", words=WORDS)
 
     images = base / "images"
     images.mkdir()
@@ -115,10 +97,20 @@ def world(tmp_path_factory):
                 resnet_file=resnet_file, bert_dir=bert_dir, image_bb=image_bb, text_bb=text_bb)
 
 
+def serve(checkpoint, cache, images, captions=None, **kw) -> Retriever:
+    """Retriever.from_checkpoint on the heads loaded from ``checkpoint``, as the app does."""
+    model, state = load_checkpoint(checkpoint)
+    return Retriever.from_checkpoint(checkpoint, model, state, cache, images, captions, **kw)
+
+
+def index_folder(folder, checkpoint, out, **kw):
+    model, state = load_checkpoint(checkpoint)
+    return collection.index_folder(folder, checkpoint, model, state, out, **kw)
+
+
 def open_retriever(world, checkpoint=None, **kw) -> Retriever:
-    return Retriever.from_checkpoint(checkpoint or world["checkpoint"], world["cache"], world["images"],
-                                     world["captions"], device="cpu", text_weights=world["bert_dir"],
-                                     image_weights=world["resnet_file"], **kw)
+    return serve(checkpoint or world["checkpoint"], world["cache"], world["images"], world["captions"],
+                 device="cpu", text_weights=world["bert_dir"], image_weights=world["resnet_file"], **kw)
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +120,7 @@ def retriever(world) -> Retriever:
 
 def brute_force(world, query: str, checkpoint=None) -> dict[str, float]:
     """Scores of every readable image, computed without the engine: raw BERT + heads + numpy."""
-    state = torch.load(checkpoint or world["checkpoint"], map_location="cpu", weights_only=False)
+    state = torch.load(checkpoint or world["checkpoint"], map_location="cpu", weights_only=True)
     model = RetrievalModel(**state["model_config"])
     model.load_state_dict(state["model"])
     model.eval()
@@ -206,8 +198,7 @@ def test_index_kind_and_description(retriever):
 
 def test_faiss_recall_is_tuned_on_text_queries(world, monkeypatch):
     """A FAISS index's recall is measured on the collection's captions encoded as queries."""
-    import search_index
-
+    import crossmodal.index as search_index
     seen = {}
     real_build = search_index.FaissIndex.build.__func__
 
@@ -291,13 +282,17 @@ def test_refuses_features_or_backbone_of_another_model(world, tmp_path):
     BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
                          vocab_size=len(WORDS) + 5, max_position_embeddings=128)).save_pretrained(str(other_bert))
     with pytest.raises(RetrieverError, match="text backbone"):
-        Retriever.from_checkpoint(world["checkpoint"], world["cache"], world["images"], device="cpu",
-                                  text_weights=other_bert)
+        serve(world["checkpoint"], world["cache"], world["images"], device="cpu", text_weights=other_bert)
 
 
 def test_missing_checkpoint_names_the_training_command(world, tmp_path):
     with pytest.raises(FileNotFoundError, match="run_train.py"):
-        Retriever.from_checkpoint(tmp_path / "nope.pt", world["cache"], world["images"])
+        serve(tmp_path / "nope.pt", world["cache"], world["images"])
+    with pytest.raises(RetrieverError, match="run_train.py --work-dir W"):
+        retrieval.open_retriever(load_checkpoint, checkpoint=tmp_path / "nope.pt", collection=None,
+                                 image_features=world["cache"], images=None, captions=None,
+                                 default_images=world["images"], default_captions_file=None,
+                                 train_hint="python run_train.py --work-dir W")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -318,8 +313,8 @@ class CountDecodes:
 def run_index(world, folder, out, monkeypatch):
     with monkeypatch.context() as m:
         counter = CountDecodes(m)
-        result = index_folder.index_folder(folder, world["checkpoint"], out, device="cpu", workers=0,
-                                           batch_size=4, image_weights=world["resnet_file"])
+        result = index_folder(folder, world["checkpoint"], out, device="cpu", workers=0,
+                              batch_size=4, image_weights=world["resnet_file"])
     return result, counter.paths
 
 
@@ -372,8 +367,10 @@ def test_index_folder_is_incremental(world, tmp_path, monkeypatch):
     assert (r4.embedded, r4.removed, r4.kept) == (0, 1, 4) and decoded == []
     assert "trip/b.JPEG" not in (out / "ids.txt").read_text().splitlines()
 
-    served = Retriever.from_collection(out, device="cpu", text_weights=world["bert_dir"],
-                                       image_weights=world["resnet_file"])
+    served = retrieval.open_retriever(
+        load_checkpoint, checkpoint=None, collection=out, image_features=out, images=None, captions=None,
+        default_images=folder, default_captions_file=None, train_hint="", device="cpu",
+        text_weights=world["bert_dir"], image_weights=world["resnet_file"])
     assert sorted(served.names) == ["a.jpg", "trip/c.png", "trip/day 2/d.webp"]  # e.jpg unreadable
     hit = served.search_image(Image.open(folder / "trip" / "day 2" / "d.webp"), k=1)[0]
     assert hit.name == "trip/day 2/d.webp" and hit.path == str(folder.resolve() / "trip" / "day 2" / "d.webp")
@@ -387,11 +384,13 @@ def test_index_folder_cli_prints_summary(world, tmp_path, capsys):
     photo(np.random.default_rng(3)).save(folder / "one.jpg")
     argv = [str(folder), "--checkpoint", str(world["checkpoint"]), "--out", str(tmp_path / "idx"),
             "--image-weights", str(world["resnet_file"]), "--workers", "0", "--device", "cpu"]
-    assert index_folder.main(argv) == 0
+    import index_folder as index_folder_script
+
+    assert index_folder_script.main(argv) == 0
     assert "embedded 1 new/changed, removed 0, kept 0" in capsys.readouterr().out
-    assert index_folder.main(argv) == 0
+    assert index_folder_script.main(argv) == 0
     assert "embedded 0 new/changed, removed 0, kept 1" in capsys.readouterr().out
-    assert index_folder.main([str(tmp_path / "absent"), "--checkpoint", str(world["checkpoint"])]) == 2
+    assert index_folder_script.main([str(tmp_path / "absent"), "--checkpoint", str(world["checkpoint"])]) == 2
 
 
 # --------------------------------------------------------------------------------------------------
@@ -450,8 +449,8 @@ def test_gallery_sends_pixels_for_photos_symlinked_from_outside(tmp_path):
 
 
 def test_views_checkpoint_searches_the_mean_of_views_everywhere(world, tmp_path, monkeypatch):
-    from backbones import first_views
-    from retrieval import pooled_rows
+    from crossmodal.backbones import first_views
+    from crossmodal.retrieval import pooled_rows
 
     views = first_views(2)
     image_bb = create_image_backbone("resnet18", world["resnet_file"])
@@ -467,8 +466,8 @@ def test_views_checkpoint_searches_the_mean_of_views_everywhere(world, tmp_path,
     stacked = np.asarray(cache.features, dtype=np.float32).reshape(len(world["names"]), 2, -1)
     rows = np.arange(len(world["names"]))
     np.testing.assert_allclose(pooled_rows(cache, rows).numpy(), stacked.mean(1), rtol=1e-6)
-    r = Retriever.from_checkpoint(checkpoint, cache_dir, world["images"], device="cpu",
-                                  text_weights=world["bert_dir"], image_weights=world["resnet_file"])
+    r = serve(checkpoint, cache_dir, world["images"], device="cpu", text_weights=world["bert_dir"],
+              image_weights=world["resnet_file"])
     photo_name = world["names"][0]
     hit = r.search_image(Image.open(world["images"] / photo_name), k=1)[0]
     assert hit.name == photo_name and hit.score == pytest.approx(1.0, abs=1e-3)  # the query also takes the mean
@@ -478,10 +477,10 @@ def test_views_checkpoint_searches_the_mean_of_views_everywhere(world, tmp_path,
     for n in world["names"][:3]:
         (folder / n).write_bytes((world["images"] / n).read_bytes())
     out = tmp_path / "index"
-    index_folder.index_folder(folder, world["checkpoint"], out, device="cpu", workers=0, batch_size=4,
-                              image_weights=world["resnet_file"])  # one view
-    result = index_folder.index_folder(folder, checkpoint, out, device="cpu", workers=0, batch_size=4,
-                                       image_weights=world["resnet_file"])
+    index_folder(folder, world["checkpoint"], out, device="cpu", workers=0, batch_size=4,
+                 image_weights=world["resnet_file"])  # one view
+    result = index_folder(folder, checkpoint, out, device="cpu", workers=0, batch_size=4,
+                          image_weights=world["resnet_file"])
     assert result.embedded == 3 and result.kept == 0  # other views: nothing reused
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["preprocess"]["views"] == list(views) and manifest["dim"] == image_bb.dim
@@ -496,7 +495,7 @@ def test_querybank_checkpoint_ranks_by_normalised_score_and_reports_cosines(worl
     shutil.copytree(world["cache"], cache, ignore=shutil.ignore_patterns("projected_*", "querybias_*"))
     ckpt = tmp_path / "qb.pt"
     save_checkpoint(ckpt, 1, world["image_bb"], world["text_bb"])
-    state = torch.load(ckpt, weights_only=False)
+    state = torch.load(ckpt, weights_only=True)
     g = torch.Generator().manual_seed(5)
     bank = torch.nn.functional.normalize(torch.randn(40, EMBED, generator=g), dim=1).half()
     kw_bank = torch.nn.functional.normalize(torch.randn(30, EMBED, generator=g), dim=1).half()
@@ -504,8 +503,8 @@ def test_querybank_checkpoint_ranks_by_normalised_score_and_reports_cosines(worl
     torch.save(state, ckpt)
 
     def open_qb():
-        return Retriever.from_checkpoint(ckpt, cache, world["images"], world["captions"], device="cpu",
-                                         text_weights=world["bert_dir"], image_weights=world["resnet_file"])
+        return serve(ckpt, cache, world["images"], world["captions"], device="cpu",
+                     text_weights=world["bert_dir"], image_weights=world["resnet_file"])
 
     r = open_qb()
     assert "querybank normalisation (text, keywords)" in r.describe()
@@ -535,8 +534,7 @@ def test_querybank_checkpoint_ranks_by_normalised_score_and_reports_cosines(worl
     assert img_hits[0].name == "img_03.jpg"
     # a reload reuses the bias file
     with monkeypatch.context() as m:
-        import querybank
-
+        from crossmodal import querybank
         m.setattr(querybank, "querybank_bias", lambda *a, **k: pytest.fail("bias recomputed"))
         again = open_qb().biases
     assert set(again) == {"text", "keywords"}

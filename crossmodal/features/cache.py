@@ -25,8 +25,8 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from atomic_io import atomic_open, atomic_save_npy, atomic_write_json, atomic_write_text
-from datasets import list_hash
+from crossmodal.atomic_io import atomic_save_npy, atomic_write_json, atomic_write_text
+from crossmodal.captions import list_hash
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,6 @@ IDS_FILE = "ids.txt"
 MANIFEST_FILE = "manifest.json"
 PARTIAL_DIR = ".partial"
 FORMAT_VERSION = 1
-# Manifest fields that must agree for a cache to be reused, resumed, or mixed with another.
-IDENTITY_FIELDS = ("kind", "backbone", "weights", "preprocess", "dim", "dtype", "ids_sha256", "rows")
 
 # compute(pending chunks' row indices, progress) yields, chunk by chunk in that order,
 # (float array (len(rows), dim), failures [(row id, reason)]). One call for all pending chunks
@@ -62,9 +60,7 @@ class FeatureCache:
 
     @property
     def pooled_dim(self) -> int:
-        """The size of one image's vector: a grid cache's rows hold H*W cells, a views cache's V views."""
-        if self.manifest.get("grid"):
-            return int(self.manifest["grid"][2])
+        """The size of one image's vector: a views cache's rows hold V views."""
         return self.dim // len(self.manifest.get("views") or (None,))
 
     @property
@@ -115,7 +111,7 @@ def build_cache(
     """
     directory = Path(directory)
     ids = list(ids)
-    identity = {**identity, "dtype": "float16", "rows": len(ids), "ids_sha256": list_hash(ids)}
+    identity = full_identity(identity, ids)
     existing = read_manifest(directory)
     if existing is not None and not force:
         diff = identity_mismatch(existing, identity)
@@ -168,26 +164,40 @@ def build_cache(
     if computed:
         log.info("%s: %d rows in %.1f s (%.1f %s/s)", desc, computed, elapsed, computed / max(elapsed, 1e-9), unit)
 
-    # Assemble in ids order into a temporary .npy, then rename: the finished file appears whole.
+    # Assemble the chunks in ids order.
     failures: list[dict] = []
-    dim = identity["dim"]
-    with atomic_open(directory / FEATURES_FILE, "wb") as f:
-        np.lib.format.write_array_header_1_0(f, {"descr": np.dtype(np.float16).str, "fortran_order": False,
-                                                  "shape": (len(ids), dim)})
-        header_len = f.tell()
-        out = np.zeros((len(ids), dim), dtype=np.float16)
-        for k in range(n_chunks):
-            out[chunk_rows[k]] = np.load(partial / f"chunk_{k:05d}.npy")
-            failures += json.loads((partial / f"chunk_{k:05d}.json").read_text())["failures"]
-        f.write(out.tobytes())
-        assert f.tell() == header_len + out.nbytes
-    atomic_write_text(directory / IDS_FILE, "".join(f"{i}\n" for i in ids))
-    failures.sort(key=lambda x: x["id"])
-    manifest = {**identity, "failures": failures, "format": FORMAT_VERSION,
-                "files": {"features": FEATURES_FILE, "ids": IDS_FILE}, **(extra or {})}
-    atomic_write_json(directory / MANIFEST_FILE, manifest)
+    out = np.zeros((len(ids), identity["dim"]), dtype=np.float16)
+    for k in range(n_chunks):
+        out[chunk_rows[k]] = np.load(partial / f"chunk_{k:05d}.npy")
+        failures += json.loads((partial / f"chunk_{k:05d}.json").read_text())["failures"]
+    write_cache(directory, ids, out, identity, failures, extra)
     shutil.rmtree(partial)
     return load_cache(directory, identity)
+
+
+def full_identity(identity: dict, ids: Sequence[str]) -> dict:
+    """``identity`` (kind, backbone, weights, preprocess, dim) with the dtype, row count and ids hash."""
+    return {**identity, "dtype": "float16", "rows": len(ids), "ids_sha256": list_hash(ids)}
+
+
+def write_cache(directory: str | os.PathLike, ids: Sequence[str], features: np.ndarray, identity: dict,
+                failures: Sequence[dict] = (), extra: dict | None = None) -> None:
+    """Write a finished cache: features, ids, then the manifest that marks it finished.
+
+    The old manifest goes first and the new one comes last, each file replaced atomically: a kill
+    in between leaves no half-valid cache. ``extra`` fields are added to the manifest.
+    """
+    directory = Path(directory)
+    ids = list(ids)
+    identity = full_identity(identity, ids)
+    if features.shape != (len(ids), identity["dim"]):
+        raise ValueError(f"features of shape {features.shape} for {len(ids)} ids of dim {identity['dim']}")
+    (directory / MANIFEST_FILE).unlink(missing_ok=True)
+    atomic_save_npy(directory / FEATURES_FILE, np.ascontiguousarray(features, dtype=np.float16))
+    atomic_write_text(directory / IDS_FILE, "".join(f"{i}\n" for i in ids))
+    manifest = {**identity, "failures": sorted(failures, key=lambda x: x["id"]), "format": FORMAT_VERSION,
+                "files": {"features": FEATURES_FILE, "ids": IDS_FILE}, **(extra or {})}
+    atomic_write_json(directory / MANIFEST_FILE, manifest)
 
 
 def load_cache(directory: str | os.PathLike, expected: dict | None = None, rerun: str = "") -> FeatureCache:
@@ -200,6 +210,8 @@ def load_cache(directory: str | os.PathLike, expected: dict | None = None, rerun
     manifest = read_manifest(directory)
     if manifest is None:
         raise StaleCacheError(f"no finished feature cache in {directory}{hint}")
+    if manifest.get("grid"):  # written by an older version's --grid, since removed
+        raise StaleCacheError(f"the cache in {directory} holds feature-map cells (the removed --grid option){hint}")
     diff = identity_mismatch(manifest, expected or {})
     if diff:
         raise StaleCacheError(f"the cache in {directory} does not match ({'; '.join(diff)}){hint}")

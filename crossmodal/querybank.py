@@ -23,14 +23,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import config
-
 KEYWORD_QUERY_MAX_WORDS = 2  # queries this short are keyword-like ("dog", "black dog"): keyword bank
 TEXT_BANKS = ("text", "keywords")  # the banks of text queries, in the order their biases are stored
-BIAS_BLOCK = 4096  # gallery rows per block: a (block, bank) score matrix stays about 0.5 GB at most
+BANK_SIZE = 30_000  # training captions (and images) kept per bank (run_train.py --querybank-size)
+BIAS_BLOCK = 4096  # gallery rows per block: bounds the (block, bank) score matrix
 
 
-def sample_bank(embeddings: torch.Tensor, size: int = config.QUERYBANK_SIZE, seed: int = config.SEED) -> torch.Tensor:
+def sample_bank(embeddings: torch.Tensor, size: int = BANK_SIZE, seed: int = 0) -> torch.Tensor:
     """At most ``size`` rows of ``embeddings`` (a seeded random subset when there are more), float16."""
     if len(embeddings) > size:
         pick = torch.randperm(len(embeddings), generator=torch.Generator().manual_seed(seed))[:size]
@@ -39,7 +38,7 @@ def sample_bank(embeddings: torch.Tensor, size: int = config.QUERYBANK_SIZE, see
 
 
 def make_querybank(text_emb: torch.Tensor, image_emb: torch.Tensor, temperature: float,
-                   size: int = config.QUERYBANK_SIZE, seed: int = config.SEED,
+                   size: int = BANK_SIZE, seed: int = 0,
                    keyword_emb: torch.Tensor | None = None) -> dict:
     """What a checkpoint stores: banks of training caption, image and (when trained with them)
     keyword-phrase embeddings, and β = 1/temperature."""

@@ -1,14 +1,19 @@
-"""Caption files, split lists and the seeded split (datasets.py)."""
+"""Caption files, split lists and the seeded split (captions.py)."""
 from __future__ import annotations
 
 import logging
 
-import numpy as np
 import pytest
 
-import config
-import datasets
-from datasets import DatasetError, load_splits, make_seeded_split, missing_images, read_captions, read_image_list
+from crossmodal import captions
+from crossmodal.captions import (
+    DatasetError,
+    load_splits,
+    make_seeded_split,
+    missing_images,
+    read_captions,
+    read_image_list,
+)
 
 
 def write_bytes(path, data: bytes):
@@ -45,8 +50,6 @@ def test_read_captions_good_file_crlf_bom_blank_lines_whitespace(tmp_path):
         ("c.jpg", 0, "Last line without newline"),
     ]
     assert cs.images == ["a.jpg", "b.jpg", "c.jpg"]  # first-seen order, BOM not part of the name
-    assert cs.caption_image_index.tolist() == [0, 0, 1, 0, 2]
-    assert cs.caption_image_index.dtype == np.int64
     assert cs.texts[2] == "A cat."
     sub = cs.subset(["c.jpg", "a.jpg"])
     assert [c.image for c in sub.captions] == ["a.jpg", "a.jpg", "a.jpg", "c.jpg"]
@@ -153,7 +156,7 @@ def test_val_txt_preferred_over_dev_txt(tmp_path):
     write(d / "val.txt", IMAGES[6])
     write(d / "dev.txt", IMAGES[7])
     write(d / "test.txt", "\n".join(IMAGES[8:]))
-    assert datasets.find_split_files(d)["val"].name == "val.txt"
+    assert captions.find_split_files(d)["val"].name == "val.txt"
     assert load_splits(cs, d)["val"] == [IMAGES[6]]
 
 
@@ -212,7 +215,7 @@ def test_seeded_split_proportions():
     s = make_seeded_split(MANY, seed=0)
     n = len(MANY)
     for k in ("val", "test"):
-        assert abs(len(s[k]) - n * config.SPLIT_FRACTIONS[k]) <= 1
+        assert abs(len(s[k]) - n * captions.SPLIT_FRACTIONS[k]) <= 1
     custom = make_seeded_split(MANY, seed=0, fractions={"train": 0.8, "val": 0.1, "test": 0.1})
     assert [len(custom[k]) for k in ("train", "val", "test")] == [800, 100, 100]
 
@@ -228,7 +231,7 @@ def test_load_splits_writes_seeded_split_and_rereads_it(tmp_path, caplog):
     images = [f"{i:04d}.jpg" for i in range(60)]
     cs = captions_for(tmp_path, images)
     d = tmp_path / "work" / "splits"  # does not exist yet
-    with caplog.at_level(logging.INFO, logger="datasets"):
+    with caplog.at_level(logging.INFO, logger="crossmodal.captions"):
         first = load_splits(cs, d, seed=7)
     assert first == make_seeded_split(images, seed=7)
     assert sorted(p.name for p in d.iterdir()) == ["test.txt", "train.txt", "val.txt"]
@@ -256,7 +259,7 @@ def test_missing_images(tmp_path):
 
 
 def test_list_hash_order_sensitive_and_unambiguous():
-    h = datasets.list_hash(["a", "b"])
-    assert h == datasets.list_hash(["a", "b"]) and len(h) == 16
-    assert h != datasets.list_hash(["b", "a"])
-    assert datasets.list_hash(["ab"]) != datasets.list_hash(["a", "b"])
+    h = captions.list_hash(["a", "b"])
+    assert h == captions.list_hash(["a", "b"]) and len(h) == 16
+    assert h != captions.list_hash(["b", "a"])
+    assert captions.list_hash(["ab"]) != captions.list_hash(["a", "b"])

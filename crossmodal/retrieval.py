@@ -1,17 +1,24 @@
 """The search engine shared by the app, the command line and the own-photo indexer.
 
-``Retriever.from_checkpoint`` loads a trained checkpoint and the cached image features once,
-projects every readable image through the image head (cached on disk as
+``Retriever.from_checkpoint`` is handed the trained heads and the checkpoint's contents (loaded
+by ``model.load_checkpoint``: the engine never imports training code), loads the cached image
+features once, projects every readable image through the image head (cached on disk as
 ``<image cache>/projected_<hash>.npy``, rebuilt when the checkpoint or the features change),
 builds a search index over them and loads the text backbone the checkpoint was trained with.
 A text query is then one text encoding plus one index search::
 
-    r = Retriever.from_checkpoint("work/demo/checkpoints/best.pt", "work/demo/image_embeddings",
-                                  "work/demo/images", "work/demo/captions.token")
+    from model import load_checkpoint
+    heads, state = load_checkpoint("work/demo/checkpoints/best.pt")
+    r = Retriever.from_checkpoint("work/demo/checkpoints/best.pt", heads, state,
+                                  "work/demo/image_embeddings", "work/demo/images", "work/demo/captions.token")
     for hit in r.search_text("a red circle on a striped background", k=5):
         print(hit.rank, f"{hit.score:.3f}", hit.path)
 
-``Retriever.from_collection`` serves a folder indexed by ``index_folder.py`` the same way.
+``open_retriever`` does the same for the page and the CLI, for a dataset or for a folder indexed
+by ``index_folder.py`` (whose manifest names its checkpoint).
+
+A model here is anything with ``encode_image``, ``folded_text_encoder``, ``config_dict`` and
+``eval`` (the heads of ``model.py``).
 """
 from __future__ import annotations
 
@@ -19,25 +26,33 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-import config
-from atomic_io import atomic_save_npy
-from backbones import (ImageBackbone, TextBackbone, create_image_backbone, create_text_backbone,
-                       resolve_device, views_mismatch, views_of)
-from feature_cache import FEATURES_FILE, FeatureCache, StaleCacheError, load_cache, read_manifest
-from model import EnsembleModel, RetrievalModel, folded_text_encoder
-from querybank import bank_for_query, image_biases, text_banks
+from crossmodal.atomic_io import atomic_save_npy, file_digest
+from crossmodal.backbones import (
+    ImageBackbone,
+    TextBackbone,
+    create_image_backbone,
+    create_text_backbone,
+    resolve_device,
+    views_mismatch,
+    views_of,
+)
+from crossmodal.features.cache import FEATURES_FILE, FeatureCache, StaleCacheError, load_cache, read_manifest
+from crossmodal.querybank import bank_for_query, image_biases, text_banks
 
 log = logging.getLogger(__name__)
 
+TOP_K = 5  # hits per query by default
+MAX_TOP_K = 50  # the most the page and the API return at once
 MAX_QUERY_CHARS = 2000  # longer queries are refused; shorter long ones are truncated by the tokenizer
 PROJECTED_FORMAT = 1  # bump when the projection (or its file layout) changes
 TUNING_QUERIES = 500  # text queries that tune and measure a FAISS index's recall@10
@@ -61,7 +76,7 @@ GENERIC_QUERIES = (
     "a family having a picnic", "a teenager skateboarding", "a fisherman with a net", "a farmer in a field",
     "a runner in a marathon", "a busy train platform", "a playground", "a snowman",
 )
-PROJECT_BATCH = 2048  # rows projected per step (bounded memory even for a 49-cell grid cache)
+PROJECT_BATCH = 2048  # rows projected per step (bounded memory even for a 7-view cache)
 
 
 class RetrieverError(RuntimeError):
@@ -80,15 +95,6 @@ class Hit:
         return asdict(self)
 
 
-def checkpoint_digest(path: str | os.PathLike) -> str:
-    """sha256 (first 16 hex digits) of a checkpoint file's bytes (not cached: the file may change)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
-
-
 def projected_key(ckpt_digest: str, cache: FeatureCache) -> str:
     """Identity of a projected matrix: the checkpoint's bytes and the features it was made from."""
     st = (cache.directory / FEATURES_FILE).stat()
@@ -98,19 +104,16 @@ def projected_key(ckpt_digest: str, cache: FeatureCache) -> str:
 
 
 def pooled_rows(cache: FeatureCache, rows: np.ndarray) -> torch.Tensor:
-    """Float32 pooled backbone features of some rows; a grid cache's cells and a views cache's views
-    are averaged."""
+    """Float32 pooled backbone features of some rows; a views cache's views are averaged."""
     x = torch.from_numpy(np.asarray(cache.features[rows], dtype=np.float32))
-    grid, views = cache.manifest.get("grid"), cache.manifest.get("views")
-    if grid:  # [H, W, D]: rows are H*W cells, cell-major; the pooled feature is their mean
-        x = x.view(len(rows), grid[0] * grid[1], grid[2]).mean(1)
+    views = cache.manifest.get("views")
     if views:  # rows are V views, view-major; the image's feature is their mean
         x = x.view(len(rows), len(views), -1).mean(1)
     return x
 
 
 @torch.inference_mode()
-def project_cache(model: RetrievalModel, cache: FeatureCache, rows: np.ndarray,
+def project_cache(model: Any, cache: FeatureCache, rows: np.ndarray,
                   device: torch.device | str = "cpu") -> np.ndarray:
     """(len(rows), embed_dim) float16 unit vectors: the image head over the cached features."""
     device = torch.device(device)
@@ -123,7 +126,7 @@ def project_cache(model: RetrievalModel, cache: FeatureCache, rows: np.ndarray,
     return out
 
 
-def load_or_project(model: RetrievalModel | EnsembleModel, cache: FeatureCache, ckpt_digest: str,
+def load_or_project(model: Any, cache: FeatureCache, ckpt_digest: str,
                     device: torch.device | str = "cpu",
                     querybank: dict | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """(valid row indices, their projected float16 embeddings, their querybank biases), from the
@@ -184,7 +187,7 @@ def load_or_project(model: RetrievalModel | EnsembleModel, cache: FeatureCache, 
 
 
 def _read_caption_map(captions_file: str | os.PathLike, names: set[str]) -> dict[str, list[str]]:
-    from datasets import read_captions
+    from crossmodal.captions import read_captions
 
     out: dict[str, list[str]] = {}
     for cap in read_captions(captions_file).captions:
@@ -203,7 +206,8 @@ def _release_free_memory() -> None:
         pass
 
 
-def _check_identity(kind: str, expected: dict, backbone_name: str, weights: str, where: str) -> None:
+def check_identity(kind: str, expected: dict, backbone_name: str, weights: str, where: str) -> None:
+    """Refuse a backbone other than the one a checkpoint was trained on (RetrieverError says what to do)."""
     if expected.get("backbone") != backbone_name or expected.get("weights") != weights:
         raise RetrieverError(
             f"the {kind} backbone {where} is {backbone_name} ({weights}), but the checkpoint was trained on "
@@ -214,19 +218,19 @@ def _check_identity(kind: str, expected: dict, backbone_name: str, weights: str,
 class Retriever:
     """Text-to-image (and image-to-image) search over one set of photos with one checkpoint."""
 
-    def __init__(self, model: RetrievalModel, backbones: dict, names: list[str], embeddings: np.ndarray,
+    def __init__(self, model: Any, backbones: dict, names: list[str], embeddings: np.ndarray,
                  images_root: str | os.PathLike, captions: dict[str, list[str]] | None = None,
                  text_backbone: TextBackbone | None = None, device: str | torch.device = "cpu",
                  image_weights: str | os.PathLike | None = None, index_kind: str = "auto",
-                 source: str = "", biases: dict[str, np.ndarray] | None = None):
-        import search_index
-
+                 source: str = "", biases: dict[str, np.ndarray] | None = None,
+                 models_dir: str | os.PathLike | None = None):
+        import crossmodal.index as search_index
         if len(names) != len(embeddings):
             raise ValueError(f"{len(names)} names but {len(embeddings)} embeddings")
         if not len(names):
             raise RetrieverError("no readable images to search")
         self.model = model.eval()
-        self._encode_text = folded_text_encoder(self.model)  # the same function in fewer operations
+        self._encode_text = self.model.folded_text_encoder()  # encode_text in fewer operations
         self.backbones = backbones
         self.names = names
         self.embeddings = embeddings  # (n, embed_dim) float16 unit vectors, row i = names[i]
@@ -243,6 +247,7 @@ class Retriever:
         self._text_backbone = text_backbone
         self._image_backbone: ImageBackbone | None = None
         self._image_weights = image_weights
+        self._models_dir = models_dir
         self._lock = threading.Lock()  # fast tokenizers and lazy loading are not thread-safe
         # logs its choice and recall; a FAISS index is tuned on real text queries where it has them
         self.index = search_index.build_index(
@@ -253,19 +258,17 @@ class Retriever:
     # construction
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | os.PathLike, image_cache_dir: str | os.PathLike,
-                        images_root: str | os.PathLike, captions_file: str | os.PathLike | None = None,
-                        device: str | torch.device = "auto", *, text_weights: str | os.PathLike | None = None,
-                        image_weights: str | os.PathLike | None = None, load_text: bool = True,
+    def from_checkpoint(cls, checkpoint: str | os.PathLike, model: Any, state: dict,
+                        image_cache_dir: str | os.PathLike, images_root: str | os.PathLike,
+                        captions_file: str | os.PathLike | None = None, device: str | torch.device = "auto", *,
+                        text_weights: str | os.PathLike | None = None,
+                        image_weights: str | os.PathLike | None = None,
+                        models_dir: str | os.PathLike | None = None, load_text: bool = True,
                         index_kind: str = "auto") -> "Retriever":
-        """Load everything once. Refuses a feature cache or text backbone the checkpoint was not trained on."""
-        from train import load_checkpoint
-
+        """Serve ``model`` (the heads loaded from ``checkpoint``, with its contents ``state``) over a
+        feature cache. Refuses a feature cache or text backbone the checkpoint was not trained on."""
         checkpoint = Path(checkpoint)
-        if not checkpoint.is_file():
-            raise FileNotFoundError(f"checkpoint not found: {checkpoint}; train one with `python run_train.py`")
         device = resolve_device(device)
-        model, state = load_checkpoint(checkpoint)
         backbones = state.get("backbones")
         if not backbones or "image" not in backbones or "text" not in backbones:
             raise RetrieverError(f"{checkpoint} records no backbones; retrain it with `python run_train.py`")
@@ -282,34 +285,22 @@ class Retriever:
         if why:
             raise RetrieverError(f"{image_cache_dir}: {why}; extract them again with that --views")
         querybank = state.get("querybank")
-        rows, proj, biases = load_or_project(model, cache, checkpoint_digest(checkpoint), device, querybank)
+        rows, proj, biases = load_or_project(model, cache, file_digest(checkpoint), device, querybank)
         names = [cache.ids[r] for r in rows]
         captions = _read_caption_map(captions_file, set(names)) if captions_file else {}
-        text = cls._load_text_backbone(backbones["text"], text_weights, device) if load_text else None
+        text = cls._load_text_backbone(backbones["text"], text_weights, models_dir, device) if load_text else None
         del cache  # only the projected embeddings stay resident
         retriever = cls(model, backbones, names, proj, images_root, captions, text, device, image_weights,
-                        index_kind, source=str(checkpoint), biases=biases)
+                        index_kind, source=str(checkpoint), biases=biases, models_dir=models_dir)
         del captions
         _release_free_memory()
         return retriever
 
-    @classmethod
-    def from_collection(cls, collection_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None,
-                        device: str | torch.device = "auto", **kwargs) -> "Retriever":
-        """Serve a folder indexed by ``index_folder.py`` (its manifest names the folder and checkpoint)."""
-        collection_dir = Path(collection_dir)
-        manifest = read_manifest(collection_dir)
-        if manifest is None or not manifest.get("collection"):
-            raise RetrieverError(f"no indexed photo folder in {collection_dir}; index one with "
-                                 f"`python index_folder.py PHOTO_FOLDER`")
-        checkpoint = checkpoint or manifest["checkpoint"]["path"]
-        return cls.from_checkpoint(checkpoint, collection_dir, manifest["root"], None, device, **kwargs)
-
     @staticmethod
-    def _load_text_backbone(expected: dict, weights: str | os.PathLike | None,
+    def _load_text_backbone(expected: dict, weights: str | os.PathLike | None, models_dir: str | os.PathLike | None,
                             device: torch.device | str = "cpu") -> TextBackbone:
-        backbone = create_text_backbone(expected["backbone"], weights)
-        _check_identity("text", expected, backbone.name, backbone.weights, "found")
+        backbone = create_text_backbone(expected["backbone"], weights, models_dir)
+        check_identity("text", expected, backbone.name, backbone.weights, "found")
         backbone.model.to(device).eval()
         return backbone
 
@@ -370,7 +361,8 @@ class Retriever:
         if self._text_backbone is None:
             with self._lock:
                 if self._text_backbone is None:
-                    self._text_backbone = self._load_text_backbone(self.backbones["text"], None, self.device)
+                    self._text_backbone = self._load_text_backbone(self.backbones["text"], None, self._models_dir,
+                                                                   self.device)
         return self._text_backbone
 
     @property
@@ -380,9 +372,8 @@ class Retriever:
             with self._lock:
                 if self._image_backbone is None:
                     exp = self.backbones["image"]
-                    backbone = create_image_backbone(exp["backbone"], self._image_weights)
-                    _check_identity("image", exp, backbone.name, backbone.weights, "found")
-                    backbone.set_grid(False)
+                    backbone = create_image_backbone(exp["backbone"], self._image_weights, self._models_dir)
+                    check_identity("image", exp, backbone.name, backbone.weights, "found")
                     backbone.set_views(views_of(exp.get("preprocess")))  # the mean of the trained views
                     backbone.model.to(self.device).eval()
                     self._image_backbone = backbone
@@ -435,13 +426,13 @@ class Retriever:
             feats = backbone.model(x).float()
             return self.model.encode_image(feats).float().cpu().numpy()
 
-    def search_vector(self, query: np.ndarray, k: int = config.TOP_K, bank: str | None = None) -> list[Hit]:
+    def search_vector(self, query: np.ndarray, k: int = TOP_K, bank: str | None = None) -> list[Hit]:
         """The k best rows for a query vector; ``bank`` ranks with that querybank bias ("text" or
         "keywords", for text queries). Hits report the plain cosine similarity either way."""
         bias = self.biases.get(bank) if bank else None
         scores, rows = self.index.search(np.asarray(query, dtype=np.float32).reshape(1, -1), self._k(k),
                                          bank if bias is not None else None)
-        root = str(self.images_root)  # os.path.join: a third of the time of a Path join (0.05 ms a query)
+        root = str(self.images_root)  # os.path.join: cheaper than a Path join per hit
         hits = []
         for score, row in zip(np.asarray(scores)[0], np.asarray(rows)[0]):
             if row < 0:  # an approximate index may return fewer than k
@@ -453,13 +444,13 @@ class Retriever:
                             self.captions_of(int(row))))
         return hits
 
-    def search_text(self, query: str, k: int = config.TOP_K) -> list[Hit]:
+    def search_text(self, query: str, k: int = TOP_K) -> list[Hit]:
         """The k photos that best match a description. ValueError for an empty or too long query."""
         k = self._k(k)
         query = self.check_query(query)
         return self.search_vector(self._embed_checked(query), k, bank_for_query(query, tuple(self.biases)))
 
-    def search_image(self, image, k: int = config.TOP_K) -> list[Hit]:
+    def search_image(self, image, k: int = TOP_K) -> list[Hit]:
         """The k indexed photos most similar to a PIL image."""
         if image is None:
             raise ValueError("no image: upload a photo to search with")
@@ -482,3 +473,37 @@ def default_captions(candidates: Sequence[str | os.PathLike | None]) -> Path | N
         if c and Path(c).is_file():
             return Path(c)
     return None
+
+
+def open_retriever(load_model: Callable[[Path], tuple[Any, dict]], *, checkpoint: Path | None,
+                   collection: Path | None, image_features: Path, images: Path | None, captions: Path | None,
+                   default_images: Path, default_captions_file: Path | None, train_hint: str,
+                   device: str = "auto", text_weights: Path | None = None, image_weights: Path | None = None,
+                   models_dir: Path | None = None) -> Retriever:
+    """The Retriever the page and the CLI serve: a folder indexed by ``index_folder.py`` (its
+    manifest names its photos and checkpoint), else the dataset's image cache with ``checkpoint``.
+
+    ``load_model`` loads a checkpoint (``model.load_checkpoint``). The photos default to the folder
+    extraction recorded, the captions to the checkpoint's or extraction's caption file. Anything
+    missing is a RetrieverError naming the command that builds it (``train_hint`` trains).
+    """
+    kw = dict(device=device, text_weights=text_weights, image_weights=image_weights, models_dir=models_dir)
+    if collection:
+        manifest = read_manifest(collection)
+        if manifest is None or not manifest.get("collection"):
+            raise RetrieverError(f"no indexed photo folder in {collection}; index one first with: "
+                                 f"python index_folder.py PHOTO_FOLDER --out {shlex.quote(str(collection))}")
+        checkpoint = Path(checkpoint or manifest["checkpoint"]["path"])
+        if not checkpoint.is_file():
+            raise RetrieverError(f"checkpoint not found: {checkpoint}; train one first with: {train_hint}")
+        model, state = load_model(checkpoint)
+        return Retriever.from_checkpoint(checkpoint, model, state, collection, manifest["root"], None, **kw)
+    if checkpoint is None or not checkpoint.is_file():
+        raise RetrieverError(f"no trained checkpoint at {checkpoint}; train one first with: {train_hint}")
+    model, state = load_model(checkpoint)
+    root = images or default_image_root(image_features, default_images)
+    recorded = (read_manifest(image_features) or {}).get("captions_file")
+    caption_file = default_captions([captions, state.get("captions_file"), recorded, default_captions_file])
+    if captions and caption_file != captions:
+        log.warning("caption file %s not found; results are shown without captions", captions)
+    return Retriever.from_checkpoint(checkpoint, model, state, image_features, root, caption_file, **kw)

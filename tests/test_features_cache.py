@@ -1,4 +1,4 @@
-"""Resumable feature caches (feature_cache.py) with a fake compute function."""
+"""Resumable feature caches (crossmodal.features.cache) with a fake compute function."""
 from __future__ import annotations
 
 import json
@@ -6,9 +6,15 @@ import json
 import numpy as np
 import pytest
 
-from datasets import list_hash
-from feature_cache import (
-    FEATURES_FILE, IDS_FILE, MANIFEST_FILE, PARTIAL_DIR, StaleCacheError, build_cache, load_cache,
+from crossmodal.captions import list_hash
+from crossmodal.features.cache import (
+    FEATURES_FILE,
+    IDS_FILE,
+    MANIFEST_FILE,
+    PARTIAL_DIR,
+    StaleCacheError,
+    build_cache,
+    load_cache,
 )
 
 DIM = 6
@@ -89,7 +95,8 @@ def test_extra_fields_are_recorded(tmp_path):
     assert cache.manifest["images_dir"] == "/x"
 
 
-@pytest.mark.parametrize("change", [{"backbone": "other"}, {"weights": "other.pth:9"}, {"kind": "caption"}, {"ids": True},
+@pytest.mark.parametrize("change", [{"backbone": "other"}, {"weights": "other.pth:9"}, {"kind": "caption"},
+                                    {"ids": True},
                                     {"preprocess": {"size": 9}}])
 def test_mismatched_identity_refused_unless_force(tmp_path, change):
     d = tmp_path / "cache"
@@ -143,6 +150,17 @@ def test_load_cache_detects_damaged_ids(tmp_path):
     (d / IDS_FILE).write_text("".join(i + "\n" for i in IDS[:-1]))
     with pytest.raises(StaleCacheError, match="damaged"):
         load_cache(d)
+
+
+def test_load_cache_refuses_an_old_grid_cache(tmp_path):
+    # an older version's --grid cache holds feature-map cells per row: not to be read as one wide vector
+    d = tmp_path / "cache"
+    build_cache(d, IDS, IDENTITY, FakeCompute(), chunk_size=8)
+    manifest = json.loads((d / MANIFEST_FILE).read_text())
+    (d / MANIFEST_FILE).write_text(json.dumps({**manifest, "grid": [1, 2, DIM // 2]}))
+    with pytest.raises(StaleCacheError, match="--grid") as info:
+        load_cache(d, rerun="again")
+    assert "rebuild it with: again" in str(info.value)
 
 
 def test_interrupted_build_resumes_byte_identical(tmp_path):

@@ -1,17 +1,27 @@
-"""Atomic file writes: write a temporary file beside the target, fsync, then rename over it.
+"""Files: atomic writes (a temporary file beside the target, fsync, then a rename over it) and digests.
 
 A reader (or a rerun after a kill) sees either the old file or the complete new one, never half.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, IO, Iterator
+from typing import IO, Any, Callable, Iterator
 
 import numpy as np
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 (first 16 hex digits) of a file's bytes: the identity caches and indexes record."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
 
 
 def _current_umask() -> int:
@@ -27,8 +37,8 @@ _UMASK = _current_umask()
 def atomic_open(path: str | os.PathLike, mode: str = "wb", fsync: bool = True) -> Iterator[IO]:
     """Open a temporary file that replaces ``path`` when the block ends without error.
 
-    ``fsync=False`` keeps the all-or-nothing rename but skips the per-file flush to disk; for many
-    small files the caller then makes them durable once (``os.sync()``) before marking them done.
+    ``fsync=False`` keeps the all-or-nothing rename but skips the flush to disk: for many small
+    files that can be remade, where a flush each costs more than making them.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,17 +15,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import numpy as np
-
-import config
-from atomic_io import atomic_write_text
+from crossmodal.atomic_io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
 SPLIT_NAMES = ("train", "val", "test")
 # Files accepted for each split; Flickr8k calls its validation split "dev".
 SPLIT_FILE_CANDIDATES = {"train": ("train.txt",), "val": ("val.txt", "dev.txt"), "test": ("test.txt",)}
+# The seeded split made when no split lists are given: Karpathy's Flickr30K proportions.
+SPLIT_SEED = 0
+SPLIT_FRACTIONS = {"train": 29000 / 31014, "val": 1014 / 31014, "test": 1000 / 31014}
 _KEY_RE = re.compile(r"^(?P<image>[^\t#]+)#(?P<n>\d+)$")
+
+
+KEYWORD_ID_SEP = "::"  # keyword row id: "<image>#<n>::<phrase>"
+
+
+def keyword_row_id(caption_key: str, phrase: str) -> str:
+    """The row id of a keyword sample: its source caption's key and the phrase."""
+    return f"{caption_key}{KEYWORD_ID_SEP}{phrase}"
+
+
+def image_of_row_id(row_id: str) -> str:
+    """The image a caption key ("img.jpg#3") or keyword row id belongs to."""
+    return row_id.split(KEYWORD_ID_SEP, 1)[0].rsplit("#", 1)[0]
 
 
 class DatasetError(ValueError):
@@ -38,6 +51,11 @@ class Caption:
     number: int  # the n of "#n"
     text: str
 
+    @property
+    def key(self) -> str:
+        """The caption key "image.jpg#n": a caption's row id in the caption feature cache."""
+        return f"{self.image}#{self.number}"
+
 
 @dataclass
 class CaptionSet:
@@ -45,19 +63,17 @@ class CaptionSet:
 
     captions: list[Caption]
     images: list[str] = field(init=False)
-    caption_image_index: np.ndarray = field(init=False)  # caption row -> index into images
 
     def __post_init__(self) -> None:
-        index: dict[str, int] = {}
-        rows = []
-        for cap in self.captions:
-            rows.append(index.setdefault(cap.image, len(index)))
-        self.images = list(index)
-        self.caption_image_index = np.asarray(rows, dtype=np.int64)
+        self.images = list(dict.fromkeys(cap.image for cap in self.captions))
 
     @property
     def texts(self) -> list[str]:
         return [c.text for c in self.captions]
+
+    @property
+    def keys(self) -> list[str]:
+        return [c.key for c in self.captions]
 
     def subset(self, images: Iterable[str]) -> "CaptionSet":
         """The captions of the given images (file order kept)."""
@@ -130,10 +146,10 @@ def find_split_files(splits_dir: str | os.PathLike) -> dict[str, Path]:
 
 
 def make_seeded_split(
-    images: Sequence[str], seed: int = config.SPLIT_SEED, fractions: dict[str, float] | None = None
+    images: Sequence[str], seed: int = SPLIT_SEED, fractions: dict[str, float] | None = None
 ) -> dict[str, list[str]]:
     """Deterministic split of the (sorted) image list in the given proportions."""
-    fractions = fractions or config.SPLIT_FRACTIONS
+    fractions = fractions or SPLIT_FRACTIONS
     order = sorted(images)
     random.Random(seed).shuffle(order)
     n = len(order)
@@ -150,7 +166,7 @@ def make_seeded_split(
 def load_splits(
     captions: CaptionSet,
     splits_dir: str | os.PathLike,
-    seed: int = config.SPLIT_SEED,
+    seed: int = SPLIT_SEED,
 ) -> dict[str, list[str]]:
     """Split lists from ``splits_dir``; when it holds none, a seeded split is made and written there.
 

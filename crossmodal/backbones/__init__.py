@@ -1,0 +1,65 @@
+"""The backbone registry: every frozen image and text encoder is built here, and only here.
+
+Each entry owns its weights lookup, its preprocessing and its output size, and reports a
+``weights`` identity that feature caches record so features of different models never mix.
+
+Image entries: ``resnet18`` (torchvision), ``efficientnet_lite0/1/2`` (offline pip packages); any of
+them can pool several views of each image (``IMAGE_VIEWS``, ``ImageBackbone.set_views``), and
+``"a+b"`` runs several of them on the same views with their features side by side.
+Text entries: ``bert-base-uncased`` (local folder or hub), ``minilm`` (offline pip package), and
+``<name>-last3`` of each: the mean pools of its last three layers concatenated instead of the last
+layer's alone (earlier layers keep word-level detail the sentence-similarity training pooled away).
+``auto`` picks the original pair (ResNet18 + BERT) where their weights are present, else the
+offline pair, and logs one line saying which and why.
+
+One module per concept: ``registry`` (the tables, ``auto`` and the factories), ``views`` (the views
+of an image), ``image`` (``ImageBackbone`` and the image entries) and ``text`` (``TextBackbone`` and
+the text entries). Importing the package imports ``image`` and ``text``, whose entries register
+themselves; every name is importable from ``crossmodal.backbones``.
+"""
+from crossmodal.backbones.image import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RESNET18_FILE,
+    ImageBackbone,
+    Normalize,
+    resnet18,
+)
+from crossmodal.backbones.registry import (
+    IMAGE_BACKBONES,
+    OFFLINE_PAIR,
+    ORIGINAL_PAIR,
+    TEXT_BACKBONES,
+    BackboneUnavailable,
+    create_image_backbone,
+    create_text_backbone,
+    file_digest,
+    register_image,
+    register_text,
+    resolve_device,
+    resolve_names,
+)
+from crossmodal.backbones.text import (
+    BERT_FOLDER,
+    LAST_LAYERS,
+    TEXT_BATCH_SIZE,
+    TEXT_MAX_LENGTH,
+    TextBackbone,
+    bert_base_uncased,
+    minilm,
+)
+from crossmodal.backbones.views import IMAGE_VIEWS, ONE_VIEW, first_views, make_view, views_mismatch, views_of
+
+__all__ = [
+    # registry
+    "IMAGE_BACKBONES", "TEXT_BACKBONES", "register_image", "register_text", "ORIGINAL_PAIR", "OFFLINE_PAIR",
+    "resolve_names", "create_image_backbone", "create_text_backbone", "BackboneUnavailable", "resolve_device",
+    "file_digest",
+    # views
+    "IMAGE_VIEWS", "ONE_VIEW", "first_views", "views_of", "views_mismatch", "make_view",
+    # image
+    "IMAGENET_MEAN", "IMAGENET_STD", "RESNET18_FILE", "ImageBackbone", "Normalize", "resnet18",
+    # text
+    "TEXT_MAX_LENGTH", "TEXT_BATCH_SIZE", "BERT_FOLDER", "LAST_LAYERS", "TextBackbone", "bert_base_uncased",
+    "minilm",
+]

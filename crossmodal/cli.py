@@ -1,0 +1,265 @@
+"""The stage scripts' command line: every flag declared once, process setup, logging.
+
+A stage script starts with ``cli.prepare_process()`` (settings torch reads when it loads), then
+builds its parser from the flags declared here, with defaults from the ``config`` module it is
+given::
+
+    p = cli.StageParser(__doc__, config)
+    p.flags("images", "captions", "splits", "work-dir", "device")
+    args = p.parse()          # logging set up, args.layout resolved
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import shlex
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
+
+from crossmodal.paths import Layout
+
+
+def prepare_process() -> None:
+    """Settings that must be in place before torch loads; every stage script calls this first."""
+    # OpenMP threads that spin while waiting for each other collapse when the cores are shared: a
+    # training step measured many times slower with 2 spinning torch threads on a busy 2-core
+    # machine, as fast as 1 thread with passive waiting. A value set by the user wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # transformers/httpx chatter would bury the one line per decision we log ourselves
+    for noisy in ("httpx", "urllib3", "transformers", "huggingface_hub", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _image_backbone_help() -> str:
+    from crossmodal.backbones import IMAGE_BACKBONES  # lazy: torch loads after prepare_process()
+
+    names = " | ".join(IMAGE_BACKBONES)
+    return (f"auto | {names}, or several joined by + (their features side by side, e.g. "
+            f"{'+'.join(list(IMAGE_BACKBONES)[-2:])})")
+
+
+def _text_backbone_help() -> str:
+    from crossmodal.backbones import TEXT_BACKBONES
+
+    return f"auto | {' | '.join(TEXT_BACKBONES)}"
+
+
+def _views_help() -> str:
+    from crossmodal.backbones import IMAGE_VIEWS
+
+    return (f"cache N views of every image (1-{len(IMAGE_VIEWS)}: {', '.join(IMAGE_VIEWS)}); training "
+            "samples one per step, search uses their mean (N x the extraction time and disk)")
+
+
+@dataclass(frozen=True)
+class Flag:
+    help: str | Callable[[], str]  # a string, or a function building it (from a registry)
+    type: Callable | None = str
+    default: Callable[[ModuleType], Any] = lambda config: None  # from the config module
+    options: dict = field(default_factory=dict)  # further add_argument options (action, choices)
+
+
+def _config_default(name: str) -> Callable[[ModuleType], Any]:
+    return lambda config: getattr(config, name)
+
+
+# Every flag of every stage script. A script may reword ``--out``'s help (what it writes differs).
+FLAGS: dict[str, Flag] = {
+    # data
+    "images": Flag("folder of photos", Path, _config_default("IMAGES_DIR")),
+    "captions": Flag("caption file, lines 'name.jpg#n<TAB>caption'", Path, _config_default("CAPTIONS_FILE")),
+    "splits": Flag("folder of split lists train.txt, val.txt (or dev.txt), test.txt; default: config.SPLITS_DIR, "
+                   "or WORK_DIR/splits; a seeded split is written there if absent", Path),
+    "work-dir": Flag("where generated files go; default: the original layout, data/ and checkpoints/", Path,
+                     _config_default("WORK_DIR")),
+    "out": Flag("output folder", Path),
+    "force": Flag("rebuild even if a finished cache exists", None, options={"action": "store_true"}),
+    # backbones
+    "image-backbone": Flag(_image_backbone_help, str, _config_default("IMAGE_BACKBONE")),
+    "text-backbone": Flag(_text_backbone_help, str, _config_default("TEXT_BACKBONE")),
+    "image-weights": Flag("a local weights file for the image backbone (else MODELS_DIR, its package or "
+                          "download cache)", Path),
+    "text-weights": Flag("a local model folder for the text backbone (else MODELS_DIR, its package or the hub)",
+                         Path),
+    "models-dir": Flag("local weights folder: resnet18.pth, bert-base-uncased/", Path, _config_default("MODELS_DIR")),
+    "device": Flag("auto | cpu | cuda | cuda:N (auto: the GPU where there is one)", str, lambda config: "auto"),
+    # extraction
+    "views": Flag(_views_help, int, _config_default("IMAGE_VIEWS")),
+    "precision": Flag("auto: bf16 autocast on a GPU, float32 on a CPU; bf16 also on a CPU (fast where it has AMX)",
+                      str, lambda config: "auto", {"choices": ("auto", "bf16", "fp32")}),
+    "decode": Flag("where JPEGs are decoded: worker processes (PIL) or the GPU (nvJPEG)", str,
+                   lambda config: "cpu", {"choices": ("cpu", "gpu")}),
+    "batch-size": Flag("items per forward pass; default: the extractor's (small on a CPU, large on a GPU)", int),
+    "workers": Flag("decoding (or, with --decode gpu, file-reading) worker processes; default: the extractor's",
+                    int),
+    "chunk-size": Flag("images per resumable chunk (each written atomically)", int, lambda config: _chunk_size()),
+    # training
+    "ensemble": Flag("train N head pairs with seeds seed..seed+N-1 and serve them as one (N x the training time "
+                     "and embedding width)", int, _config_default("ENSEMBLE")),
+    "querybank-size": Flag("training captions and images kept in the checkpoint for querybank normalisation "
+                           "(0 = off)", int, _config_default("QUERYBANK_SIZE")),
+    "no-keywords": Flag("train on captions only (no keyword samples)", None, options={"action": "store_true"}),
+    "resume": Flag("continue from OUT/last.pt (the same features and settings)", None,
+                   options={"action": "store_true"}),
+    # serving
+    "checkpoint": Flag("trained checkpoint; default: WORK_DIR/checkpoints/best.pt (with --collection, the one it "
+                       "was indexed with)", Path),
+    "collection": Flag("serve a photo folder indexed by index_folder.py instead of the dataset", Path),
+    "image-features": Flag("image feature cache; default: WORK_DIR/image_embeddings", Path),
+    "k": Flag("how many results", int, lambda config: _top_k()),
+    "host": Flag("address to listen on", str, _config_default("APP_HOST")),
+    "port": Flag("port", int, _config_default("APP_PORT")),
+    "json": Flag("print the hits as JSON", None, options={"action": "store_true"}),
+    # keywords
+    "keywords": Flag("keyword file; default: the one sentence_augment.py writes for this --work-dir", Path),
+    "no-download": Flag("never try to download NLTK data: use what is installed, else the rule method", None,
+                        options={"action": "store_true"}),
+    # evaluation
+    "split": Flag("train | val (dev) | test", str, lambda config: "val"),
+    "word-queries": Flag("one-word queries: the split's most frequent caption nouns (0 to skip)", int,
+                         lambda config: 200),
+    # demo data
+    "num-images": Flag("how many demo images", int, lambda config: _demo_default("DEFAULT_NUM_IMAGES")),
+    "seed": Flag("random seed", int, lambda config: 0),
+    "image-size": Flag("square image side in pixels", int, lambda config: _demo_default("DEFAULT_IMAGE_SIZE")),
+    "no-progress": Flag("no progress bar", None, options={"action": "store_true"}),
+    "verbose": Flag("debug logging", None, options={"action": "store_true"}),
+    "threads": Flag("torch threads per query (a query is a few small tensor ops; concurrent queries run in "
+                    "parallel instead; 0 = torch's default)", int, lambda config: 1),
+}
+# Serving finds the photos and captions where extraction recorded them, so there these two default to that.
+SERVING_DATA_HELP = {
+    "images": "the photos folder; default: the one recorded by the image extraction, else config.IMAGES_DIR",
+    "captions": "caption file shown under results; default: the checkpoint's or extraction's, else "
+                "config.CAPTIONS_FILE; optional",
+}
+
+
+def _chunk_size() -> int:
+    from crossmodal.features.extract import CHUNK_SIZE
+
+    return CHUNK_SIZE
+
+
+def _demo_default(name: str) -> int:
+    from crossmodal import demo_data
+
+    return getattr(demo_data, name)
+
+
+def _top_k() -> int:
+    from crossmodal.retrieval import TOP_K
+
+    return TOP_K
+
+
+class StageParser(argparse.ArgumentParser):
+    """An ArgumentParser whose shared flags come from ``FLAGS``, with defaults from ``config``."""
+
+    def __init__(self, description: str | None, config: ModuleType):
+        super().__init__(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+        self.config = config
+
+    def flags(self, *names: str, serving: bool = False, out_help: str | None = None) -> None:
+        """Add the named flags of ``FLAGS``. ``serving``: --images/--captions default to what extraction
+        recorded; ``out_help`` says what --out is."""
+        for name in names:
+            flag = FLAGS[name]
+            text = flag.help() if callable(flag.help) else flag.help
+            default = flag.default(self.config)
+            if serving and name in SERVING_DATA_HELP:
+                text, default = SERVING_DATA_HELP[name], None
+            if name == "out" and out_help:
+                text = out_help
+            if default is not None and flag.options.get("action") != "store_true":
+                text += " (default: %(default)s)"
+            kwargs = {"help": text, "default": default, **flag.options}
+            if flag.type is not None:
+                kwargs["type"] = flag.type
+            self.add_argument(f"--{name}", **kwargs)
+
+    def dataclass_flags(self, cls: type, defaults: Any) -> None:
+        """A flag per field of dataclass ``cls``: its type from the annotation, its help from the field's
+        ``metadata["help"]``, its default from the instance ``defaults``."""
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            kind = hints[f.name]
+            if kind not in (int, float, str, bool):
+                raise TypeError(f"{cls.__name__}.{f.name}: a flag needs int, float, str or bool, not {kind}")
+            if "help" not in f.metadata:
+                raise TypeError(f"{cls.__name__}.{f.name}: give the field metadata={{'help': ...}}")
+            self.add_argument(f"--{f.name.replace('_', '-')}", type=_parse_bool if kind is bool else kind,
+                              default=getattr(defaults, f.name),
+                              help=f"{f.metadata['help']} (default: %(default)s)")
+
+    def parse(self, argv: list[str] | None = None) -> argparse.Namespace:
+        """Parse, set up logging (debug with --verbose), and attach ``args.layout`` (where generated files go)."""
+        args = self.parse_args(argv)
+        setup_logging(getattr(args, "verbose", False))
+        args.layout = Layout(getattr(args, "work_dir", None), Path(self.config.DATA_DIR),
+                             Path(self.config.ROOT), Path(self.config.SPLITS_DIR))
+        return args
+
+
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def splits_dir(args: argparse.Namespace) -> Path:
+    return args.splits if args.splits else args.layout.default_splits()
+
+
+def data_flags(args: argparse.Namespace, images: bool = True) -> str:
+    """The data flags of this run, to append to a suggested command."""
+    parts = []
+    if images and getattr(args, "images", None):
+        parts += ["--images", str(args.images)]
+    if getattr(args, "captions", None):
+        parts += ["--captions", str(args.captions)]
+    if args.work_dir:
+        parts += ["--work-dir", str(args.work_dir)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def train_hint(args: argparse.Namespace) -> str:
+    """The command that trains the checkpoint these arguments look for."""
+    return " ".join(["python", "run_train.py", data_flags(args)]).strip()
+
+
+def load_retriever(args: argparse.Namespace, config: ModuleType, load_model: Callable) -> tuple[Any, str]:
+    """The Retriever that app.py and search.py serve for their arguments, or (None, message) when
+    something must be built first. ``load_model`` loads a checkpoint (``model.load_checkpoint``)."""
+    checkpoint = args.checkpoint or (None if args.collection else args.layout.best_checkpoint)
+    if checkpoint is not None and not checkpoint.is_file():  # said before torch loads
+        return None, f"no trained checkpoint at {checkpoint}; train one first with: {train_hint(args)}"
+    import torch
+
+    if getattr(args, "threads", 0):
+        torch.set_num_threads(args.threads)
+    from crossmodal.backbones import BackboneUnavailable
+    from crossmodal.retrieval import RetrieverError, open_retriever
+
+    try:
+        return open_retriever(
+            load_model, checkpoint=checkpoint, collection=args.collection,
+            image_features=args.image_features or args.layout.image_features, images=args.images,
+            captions=args.captions, default_images=config.IMAGES_DIR, default_captions_file=config.CAPTIONS_FILE,
+            train_hint=train_hint(args), device=args.device, text_weights=args.text_weights,
+            image_weights=getattr(args, "image_weights", None), models_dir=args.models_dir), ""
+    except (RetrieverError, BackboneUnavailable, ValueError) as err:  # CheckpointError is a ValueError
+        return None, str(err)

@@ -1,0 +1,216 @@
+"""Batched feature extraction into resumable caches (``features.cache``): image features of a folder
+or a caption file's images, and text features of captions or any list of texts.
+
+Images: a DataLoader whose worker processes decode JPEGs (PIL, with JPEG draft-mode downscaling)
+into compact uint8 tensors; the model runs under ``inference_mode`` in channels_last, and on a
+GPU with bf16 autocast and pinned memory. With ``decode="gpu"`` workers only read the file bytes,
+and nvJPEG decodes and resizes on the device in background threads (own CUDA streams) while the
+model runs: decoding is off the CPU's critical path and overlaps the forward pass (``gpu_decode``).
+
+Texts: one vector per text (captions are never averaged), through ``TextBackbone.encode`` —
+the same code for captions, keyword phrases and the app's queries.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from crossmodal.backbones import ONE_VIEW, TEXT_BATCH_SIZE, ImageBackbone, TextBackbone, resolve_device
+from crossmodal.captions import CaptionSet, list_hash
+from crossmodal.features.cache import FeatureCache, build_cache
+from crossmodal.features.gpu_decode import GPU_DECODE_THREADS, _byte_batches, _gpu_decoded_batches
+
+log = logging.getLogger(__name__)
+
+IMAGE_BATCH_SIZE_CPU = 8  # small batches stay in cache: faster on a 2-core CPU (bench/bench_extract.py)
+IMAGE_BATCH_SIZE_GPU = 256
+NUM_WORKERS = 2  # JPEG-decoding worker processes (decode="cpu")
+GPU_READ_WORKERS = 8  # decode="gpu": file-reading processes, at most one per core (16 starved nvJPEG's threads)
+CHUNK_SIZE = 2048  # image rows written (atomically) per resumable chunk; text chunks are 4x larger
+
+
+class ImageFileDataset(Dataset):
+    """Decoded, resized uint8 images; an unreadable file gives a zero image and its reason."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike], transform: Callable, image_size: int):
+        self.paths = [str(p) for p in paths]
+        self.transform = transform
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
+        try:
+            with Image.open(self.paths[i]) as im:
+                # JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale when the result stays larger
+                # than the target: large photos decode several times faster.
+                im.draft("RGB", (self.image_size, self.image_size))
+                return self.transform(im.convert("RGB")), ""
+        except Exception as err:  # noqa: BLE001 - corrupt/truncated/non-image files are recorded
+            return torch.zeros(3, self.image_size, self.image_size, dtype=torch.uint8), f"{type(err).__name__}: {err}"
+
+
+def _collate(batch: list[tuple[torch.Tensor, str]]) -> tuple[torch.Tensor, list[str]]:
+    return torch.stack([x for x, _ in batch]), [e for _, e in batch]
+
+
+def default_num_workers(decode: str) -> int:
+    """Worker processes by default: ``NUM_WORKERS`` PIL decoders for ``decode="cpu"``; for
+    ``"gpu"`` only file reading is left to them, and nvJPEG needs more of it."""
+    return NUM_WORKERS if decode == "cpu" else min(GPU_READ_WORKERS, os.cpu_count() or 1)
+
+
+def extract_image_features(
+    backbone: ImageBackbone,
+    images_dir: str | os.PathLike,
+    names: Sequence[str],
+    out_dir: str | os.PathLike,
+    *,
+    batch_size: int | None = None,
+    num_workers: int = NUM_WORKERS,
+    chunk_size: int = CHUNK_SIZE,
+    device: str | None = None,
+    decode: str = "cpu",
+    decode_threads: int = GPU_DECODE_THREADS,
+    views: tuple[str, ...] = ONE_VIEW,
+    stack_views: bool = True,
+    precision: str = "auto",
+    force: bool = False,
+    extra: dict | None = None,
+) -> FeatureCache:
+    """Features of ``images_dir/name`` for every name, cached in ``out_dir`` (resumable).
+
+    With several ``views`` (``backbones.IMAGE_VIEWS``) each row holds one vector per view
+    (len(views) x dim, view-major): training samples one per step, everything else takes their mean;
+    without ``stack_views`` each row is that mean already (what a searched collection needs).
+    ``precision``: "auto" = bf16 autocast on a GPU, float32 on a CPU; "bf16" or "fp32" everywhere
+    (bf16 is much faster on a CPU with AMX; the cache records the precision).
+    ``decode_threads``: with ``decode="gpu"``, threads that decode and resize beside the model.
+    """
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
+    device = resolve_device(device)
+    if decode == "gpu" and device.type != "cuda":
+        raise ValueError("--decode gpu needs a CUDA device")
+    if batch_size is None:
+        batch_size = IMAGE_BATCH_SIZE_GPU if device.type == "cuda" else IMAGE_BATCH_SIZE_CPU
+    images_dir = Path(images_dir)
+    paths = [images_dir / n for n in names]
+    # Batches never straddle chunks, so a resumed run computes exactly the batches of an
+    # uninterrupted one and the features are byte-identical.
+    chunk_size = max(batch_size, chunk_size // batch_size * batch_size)
+    stack_views = stack_views and views != ONE_VIEW
+    backbone.set_views(views, stack=stack_views)
+    model = backbone.model.to(device).eval().to(memory_format=torch.channels_last)
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    cpu_transform = backbone.pil_transform()
+
+    def compute(chunks: list[np.ndarray], progress: Callable[[int], object]) -> Iterator:
+        batches = [c[i : i + batch_size].tolist() for c in chunks for i in range(0, len(c), batch_size)]
+        if not batches:
+            return
+        if decode == "gpu":
+            batch_iter = _gpu_decoded_batches(_byte_batches(paths, batches, num_workers), backbone, device,
+                                              decode_threads)
+        else:
+            loader = DataLoader(
+                ImageFileDataset(paths, cpu_transform, backbone.image_size), batch_sampler=batches,
+                num_workers=num_workers, collate_fn=_collate, pin_memory=device.type == "cuda",
+                prefetch_factor=4 if num_workers else None, persistent_workers=False,
+            )
+            batch_iter = iter(loader)
+        for rows in chunks:
+            feats, failures = [], []
+            for start in range(0, len(rows), batch_size):
+                data, errors = next(batch_iter)
+                x = data.to(device, non_blocking=True)  # GPU-decoded batches are on the device already
+                x = x.contiguous(memory_format=torch.channels_last)
+                batch_rows = rows[start : start + batch_size]
+                bad = [j for j, e in enumerate(errors) if e]
+                with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    f = model(x).float()
+                    if bad:  # inside inference_mode: an inference tensor cannot be changed outside it
+                        f[bad] = 0.0  # failed rows hold zeros and are listed in the manifest
+                if bad:
+                    failures += [(names[batch_rows[j]], errors[j]) for j in bad]
+                feats.append(f)  # on a GPU: copied back once per chunk, not synchronised every batch
+                progress(len(batch_rows))
+            yield torch.cat(feats).cpu().numpy(), failures
+
+    preprocess = {**backbone.preprocess, "jpeg_draft": decode == "cpu", "decode": decode}
+    if use_bf16 and device.type == "cpu":  # absent otherwise: earlier caches keep their identity
+        preprocess["autocast"] = "bf16"
+    identity = {"kind": "image", "backbone": backbone.name, "weights": backbone.weights,
+                "preprocess": preprocess,
+                "dim": backbone.dim * (len(views) if stack_views else 1)}
+    if stack_views:  # rows hold the views stacked (preprocess["views"] says which)
+        identity["views"] = list(views)
+    cache = build_cache(out_dir, names, identity, compute, chunk_size=chunk_size, force=force,
+                        desc=f"images ({backbone.name})", unit="img", extra=extra)
+    return cache
+
+
+def extract_dataset_images(backbone: ImageBackbone, images_dir: str | os.PathLike, captions: CaptionSet,
+                           captions_file: str | os.PathLike, out_dir: str | os.PathLike,
+                           **kwargs) -> FeatureCache:
+    """Stage 1: features of every image of a caption file (resumable); the manifest records the
+    images folder and the caption file. ``kwargs`` as for ``extract_image_features``."""
+    extra = {"images_dir": str(Path(images_dir).resolve()), "captions_file": str(Path(captions_file).resolve())}
+    return extract_image_features(backbone, images_dir, captions.images, out_dir, extra=extra, **kwargs)
+
+
+def extract_caption_features(backbone: TextBackbone, captions: CaptionSet, captions_file: str | os.PathLike,
+                             out_dir: str | os.PathLike, **kwargs) -> FeatureCache:
+    """Stage 2: one vector per caption of a caption file, row ids its caption keys (resumable).
+
+    The manifest records the caption file and its image list, which training checks the image
+    cache against. ``kwargs`` as for ``extract_text_features``.
+    """
+    extra = {"captions_file": str(Path(captions_file).resolve()), "image_ids_sha256": list_hash(captions.images)}
+    return extract_text_features(backbone, captions.texts, captions.keys, out_dir, kind="caption", extra=extra,
+                                 **kwargs)
+
+
+def extract_text_features(
+    backbone: TextBackbone,
+    texts: Sequence[str],
+    ids: Sequence[str],
+    out_dir: str | os.PathLike,
+    *,
+    kind: str = "text",
+    batch_size: int = TEXT_BATCH_SIZE,
+    chunk_size: int = CHUNK_SIZE * 4,
+    device: str | None = None,
+    force: bool = False,
+    extra: dict | None = None,
+) -> FeatureCache:
+    """One vector per text, cached in ``out_dir`` under the given row ids (resumable)."""
+    if len(texts) != len(ids):
+        raise ValueError(f"{len(texts)} texts but {len(ids)} ids")
+    device = resolve_device(device)
+    lengths = [len(t) for t in backbone.tokenizer(list(texts), truncation=True,
+                                                    max_length=backbone.max_length)["input_ids"]]
+    # Computed in global length order: each chunk holds similar lengths, so padding stays small.
+    order = np.argsort(lengths, kind="stable")
+
+    def compute(chunks: list[np.ndarray], progress: Callable[[int], object]) -> Iterator:
+        for rows in chunks:
+            # Keyword phrases repeat a lot ("dog" for hundreds of images) and sort next to each
+            # other by length: encode each distinct text of a chunk once.
+            unique, inverse = np.unique(np.asarray([texts[i] for i in rows], dtype=object), return_inverse=True)
+            encoded = backbone.encode(unique.tolist(), batch_size, device)
+            progress(len(rows))
+            yield encoded[inverse], []
+
+    identity = {"kind": kind, "backbone": backbone.name, "weights": backbone.weights,
+                "preprocess": backbone.preprocess, "dim": backbone.dim}
+    return build_cache(out_dir, ids, identity, compute, chunk_size=chunk_size, order=order, force=force,
+                       desc=f"{kind} ({backbone.name})", unit="text", extra=extra)

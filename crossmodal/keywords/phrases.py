@@ -1,0 +1,187 @@
+"""Keywords and short phrases of a caption (``extract_phrases``, ``nouns_of``), and the keyword samples
+of a caption set (``augment_captions``, ``phrase_counts``), so one-word ("dog") and two-word
+("black dog") queries have training text of their own.
+
+From each caption we take, lower-cased and without stopwords:
+
+* nouns, lemmatised: "dogs" -> "dog", "men" -> "man" (a few plural-only words such as
+  "glasses", "jeans", "shorts" stay plural: their singular means something else);
+* adjective + noun: "black dog", "curly hair"; a participle before a noun counts as an adjective
+  ("parked car", "swimming pool");
+* noun + noun compounds: "tennis ball", "fire hydrant" (the head noun lemmatised);
+* verbs. Decision: an -ing form stays as written ("running", "surfing") because that is how both
+  captions and people's queries name an action, and lemmatising it collides with nouns
+  ("fishing" -> "fish", "boxing" -> "box", "skateboarding" -> "skateboard"). Other finite forms
+  are lemmatised ("runs", "ran" -> "run"). A past participle outside a noun phrase ("dressed in
+  red", "covered in mud") is not emitted: it is mostly a state, rarely a useful query.
+
+Phrases come out in caption order of their first word, a two-word phrase before the one-word
+phrase starting at the same word ("black dog", "dog"), without duplicates. Besides the stopwords,
+words that name nothing visible are dropped (``CAPTION_STOPWORDS``: numbers, "something",
+"wearing" ...; ``RELATIONAL_OF_NOUNS``: "front" in "in front of", "lot" in "a lot of").
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Callable, Iterable, Sequence
+
+from crossmodal.captions import Caption, CaptionSet
+from crossmodal.keywords.nltk_data import KeywordTools
+from crossmodal.keywords.samples import KeywordSample
+
+# "in front of", "on top of", "a lot of", "a set of stairs": the noun before "of" is no keyword.
+RELATIONAL_OF_NOUNS = frozenset("""
+front top middle side edge end bottom back center centre lot lots bunch couple pair kind sort
+type piece part rest number variety series set sides flight
+""".split())
+
+_PHRASE_WORD = re.compile(r"^[a-z]+(?:-[a-z]+)*$")  # a keyword word: ASCII letters, inner hyphens
+
+_NOUN, _ADJ, _VERB, _MOD, _OTHER = "N", "A", "V", "M", "O"
+
+
+def _classify(tagged: list[tuple[str, str]], skip: frozenset[str]) -> list[str]:
+    """A coarse class per token: noun, adjective, verb, pre-noun modifier (participle) or other."""
+    n = len(tagged)
+    classes = []
+    for i, (w, t) in enumerate(tagged):
+        if not _PHRASE_WORD.match(w) or w in skip:
+            c = _OTHER
+        elif t.startswith("NN"):
+            relational = w in RELATIONAL_OF_NOUNS and i + 1 < n and tagged[i + 1][0] == "of"
+            c = _OTHER if relational else _NOUN
+        elif t in ("JJ", "JJR", "JJS"):
+            c = _ADJ
+        elif t.startswith("VB"):
+            c = _VERB
+        else:
+            c = _OTHER
+        classes.append(c)
+    # A participle after a determiner/adjective (or first) and before a noun modifies the noun:
+    # "a parked car", "the swimming pool"; after a noun it is a verb ("man wearing glasses").
+    for i, (w, t) in enumerate(tagged):
+        if classes[i] == _VERB and t in ("VBG", "VBN") and i + 1 < n and classes[i + 1] in (_NOUN, _ADJ):
+            prev_t = tagged[i - 1][1] if i > 0 else ""
+            if i == 0 or prev_t in ("DT", "CD", "PRP$", "JJ", "JJR", "JJS") or (prev_t in ("CC", "IN") and t == "VBN"):
+                classes[i] = _MOD
+    return classes
+
+
+def _phrases_with_kind(caption: str, tools: KeywordTools) -> list[tuple[str, str]]:
+    """(phrase, kind) pairs, kind in noun | verb | adj_noun | compound, in the documented order."""
+    tokens = tools.tokenize(caption)
+    if not tokens:
+        return []
+    tagged = [(w.lower(), t) for w, t in tools.tagger.tag(tokens)]
+    classes = _classify(tagged, tools.skip_words)
+    found: list[tuple[int, int, int, str, str]] = []  # (first word, -words, order, phrase, kind)
+
+    def add(start: int, phrase: str, kind: str) -> None:
+        words = phrase.split()
+        if all(_PHRASE_WORD.match(p) and p not in tools.skip_words for p in words):
+            found.append((start, -len(words), len(found), phrase, kind))
+
+    n = len(tagged)
+    i = 0
+    while i < n:
+        c = classes[i]
+        if c in (_NOUN, _ADJ, _MOD):
+            # a chunk of modifiers and nouns; "and"/"or"/"," may join two modifiers
+            j = i
+            while j < n and (
+                classes[j] in (_NOUN, _ADJ, _MOD)
+                or (tagged[j][0] in ("and", "or", ",") and j > i and classes[j - 1] in (_ADJ, _MOD)
+                    and j + 1 < n and classes[j + 1] in (_ADJ, _MOD))
+            ):
+                j += 1
+            _chunk_phrases(i, tagged[i:j], classes[i:j], tools, add)
+            i = j
+            continue
+        if c == _VERB:
+            w, t = tagged[i]
+            if t == "VBG":
+                add(i, w, "verb")
+            elif t != "VBN":
+                add(i, tools.verb_lemma(w), "verb")
+        i += 1
+    found.sort()
+    out: dict[str, str] = {}
+    for *_, phrase, kind in found:
+        out.setdefault(phrase, kind)
+    return list(out.items())
+
+
+def _chunk_phrases(offset: int, tagged: Sequence[tuple[str, str]], classes: Sequence[str],
+                   tools: KeywordTools, add: Callable[[int, str, str], None]) -> None:
+    mods: list[tuple[int, str]] = []
+    k = 0
+    while k < len(tagged):
+        if classes[k] in (_ADJ, _MOD):
+            mods.append((offset + k, tagged[k][0]))
+            k += 1
+        elif classes[k] == _NOUN:
+            start = k
+            while k < len(tagged) and classes[k] == _NOUN:
+                k += 1
+            run = [w for w, _ in tagged[start:k]]
+            head = tools.noun_lemma(run[-1])
+            for m, word in enumerate(run[:-1]):
+                add(offset + start + m, tools.noun_lemma(word), "noun")
+            add(offset + k - 1, head, "noun")
+            if len(run) >= 2:  # the modifying noun as written: "sports car", "tennis ball"
+                add(offset + k - 2, f"{run[-2]} {head}", "compound")
+            for pos, mod in mods:
+                add(pos, f"{mod} {head}", "adj_noun")
+            mods = []
+        else:  # "and"/"," between modifiers
+            k += 1
+
+
+def extract_phrases(caption: str, tools: KeywordTools) -> list[str]:
+    """Keywords and short phrases of one caption (see the module docstring for what and in which order)."""
+    return [p for p, _ in _phrases_with_kind(caption, tools)]
+
+
+def nouns_of(caption: str, tools: KeywordTools) -> list[str]:
+    """The caption's nouns, lemmatised (evaluation's one-word queries)."""
+    return [p for p, kind in _phrases_with_kind(caption, tools) if kind == "noun"]
+
+
+# --- the samples of a caption set ---------------------------------------------------------------
+
+def caption_key(caption: Caption) -> str:
+    return caption.key
+
+
+def augment_captions(
+    captions: CaptionSet,
+    tools: KeywordTools,
+    progress: bool | Callable[[Iterable[Caption]], Iterable[Caption]] = False,
+) -> list[KeywordSample]:
+    """One sample per distinct (image, phrase), from the first caption (file order) yielding it.
+
+    ``progress``: True shows a tqdm bar over the captions, or pass a wrapper of your own.
+    """
+    items: Iterable[Caption] = captions.captions
+    if progress is True:
+        from tqdm import tqdm
+
+        items = tqdm(items, total=len(captions.captions), unit="caption", desc="keywords")
+    elif callable(progress):
+        items = progress(items)
+    seen: set[tuple[str, str]] = set()
+    samples: list[KeywordSample] = []
+    for cap in items:
+        key = caption_key(cap)
+        for phrase in extract_phrases(cap.text, tools):
+            if (cap.image, phrase) not in seen:
+                seen.add((cap.image, phrase))
+                samples.append(KeywordSample(cap.image, key, phrase))
+    return samples
+
+
+def phrase_counts(samples: Iterable[KeywordSample]) -> dict[str, int]:
+    """Images per phrase, most frequent first (ties alphabetical)."""
+    counts = Counter(s.phrase for s in samples)
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))

@@ -1,0 +1,1 @@
+"""Helper scripts: run each from the repository root as ``python -m scripts.NAME``."""
