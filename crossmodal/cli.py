@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import logging
 import os
 import shlex
@@ -73,6 +74,12 @@ def _config_default(name: str) -> Callable[[ModuleType], Any]:
     return lambda config: getattr(config, name)
 
 
+def _library_default(module: str, name: str) -> Callable[[ModuleType], Any]:
+    """A default owned by a library module, imported when the parser is built (after
+    ``prepare_process``), so ``--help`` states the value the code uses."""
+    return lambda config: getattr(importlib.import_module(module), name)
+
+
 # Every flag of every stage script. A script may reword ``--out``'s help (what it writes differs).
 FLAGS: dict[str, Flag] = {
     # data
@@ -102,7 +109,8 @@ FLAGS: dict[str, Flag] = {
     "batch-size": Flag("items per forward pass; default: the extractor's (small on a CPU, large on a GPU)", int),
     "workers": Flag("decoding (or, with --decode gpu, file-reading) worker processes; default: the extractor's",
                     int),
-    "chunk-size": Flag("images per resumable chunk (each written atomically)", int, lambda config: _chunk_size()),
+    "chunk-size": Flag("images per resumable chunk (each written atomically)", int,
+                       _library_default("crossmodal.features.extract", "CHUNK_SIZE")),
     # training
     "ensemble": Flag("train N head pairs with seeds seed..seed+N-1 and serve them as one (N x the training time "
                      "and embedding width)", int, _config_default("ENSEMBLE")),
@@ -116,7 +124,7 @@ FLAGS: dict[str, Flag] = {
                        "was indexed with)", Path),
     "collection": Flag("serve a photo folder indexed by index_folder.py instead of the dataset", Path),
     "image-features": Flag("image feature cache; default: WORK_DIR/image_embeddings", Path),
-    "k": Flag("how many results", int, lambda config: _top_k()),
+    "k": Flag("how many results", int, _library_default("crossmodal.retrieval", "TOP_K")),
     "host": Flag("address to listen on", str, _config_default("APP_HOST")),
     "port": Flag("port", int, _config_default("APP_PORT")),
     "json": Flag("print the hits as JSON", None, options={"action": "store_true"}),
@@ -129,9 +137,10 @@ FLAGS: dict[str, Flag] = {
     "word-queries": Flag("one-word queries: the split's most frequent caption nouns (0 to skip)", int,
                          lambda config: 200),
     # demo data
-    "num-images": Flag("how many demo images", int, lambda config: _demo_default("DEFAULT_NUM_IMAGES")),
+    "num-images": Flag("how many demo images", int, _library_default("crossmodal.demo_data", "DEFAULT_NUM_IMAGES")),
     "seed": Flag("random seed", int, lambda config: 0),
-    "image-size": Flag("square image side in pixels", int, lambda config: _demo_default("DEFAULT_IMAGE_SIZE")),
+    "image-size": Flag("square image side in pixels", int,
+                       _library_default("crossmodal.demo_data", "DEFAULT_IMAGE_SIZE")),
     "no-progress": Flag("no progress bar", None, options={"action": "store_true"}),
     "verbose": Flag("debug logging", None, options={"action": "store_true"}),
     "threads": Flag("torch threads per query (a query is a few small tensor ops; concurrent queries run in "
@@ -143,24 +152,6 @@ SERVING_DATA_HELP = {
     "captions": "caption file shown under results; default: the checkpoint's or extraction's, else "
                 "config.CAPTIONS_FILE; optional",
 }
-
-
-def _chunk_size() -> int:
-    from crossmodal.features.extract import CHUNK_SIZE
-
-    return CHUNK_SIZE
-
-
-def _demo_default(name: str) -> int:
-    from crossmodal import demo_data
-
-    return getattr(demo_data, name)
-
-
-def _top_k() -> int:
-    from crossmodal.retrieval import TOP_K
-
-    return TOP_K
 
 
 class StageParser(argparse.ArgumentParser):
