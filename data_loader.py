@@ -36,6 +36,14 @@ class Caches:
         image["dim"] = self.images.pooled_dim  # the heads see one cell- or view-sized vector
         return {"image": image, "text": {k: m_txt[k] for k in ("backbone", "weights", "dim", "preprocess")}}
 
+    @property
+    def identity(self) -> dict:
+        """The rows' identities (hashes of the caches' id lists), which a checkpoint records so that a
+        resume on other data is refused."""
+        caches = {"image": self.images, "caption": self.captions, "keyword": self.keywords}
+        return {f"{kind}_ids_sha256": cache.manifest["ids_sha256"] for kind, cache in caches.items()
+                if cache is not None}
+
 
 def open_caches(image_dir: Path, text_dir: Path, keyword_dir: Path | None = None,
                 rerun_hint: str = "", expected_backbones: dict | None = None) -> Caches:
