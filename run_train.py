@@ -20,15 +20,17 @@ from crossmodal.features.cache import StaleCacheError  # noqa: E402
 
 import config  # noqa: E402
 from data_loader import open_caches, split_data  # noqa: E402
-from train import TrainConfig, add_querybank, train_ensemble  # noqa: E402
+from model import CheckpointError  # noqa: E402
+from train import CHECKPOINT_SECONDS, ResumeError, TrainConfig, add_querybank, train_ensemble  # noqa: E402
 
 log = logging.getLogger("run_train")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = cli.StageParser(__doc__, config)
-    p.flags("images", "captions", "splits", "work-dir", "ensemble", "querybank-size", "no-keywords", "resume", "out",
-            out_help="checkpoint folder (default: WORK_DIR/checkpoints)")
+    p.flags("images", "captions", "splits", "work-dir", "ensemble", "querybank-size", "no-keywords", "resume",
+            "checkpoint-seconds", "out", out_help="checkpoint folder (default: WORK_DIR/checkpoints)",
+            defaults={"checkpoint-seconds": CHECKPOINT_SECONDS})
     p.dataclass_flags(TrainConfig, TrainConfig())
     args = p.parse(argv)
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
@@ -53,9 +55,13 @@ def main(argv: list[str] | None = None) -> int:
              0 if train_data.keyword_features is None else len(train_data.keyword_image),
              len(val_data.image_names), val_data.n_captions)
     out = Path(args.out or lay.checkpoints)
-    best = train_ensemble(cfg, train_data, val_data, out, caches.backbones, members=args.ensemble,
-                          resume=args.resume, extra={"captions_file": str(args.captions),
-                                                     "image_ids_sha256": caches.images.manifest["ids_sha256"]})
+    try:
+        best = train_ensemble(cfg, train_data, val_data, out, caches.backbones, members=args.ensemble,
+                              resume=args.resume, extra={"captions_file": str(args.captions)},
+                              data_identity=caches.identity, checkpoint_seconds=args.checkpoint_seconds)
+    except (ResumeError, CheckpointError) as err:
+        log.error("%s", err)
+        return 2
     qb = add_querybank(out / "best.pt", train_data, val_data, args.querybank_size)
 
     def recalls(m: dict) -> str:

@@ -117,8 +117,12 @@ FLAGS: dict[str, Flag] = {
     "querybank-size": Flag("training captions and images kept in the checkpoint for querybank normalisation "
                            "(0 = off)", int, _config_default("QUERYBANK_SIZE")),
     "no-keywords": Flag("train on captions only (no keyword samples)", None, options={"action": "store_true"}),
-    "resume": Flag("continue from OUT/last.pt (the same features and settings)", None,
+    "resume": Flag("continue from OUT/last.pt (saved after every epoch and every --checkpoint-seconds within one) "
+                   "with the same result as a run never stopped; on the same features, data and settings only, "
+                   "except --epochs: another count is allowed, the learning-rate schedule is then rebuilt for it", None,
                    options={"action": "store_true"}),
+    "checkpoint-seconds": Flag("seconds between saves of OUT/last.pt within an epoch (a killed run loses at most "
+                               "about this much training)", float),
     # serving
     "checkpoint": Flag("trained checkpoint; default: WORK_DIR/checkpoints/best.pt (with --collection, the one it "
                        "was indexed with)", Path),
@@ -161,13 +165,15 @@ class StageParser(argparse.ArgumentParser):
         super().__init__(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
         self.config = config
 
-    def flags(self, *names: str, serving: bool = False, out_help: str | None = None) -> None:
+    def flags(self, *names: str, serving: bool = False, out_help: str | None = None,
+              defaults: dict[str, Any] | None = None) -> None:
         """Add the named flags of ``FLAGS``. ``serving``: --images/--captions default to what extraction
-        recorded; ``out_help`` says what --out is."""
+        recorded; ``out_help`` says what --out is; ``defaults`` gives flags their default from a
+        top-level module (which this library does not import), by flag name."""
         for name in names:
             flag = FLAGS[name]
             text = flag.help() if callable(flag.help) else flag.help
-            default = flag.default(self.config)
+            default = (defaults or {}).get(name, flag.default(self.config))
             if serving and name in SERVING_DATA_HELP:
                 text, default = SERVING_DATA_HELP[name], None
             if name == "out" and out_help:

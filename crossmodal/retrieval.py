@@ -46,6 +46,7 @@ from crossmodal.backbones import (
     views_mismatch,
     views_of,
 )
+from crossmodal.captions import escapes_folder
 from crossmodal.features.cache import FEATURES_FILE, FeatureCache, StaleCacheError, load_cache, read_manifest
 from crossmodal.querybank import bank_for_query, image_biases, text_banks
 
@@ -229,6 +230,12 @@ class Retriever:
             raise ValueError(f"{len(names)} names but {len(embeddings)} embeddings")
         if not len(names):
             raise RetrieverError("no readable images to search")
+        # Defense in depth (the stages refuse such names when they read them): a hit's path is
+        # images_root joined with its name, so no name may lead out of the folder.
+        escaping = next((n for n in names if escapes_folder(n)), None)
+        if escaping is not None:
+            raise RetrieverError(f"the image features name {escaping!r}, a path outside the photos folder "
+                                 f"{images_root}; refused: rebuild them from captions without such names")
         self.model = model.eval()
         self._encode_text = self.model.folded_text_encoder()  # encode_text in fewer operations
         self.backbones = backbones

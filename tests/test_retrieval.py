@@ -417,6 +417,42 @@ def test_search_cli(world, retriever, capsys):
     assert "python run_train.py" in capsys.readouterr().err
 
 
+def test_search_never_returns_a_path_outside_the_photos_folder(world, tmp_path, capsys):
+    """A caption file naming '../secret/private.jpg' is refused naming its line, and so is an image
+    cache holding such a name (written by an older version): no hit ever points there."""
+    import search
+    from crossmodal.features.cache import load_cache, write_cache
+
+    secret = world["images"].parent / "secret"
+    secret.mkdir(exist_ok=True)
+    (secret / "private.jpg").write_bytes((world["images"] / "img_00.jpg").read_bytes())
+    args = ["a dog", "--json", "--checkpoint", str(world["checkpoint"]), "--images", str(world["images"]),
+            "--text-weights", str(world["bert_dir"])]
+    captions = tmp_path / "captions.token"
+    captions.write_text("img_00.jpg#0\ta dog\n../secret/private.jpg#0\ta dog\n", encoding="utf-8")
+    assert search.main(args + ["--image-features", str(world["cache"]), "--captions", str(captions)]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and f"{captions}:2: " in out.err and "outside the images folder" in out.err
+
+    cache = load_cache(world["cache"])
+    ids = ["../secret/private.jpg" if n == "img_00.jpg" else n for n in cache.ids]
+    old_cache = tmp_path / "old_cache"
+    identity = {k: cache.manifest[k] for k in ("backbone", "weights", "preprocess", "dim")}
+    write_cache(old_cache, ids, np.asarray(cache.features), identity, cache.manifest["failures"])
+    assert search.main(args + ["--image-features", str(old_cache)]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and "'../secret/private.jpg', a path outside the photos folder" in out.err
+
+
+def test_retriever_refuses_names_outside_its_folder(tmp_path):
+    model = RetrievalModel(image_dim=8, text_dim=8, embed_dim=EMBED, hidden_dim=16)
+    emb = np.eye(3, EMBED, dtype=np.float16)
+    assert len(Retriever(model, {}, ["a.jpg", "sub/b.jpg", "..c.jpg"], emb, tmp_path)) == 3
+    for bad in ("../private.jpg", "/etc/private.jpg", "sub/../../private.jpg", "C:\\private.jpg"):
+        with pytest.raises(RetrieverError, match="outside the photos folder"):
+            Retriever(model, {}, ["a.jpg", bad, "c.jpg"], emb, tmp_path)
+
+
 def test_concurrent_queries_match_sequential(retriever):
     """The app answers requests from several threads at once; results must not change."""
     from concurrent.futures import ThreadPoolExecutor
