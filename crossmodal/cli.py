@@ -211,6 +211,14 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def print_entries(entries: list[dict], limit: int = 20) -> None:
+    """Print manifest entries ``{"id", "reason"}`` one a line, at most ``limit`` of them."""
+    for entry in entries[:limit]:
+        print(f"  {entry['id']}: {entry['reason']}")
+    if len(entries) > limit:
+        print(f"  ... and {len(entries) - limit} more")
+
+
 def splits_dir(args: argparse.Namespace) -> Path:
     return args.splits if args.splits else args.layout.default_splits()
 
