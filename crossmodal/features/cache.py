@@ -266,8 +266,11 @@ def load_cache(directory: str | os.PathLike, expected: dict | None = None, rerun
     for attempt in range(LOAD_ATTEMPTS):
         manifest = read_manifest(directory)
         if manifest is None:
-            if attempt + 1 < LOAD_ATTEMPTS and (directory / NEXT_DIR / MANIFEST_FILE).is_file():
-                time.sleep(LOAD_WAIT_S)  # a writer is moving the new files in
+            # A writer moving new files in renames .next/manifest.json to manifest.json last: looked
+            # for in that order, one of them is there until it is done.
+            moving = (directory / NEXT_DIR / MANIFEST_FILE).is_file() or (directory / MANIFEST_FILE).is_file()
+            if attempt + 1 < LOAD_ATTEMPTS and moving:
+                time.sleep(LOAD_WAIT_S)
                 continue
             raise StaleCacheError(f"no finished feature cache in {directory}{hint}")
         if manifest.get("grid"):  # written by an older version's --grid, since removed

@@ -22,6 +22,7 @@ words that name nothing visible are dropped (``CAPTION_STOPWORDS``: numbers, "so
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -34,6 +35,8 @@ from crossmodal.captions import Caption, CaptionSet, list_hash
 from crossmodal.keywords.nltk_data import KeywordTools
 from crossmodal.keywords.samples import KeywordSample, write_keyword_samples
 from crossmodal.resumable import ChunkWriter, WorkFolder, flush_interval
+
+log = logging.getLogger(__name__)
 
 UNIT_CAPTIONS = 1000  # captions per unit of a resumable run (well under a second of work)
 CHUNK_CAPTIONS = 50_000  # at most this many captions per saved chunk (one is also saved by time)
@@ -198,6 +201,9 @@ def augment_captions(
 
         writer = ChunkWriter(save, CHUNK_CAPTIONS, flush_interval(flush_seconds))
     pending = [u for u in range(n_units) if u not in phrases]
+    if phrases:
+        log.info("resuming in %s: %d of %d captions already done", work_dir,
+                 len(caps) - sum(len(unit_captions(u)) for u in pending), len(caps))
 
     source: Iterable[Caption] = (c for u in pending for c in unit_captions(u))
     bar = None
