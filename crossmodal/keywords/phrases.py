@@ -193,11 +193,13 @@ def augment_captions(
                 "unit_size": UNIT_CAPTIONS, "format": 1}
         work = WorkFolder(work_dir, plan)
         for chunk in work.chunks():
-            saved = chunk.meta()["phrases"]
+            saved = [line.split("\t") if line else [] for line in chunk.meta()["phrases"]]
             for k, u in enumerate(chunk.units):
                 phrases[u] = saved[k * UNIT_CAPTIONS : (k + 1) * UNIT_CAPTIONS]
+
         def save(start: int, stop: int, groups: list[list[list[str]]]) -> None:
-            work.save(start, stop, {"phrases": [p for g in groups for p in g]})
+            # one line per caption, its phrases joined by tabs (a phrase holds letters, hyphens, spaces)
+            work.save(start, stop, {"phrases": ["\t".join(found) for g in groups for found in g]})
 
         writer = ChunkWriter(save, CHUNK_CAPTIONS, flush_interval(flush_seconds))
     pending = [u for u in range(n_units) if u not in phrases]
@@ -252,12 +254,12 @@ def make_keyword_file(out: str | os.PathLike, captions: CaptionSet, tools: Keywo
     """Write the keyword file of ``captions`` to ``out`` (atomically) and return its samples.
 
     Resumable: a killed run continues from the captions it finished (``augment_captions``). It
-    refuses to start when the disk cannot hold the result (about 4 times the captions' text:
-    the file, twice their size, and the unfinished work).
+    refuses to start when the disk cannot hold the result (about 3 times the captions' text: the
+    file, about twice their size, and the unfinished work).
     """
     out = Path(out)
     text_bytes = sum(len(c.key) + len(c.text) + 2 for c in captions.captions)
-    check_free_space(out.parent, 4 * text_bytes, "the keyword samples")
+    check_free_space(out.parent, 3 * text_bytes, "the keyword samples")
     work = keyword_work_dir(out)
     samples = augment_captions(captions, tools, progress=progress, work_dir=work)
     write_keyword_samples(out, samples, method=tools.description)
