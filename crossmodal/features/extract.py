@@ -33,8 +33,9 @@ IMAGE_BATCH_SIZE_CPU = 8  # small batches stay in cache: faster on a 2-core CPU 
 IMAGE_BATCH_SIZE_GPU = 256
 NUM_WORKERS = 2  # JPEG-decoding worker processes (decode="cpu")
 GPU_READ_WORKERS = 8  # decode="gpu": file-reading processes, at most one per core (16 starved nvJPEG's threads)
-CHUNK_SIZE = 2048  # at most this many image rows per resumable chunk (text: 4x); one is also saved
-# every resumable.FLUSH_SECONDS
+# At most this many image rows per resumable chunk (text: 4x); a chunk is also saved every
+# resumable.FLUSH_SECONDS, whichever comes first.
+CHUNK_SIZE = 2048
 
 
 class ImageFileDataset(Dataset):
