@@ -43,12 +43,16 @@ def main(argv: list[str] | None = None) -> int:
         model, state = load_checkpoint(checkpoint)
         result = index_folder(args.folder, checkpoint, model, state, out, device=args.device,
                               image_weights=args.image_weights, models_dir=args.models_dir, **kwargs)
-    except (FileNotFoundError, BackboneUnavailable, StaleCacheError, RetrieverError, CheckpointError) as err:
+    except (OSError, BackboneUnavailable, StaleCacheError, RetrieverError, CheckpointError) as err:
         log.error("%s", err)
         return 2
     print(result.summary())
     if result.failed:
         print(f"{result.failed} file(s) could not be read (listed in {result.out_dir}/{MANIFEST_FILE})")
+    if result.skipped:
+        print(f"{len(result.skipped)} entr{'y' if len(result.skipped) == 1 else 'ies'} skipped, not indexed "
+              f"(listed under 'skipped' in {result.out_dir}/{MANIFEST_FILE}):")
+        cli.print_entries(result.skipped)
     print(f"index: {result.out_dir}; search it with: python app.py --collection {result.out_dir}")
     return 0
 

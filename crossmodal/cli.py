@@ -62,6 +62,13 @@ def _views_help() -> str:
             "samples one per step, search uses their mean (N x the extraction time and disk)")
 
 
+def _chunk_help() -> str:
+    from crossmodal.resumable import FLUSH_SECONDS
+
+    return (f"at most this many images per resumable chunk (each written atomically; one is also saved every "
+            f"{FLUSH_SECONDS:g} s)")
+
+
 @dataclass(frozen=True)
 class Flag:
     help: str | Callable[[], str]  # a string, or a function building it (from a registry)
@@ -109,7 +116,7 @@ FLAGS: dict[str, Flag] = {
     "batch-size": Flag("items per forward pass; default: the extractor's (small on a CPU, large on a GPU)", int),
     "workers": Flag("decoding (or, with --decode gpu, file-reading) worker processes; default: the extractor's",
                     int),
-    "chunk-size": Flag("images per resumable chunk (each written atomically)", int,
+    "chunk-size": Flag(_chunk_help, int,
                        _library_default("crossmodal.features.extract", "CHUNK_SIZE")),
     # training
     "ensemble": Flag("train N head pairs with seeds seed..seed+N-1 and serve them as one (N x the training time "
@@ -215,6 +222,14 @@ def _parse_bool(text: str) -> bool:
     if value in ("0", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def print_entries(entries: list[dict], limit: int = 20) -> None:
+    """Print manifest entries ``{"id", "reason"}`` one a line, at most ``limit`` of them."""
+    for entry in entries[:limit]:
+        print(f"  {entry['id']}: {entry['reason']}")
+    if len(entries) > limit:
+        print(f"  ... and {len(entries) - limit} more")
 
 
 def splits_dir(args: argparse.Namespace) -> Path:

@@ -14,23 +14,35 @@ The index is a feature cache (``crossmodal.features.cache``) plus the files' ide
     .pending/       new/changed photos being embedded (resumable after a kill)
 
 Unreadable files are listed in the manifest (and skipped by search), not retried until they change.
+Entries that cannot even be looked at (a dangling symbolic link, a folder without read permission)
+have no row: they are listed in the manifest's ``skipped`` and reported, and looked at again on
+every run. A new index replaces the old one by renames (``features.cache.write_cache``), so a
+running app keeps the files it opened and a starting one finds a complete index.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from crossmodal.atomic_io import atomic_write_text, file_digest
+from crossmodal.atomic_io import atomic_write_text, check_free_space, file_digest
 from crossmodal.backbones import create_image_backbone, resolve_device, views_mismatch, views_of
 from crossmodal.captions import list_hash
-from crossmodal.features.cache import MANIFEST_FILE, StaleCacheError, load_cache, read_manifest, write_cache
+from crossmodal.features.cache import (
+    StaleCacheError,
+    cache_bytes,
+    finish_write,
+    load_cache,
+    read_manifest,
+    write_cache,
+)
 from crossmodal.features.extract import CHUNK_SIZE, NUM_WORKERS, extract_image_features
 from crossmodal.retrieval import check_identity, load_or_project
 
@@ -49,16 +61,32 @@ class IndexResult:
     removed: int  # rows dropped because their file is gone (or changed: counted in embedded)
     kept: int  # rows reused unchanged
     failed: int  # unreadable files in the index (never returned by search)
+    skipped: list[dict] = field(default_factory=list)  # {"id", "reason"}: entries that could not be looked at
 
     def summary(self) -> str:
         return f"embedded {self.embedded} new/changed, removed {self.removed}, kept {self.kept}"
 
 
-def scan_folder(folder: Path, exclude: Path | None = None) -> dict[str, tuple[int, int]]:
-    """relative posix path -> (size, mtime_ns) of every photo under ``folder``, hidden entries skipped."""
+@dataclass
+class FolderScan:
+    files: dict[str, tuple[int, int]]  # relative posix path -> (size, mtime_ns), sorted by path
+    skipped: list[dict]  # {"id": relative path, "reason": ...}: photos and folders that could not be looked at
+
+
+def scan_folder(folder: Path, exclude: Path | None = None) -> FolderScan:
+    """Every photo under ``folder`` (hidden entries left out), and what could not be looked at."""
     found: dict[str, tuple[int, int]] = {}
+    skipped: list[dict] = []
     exclude = exclude.resolve() if exclude else None
-    for dirpath, dirnames, filenames in os.walk(folder):
+
+    def rel(path: str | os.PathLike) -> str:
+        return Path(path).relative_to(folder).as_posix()
+
+    def unreadable_folder(err: OSError) -> None:
+        if err.filename and Path(err.filename) != Path(folder):
+            skipped.append({"id": rel(err.filename) + "/", "reason": f"folder not readable: {err.strerror}"})
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable_folder):
         here = Path(dirpath)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
                              and (exclude is None or (here / d).resolve() != exclude))
@@ -68,10 +96,15 @@ def scan_folder(folder: Path, exclude: Path | None = None) -> dict[str, tuple[in
             path = here / name
             try:
                 st = path.stat()
-            except OSError:  # vanished or dangling link: nothing to index
+            except OSError as err:
+                if path.is_symlink():
+                    skipped.append({"id": rel(path), "reason": f"dangling symbolic link to {os.readlink(path)}"
+                                    if err.errno == errno.ENOENT else f"symbolic link: {err.strerror}"})
+                elif err.errno != errno.ENOENT:  # one deleted since the listing is simply gone
+                    skipped.append({"id": rel(path), "reason": err.strerror or str(err)})
                 continue
-            found[path.relative_to(folder).as_posix()] = (st.st_size, st.st_mtime_ns)
-    return dict(sorted(found.items()))
+            found[rel(path)] = (st.st_size, st.st_mtime_ns)
+    return FolderScan(dict(sorted(found.items())), sorted(skipped, key=lambda x: x["id"]))
 
 
 def sources_text(ids: list[str], stats: dict[str, tuple[int, int]]) -> str:
@@ -135,7 +168,11 @@ def index_folder(folder: str | os.PathLike, checkpoint: str | os.PathLike, model
     check_identity("image", expected, backbone.name, backbone.weights, "found")
     views = views_of(expected.get("preprocess"))  # a collection row is the mean of the trained views
 
-    stats = scan_folder(folder, exclude=out)
+    finish_write(out)  # an index replacement killed halfway is completed first
+    scan = scan_folder(folder, exclude=out)
+    stats = scan.files
+    for entry in scan.skipped:
+        log.warning("skipped %s: %s", entry["id"], entry["reason"])
     previous = _previous(out, folder, backbone.name, backbone.weights, expected.get("preprocess"))
     old_stats = previous[1] if previous else {}
     todo = [rel for rel, st in stats.items() if old_stats.get(rel) != st]
@@ -145,6 +182,9 @@ def index_folder(folder: str | os.PathLike, checkpoint: str | os.PathLike, model
              len(kept_ids), removed)
 
     preprocess = {**backbone.preprocess, "jpeg_draft": True, "decode": "cpu"}
+    # the embedding of new photos (its chunks, then their cache), then the new index beside the old one
+    check_free_space(out, 2 * len(todo) * backbone.dim * 2 + cache_bytes(len(stats), backbone.dim, list(stats)),
+                     f"the index of {folder}")
     pending = out / PENDING_DIR
     new_cache = None
     if todo:
@@ -185,12 +225,9 @@ def index_folder(folder: str | os.PathLike, checkpoint: str | os.PathLike, model
                 "dim": dim}
     checkpoint_record = {"path": str(checkpoint), "digest": file_digest(checkpoint)}
     extra = {"collection": True, "root": str(folder), "checkpoint": checkpoint_record, "sources": SOURCES_FILE,
-             "indexed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+             "skipped": scan.skipped, "indexed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     del previous  # release the old memory map before replacing its file
-    # The sources file is written before the manifest, which write_cache writes last.
-    (out / MANIFEST_FILE).unlink(missing_ok=True)
-    atomic_write_text(out / SOURCES_FILE, sources_text(ids, stats))
-    write_cache(out, ids, features, identity, failures, extra)
+    write_cache(out, ids, features, identity, failures, extra, files={SOURCES_FILE: sources_text(ids, stats)})
     if pending.exists():
         shutil.rmtree(pending)
     (out / PENDING_SOURCES).unlink(missing_ok=True)
@@ -200,4 +237,4 @@ def index_folder(folder: str | os.PathLike, checkpoint: str | os.PathLike, model
         if cache.valid_mask().any():
             load_or_project(model, cache, checkpoint_record["digest"], resolve_device(device),
                             state.get("querybank"))
-    return IndexResult(out, len(todo), removed, len(kept_ids), len(failures))
+    return IndexResult(out, len(todo), removed, len(kept_ids), len(failures), scan.skipped)

@@ -1,7 +1,7 @@
 """Small local stand-ins for the real backbones' weights, shared by the tests.
 
 The tests exercise the ResNet18 and BERT code paths with randomly initialised weights saved to a
-local file or folder, as a user's downloaded weights would be.
+local file or folder, as a user's downloaded weights would be; checkpoints hold random heads.
 """
 from __future__ import annotations
 
@@ -38,3 +38,23 @@ def save_tiny_bert(folder: Path, seed: int = 0, words: Sequence[str] = WORDS) ->
     BertModel(cfg).eval().save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
     return folder
+
+
+def save_checkpoint(path: Path, seed: int, image_backbone, text_backbone, image_weights=None,
+                    embed_dim: int = 16) -> None:
+    """A checkpoint of random heads for these backbones, as run_train.py would save it."""
+    from model import RetrievalModel
+
+    torch.manual_seed(seed)
+    model = RetrievalModel(image_dim=image_backbone.dim, text_dim=text_backbone.dim, embed_dim=embed_dim,
+                           hidden_dim=32)
+    state = {
+        "model_config": model.config_dict(), "model": model.state_dict(),
+        "backbones": {
+            "image": {"backbone": image_backbone.name, "weights": image_weights or image_backbone.weights,
+                      "dim": image_backbone.dim, "preprocess": image_backbone.preprocess},
+            "text": {"backbone": text_backbone.name, "weights": text_backbone.weights, "dim": text_backbone.dim,
+                     "preprocess": text_backbone.preprocess},
+        },
+    }
+    torch.save(state, path)

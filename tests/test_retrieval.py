@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import save_random_resnet18, save_tiny_bert
+from helpers import save_checkpoint, save_random_resnet18, save_tiny_bert
 from PIL import Image
 
 from crossmodal import collection, retrieval
@@ -47,21 +47,6 @@ def jpeg(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=92)
     return buf.getvalue()
-
-
-def save_checkpoint(path: Path, seed: int, image_backbone, text_backbone, image_weights=None) -> None:
-    torch.manual_seed(seed)
-    model = RetrievalModel(image_dim=image_backbone.dim, text_dim=text_backbone.dim, embed_dim=EMBED, hidden_dim=32)
-    state = {
-        "model_config": model.config_dict(), "model": model.state_dict(),
-        "backbones": {
-            "image": {"backbone": image_backbone.name, "weights": image_weights or image_backbone.weights,
-                      "dim": image_backbone.dim, "preprocess": image_backbone.preprocess},
-            "text": {"backbone": text_backbone.name, "weights": text_backbone.weights, "dim": text_backbone.dim,
-                     "preprocess": text_backbone.preprocess},
-        },
-    }
-    torch.save(state, path)
 
 
 @pytest.fixture(scope="module")
