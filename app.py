@@ -37,7 +37,7 @@ DEFAULT_EXAMPLES = ["a dog running in the snow", "two children playing on the be
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = cli.StageParser(__doc__, config)
     p.flags("checkpoint", "collection", "work-dir", "image-features", "models-dir", "text-weights", "image-weights",
-            "device", "host", "port", "threads")
+            "device", "host", "port", "threads", "upload-grace")
     p.flags("images", "captions", serving=True)
     return p.parse(argv)
 
@@ -87,15 +87,14 @@ def root_url(request) -> str:
                                     root_path=getattr(http.app, "root_path", None) or http.scope.get("root_path"))
 
 
-def build_ui(retriever, photos, upload_dir: str):
+def build_ui(retriever, photos, uploads):
     """The page and its API (/search, /search_photo) over ``retriever``; ``photos`` (a
-    ``serving.PhotoFiles``) gives the photo URLs, ``upload_dir`` is where Gradio writes uploads."""
+    ``serving.PhotoFiles``) gives the photo URLs, ``uploads`` (``serving.Uploads``) the uploaded files."""
     # (app.py has no `from __future__ import annotations`: Gradio reads the handlers' type hints,
     # gr.Request and gr.FileData, which must be objects, as gradio is imported here.)
     import gradio as gr
 
     from crossmodal.retrieval import MAX_TOP_K, TOP_K, check_k
-    from crossmodal.serving import discard_upload, uploaded_file
 
     def gallery(hits, request) -> list[tuple[str, str]]:
         root = root_url(request)
@@ -111,15 +110,10 @@ def build_ui(retriever, photos, upload_dir: str):
         """Search with an uploaded photo (Gradio's file data), decoded within the pixel budget; the
         upload is deleted afterwards, whatever the outcome."""
         try:
-            path = uploaded_file(photo, upload_dir)
-        except ValueError as err:
+            with uploads.using(photo) as path:
+                return retriever.search_image(path, check_k(k, MAX_TOP_K))
+        except (ValueError, RuntimeError) as err:  # not an upload, refused image or k; no image backbone
             raise gr.Error(str(err), print_exception=False)
-        try:
-            return retriever.search_image(path, check_k(k, MAX_TOP_K))
-        except (ValueError, RuntimeError) as err:  # refused image or k; image backbone unavailable
-            raise gr.Error(str(err), print_exception=False)
-        finally:
-            discard_upload(path, upload_dir)
 
     def run_text(query: str, k: float, request: gr.Request):
         t0 = time.perf_counter()
@@ -186,16 +180,19 @@ def build_ui(retriever, photos, upload_dir: str):
     return demo
 
 
-def serve(retriever, host: str, port: int, block: bool = True, quiet: bool = False):
+def serve(retriever, host: str, port: int, block: bool = True, quiet: bool = False,
+          upload_grace: float | None = None):
     """Build the page for ``retriever`` and serve it on host:port with the photo route and the
-    refusal of malformed API requests; returns the Blocks (``block=False``: at once, still serving)."""
+    refusal of malformed API requests; returns the Blocks (``block=False``: at once, still serving).
+    ``upload_grace``: seconds an uploaded photo is kept after its last search (default: the library's)."""
     from gradio.utils import get_upload_folder
     from starlette.middleware import Middleware
 
-    from crossmodal.serving import PhotoFiles, RefuseMalformedRequests
+    from crossmodal.serving import UPLOAD_GRACE_S, PhotoFiles, RefuseMalformedRequests, Uploads
 
     photos = PhotoFiles(retriever.names, retriever.images_root)
-    demo = build_ui(retriever, photos, get_upload_folder())
+    uploads = Uploads(get_upload_folder(), UPLOAD_GRACE_S if upload_grace is None else upload_grace)
+    demo = build_ui(retriever, photos, uploads)
     # api_open=False: every call goes through the queue and its concurrency limit (the direct
     # /run/ and /api/ routes refuse queued functions).
     demo.queue(default_concurrency_limit=4, api_open=False)
@@ -207,20 +204,25 @@ def serve(retriever, host: str, port: int, block: bool = True, quiet: bool = Fal
     return demo
 
 
-def _limit_malloc_arenas(n: int = 2) -> None:
-    """glibc gives each request thread its own heap arena (tens of MB each, rarely returned);
-    two are plenty for a server whose work is a few small tensor ops per request."""
+def _tune_malloc(arenas: int = 2, mmap_threshold: int = 4 << 20) -> None:
+    """glibc gives each request thread its own heap arena (tens of MB each, rarely returned); two
+    are plenty for a server whose work is a few small tensor ops per request. Blocks from
+    ``mmap_threshold`` up (a decoded photo's) are mapped and unmapped, so they go back to the OS
+    when freed; glibc would otherwise raise that threshold after the first such block is freed and
+    keep the later ones in its heap."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6").mallopt(-8, n)  # M_ARENA_MAX
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-8, arenas)  # M_ARENA_MAX
+        libc.mallopt(-3, mmap_threshold)  # M_MMAP_THRESHOLD (setting it also stops its adjustment)
     except (OSError, AttributeError):  # not glibc
         pass
 
 
 def lean_process() -> None:
     """Settings that keep the serving process small (``main``; bench/app_memory.py measures them)."""
-    _limit_malloc_arenas()
+    _tune_malloc()
     # transformers' BERT code imports torch._dynamo, which loads Triton, a GPU kernel compiler
     # (75 MB resident), though the page never compiles a kernel; with None in sys.modules the
     # import fails and torch treats Triton as absent.
@@ -243,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     # resident memory stays lower for the (usual) text-only use.
     log.info("ready in %.1f s: %s", time.perf_counter() - t0, retriever.describe())
 
-    serve(retriever, args.host, args.port)
+    serve(retriever, args.host, args.port, upload_grace=args.upload_grace)
     return 0
 
 

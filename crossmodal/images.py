@@ -87,6 +87,8 @@ def load_image(path: str | os.PathLike, size: int | None = None, max_pixels: int
         except Image.DecompressionBombError as err:
             raise ImageRefused(f"the photo is too large: {err}; at most {megapixels(max_pixels)} are "
                                "decoded, send a smaller version") from err
+        except FileNotFoundError as err:
+            raise ImageRefused("the photo's file is gone") from err
         except (UnidentifiedImageError, OSError, ValueError) as err:
             raise ImageRefused("not a readable image file (JPEG, PNG, WebP, GIF, TIFF or BMP)") from err
         with img:

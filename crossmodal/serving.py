@@ -12,8 +12,9 @@ its target: the index owner put it in the index (indexing keeps only files that 
 images), and the target must still pass the image check when it is sent. Gradio's own file route
 is given no folder of photos at all.
 
-Uploads (``uploaded_file``, ``discard_upload``): a photo query names a file that Gradio's upload
-route wrote to its upload folder; only such files are opened, and each is deleted once used.
+Uploads (``Uploads``): a photo query names a file that Gradio's upload route wrote to its upload
+folder; only such files are opened, and each is deleted soon after its last search (a grace
+period, as Gradio stores identical uploads as one file, which another search may be about to use).
 
 Malformed requests (``RefuseMalformedRequests``): some of Gradio's API routes raise on requests
 they cannot parse (an unknown endpoint or function index, missing or unknown arguments), or
@@ -21,11 +22,14 @@ answer 500 for wrong inputs; they answer 404 or 400 with the reason instead.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import posixpath
+import threading
+import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 from urllib.parse import quote
 
 from starlette.requests import Request
@@ -44,6 +48,7 @@ PHOTO_HEADERS = {
     "Cache-Control": "private, max-age=600",
 }
 API_PREFIX = "/gradio_api/"
+UPLOAD_GRACE_S = 60  # an uploaded photo is deleted this long after its last search
 
 
 def _stays_inside(name: str) -> bool:
@@ -134,6 +139,68 @@ def discard_upload(path: str | os.PathLike, upload_dir: str | os.PathLike) -> No
             path.parent.rmdir()
     except OSError:  # the folder holds another upload, or is already gone
         pass
+
+
+class Uploads:
+    """The uploaded files that photo searches use, each deleted ``grace_s`` seconds after its last
+    search ends (by a sweeper thread): a search of the same photo again (another k, or another client
+    that uploaded the same bytes, which Gradio stores as the same file) finds it meanwhile. A file
+    replaced by a newer upload since is left to that upload's searches."""
+
+    def __init__(self, folder: str | os.PathLike, grace_s: float = UPLOAD_GRACE_S):
+        self.folder = Path(os.path.realpath(folder))
+        self.grace_s = grace_s
+        self._uses: dict[Path, int] = {}  # file -> searches using it now
+        self._expiring: dict[Path, tuple[float, int]] = {}  # file -> (when to delete, its inode then)
+        self._lock = threading.Lock()
+        self._sweeper: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def using(self, payload: Any) -> Iterator[Path]:
+        """The uploaded file that ``payload`` names (``uploaded_file``: ValueError for anything
+        else), kept while the block runs, then due for deletion."""
+        path = uploaded_file(payload, self.folder)
+        with self._lock:
+            self._uses[path] = self._uses.get(path, 0) + 1
+            self._expiring.pop(path, None)
+        try:
+            yield path
+        finally:
+            with self._lock:
+                self._uses[path] -= 1
+                if not self._uses[path]:
+                    del self._uses[path]
+                    try:
+                        self._expiring[path] = (time.monotonic() + self.grace_s, path.stat().st_ino)
+                    except OSError:  # already gone
+                        pass
+                    if self._sweeper is None:
+                        self._sweeper = threading.Thread(target=self._sweep_forever, name="upload-sweeper",
+                                                         daemon=True)
+                        self._sweeper.start()
+
+    def sweep(self, now: float | None = None) -> int:
+        """Delete the files whose time has come (unless a newer upload replaced them); how many."""
+        now = time.monotonic() if now is None else now
+        deleted = 0
+        with self._lock:
+            for path, (deadline, inode) in list(self._expiring.items()):
+                if deadline > now:
+                    continue
+                del self._expiring[path]
+                try:
+                    if path.stat().st_ino != inode:
+                        continue
+                except OSError:
+                    continue
+                discard_upload(path, self.folder)
+                deleted += 1
+        return deleted
+
+    def _sweep_forever(self) -> None:
+        while True:
+            time.sleep(min(1.0, max(self.grace_s, 0.05)))
+            self.sweep()
 
 
 class RefuseMalformedRequests:

@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -89,7 +90,8 @@ def served(tmp_path_factory):
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "app.py"), "--checkpoint", str(checkpoint), "--image-features",
          str(base / "image_embeddings"), "--images", str(images), "--captions", str(captions), "--port", str(port),
-         "--text-weights", str(bert_dir), "--image-weights", str(resnet_file), "--threads", "1"],
+         "--text-weights", str(bert_dir), "--image-weights", str(resnet_file), "--threads", "1",
+         "--upload-grace", "0.5"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         try:
@@ -308,7 +310,10 @@ def test_oversized_upload_is_refused_within_a_memory_bound_and_uploads_are_delet
         client.predict(photo=handle_file(big), k=3, api_name="/search_photo")
     assert memory_mb(pid, "VmHWM") - before < 300
 
-    assert [p for p in uploads.rglob("*") if p.is_file()] == []  # both uploads deleted after use
+    deadline = time.monotonic() + 10  # both uploads are deleted once used (0.5 s after, in this app)
+    while any(p.is_file() for p in uploads.rglob("*")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [p for p in uploads.rglob("*") if p.is_file()] == []
     # a file on the server that was not uploaded is neither opened nor deleted
     kept = paths["images"] / photo.name
     for value in ({"path": str(kept)}, {"path": str(kept), "meta": {"_type": "gradio.FileData"}}):

@@ -3,6 +3,7 @@ allow-list, uploads, and the refusal of malformed API requests. tests/test_app_b
 the same on the running app."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from crossmodal.serving import PhotoFiles, RefuseMalformedRequests, discard_upload, uploaded_file
+from crossmodal.serving import PhotoFiles, RefuseMalformedRequests, Uploads, discard_upload, uploaded_file
 
 PAGE = b"<html><script>alert('planted')</script></html>"
 
@@ -99,6 +100,46 @@ def test_an_upload_is_opened_only_inside_the_upload_folder_and_deleted_after(tmp
         with pytest.raises(ValueError, match=why):
             uploaded_file(payload, uploads)
     assert secret.read_bytes() == b"keep"
+
+
+def test_an_upload_is_deleted_a_grace_period_after_its_last_search(tmp_path):
+    """Gradio names an upload by its content: two searches may hold the same file, and a newer upload
+    of the same bytes may replace it meanwhile."""
+    folder = tmp_path / "gradio"
+    (folder / "5e").mkdir(parents=True)
+    shared = folder / "5e" / "p.png"
+    shared.write_bytes(b"x")
+    value = {"path": str(shared), "meta": {"_type": "gradio.FileData"}}
+    uploads = Uploads(folder, grace_s=30)
+    with uploads.using(value) as first:
+        with uploads.using(value) as second:
+            assert first == second == shared.resolve()
+        assert uploads.sweep(now=time.monotonic() + 60) == 0  # the first search still uses it
+    assert uploads.sweep() == 0 and shared.exists()  # within the grace period: a search again finds it
+    with uploads.using(value):
+        pass
+    assert uploads.sweep(now=time.monotonic() + 31) == 1
+    assert not shared.exists() and not shared.parent.exists()
+
+    (folder / "5e").mkdir()
+    shared.write_bytes(b"x")
+    with uploads.using(value):
+        pass
+    replacement = folder / "5e" / "new.tmp"
+    replacement.write_bytes(b"x")
+    replacement.rename(shared)  # what Gradio's upload route does when the same bytes are uploaded again
+    assert uploads.sweep(now=time.monotonic() + 31) == 0 and shared.exists()  # left to the newer upload
+
+    quick = Uploads(folder, grace_s=0.1)  # the sweeper thread deletes on its own
+    with quick.using(value):
+        pass
+    deadline = time.monotonic() + 10
+    while shared.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not shared.exists()
+    with pytest.raises(ValueError, match="no image"):
+        with quick.using(None):
+            pass
 
 
 def test_malformed_api_requests_are_refused_not_500():
