@@ -108,7 +108,7 @@ def build_ui(retriever, photos, uploads):
 
     def photo_hits(photo, k) -> list:
         """Search with an uploaded photo (Gradio's file data), decoded within the pixel budget; the
-        upload is deleted afterwards, whatever the outcome."""
+        upload is deleted soon after, whatever the outcome (``serving.Uploads``)."""
         try:
             with uploads.using(photo) as path:
                 return retriever.search_image(path, check_k(k, MAX_TOP_K))
@@ -141,8 +141,8 @@ def build_ui(retriever, photos, uploads):
     def search_photo(photo: gr.FileData, k: int = TOP_K) -> list[dict]:
         """Image-to-image search: the k indexed photos most similar to an uploaded one, best first.
 
-        photo: gradio_client.handle_file(path); decoded within a pixel budget, deleted after the
-        search. k and the hits as for /search.
+        photo: gradio_client.handle_file(path); decoded within a pixel budget (25 megapixels;
+        JPEGs decode at reduced size), deleted from the server soon after. k and the hits as for /search.
         """
         return [api_hit(h) for h in photo_hits(photo, k)]
 
