@@ -136,6 +136,30 @@ def test_query_in_the_browser_shows_five_results(served):
     assert shot.stat().st_size > 10_000
 
 
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Chromium at /usr/bin/chromium (apt-get install chromium)")
+def test_photo_search_in_the_browser_finds_the_photo(served):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, paths = served
+    photo = sorted(paths["images"].glob("demo_*.jpg"))[7]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(url, wait_until="domcontentloaded")
+            page.get_by_role("tab", name="Search with a photo").click()
+            page.locator("#photo input[type=file]").set_input_files(str(photo))  # the upload runs the search
+            results = page.locator("#photo-results img")
+            expect(results).to_have_count(5, timeout=30_000)
+            page.wait_for_function("img => img.complete && img.naturalWidth > 0",
+                                   arg=results.nth(0).element_handle(), timeout=10_000)
+            expect(page.locator("#photo-results")).to_contain_text("#1 · ")
+            expect(page.locator("#photo-results")).to_contain_text(photo.name)
+            expect(page.locator("#photo-timing")).to_contain_text("results in", timeout=10_000)
+        finally:
+            browser.close()
+
+
 def test_api_endpoint_returns_json_hits(served):
     from gradio_client import Client
 
