@@ -139,6 +139,8 @@ FLAGS: dict[str, Flag] = {
     "host": Flag("address to listen on", str, _config_default("APP_HOST")),
     "port": Flag("port", int, _config_default("APP_PORT")),
     "json": Flag("print the hits as JSON", None, options={"action": "store_true"}),
+    "upload-grace": Flag("seconds an uploaded photo stays on the server after its last search (a search of it again "
+                         "meanwhile reuses it)", float, _library_default("crossmodal.serving", "UPLOAD_GRACE_S")),
     # keywords
     "keywords": Flag("keyword file; default: the one sentence_augment.py writes for this --work-dir", Path),
     "no-download": Flag("never try to download NLTK data: use what is installed, else the rule method", None,

@@ -35,6 +35,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from crossmodal.atomic_io import atomic_save_npy, file_digest
 from crossmodal.backbones import (
@@ -48,6 +49,7 @@ from crossmodal.backbones import (
 )
 from crossmodal.captions import escapes_folder
 from crossmodal.features.cache import FEATURES_FILE, FeatureCache, StaleCacheError, load_cache, read_manifest
+from crossmodal.images import load_image
 from crossmodal.querybank import bank_for_query, image_biases, text_banks
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,19 @@ GENERIC_QUERIES = (
     "a runner in a marathon", "a busy train platform", "a playground", "a snowman",
 )
 PROJECT_BATCH = 2048  # rows projected per step (bounded memory even for a 7-view cache)
+
+
+def check_k(k: Any, most: int | None = None) -> int:
+    """``k`` (results per query) as an int; ValueError naming it unless it is a whole number from 1
+    to ``most`` (no upper bound when None). 3.0 passes, 2.5, "3" and True do not."""
+    if isinstance(k, float) and k.is_integer():
+        k = int(k)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise ValueError(f"k must be a whole number of results, got {k!r}")
+    if k < 1 or (most is not None and k > most):
+        allowed = f"from 1 to {most}" if most is not None else "at least 1"
+        raise ValueError(f"k must be {allowed}, got {k}")
+    return int(k)
 
 
 class RetrieverError(RuntimeError):
@@ -399,10 +414,8 @@ class Retriever:
         return " ".join(query.split())
 
     def _k(self, k: int) -> int:
-        k = int(k)
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
-        return min(k, len(self))
+        """k checked (a whole number, at least 1), then capped at the collection's size."""
+        return min(check_k(k), len(self))
 
     def embed_text(self, query: str) -> np.ndarray:
         """(1, embed_dim) float32 unit vector of a query."""
@@ -425,9 +438,12 @@ class Retriever:
         return self._encode_text(feats).float().cpu().numpy()
 
     @torch.inference_mode()
-    def embed_image(self, image) -> np.ndarray:
-        """(1, embed_dim) float32 unit vector of a PIL image."""
+    def embed_image(self, image: "Image.Image | str | os.PathLike") -> np.ndarray:
+        """(1, embed_dim) float32 unit vector of a PIL image, or of an image file decoded within a
+        pixel budget (``crossmodal.images.load_image``: ImageRefused, a ValueError, if too large)."""
         backbone = self.image_backbone
+        if not isinstance(image, Image.Image):
+            image = load_image(image, backbone.image_size)
         x = backbone.pil_transform()(image.convert("RGB")).unsqueeze(0).to(self.device)
         with self._lock:
             feats = backbone.model(x).float()
@@ -457,8 +473,9 @@ class Retriever:
         query = self.check_query(query)
         return self.search_vector(self._embed_checked(query), k, bank_for_query(query, tuple(self.biases)))
 
-    def search_image(self, image, k: int = TOP_K) -> list[Hit]:
-        """The k indexed photos most similar to a PIL image."""
+    def search_image(self, image: "Image.Image | str | os.PathLike | None", k: int = TOP_K) -> list[Hit]:
+        """The k indexed photos most similar to a PIL image or an image file (see ``embed_image``).
+        ValueError for no image, a file that is not a readable image or one over the pixel budget."""
         if image is None:
             raise ValueError("no image: upload a photo to search with")
         k = self._k(k)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import save_checkpoint, save_random_resnet18, save_tiny_bert
+from helpers import save_checkpoint, save_random_resnet18, save_tiny_bert, write_blank_png
 from PIL import Image
 
 from crossmodal import collection, retrieval
@@ -152,6 +152,18 @@ def test_image_search_finds_the_photo_itself(world, retriever):
         assert hits[0].name == name
         assert hits[0].score > 0.99
         assert hits[1].score < hits[0].score
+        # a file is decoded within the pixel budget (crossmodal.images), to the same result
+        from_file = retriever.search_image(world["images"] / name, k=3)
+        assert [(h.name, round(h.score, 4)) for h in from_file] == [(h.name, round(h.score, 4)) for h in hits]
+
+
+def test_image_search_refuses_a_file_over_the_pixel_budget(world, retriever, tmp_path):
+    big = write_blank_png(tmp_path / "big.png", 10_000, 10_000)
+    with pytest.raises(ValueError, match="10,000 x 10,000 pixels"):
+        retriever.search_image(big, k=3)
+    (tmp_path / "page.png").write_bytes(b"<html></html>")
+    with pytest.raises(ValueError, match="not a readable image"):
+        retriever.search_image(tmp_path / "page.png", k=3)
 
 
 def test_unreadable_rows_are_never_returned(retriever):
@@ -169,10 +181,24 @@ def test_query_validation(retriever):
         retriever.search_text("dog " * 501)  # 2,004 characters
     long_ok = ("a dog runs on the grass " * 80)[:2000]
     assert len(retriever.search_text(long_ok, k=2)) == 2  # truncated by the tokenizer, not refused
-    with pytest.raises(ValueError, match="k must be"):
-        retriever.search_text("a dog", k=0)
+    for bad_k, why in [(0, "at least 1"), (-3, "at least 1"), (2.5, "whole number"), ("3", "whole number"),
+                       (True, "whole number"), (None, "whole number")]:
+        with pytest.raises(ValueError, match=f"k must be .*{why}|k must be a {why}"):
+            retriever.search_text("a dog", k=bad_k)
+    assert len(retriever.search_text("a dog", k=3.0)) == 3
     with pytest.raises(ValueError, match="no image"):
         retriever.search_image(None)
+
+
+def test_check_k_names_the_value_and_the_range():
+    assert retrieval.check_k(7, most=50) == 7 and retrieval.check_k(50.0, most=50) == 50
+    assert retrieval.check_k(np.int64(4)) == 4
+    for bad, message in [(51, "k must be from 1 to 50, got 51"), (0, "k must be from 1 to 50, got 0"),
+                         (2.5, "k must be a whole number of results, got 2.5"),
+                         ("5", "k must be a whole number of results, got '5'")]:
+        with pytest.raises(ValueError) as err:
+            retrieval.check_k(bad, most=50)
+        assert str(err.value) == message
 
 
 def test_index_kind_and_description(retriever):
@@ -448,25 +474,6 @@ def test_concurrent_queries_match_sequential(retriever):
         parallel = list(pool.map(lambda q: [(h.name, round(h.score, 5)) for h in retriever.search_text(q, k=4)],
                                  queries * 3))
     assert parallel == sequential * 3
-
-
-def test_gallery_sends_pixels_for_photos_symlinked_from_outside(tmp_path):
-    """Gradio refuses to serve a symlink's target outside the folder: such hits go as pixels."""
-    from app import gallery_image
-
-    outside, root = tmp_path / "elsewhere", tmp_path / "photos"
-    outside.mkdir()
-    root.mkdir()
-    Image.new("RGB", (1600, 900), (200, 30, 30)).save(outside / "big.jpg")
-    Image.new("RGB", (64, 48), (30, 200, 30)).save(root / "own.jpg")
-    (root / "link.jpg").symlink_to(outside / "big.jpg")
-    (root / "sub").mkdir()
-    (root / "sub" / "inner.jpg").symlink_to(root / "own.jpg")  # a link inside the folder stays a path
-
-    assert gallery_image(str(root / "own.jpg"), root.resolve()) == str(root / "own.jpg")
-    assert gallery_image(str(root / "sub" / "inner.jpg"), root.resolve()) == str(root / "sub" / "inner.jpg")
-    img = gallery_image(str(root / "link.jpg"), root.resolve())
-    assert isinstance(img, Image.Image) and max(img.size) <= 640 and img.getpixel((10, 10))[0] > 150
 
 
 def test_views_checkpoint_searches_the_mean_of_views_everywhere(world, tmp_path, monkeypatch):
