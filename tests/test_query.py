@@ -145,7 +145,7 @@ OPERATOR = st.one_of(
     st.builds(lambda d: f"after:{d.isoformat()}", st.dates(date(1900, 1, 1), date(2100, 1, 1))),
     st.builds(lambda w: f"-{w}", PLAIN),
     st.builds(lambda w: f'-"{w} {w}"', PLAIN),
-    st.builds(lambda w: f'in:"{w}"', PLAIN),
+    st.builds(lambda w: f'in:"f{w}"', PLAIN),  # a name with more than separators
     st.sampled_from(["sort:date", "before:2200", "date:2150", "in:a/b"]),
 )
 SPACE = st.text(alphabet=" \t\n", min_size=1, max_size=3)
