@@ -128,6 +128,12 @@ FLAGS: dict[str, Flag] = {
     "host": Flag("address to listen on", str, _config_default("APP_HOST")),
     "port": Flag("port", int, _config_default("APP_PORT")),
     "json": Flag("print the hits as JSON", None, options={"action": "store_true"}),
+    # own-photo folders
+    "duplicates": Flag("after indexing, print the groups of near-duplicate photos (copies, re-encodes, resizes, "
+                       "light crops)", None, options={"action": "store_true"}),
+    "duplicate-threshold": Flag("cosine similarity of two photos' backbone features above which --duplicates "
+                                "groups them", float, _library_default("crossmodal.duplicates",
+                                                                       "DUPLICATE_THRESHOLD")),
     # keywords
     "keywords": Flag("keyword file; default: the one sentence_augment.py writes for this --work-dir", Path),
     "no-download": Flag("never try to download NLTK data: use what is installed, else the rule method", None,
