@@ -190,7 +190,11 @@ def main(argv=None) -> int:
             orig = i - variant_of[i]
             grouped[VARIANTS[variant_of[i]]] += orig in group_of and group_of.get(i) == group_of[orig]
         print("share of each version grouped with its original at the chosen threshold: "
-              + ", ".join(f"{v} {c / n_src:.3f}" for v, c in grouped.items()) + "\n")
+              + ", ".join(f"{v} {c / n_src:.3f}" for v, c in grouped.items()))
+        # a folder rarely holds all six versions to chain through: the original and one version alone
+        direct = np.array(own).reshape(n_src, -1) > t
+        print("share linked directly to its original (the two alone in a folder): copy 1.000, "
+              + ", ".join(f"{v} {direct[:, i].mean():.3f}" for i, v in enumerate(VARIANTS[2:])) + "\n")
     return 0
 
 

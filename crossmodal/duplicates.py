@@ -22,7 +22,8 @@ from crossmodal.features.cache import load_cache
 # Cosine similarity of backbone features above which two photos are near-duplicates: the middle of
 # the thresholds reaching precision >= 0.95 and recall >= 0.9 in bench/bench_duplicates.py (real
 # photos: exact copies, JPEG re-encodes, 50% and 25% resizes, 5-10% crops and brightened copies,
-# against the most similar different photos). A 25% resize is the version most often missed.
+# against the most similar different photos). Missed most: a 25% resize (a 125-pixel thumbnail) is
+# grouped with its original mostly through a larger copy; the two alone are rarely linked.
 DUPLICATE_THRESHOLD = 0.78
 
 
