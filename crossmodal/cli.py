@@ -141,6 +141,12 @@ FLAGS: dict[str, Flag] = {
     "json": Flag("print the hits as JSON", None, options={"action": "store_true"}),
     "upload-grace": Flag("seconds an uploaded photo stays on the server after its last search (a search of it again "
                          "meanwhile reuses it)", float, _library_default("crossmodal.serving", "UPLOAD_GRACE_S")),
+    # own-photo folders
+    "duplicates": Flag("after indexing, print the groups of near-duplicate photos (copies, re-encodes, resizes, "
+                       "light crops)", None, options={"action": "store_true"}),
+    "duplicate-threshold": Flag("cosine similarity of two photos' backbone features above which --duplicates "
+                                "groups them", float, _library_default("crossmodal.duplicates",
+                                                                       "DUPLICATE_THRESHOLD")),
     # keywords
     "keywords": Flag("keyword file; default: the one sentence_augment.py writes for this --work-dir", Path),
     "no-download": Flag("never try to download NLTK data: use what is installed, else the rule method", None,
