@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse(argv)
     split = "val" if args.split == "dev" else args.split
     lay = args.layout
-    ckpt_path = args.checkpoint or lay.best_checkpoint
+    ckpt_path = cli.resolve_checkpoint(args)
     try:
         model, state = load_checkpoint(ckpt_path)
         captions = read_captions(args.captions)

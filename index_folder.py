@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     p.flags("work-dir", "checkpoint", "image-weights", "models-dir", "device", "batch-size", "workers", "out",
             "duplicates", "duplicate-threshold", out_help="index folder (default: WORK_DIR/collections/<folder name>)")
     args = p.parse(argv)
-    checkpoint = args.checkpoint or args.layout.best_checkpoint
+    checkpoint = cli.resolve_checkpoint(args)
     out = args.out or default_out(args.layout.collections, args.folder)
     kwargs = {k: v for k, v in (("batch_size", args.batch_size), ("workers", args.workers)) if v is not None}
     try:

@@ -20,13 +20,15 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from crossmodal.atomic_io import atomic_open, atomic_save_with, atomic_write_json
-from crossmodal.captions import list_hash
+from crossmodal.calibration import calibrate_split
+from crossmodal.captions import CaptionSet, list_hash
 from crossmodal.evaluation import embed_split, encode_rows, plain_metrics
 from crossmodal.metrics import retrieval_metrics
 from crossmodal.querybank import caption_bias, make_querybank, querybank_bias
@@ -401,6 +403,18 @@ def add_querybank(checkpoint: str | Path, train_data: SplitData, val_data: Split
     state.update(querybank=bank, metrics_querybank=metrics)
     atomic_save_with(Path(checkpoint), lambda f: torch.save(state, f))
     return metrics
+
+
+def add_calibration(checkpoint: str | Path, val_data: SplitData, captions: CaptionSet,
+                    encode_words: Callable[[list[str]], np.ndarray]) -> dict:
+    """Fit the match-confidence curves (``crossmodal.calibration``) on half of the dev split, scored
+    as search scores (with the checkpoint's querybank), store them in ``checkpoint`` and return
+    them with their quality on the other half."""
+    model, state = load_checkpoint(checkpoint)
+    report = calibrate_split(model, val_data, captions, encode_words, state.get("querybank"))
+    state["calibration"] = report
+    atomic_save_with(Path(checkpoint), lambda f: torch.save(state, f))
+    return report
 
 
 def _write_logs(history: list[dict], out_dir: Path) -> None:

@@ -261,10 +261,29 @@ def train_hint(args: argparse.Namespace) -> str:
     return " ".join(["python", "run_train.py", data_flags(args)]).strip()
 
 
+def resolve_checkpoint(args: argparse.Namespace) -> Path:
+    """The checkpoint a script uses: ``--checkpoint``; else the one trained in the work folder; else,
+    where none was trained, the model that ships with the project (said in one log line); else the
+    trained path, so the error names what to train."""
+    if args.checkpoint:
+        return Path(args.checkpoint)
+    trained = args.layout.best_checkpoint
+    if trained.is_file():
+        return trained
+    from crossmodal.pretrained import shipped_checkpoint
+
+    shipped = shipped_checkpoint(args.models_dir)
+    if shipped is None:
+        return trained
+    logging.getLogger("cli").info("no trained checkpoint at %s: using the shipped model %s (%s)", trained, shipped,
+                                  shipped.parent / "MODEL_CARD.md")
+    return shipped
+
+
 def load_retriever(args: argparse.Namespace, config: ModuleType, load_model: Callable) -> tuple[Any, str]:
     """The Retriever that app.py and search.py serve for their arguments, or (None, message) when
     something must be built first. ``load_model`` loads a checkpoint (``model.load_checkpoint``)."""
-    checkpoint = args.checkpoint or (None if args.collection else args.layout.best_checkpoint)
+    checkpoint = args.checkpoint if args.collection else resolve_checkpoint(args)
     if checkpoint is not None and not checkpoint.is_file():  # said before torch loads
         return None, f"no trained checkpoint at {checkpoint}; train one first with: {train_hint(args)}"
     import torch

@@ -47,10 +47,11 @@ from crossmodal.backbones import (
     views_mismatch,
     views_of,
 )
+from crossmodal.calibration import CONFIDENT, curves_of
 from crossmodal.captions import escapes_folder
 from crossmodal.features.cache import FEATURES_FILE, FeatureCache, StaleCacheError, load_cache, read_manifest
 from crossmodal.images import load_image
-from crossmodal.querybank import bank_for_query, image_biases, text_banks
+from crossmodal.querybank import bank_for_query, image_biases, is_short_query, text_banks
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,14 @@ class Hit:
     name: str  # its row id: file name (dataset) or path relative to the folder (collection)
     score: float  # cosine similarity in the shared space
     captions: list[str] = field(default_factory=list)  # known captions of the photo, if any
+    # calibrated probability that the photo shows what the query says (calibration.py); None for a
+    # photo query or a checkpoint without calibration
+    confidence: float | None = None
+
+    @property
+    def confident(self) -> bool:
+        """A good match: confidence at or above ``calibration.CONFIDENT``."""
+        return self.confidence is not None and self.confidence >= CONFIDENT
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -239,7 +248,7 @@ class Retriever:
                  text_backbone: TextBackbone | None = None, device: str | torch.device = "cpu",
                  image_weights: str | os.PathLike | None = None, index_kind: str = "auto",
                  source: str = "", biases: dict[str, np.ndarray] | None = None,
-                 models_dir: str | os.PathLike | None = None):
+                 models_dir: str | os.PathLike | None = None, calibration: dict | None = None):
         import crossmodal.index as search_index
         if len(names) != len(embeddings):
             raise ValueError(f"{len(names)} names but {len(embeddings)} embeddings")
@@ -259,6 +268,7 @@ class Retriever:
         # bank name -> (n,) querybank bias subtracted from text-query scores (querybank.py); the
         # index checks their shapes
         self.biases = {b: np.asarray(v, dtype=np.float32) for b, v in (biases or {}).items()}
+        self.calibration = curves_of(calibration)  # query kind -> score-to-confidence curve
         self.images_root = Path(images_root).resolve()
         # One newline-joined string per row instead of a list of strings per image: a third of the
         # memory for Flickr30K's 155,000 captions (caption lines never contain a newline).
@@ -313,7 +323,8 @@ class Retriever:
         text = cls._load_text_backbone(backbones["text"], text_weights, models_dir, device) if load_text else None
         del cache  # only the projected embeddings stay resident
         retriever = cls(model, backbones, names, proj, images_root, captions, text, device, image_weights,
-                        index_kind, source=str(checkpoint), biases=biases, models_dir=models_dir)
+                        index_kind, source=str(checkpoint), biases=biases, models_dir=models_dir,
+                        calibration=state.get("calibration"))
         del captions
         _release_free_memory()
         return retriever
@@ -449,10 +460,13 @@ class Retriever:
             feats = backbone.model(x).float()
             return self.model.encode_image(feats).float().cpu().numpy()
 
-    def search_vector(self, query: np.ndarray, k: int = TOP_K, bank: str | None = None) -> list[Hit]:
+    def search_vector(self, query: np.ndarray, k: int = TOP_K, bank: str | None = None,
+                      query_kind: str | None = None) -> list[Hit]:
         """The k best rows for a query vector; ``bank`` ranks with that querybank bias ("text" or
-        "keywords", for text queries). Hits report the plain cosine similarity either way."""
+        "keywords", for text queries). Hits report the plain cosine similarity either way, and for a
+        text query (``query_kind`` "sentence" or "short") a confidence from the ranking score."""
         bias = self.biases.get(bank) if bank else None
+        curve = self.calibration.get(query_kind) if query_kind else None
         scores, rows = self.index.search(np.asarray(query, dtype=np.float32).reshape(1, -1), self._k(k),
                                          bank if bias is not None else None)
         root = str(self.images_root)  # os.path.join: cheaper than a Path join per hit
@@ -460,18 +474,20 @@ class Retriever:
         for score, row in zip(np.asarray(scores)[0], np.asarray(rows)[0]):
             if row < 0:  # an approximate index may return fewer than k
                 continue
+            confidence = None if curve is None else float(curve.confidence(score))
             if bias is not None:
                 score = score + bias[int(row)]
             name = self.names[int(row)]
             hits.append(Hit(len(hits) + 1, os.path.join(root, name), name, float(score),
-                            self.captions_of(int(row))))
+                            self.captions_of(int(row)), confidence))
         return hits
 
     def search_text(self, query: str, k: int = TOP_K) -> list[Hit]:
         """The k photos that best match a description. ValueError for an empty or too long query."""
         k = self._k(k)
         query = self.check_query(query)
-        return self.search_vector(self._embed_checked(query), k, bank_for_query(query, tuple(self.biases)))
+        return self.search_vector(self._embed_checked(query), k, bank_for_query(query, tuple(self.biases)),
+                                  "short" if is_short_query(query) else "sentence")
 
     def search_image(self, image: "Image.Image | str | os.PathLike | None", k: int = TOP_K) -> list[Hit]:
         """The k indexed photos most similar to a PIL image or an image file (see ``embed_image``).

@@ -568,3 +568,40 @@ def test_querybank_checkpoint_ranks_by_normalised_score_and_reports_cosines(worl
     assert set(again) == {"text", "keywords"}
     for b in again:
         np.testing.assert_array_equal(again[b], r.biases[b])
+
+
+def test_hits_carry_the_calibrated_confidence_of_their_ranking_score(world, tmp_path):
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(world["cache"], cache, ignore=shutil.ignore_patterns("projected_*", "querybias_*"))
+    ckpt = tmp_path / "calibrated.pt"
+    save_checkpoint(ckpt, 1, world["image_bb"], world["text_bb"])
+    state = torch.load(ckpt, weights_only=True)
+    bank = torch.nn.functional.normalize(torch.randn(40, EMBED, generator=torch.Generator().manual_seed(5)), dim=1)
+    state["querybank"] = {"text": bank.half(), "image": bank.half(), "beta": 8.0}
+    sentence, short = {"method": "platt", "slope": 9.0, "intercept": 1.0}, {"method": "platt", "slope": 4.0,
+                                                                              "intercept": -0.5}
+    state["calibration"] = {"sentence": sentence, "short": short, "top_k": 10, "threshold": 0.5}
+    torch.save(state, ckpt)
+    r = serve(ckpt, cache, world["images"], world["captions"], device="cpu", text_weights=world["bert_dir"],
+              image_weights=world["resnet_file"])
+    emb = np.asarray(r.embeddings, dtype=np.float32)
+    bias = np.log(np.exp(8.0 * emb @ bank.float().numpy().T).sum(1)) / 8.0
+    row_of = {n: i for i, n in enumerate(r.names)}
+
+    def expected(curve, z):
+        return 1 / (1 + np.exp(-(curve["slope"] * z + curve["intercept"])))
+
+    query = "a dog runs on the grass"
+    cosine = brute_force(world, query, checkpoint=ckpt)
+    hits = r.search_text(query, k=10)
+    for h in hits:  # a sentence: its curve, over the querybank-normalised score
+        assert h.confidence == pytest.approx(expected(sentence, cosine[h.name] - bias[row_of[h.name]]), abs=2e-2)
+        assert h.confident == (h.confidence >= 0.5)
+    assert [h.confidence for h in hits] == sorted((h.confidence for h in hits), reverse=True)
+    short_cos = brute_force(world, "red ball", checkpoint=ckpt)
+    for h in r.search_text("red ball", k=5):  # a short query: no keyword bank here, so the plain cosine
+        assert h.confidence == pytest.approx(expected(short, short_cos[h.name]), abs=2e-2)
+    assert all(h.confidence is None for h in r.search_image(Image.open(world["images"] / "img_03.jpg"), k=3))
+    assert all(h.confidence is None and not h.confident for h in open_retriever(world).search_text(query, k=3))
