@@ -18,15 +18,14 @@ from crossmodal.pretrained import CHECKPOINT_NAME, PRETRAINED_SUBDIR, export_che
 import config  # noqa: E402
 from model import read_checkpoint  # noqa: E402
 
-BANK_SIZE = 8000  # text and keyword querybank rows kept: the file stays well under the size limit
-
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", type=Path, help="a checkpoint written by run_train.py")
     p.add_argument("--out", type=Path, default=config.MODELS_DIR / PRETRAINED_SUBDIR / CHECKPOINT_NAME,
                    help="where the shipped model goes (default: %(default)s)")
-    p.add_argument("--bank-size", type=int, default=BANK_SIZE, help="querybank rows kept per text bank")
+    p.add_argument("--bank-size", type=int, default=None,
+                   help="querybank rows kept per text bank (default: all; the confidence curves were fitted with all)")
     args = p.parse_args(argv)
     try:
         size = export_checkpoint(read_checkpoint(args.checkpoint), args.out, args.bank_size)

@@ -6,11 +6,12 @@ set -euo pipefail
 D=${1:-../shared/data/flickr8k}
 W=${2:-work/pretrained}
 IMAGE_BACKBONE=${IMAGE_BACKBONE:-efficientnet_lite0}
+QUERYBANK_SIZE=${QUERYBANK_SIZE:-8000}  # keeps the shipped file well under 25 MB (crossmodal/pretrained.py)
 ARGS=(--images "$D/flickr8k-images" --captions "$D/flickr8k.token" --splits "$D/splits" --work-dir "$W")
 python batch_image_feature_extract.py "${ARGS[@]}" --image-backbone "$IMAGE_BACKBONE"
 python batch_text_feature_extract.py --captions "$D/flickr8k.token" --work-dir "$W" --text-backbone minilm
 python sentence_augment.py --captions "$D/flickr8k.token" --work-dir "$W"
 python extract_aug_text_features.py --captions "$D/flickr8k.token" --work-dir "$W"
-python run_train.py "${ARGS[@]}"
+python run_train.py "${ARGS[@]}" --querybank-size "$QUERYBANK_SIZE"
 python evaluate.py "${ARGS[@]}" --split dev
 python -m scripts.export_pretrained "$W/checkpoints/best.pt"
