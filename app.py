@@ -13,7 +13,8 @@ Programmatic use (JSON-friendly results, one dict per hit; k a whole number from
     from gradio_client import Client, handle_file
     client = Client("http://127.0.0.1:7860/")
     hits = client.predict(query="a dog in the snow", k=5, api_name="/search")
-    # [{"rank": 1, "score": 0.61, "name": "...jpg", "image_path": "/.../...jpg", "captions": [...]}, ...]
+    # [{"rank": 1, "score": 0.61, "name": "...jpg", "image_path": "/.../...jpg", "captions": [...],
+    #   "confidence": 0.12}, ...]
     hits = client.predict(photo=handle_file("dog.jpg"), k=5, api_name="/search_photo")
 """
 import argparse
@@ -133,8 +134,8 @@ def build_ui(retriever, photos, uploads):
         """Text-to-image search: the k best photos for a description, best first.
 
         k: a whole number from 1 to 50. Each hit: rank (1-based), score (cosine similarity), name (id
-        in the collection), image_path (on the server) and captions (known captions of the photo,
-        possibly empty).
+        in the collection), image_path (on the server), captions (known captions of the photo,
+        possibly empty) and confidence (calibrated match probability; null without calibration).
         """
         return [api_hit(h) for h in text_hits(query, k)]
 

@@ -167,7 +167,7 @@ def test_api_endpoint_returns_json_hits(served):
     client = Client(url, verbose=False)
     hits = client.predict(query="a small blue square", k=3, api_name="/search")
     assert [h["rank"] for h in hits] == [1, 2, 3]
-    assert all(set(h) == {"rank", "image_path", "name", "score", "captions"} for h in hits)
+    assert all(set(h) == {"rank", "image_path", "name", "score", "captions", "confidence"} for h in hits)
     assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
     assert all(Path(h["image_path"]).parent == paths["images"].resolve() and h["captions"] for h in hits)
     with pytest.raises(Exception, match="empty query"):
@@ -347,11 +347,18 @@ def test_oversized_upload_is_refused_within_a_memory_bound_and_uploads_are_delet
 
 
 def test_missing_checkpoint_exits_2_with_the_command_to_run(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "app.py"), "--work-dir", str(tmp_path / "w")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    def app(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(ROOT / "app.py"), "--work-dir", str(tmp_path / "w"), *extra],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+    proc = app("--models-dir", str(tmp_path / "no-models"))  # nothing trained, nothing shipped
     assert proc.returncode == 2
     assert "python run_train.py" in proc.stderr and str(tmp_path / "w") in proc.stderr
+    if (ROOT / "models" / "pretrained" / "model.pt").is_file():  # the shipped model, but no photos indexed
+        proc = app()
+        assert proc.returncode == 2
+        assert "using the shipped model" in proc.stderr and "batch_image_feature_extract.py" in proc.stderr
 
 
 def test_lean_process_keeps_triton_out_and_text_search_working(tmp_path):
