@@ -110,8 +110,11 @@ class IndexReport:
     stopped: bool = False  # stopped early (``stop`` was set); committed work is kept
 
     def summary(self) -> str:
-        return (f"embedded {self.embedded} new/changed, removed {self.removed}, kept {self.kept}, "
+        text = (f"embedded {self.embedded} new/changed, removed {self.removed}, kept {self.kept}, "
                 f"reused {self.reused} (moved or copied)")
+        if self.embed_seconds:
+            text += f" in {self.embed_seconds:.1f} s ({self.rate:.1f} photos/s)"
+        return text
 
     def problem_lines(self, shown: int = PROBLEMS_SHOWN) -> list[str]:
         """The files that cannot be searched, one line each (the first ``shown``), for a terminal."""
