@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import pytest
 import torch
 from helpers import save_random_resnet18, save_tiny_bert
 from PIL import Image
-from test_retrieval import WORDS, photo, save_checkpoint
+from test_retrieval import EMBED, WORDS, photo, save_checkpoint
 
 from crossmodal import photos
 from crossmodal.backbones import create_image_backbone, create_text_backbone
@@ -128,10 +129,16 @@ def test_add_change_move_copy_delete(models, tmp_path, monkeypatch):
     with PhotoStore(index) as s:
         assert s.generation() == generation
 
+    with sqlite3.connect(index / store.DB_FILE) as db:  # as an OCR step would
+        db.execute("UPDATE photos SET ocr_text = 'text'")
     photo(np.random.default_rng(50)).save(folder / "c.webp", lossless=True)  # changed content
     touch_later(folder / "c.webp")
+    touch_later(folder / "a.jpg")  # same content, newer mtime: hashed again, not decoded
     r3 = run(models, index, folder)
-    assert (r3.embedded, r3.kept) == (1, 2) and decodes.take() == ["c.webp"]
+    assert (r3.embedded, r3.reused, r3.kept) == (1, 1, 1) and decodes.take() == ["c.webp"]
+    with PhotoStore(index) as s:
+        assert {Path(r.path).name: r.ocr_text for r in s.records()} == {"a.jpg": "text", "b.png": "text",
+                                                                         "c.webp": None}
     third = vectors_by_path(index)
     assert not np.allclose(third[str(folder / "c.webp")], first[str(folder / "c.webp")], atol=1e-2)
     np.testing.assert_array_equal(third[str(folder / "a.jpg")], first[str(folder / "a.jpg")])
@@ -326,6 +333,7 @@ def test_formats_orientation_and_problem_files(models, tmp_path, monkeypatch, ca
     assert problems["gone.jpg"] == ("unreadable", f"dangling symbolic link to {tmp_path / 'deleted.jpg'}")
     with PhotoStore(index) as s:
         rec = {Path(r.path).name: r for r in s.records()}
+        assert s.record(folder / "p0.webp") == rec["p0.webp"] and s.record(folder / "notes.txt") is None
     assert (rec["rotated.jpg"].width, rec["rotated.jpg"].height) == (96, 64)  # as displayed
     assert rec["p0.webp"].ocr_text is None
 
@@ -473,6 +481,33 @@ def test_projection_is_extended_only_for_new_rows(models, tmp_path, monkeypatch)
     np.testing.assert_allclose(got, want, atol=2e-3)  # (sorted by path in both)
     hit = search.search_image(Image.open(folder / "3.png"), k=1)[0]
     assert hit.name == "3.png" and hit.path == str(folder / "3.png") and hit.score == pytest.approx(1, abs=1e-2)
+
+
+def test_querybank_biases_are_extended_with_the_projections(models, tmp_path):
+    from crossmodal.querybank import image_biases
+
+    folder, index = tmp_path / "p", tmp_path / "index"
+    folder.mkdir()
+    rng = np.random.default_rng(11)
+    for i in range(3):
+        photo(rng).save(folder / f"{i}.png")
+    run(models, index, folder)
+    state = dict(models["state"])
+    g = torch.Generator().manual_seed(3)
+    bank = lambda n: torch.nn.functional.normalize(torch.randn(n, EMBED, generator=g), dim=1).half()  # noqa: E731
+    state["querybank"] = {"text": bank(40), "keywords": bank(30), "image": bank(40), "beta": 8.0}
+    search = photos.PhotoSearch(index, models["checkpoint"], models["model"], state, device="cpu",
+                                text_weights=models["bert"], image_weights=models["resnet"])
+    for i in range(3, 6):
+        photo(rng).save(folder / f"{i}.png")
+    run(models, index, folder)
+    assert search.refresh() and len(search) == 6
+    retriever = search._retriever
+    want = image_biases(state["querybank"], np.asarray(retriever.embeddings))  # all rows at once
+    assert set(retriever.biases) == {"text", "keywords"}
+    for b in want:
+        np.testing.assert_allclose(retriever.biases[b], want[b], rtol=1e-5, atol=1e-6)
+    assert "querybank normalisation" in search.describe()
 
 
 def test_search_is_restricted_to_the_given_folders(models, tmp_path, capsys):

@@ -280,6 +280,14 @@ class PhotoStore:
         with self._lock:
             return [PhotoRecord(*r) for r in self._conn.execute(sql, args + statuses)]
 
+    def record(self, path: str | os.PathLike) -> PhotoRecord | None:
+        """The record of one file (an absolute path, as indexed), None when it is not indexed."""
+        cols = ", ".join(f"p.{c}" for c in _RECORD_COLUMNS)
+        with self._lock:
+            row = self._conn.execute(f"SELECT {cols}, v.row FROM photos p LEFT JOIN vectors v ON v.hash = p.hash "
+                                     "WHERE p.path = ?", (str(path),)).fetchone()
+        return PhotoRecord(*row) if row else None
+
     def problems(self, roots: Sequence[str | os.PathLike] | None = None) -> list[PhotoRecord]:
         """Files that are not searchable, with their reasons: refused, undecodable or unreadable."""
         return self.records(roots, [s for s in STATUSES if s != "ok"])
@@ -460,7 +468,9 @@ class PhotoStore:
                     updates = ", ".join(f"{c} = excluded.{c}" for c in _NEW_COLUMNS if c != "path")
                     cur.executemany(
                         f"INSERT INTO photos ({cols}) VALUES ({', '.join('?' * len(_NEW_COLUMNS))}) "
-                        f"ON CONFLICT(path) DO UPDATE SET {updates}, ocr_text = NULL",
+                        f"ON CONFLICT(path) DO UPDATE SET {updates}, "
+                        # OCR text read from other content is stale; from the same content it is kept
+                        f"ocr_text = CASE WHEN photos.hash IS excluded.hash THEN photos.ocr_text END",
                         [tuple(getattr(r, c) for c in _NEW_COLUMNS) for r in records])
                     self._set(cur, rows=rows + len(new), generation=int(meta["generation"]) + 1)
             except BaseException:
