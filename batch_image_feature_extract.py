@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             backbone, args.images, captions, args.captions, out, batch_size=args.batch_size, num_workers=workers,
             chunk_size=args.chunk_size, device=args.device, decode=args.decode, views=views,
             precision=args.precision, force=args.force)
-    except (DatasetError, BackboneUnavailable, StaleCacheError, ValueError) as err:
+    except (DatasetError, BackboneUnavailable, StaleCacheError, ValueError, OSError) as err:
         log.error("%s", err)
         return 2
     failures = cache.manifest["failures"]
@@ -53,10 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"image features: {cache.features.shape[0]} x {cache.dim}{per_view} ({backbone.name}) in {out}")
     if failures:
         print(f"{len(failures)} image(s) could not be read (zero rows, listed in {out}/manifest.json):")
-        for f in failures[:20]:
-            print(f"  {f['id']}: {f['reason']}")
-        if len(failures) > 20:
-            print(f"  ... and {len(failures) - 20} more")
+        cli.print_entries(failures)
     return 0
 
 

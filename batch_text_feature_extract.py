@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         kwargs = {"batch_size": args.batch_size} if args.batch_size else {}
         cache = extract_caption_features(backbone, captions, args.captions, out, device=args.device,
                                          force=args.force, **kwargs)
-    except (DatasetError, BackboneUnavailable, StaleCacheError, ValueError) as err:
+    except (DatasetError, BackboneUnavailable, StaleCacheError, ValueError, OSError) as err:
         log.error("%s", err)
         return 2
     print(f"caption features: {cache.features.shape[0]} x {cache.dim} ({backbone.name}) "

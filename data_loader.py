@@ -36,24 +36,41 @@ class Caches:
         image["dim"] = self.images.pooled_dim  # the heads see one cell- or view-sized vector
         return {"image": image, "text": {k: m_txt[k] for k in ("backbone", "weights", "dim", "preprocess")}}
 
+    @property
+    def identity(self) -> dict:
+        """The rows' identities (hashes of the caches' id lists), which a checkpoint records so that a
+        resume on other data is refused."""
+        caches = {"image": self.images, "caption": self.captions, "keyword": self.keywords}
+        return {f"{kind}_ids_sha256": cache.manifest["ids_sha256"] for kind, cache in caches.items()
+                if cache is not None}
+
 
 def open_caches(image_dir: Path, text_dir: Path, keyword_dir: Path | None = None,
-                rerun_hint: str = "", expected_backbones: dict | None = None) -> Caches:
-    """Load the caches, refusing ones that do not belong together or to the expected backbones."""
+                rerun_hint: str = "", expected_backbones: dict | None = None, rebuild: str | None = None) -> Caches:
+    """Load the caches, refusing ones that do not belong together or to the expected backbones.
+
+    An error names the command that rebuilds the cache: its extraction stage with the data flags
+    ``rerun_hint``, or ``rebuild`` when given (one command for all three).
+    """
+    def rerun(stage: str) -> str:
+        return rebuild or f"python {stage} {rerun_hint}".strip()
+
     # backbone + weights identify the encoder; dims follow from them (a views cache's rows are wider)
     exp_img = {k: v for k, v in (expected_backbones or {}).get("image", {}).items() if k in ("backbone", "weights")}
     exp_txt = {k: v for k, v in (expected_backbones or {}).get("text", {}).items() if k in ("backbone", "weights")}
-    images = load_cache(image_dir, exp_img, f"python batch_image_feature_extract.py {rerun_hint}".strip())
+    images = load_cache(image_dir, exp_img, rerun("batch_image_feature_extract.py"))
     why = None
     if expected_backbones:
         why = views_mismatch(images.manifest["preprocess"], expected_backbones["image"].get("preprocess"))
     if why:
-        raise StaleCacheError(f"{image_dir}: {why}; rerun batch_image_feature_extract.py with that --views")
-    captions = load_cache(text_dir, exp_txt, f"python batch_text_feature_extract.py {rerun_hint}".strip())
+        raise StaleCacheError(f"{image_dir}: {why}; "
+                              + (f"rebuild it with: {rebuild}" if rebuild
+                                 else "rerun batch_image_feature_extract.py with that --views"))
+    captions = load_cache(text_dir, exp_txt, rerun("batch_text_feature_extract.py"))
     keywords = None
     if keyword_dir is not None:
         keywords = load_cache(keyword_dir, {k: captions.manifest[k] for k in ("backbone", "weights", "dim")},
-                              f"python extract_aug_text_features.py {rerun_hint}".strip())
+                              rerun("extract_aug_text_features.py"))
     cap_images = captions.manifest.get("image_ids_sha256")
     if cap_images is not None and cap_images != images.manifest["ids_sha256"]:
         raise StaleCacheError(

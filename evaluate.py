@@ -10,7 +10,9 @@ with the checkpoint's own backbones, as stages 1 and 2 would. Writes JSON and a 
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
+from pathlib import Path
 
 from crossmodal import cli
 
@@ -34,8 +36,27 @@ from model import CheckpointError, build_model, load_checkpoint  # noqa: E402
 log = logging.getLogger("evaluate")
 
 
-def ensure_caches(args, captions, backbones: dict) -> Caches:
-    """The dataset's caches, extracting those that are missing with the checkpoint's backbones."""
+def own_features_command(args, checkpoint: Path, backbones: dict) -> str:
+    """An evaluate.py command that evaluates ``checkpoint`` on features of its own backbones, which it
+    extracts into a work folder of their own: re-extracting in place (--force) would replace the
+    features another model was trained on."""
+    tag = "-".join(backbones[kind]["backbone"] for kind in ("image", "text"))
+    work = args.work_dir.with_name(f"{args.work_dir.name}-{tag}") if args.work_dir else Path("work") / f"eval-{tag}"
+    parts = ["python", "evaluate.py", "--checkpoint", checkpoint, "--images", args.images, "--captions", args.captions,
+             "--splits", cli.splits_dir(args), "--work-dir", work, "--split", args.split,
+             "--word-queries", args.word_queries]
+    if args.models_dir != config.MODELS_DIR:
+        parts += ["--models-dir", args.models_dir]
+    if args.device != "auto":
+        parts += ["--device", args.device]
+    if args.out:
+        parts += ["--out", args.out]
+    return shlex.join(str(p) for p in parts)
+
+
+def ensure_caches(args, captions, backbones: dict, checkpoint: Path) -> Caches:
+    """The dataset's caches, extracting those that are missing with the checkpoint's backbones;
+    caches made by other backbones are refused, naming the command that evaluates elsewhere."""
     lay = args.layout
     if read_manifest(lay.image_features) is None:
         backbone = create_image_backbone(backbones["image"]["backbone"], models_dir=args.models_dir)
@@ -44,8 +65,9 @@ def ensure_caches(args, captions, backbones: dict) -> Caches:
     if read_manifest(lay.text_features) is None:
         backbone = create_text_backbone(backbones["text"]["backbone"], models_dir=args.models_dir)
         extract_caption_features(backbone, captions, args.captions, lay.text_features, device=args.device)
-    return open_caches(lay.image_features, lay.text_features, rerun_hint=cli.data_flags(args),
-                       expected_backbones=backbones)
+    return open_caches(lay.image_features, lay.text_features, expected_backbones=backbones,
+                       rebuild=own_features_command(args, checkpoint, backbones)
+                       + "  (features for this checkpoint in another folder; the ones here stay)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,14 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse(argv)
     split = "val" if args.split == "dev" else args.split
     lay = args.layout
-    ckpt_path = args.checkpoint or lay.best_checkpoint
+    ckpt_path = cli.resolve_checkpoint(args)
     try:
         model, state = load_checkpoint(ckpt_path)
         captions = read_captions(args.captions)
         splits = load_splits(captions, cli.splits_dir(args))
         if split not in splits or not splits[split]:
             raise DatasetError(f"split {args.split!r} is empty or missing in {cli.splits_dir(args)}")
-        caches = ensure_caches(args, captions, state["backbones"])
+        caches = ensure_caches(args, captions, state["backbones"], ckpt_path)
         data = split_data(caches, splits[split], use_keywords=False)
         word_feats = relevance = words = None
         if args.word_queries:

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         cache = extract_text_features(backbone, [s.phrase for s in samples], ids, lay.aug_text_features,
                                       kind="keyword", device=args.device, force=args.force,
                                       extra={"keywords_file": str(keywords_file)})
-    except (DatasetError, BackboneUnavailable, StaleCacheError, FileNotFoundError) as err:
+    except (DatasetError, BackboneUnavailable, StaleCacheError, OSError) as err:
         log.error("%s", err)
         return 2
     print(f"keyword features: {cache.features.shape[0]} x {cache.dim} ({backbone.name}) in {lay.aug_text_features}")

@@ -4,11 +4,13 @@
     python index_folder.py ~/Pictures [MORE_FOLDERS ...] [--checkpoint WORK_DIR/checkpoints/best.pt]
     python search.py --photos ~/Pictures "a dog in the snow"     # then search them (indexing first)
     python app.py --collection ~/.local/share/crossmodal/photo_index
+    python index_folder.py ~/Pictures --duplicates                # also list near-duplicate photos
 
 One photo index (default: WORK_DIR/photo_index, else ~/.local/share/crossmodal/photo_index; --out
 sets another) holds every folder indexed into it. Incremental: a rerun embeds only new or changed
 files, drops deleted ones, and gives a moved or renamed photo its vector back without decoding it.
 A killed run loses at most about half a minute of work. crossmodal/photos/ says how.
+--duplicates reads the stored vectors only, so on an indexed folder it decodes nothing.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from crossmodal import cli
 cli.prepare_process()
 
 from crossmodal.backbones import BackboneUnavailable  # noqa: E402
+from crossmodal.duplicates import DuplicateGroup, photo_duplicates  # noqa: E402
 from crossmodal.photos import StoreError  # noqa: E402
 from crossmodal.retrieval import RetrieverError  # noqa: E402
 
@@ -34,11 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     p = cli.StageParser(__doc__, config)
     p.add_argument("folders", type=Path, nargs="+", help="photo folders (searched recursively)")
     p.flags("work-dir", "checkpoint", "image-weights", "models-dir", "device", "batch-size", "workers", "no-progress",
-            "out", out_help="the photo index folder (default: WORK_DIR/photo_index, else "
-                            "~/.local/share/crossmodal/photo_index)")
+            "duplicates", "duplicate-threshold", "out",
+            out_help="the photo index folder (default: WORK_DIR/photo_index, else "
+                     "~/.local/share/crossmodal/photo_index)")
     args = p.parse(argv)
     args.photos = args.folders
-    checkpoint = args.checkpoint or args.layout.best_checkpoint
+    checkpoint = cli.resolve_checkpoint(args)
     try:
         model, state = load_checkpoint(checkpoint)
         report = cli.index_photo_folders(args, state, checkpoint)
@@ -53,7 +57,26 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     roots = " ".join(f"--photos {r}" for r in report.roots)
     print(f"index: {cli.photo_index_dir(args)}; search it with: python search.py {roots} \"a description\"")
+    if args.duplicates:
+        try:
+            groups = photo_duplicates(cli.photo_index_dir(args), report.roots, args.duplicate_threshold)
+        except ValueError as err:
+            log.error("%s", err)
+            return 2
+        print(report_duplicates(groups, args.duplicate_threshold))
     return 0
+
+
+def report_duplicates(groups: list[DuplicateGroup], threshold: float) -> str:
+    """The groups, each photo after the first with its similarity to the most similar one before it."""
+    photos = sum(len(g.paths) for g in groups)
+    lines = [f"{len(groups)} group(s) of near-duplicate photos, {photos} photos (cosine similarity of backbone "
+             f"features above {threshold:g})"]
+    for n, g in enumerate(groups, start=1):
+        lines.append(f"group {n}:")
+        lines.append(f"         {g.paths[0]}")
+        lines += [f"  {sim:.3f}  {path}  ~ {g.paths[j]}" for path, (j, sim) in zip(g.paths[1:], g.closest)]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

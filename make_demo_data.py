@@ -37,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         made = generate(out, num_images=args.num_images, seed=args.seed, image_size=args.image_size,
                         force=args.force, progress=not args.no_progress)
-    except DemoDataError as e:
+    except (DemoDataError, OSError) as e:
         log.error("%s", e)
         return 2
     if made:

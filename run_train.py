@@ -15,20 +15,31 @@ from crossmodal import cli
 
 cli.prepare_process()
 
+from crossmodal.backbones import BackboneUnavailable, create_text_backbone  # noqa: E402
 from crossmodal.captions import DatasetError, load_splits, read_captions  # noqa: E402
 from crossmodal.features.cache import StaleCacheError  # noqa: E402
 
 import config  # noqa: E402
 from data_loader import open_caches, split_data  # noqa: E402
-from train import TrainConfig, add_querybank, train_ensemble  # noqa: E402
+from model import CheckpointError  # noqa: E402
+from train import (  # noqa: E402
+    CHECKPOINT_SECONDS,
+    ResumeError,
+    TrainConfig,
+    add_calibration,
+    add_querybank,
+    train_ensemble,
+)
 
 log = logging.getLogger("run_train")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = cli.StageParser(__doc__, config)
-    p.flags("images", "captions", "splits", "work-dir", "ensemble", "querybank-size", "no-keywords", "resume", "out",
-            out_help="checkpoint folder (default: WORK_DIR/checkpoints)")
+    p.flags("images", "captions", "splits", "work-dir", "ensemble", "querybank-size", "no-keywords", "resume",
+            "checkpoint-seconds", "models-dir", "text-weights", "out",
+            out_help="checkpoint folder (default: WORK_DIR/checkpoints)",
+            defaults={"checkpoint-seconds": CHECKPOINT_SECONDS})
     p.dataclass_flags(TrainConfig, TrainConfig())
     args = p.parse(argv)
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
@@ -53,10 +64,22 @@ def main(argv: list[str] | None = None) -> int:
              0 if train_data.keyword_features is None else len(train_data.keyword_image),
              len(val_data.image_names), val_data.n_captions)
     out = Path(args.out or lay.checkpoints)
-    best = train_ensemble(cfg, train_data, val_data, out, caches.backbones, members=args.ensemble,
-                          resume=args.resume, extra={"captions_file": str(args.captions),
-                                                     "image_ids_sha256": caches.images.manifest["ids_sha256"]})
+    try:
+        best = train_ensemble(cfg, train_data, val_data, out, caches.backbones, members=args.ensemble,
+                              resume=args.resume, extra={"captions_file": str(args.captions)},
+                              data_identity=caches.identity, checkpoint_seconds=args.checkpoint_seconds)
+    except (ResumeError, CheckpointError) as err:
+        log.error("%s", err)
+        return 2
     qb = add_querybank(out / "best.pt", train_data, val_data, args.querybank_size)
+    try:  # short dev queries are encoded by the text backbone the features came from
+        text_backbone = create_text_backbone(caches.backbones["text"]["backbone"], args.text_weights,
+                                             args.models_dir)
+        calibration = add_calibration(out / "best.pt", val_data, captions.subset(val_data.image_names),
+                                      lambda words: text_backbone.encode(words))
+    except (ValueError, BackboneUnavailable) as err:  # e.g. a dev split without both matches and misses
+        log.warning("no match-confidence calibration in the checkpoint: %s", err)
+        calibration = None
 
     def recalls(m: dict) -> str:
         return (f"val rsum {m['rsum']:.1f}, text→image R@1/5/10 {m['t2i_r1']:.1f}/{m['t2i_r5']:.1f}/"
@@ -65,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"best epoch {best['epoch']}: {recalls(best['metrics'])}; checkpoint {out}/best.pt")
     if qb is not None:
         print(f"with querybank normalisation: {recalls(qb)}")
+    if calibration is not None:
+        for kind in ("sentence", "short"):
+            held = calibration[kind]["held_out"]
+            print(f"match confidence, {kind} queries (held-out dev half, top {calibration['top_k']} hits): "
+                  f"ECE {held['ece']:.3f}; confidence >= {calibration['threshold']}: precision "
+                  f"{held['precision']:.2f}, recall {held['recall']:.2f}")
     return 0
 
 

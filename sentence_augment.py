@@ -6,7 +6,7 @@ Every caption yields nouns ("dog"), adjective + noun pairs ("black dog"), noun c
 "image<TAB>caption_key<TAB>phrase" of the keyword file that extract_aug_text_features.py encodes.
 NLTK's tagger, stopwords and WordNet are used when their data is installed (each missing package
 is downloaded once when online), else a rule method that needs no data (crossmodal/keywords/rule_tagger.py);
-the log says which ran, and why.
+the log says which ran, and why. Resumable: a killed run continues where it stopped.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from crossmodal import cli
 cli.prepare_process()
 
 from crossmodal.captions import DatasetError, read_captions  # noqa: E402
-from crossmodal.keywords import augment_captions, load_keyword_tools, phrase_counts, write_keyword_samples  # noqa: E402
+from crossmodal.keywords import load_keyword_tools, make_keyword_file, phrase_counts  # noqa: E402
 
 import config  # noqa: E402
 
@@ -39,10 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         captions = read_captions(args.captions)
         tools = load_keyword_tools(allow_download=not args.no_download)
         start = time.perf_counter()
-        samples = augment_captions(captions, tools, progress=True)
+        samples = make_keyword_file(out, captions, tools, progress=True)
         seconds = time.perf_counter() - start
-        write_keyword_samples(out, samples, method=tools.description)
-    except DatasetError as err:
+    except (DatasetError, OSError) as err:
         log.error("%s", err)
         return 2
     counts = phrase_counts(samples)

@@ -2,8 +2,10 @@
 
 AdamW over the heads *and* the loss temperature; linear warm-up then one cosine decay (no
 restarts); after each epoch the validation rsum decides the best checkpoint and early stopping.
-Checkpoints are written atomically with the config, backbone identities and metrics; ``resume``
-continues from the last one exactly (model, temperature, optimiser, schedule, RNG, log).
+Checkpoints are written atomically with the config, backbone and data identities and metrics;
+``last.pt`` is also written within an epoch every ``CHECKPOINT_SECONDS``. ``resume`` continues
+from it exactly (model, temperature, optimiser, schedule, RNG, log, the step within the epoch),
+on the same features, data and settings; only ``epochs`` may differ (the schedule is rebuilt).
 
 Speed on a CPU (the heads are the whole cost; loading is one fancy-index per batch): fused AdamW,
 dropout masks from random bytes (``model.dropout``) and, on CPUs with AMX, bf16 autocast of the
@@ -18,12 +20,15 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from crossmodal.atomic_io import atomic_open, atomic_save_with, atomic_write_json
+from crossmodal.calibration import calibrate_split
+from crossmodal.captions import CaptionSet, list_hash
 from crossmodal.evaluation import embed_split, encode_rows, plain_metrics
 from crossmodal.metrics import retrieval_metrics
 from crossmodal.querybank import caption_bias, make_querybank, querybank_bias
@@ -37,6 +42,13 @@ from smart_sampler import UniqueImageBatchSampler
 log = logging.getLogger(__name__)
 
 BEST, LAST = "best.pt", "last.pt"
+# Seconds between the saves of last.pt within an epoch (a Flickr30K epoch takes minutes on a CPU):
+# a killed run loses at most about this much training. A save costs a fraction of a second.
+CHECKPOINT_SECONDS = 30.0
+
+
+class ResumeError(ValueError):
+    """A resume that cannot continue the run it finds (other features, data or settings)."""
 
 
 def _option(default, help: str):
@@ -165,6 +177,36 @@ def _plot(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _describe_backbones(backbones: dict) -> str:
+    return " + ".join(f"{b.get('backbone')} ({b.get('weights')})" for b in (backbones.get("image", {}),
+                                                                            backbones.get("text", {})))
+
+
+def check_resume(state: dict, path: Path, cfg: TrainConfig, backbones: dict, data_identity: dict) -> None:
+    """Refuse (ResumeError, one line naming both sides) to continue the run saved in ``state`` on other
+    features, other data or other settings than this run's; another ``epochs`` is allowed."""
+    if state.get("backbones") != backbones:
+        old = state.get("backbones") or {}
+        diffs = [f"{kind} {key} {old.get(kind, {}).get(key)!r} there, {backbones[kind].get(key)!r} here"
+                 for kind in ("image", "text") for key in sorted({*old.get(kind, {}), *backbones[kind]})
+                 if old.get(kind, {}).get(key) != backbones[kind].get(key)]
+        raise ResumeError(f"{path} was trained on {_describe_backbones(old)} features, these are "
+                          f"{_describe_backbones(backbones)} ({'; '.join(diffs)}); resume with the features "
+                          "it was trained on, or start a new run in another --out")
+    saved = state.get("data_identity") or {}
+    diffs = [f"{key} {saved[key]} there, {data_identity[key]} here" for key in saved
+             if key in data_identity and saved[key] != data_identity[key]]
+    if diffs:
+        raise ResumeError(f"{path} was trained on other data ({'; '.join(diffs)}); resume with the same captions "
+                          "and splits, or start a new run in another --out")
+    now = asdict(cfg)
+    diffs = [f"--{key.replace('_', '-')} {state['train_config'].get(key)} there, {now[key]} here"
+             for key in now if key != "epochs" and state["train_config"].get(key) != now[key]]
+    if diffs:
+        raise ResumeError(f"{path} was trained with another config ({'; '.join(diffs)}); pass the same settings, "
+                          "or start a new run in another --out")
+
+
 def train(
     cfg: TrainConfig,
     train_data: SplitData,
@@ -173,11 +215,15 @@ def train(
     backbones: dict,
     resume: bool = False,
     extra: dict | None = None,
+    data_identity: dict | None = None,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
 ) -> dict:
     """Train, writing best.pt / last.pt, log.csv and log.json into ``out_dir`` after every epoch,
-    and curves.png when training ends.
+    last.pt also every ``checkpoint_seconds`` within an epoch, and curves.png when training ends.
 
-    Returns the best checkpoint's validation metrics.
+    ``data_identity`` (plain strings, e.g. the caches' id hashes) is recorded with the hashes of
+    the two splits' image lists; ``resume`` refuses a last.pt made from other backbones, data or
+    settings (``check_resume``). Returns the best checkpoint's validation metrics.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -199,35 +245,48 @@ def train(
     total = steps_per_epoch * cfg.epochs
     warmup = max(1, int(cfg.warmup_epochs * steps_per_epoch))
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_lambda(s, warmup, total))
+    identity = {"train_images_sha256": list_hash(train_data.image_names),
+                "val_images_sha256": list_hash(val_data.image_names), **(data_identity or {})}
 
     history: list[dict] = []
     best = {"val_rsum": -1.0, "epoch": 0}
     start_epoch = 1
+    # where the first epoch run here starts: (step, loss sum, samples, seconds) already done in it
+    resume_point = (0, 0.0, 0, 0.0)
     last_path = out_dir / LAST
     if resume and last_path.is_file():
         state = read_checkpoint(last_path)
-        if state["train_config"] != asdict(cfg):
-            raise ValueError(f"{last_path} was trained with another config "
-                             f"({state['train_config']}); start a new --out or drop --resume")
+        check_resume(state, last_path, cfg, backbones, identity)
         model.load_state_dict(state["model"])
         loss_fn.load_state_dict(state["loss"])
         optim.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         history, best = state["history"], state["best"]
         start_epoch = state["epoch"] + 1
+        partial = state.get("partial")
+        if partial:  # saved within an epoch: redo its batches from the next step
+            start_epoch = partial["epoch"]
+            resume_point = (partial["step"], partial["loss_sum"], partial["samples"], partial["seconds"])
+        if state["train_config"]["epochs"] != cfg.epochs:
+            # the lambda above already uses the new total; the optimiser's current rate is set to match
+            for group, base in zip(optim.param_groups, sched.base_lrs):
+                group["lr"] = base * lr_lambda(sched.last_epoch, warmup, total)
+            log.info("--epochs %d (the run had %d): the learning-rate schedule is rebuilt for %d epochs from "
+                     "step %d on", cfg.epochs, state["train_config"]["epochs"], cfg.epochs, sched.last_epoch)
         set_rng_state(state["rng"])
-        log.info("resumed from %s at epoch %d (best val rsum %.1f at epoch %d)",
-                 last_path, state["epoch"], best["val_rsum"], best["epoch"])
+        log.info("resumed from %s at epoch %d, step %d (best val rsum %.1f at epoch %d)", last_path, start_epoch,
+                 resume_point[0], best["val_rsum"], best["epoch"])
     elif resume:
         log.info("--resume: no %s yet, starting from scratch", last_path)
 
-    def checkpoint(epoch: int, metrics: dict) -> dict:
+    def checkpoint(epoch: int, metrics: dict | None, partial: dict | None = None) -> dict:
+        """``epoch``: the last finished one; ``partial``: where within the next one (a mid-epoch save)."""
         return {
             "model_config": model.config_dict(), "model": model.state_dict(), "loss": loss_fn.state_dict(),
             "temperature": loss_fn.temperature, "optimizer": optim.state_dict(), "scheduler": sched.state_dict(),
             "epoch": epoch, "metrics": metrics, "best": best, "history": history,
-            "train_config": asdict(cfg), "backbones": backbones, **(extra or {}),
-            "rng": rng_state(),
+            "train_config": asdict(cfg), "backbones": backbones, "data_identity": identity, **(extra or {}),
+            "rng": rng_state(), "partial": partial,
         }
 
     stale = sum(1 for h in history if h["epoch"] > best["epoch"])
@@ -236,15 +295,25 @@ def train(
             break
         model.train()
         sampler.set_epoch(epoch)
+        batches = list(sampler)  # deterministic per seed and epoch: a resumed epoch gets the same ones
+        done, total_loss, n, seconds_before = resume_point if epoch == start_epoch else (0, 0.0, 0, 0.0)
         t0 = time.perf_counter()
-        total_loss, n = 0.0, 0
-        for batch in tqdm(sampler, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False, dynamic_ncols=True):
+        saved_at = time.monotonic()
+        for step in tqdm(range(done, len(batches)), initial=done, total=len(batches),
+                         desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False, dynamic_ncols=True):
+            batch = batches[step]
             img, txt, image_idx = train_data.gather(batch)
             loss = training_step(model, loss_fn, optim, img, txt, image_idx, cfg, bf16)
             sched.step()
             total_loss += loss.item() * len(batch)
             n += len(batch)
-        train_time = time.perf_counter() - t0
+            if step + 1 < len(batches) and time.monotonic() - saved_at >= checkpoint_seconds:
+                seconds = seconds_before + time.perf_counter() - t0
+                state = checkpoint(epoch - 1, None, {"epoch": epoch, "step": step + 1, "loss_sum": total_loss,
+                                                     "samples": n, "seconds": seconds})
+                atomic_save_with(last_path, lambda f: torch.save(state, f))
+                saved_at = time.monotonic()
+        train_time = seconds_before + time.perf_counter() - t0
         metrics = validate(model, val_data)
         row = {"epoch": epoch, "train_loss": total_loss / max(n, 1), "temperature": loss_fn.temperature,
                "lr": sched.get_last_lr()[0], "epoch_seconds": round(train_time, 2),
@@ -281,6 +350,8 @@ def train_ensemble(
     members: int = config.ENSEMBLE,
     resume: bool = False,
     extra: dict | None = None,
+    data_identity: dict | None = None,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
 ) -> dict:
     """``members`` head pairs trained one after another (seeds seed, seed+1, ...) into
     ``out_dir/member<i>/`` and joined into ``out_dir/best.pt`` as one ``EnsembleModel``; with one
@@ -289,12 +360,13 @@ def train_ensemble(
     if members < 1:
         raise ValueError(f"--ensemble must be at least 1, got {members}")
     if members == 1:
-        return train(cfg, train_data, val_data, out_dir, backbones, resume, extra)
+        return train(cfg, train_data, val_data, out_dir, backbones, resume, extra, data_identity, checkpoint_seconds)
     states = []
     for i in range(members):
         member_cfg = TrainConfig(**{**asdict(cfg), "seed": cfg.seed + i})
         log.info("ensemble member %d of %d (seed %d)", i + 1, members, member_cfg.seed)
-        train(member_cfg, train_data, val_data, out_dir / f"member{i}", backbones, resume, extra)
+        train(member_cfg, train_data, val_data, out_dir / f"member{i}", backbones, resume, extra, data_identity,
+              checkpoint_seconds)
         states.append(read_checkpoint(out_dir / f"member{i}" / BEST))
     model = EnsembleModel([st["model_config"] for st in states])
     for member, st in zip(model.members, states):
@@ -331,6 +403,18 @@ def add_querybank(checkpoint: str | Path, train_data: SplitData, val_data: Split
     state.update(querybank=bank, metrics_querybank=metrics)
     atomic_save_with(Path(checkpoint), lambda f: torch.save(state, f))
     return metrics
+
+
+def add_calibration(checkpoint: str | Path, val_data: SplitData, captions: CaptionSet,
+                    encode_words: Callable[[list[str]], np.ndarray]) -> dict:
+    """Fit the match-confidence curves (``crossmodal.calibration``) on half of the dev split, scored
+    as search scores (with the checkpoint's querybank), store them in ``checkpoint`` and return
+    them with their quality on the other half."""
+    model, state = load_checkpoint(checkpoint)
+    report = calibrate_split(model, val_data, captions, encode_words, state.get("querybank"))
+    state["calibration"] = report
+    atomic_save_with(Path(checkpoint), lambda f: torch.save(state, f))
+    return report
 
 
 def _write_logs(history: list[dict], out_dir: Path) -> None:

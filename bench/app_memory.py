@@ -79,10 +79,7 @@ def main(argv=None) -> int:
                           names, emb, images_root=".", captions=captions, text_backbone=backbone)
     del emb, names, captions
     steps.append((f"retriever over {args.images:,} photos ({retriever.kind})", status_mb("VmRSS")))
-    demo = app.build_ui(retriever)
-    demo.queue(default_concurrency_limit=4)
-    demo.launch(server_name="127.0.0.1", server_port=args.port, prevent_thread_lock=True, quiet=True,
-                ssr_mode=False)
+    demo = app.serve(retriever, "127.0.0.1", args.port, block=False, quiet=True)
     steps.append(("page built and launched", status_mb("VmRSS")))
     t0 = time.perf_counter()
     for i in range(args.queries):

@@ -62,6 +62,13 @@ def _views_help() -> str:
             "samples one per step, search uses their mean (N x the extraction time and disk)")
 
 
+def _chunk_help() -> str:
+    from crossmodal.resumable import FLUSH_SECONDS
+
+    return (f"at most this many images per resumable chunk (each written atomically; one is also saved every "
+            f"{FLUSH_SECONDS:g} s)")
+
+
 @dataclass(frozen=True)
 class Flag:
     help: str | Callable[[], str]  # a string, or a function building it (from a registry)
@@ -109,7 +116,7 @@ FLAGS: dict[str, Flag] = {
     "batch-size": Flag("items per forward pass; default: the extractor's (small on a CPU, large on a GPU)", int),
     "workers": Flag("decoding (or, with --decode gpu, file-reading) worker processes; default: the extractor's",
                     int),
-    "chunk-size": Flag("images per resumable chunk (each written atomically)", int,
+    "chunk-size": Flag(_chunk_help, int,
                        _library_default("crossmodal.features.extract", "CHUNK_SIZE")),
     # training
     "ensemble": Flag("train N head pairs with seeds seed..seed+N-1 and serve them as one (N x the training time "
@@ -117,8 +124,12 @@ FLAGS: dict[str, Flag] = {
     "querybank-size": Flag("training captions and images kept in the checkpoint for querybank normalisation "
                            "(0 = off)", int, _config_default("QUERYBANK_SIZE")),
     "no-keywords": Flag("train on captions only (no keyword samples)", None, options={"action": "store_true"}),
-    "resume": Flag("continue from OUT/last.pt (the same features and settings)", None,
+    "resume": Flag("continue from OUT/last.pt (saved after every epoch and every --checkpoint-seconds within one) "
+                   "with the same result as a run never stopped; on the same features, data and settings only, "
+                   "except --epochs: another count is allowed, the learning-rate schedule is then rebuilt for it", None,
                    options={"action": "store_true"}),
+    "checkpoint-seconds": Flag("seconds between saves of OUT/last.pt within an epoch (a killed run loses at most "
+                               "about this much training)", float),
     # serving
     "checkpoint": Flag("trained checkpoint; default: WORK_DIR/checkpoints/best.pt (with --collection, the one it "
                        "was indexed with)", Path),
@@ -133,6 +144,14 @@ FLAGS: dict[str, Flag] = {
     "host": Flag("address to listen on", str, _config_default("APP_HOST")),
     "port": Flag("port", int, _config_default("APP_PORT")),
     "json": Flag("print the hits as JSON", None, options={"action": "store_true"}),
+    "upload-grace": Flag("seconds an uploaded photo stays on the server after its last search (a search of it again "
+                         "meanwhile reuses it)", float, _library_default("crossmodal.serving", "UPLOAD_GRACE_S")),
+    # own-photo folders
+    "duplicates": Flag("after indexing, print the groups of near-duplicate photos (copies, re-encodes, resizes, "
+                       "light crops)", None, options={"action": "store_true"}),
+    "duplicate-threshold": Flag("cosine similarity of two photos' backbone features above which --duplicates "
+                                "groups them", float, _library_default("crossmodal.duplicates",
+                                                                       "DUPLICATE_THRESHOLD")),
     # keywords
     "keywords": Flag("keyword file; default: the one sentence_augment.py writes for this --work-dir", Path),
     "no-download": Flag("never try to download NLTK data: use what is installed, else the rule method", None,
@@ -166,13 +185,15 @@ class StageParser(argparse.ArgumentParser):
         super().__init__(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
         self.config = config
 
-    def flags(self, *names: str, serving: bool = False, out_help: str | None = None) -> None:
+    def flags(self, *names: str, serving: bool = False, out_help: str | None = None,
+              defaults: dict[str, Any] | None = None) -> None:
         """Add the named flags of ``FLAGS``. ``serving``: --images/--captions default to what extraction
-        recorded; ``out_help`` says what --out is."""
+        recorded; ``out_help`` says what --out is; ``defaults`` gives flags their default from a
+        top-level module (which this library does not import), by flag name."""
         for name in names:
             flag = FLAGS[name]
             text = flag.help() if callable(flag.help) else flag.help
-            default = flag.default(self.config)
+            default = (defaults or {}).get(name, flag.default(self.config))
             if serving and name in SERVING_DATA_HELP:
                 text, default = SERVING_DATA_HELP[name], None
             if name == "out" and out_help:
@@ -214,6 +235,14 @@ def _parse_bool(text: str) -> bool:
     if value in ("0", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def print_entries(entries: list[dict], limit: int = 20) -> None:
+    """Print manifest entries ``{"id", "reason"}`` one a line, at most ``limit`` of them."""
+    for entry in entries[:limit]:
+        print(f"  {entry['id']}: {entry['reason']}")
+    if len(entries) > limit:
+        print(f"  ... and {len(entries) - limit} more")
 
 
 def splits_dir(args: argparse.Namespace) -> Path:
@@ -269,7 +298,7 @@ def load_photo_search(args: argparse.Namespace, load_model: Callable, *,
     """(PhotoSearch over ``args.photos``, what ``index_photo_folders`` returned, "") once the folders
     are indexed (or while they are, with ``background``), or (None, None, message) when something
     must be fixed or built first. ``load_model`` loads a checkpoint (``model.load_checkpoint``)."""
-    checkpoint = args.checkpoint or args.layout.best_checkpoint
+    checkpoint = resolve_checkpoint(args)
     if not checkpoint.is_file():
         return None, None, f"no trained checkpoint at {checkpoint}; train one first with: {train_hint(args)}"
     import torch
@@ -291,10 +320,29 @@ def load_photo_search(args: argparse.Namespace, load_model: Callable, *,
         return None, None, str(err)  # (a CheckpointError is a ValueError; a missing folder an OSError)
 
 
+def resolve_checkpoint(args: argparse.Namespace) -> Path:
+    """The checkpoint a script uses: ``--checkpoint``; else the one trained in the work folder; else,
+    where none was trained, the model that ships with the project (said in one log line); else the
+    trained path, so the error names what to train."""
+    if args.checkpoint:
+        return Path(args.checkpoint)
+    trained = args.layout.best_checkpoint
+    if trained.is_file():
+        return trained
+    from crossmodal.pretrained import shipped_checkpoint
+
+    shipped = shipped_checkpoint(args.models_dir)
+    if shipped is None:
+        return trained
+    logging.getLogger("cli").info("no trained checkpoint at %s: using the shipped model %s (%s)", trained, shipped,
+                                  shipped.parent / "MODEL_CARD.md")
+    return shipped
+
+
 def load_retriever(args: argparse.Namespace, config: ModuleType, load_model: Callable) -> tuple[Any, str]:
     """The Retriever that app.py and search.py serve for their arguments, or (None, message) when
     something must be built first. ``load_model`` loads a checkpoint (``model.load_checkpoint``)."""
-    checkpoint = args.checkpoint or (None if args.collection else args.layout.best_checkpoint)
+    checkpoint = args.checkpoint if args.collection else resolve_checkpoint(args)
     if checkpoint is not None and not checkpoint.is_file():  # said before torch loads
         return None, f"no trained checkpoint at {checkpoint}; train one first with: {train_hint(args)}"
     import torch

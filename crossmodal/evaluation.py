@@ -68,7 +68,9 @@ def evaluate_model(model: Any, data: Any, word_feats: torch.Tensor | None,
     image_bias = text_bias = word_bias = None
     if querybank is not None:  # one-word queries use the keyword bank, as search does (querybank.bank_for_query)
         biases = image_biases(querybank, img)
-        image_bias, word_bias, text_bias = biases["text"], biases.get("keywords"), caption_bias(querybank, txt)
+        image_bias, word_bias = biases["text"], biases.get("keywords")
+        # a shipped model keeps no image bank (crossmodal.pretrained): its image->text ranks are plain
+        text_bias = caption_bias(querybank, txt) if "image" in querybank else None
     out = retrieval_metrics(img, txt, data.caption_image, image_bias, text_bias)
     if word_feats is not None:
         with torch.inference_mode():

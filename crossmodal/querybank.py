@@ -56,10 +56,15 @@ def text_banks(querybank: dict | None) -> tuple[str, ...]:
     return tuple(b for b in TEXT_BANKS if querybank is not None and b in querybank)
 
 
+def is_short_query(query: str) -> bool:
+    """A keyword-like query ("dog", "black dog") rather than a sentence."""
+    return len(query.split()) <= KEYWORD_QUERY_MAX_WORDS
+
+
 def bank_for_query(query: str, banks: tuple[str, ...]) -> str | None:
     """Which bank normalises a text query: "keywords" for a short one, "text" for a sentence; None
     when that bank is absent (a short query is then ranked by plain cosine: a caption bank hurts it)."""
-    kind = "keywords" if len(query.split()) <= KEYWORD_QUERY_MAX_WORDS else "text"
+    kind = "keywords" if is_short_query(query) else "text"
     return kind if kind in banks else None
 
 

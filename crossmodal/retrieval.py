@@ -35,6 +35,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from crossmodal.atomic_io import atomic_save_npy, file_digest
 from crossmodal.backbones import (
@@ -46,8 +47,11 @@ from crossmodal.backbones import (
     views_mismatch,
     views_of,
 )
+from crossmodal.calibration import CONFIDENT, curves_of
+from crossmodal.captions import escapes_folder
 from crossmodal.features.cache import FEATURES_FILE, FeatureCache, StaleCacheError, load_cache, read_manifest
-from crossmodal.querybank import bank_for_query, image_biases, text_banks
+from crossmodal.images import load_image
+from crossmodal.querybank import bank_for_query, image_biases, is_short_query, text_banks
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +83,19 @@ GENERIC_QUERIES = (
 PROJECT_BATCH = 2048  # rows projected per step (bounded memory even for a 7-view cache)
 
 
+def check_k(k: Any, most: int | None = None) -> int:
+    """``k`` (results per query) as an int; ValueError naming it unless it is a whole number from 1
+    to ``most`` (no upper bound when None). 3.0 passes, 2.5, "3" and True do not."""
+    if isinstance(k, float) and k.is_integer():
+        k = int(k)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise ValueError(f"k must be a whole number of results, got {k!r}")
+    if k < 1 or (most is not None and k > most):
+        allowed = f"from 1 to {most}" if most is not None else "at least 1"
+        raise ValueError(f"k must be {allowed}, got {k}")
+    return int(k)
+
+
 class RetrieverError(RuntimeError):
     """A checkpoint, cache or backbone that cannot be served; the message says what to run."""
 
@@ -90,6 +107,14 @@ class Hit:
     name: str  # its row id: file name (dataset) or path relative to the folder (collection)
     score: float  # cosine similarity in the shared space
     captions: list[str] = field(default_factory=list)  # known captions of the photo, if any
+    # calibrated probability that the photo shows what the query says (calibration.py); None for a
+    # photo query or a checkpoint without calibration
+    confidence: float | None = None
+
+    @property
+    def confident(self) -> bool:
+        """A good match: confidence at or above ``calibration.CONFIDENT``."""
+        return self.confidence is not None and self.confidence >= CONFIDENT
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -232,12 +257,19 @@ class Retriever:
                  text_backbone: TextBackbone | None = None, device: str | torch.device = "cpu",
                  image_weights: str | os.PathLike | None = None, index_kind: str = "auto",
                  source: str = "", biases: dict[str, np.ndarray] | None = None,
-                 models_dir: str | os.PathLike | None = None, image_backbone: ImageBackbone | None = None):
+                 models_dir: str | os.PathLike | None = None, calibration: dict | None = None,
+                 image_backbone: ImageBackbone | None = None):
         import crossmodal.index as search_index
         if len(names) != len(embeddings):
             raise ValueError(f"{len(names)} names but {len(embeddings)} embeddings")
         if not len(names):
             raise RetrieverError("no readable images to search")
+        # Defense in depth (the stages refuse such names when they read them): a hit's path is
+        # images_root joined with its name, so no name may lead out of the folder.
+        escaping = next((n for n in names if escapes_folder(n)), None)
+        if escaping is not None:
+            raise RetrieverError(f"the image features name {escaping!r}, a path outside the photos folder "
+                                 f"{images_root}; refused: rebuild them from captions without such names")
         self.model = model.eval()
         self._encode_text = self.model.folded_text_encoder()  # encode_text in fewer operations
         self.backbones = backbones
@@ -246,6 +278,7 @@ class Retriever:
         # bank name -> (n,) querybank bias subtracted from text-query scores (querybank.py); the
         # index checks their shapes
         self.biases = {b: np.asarray(v, dtype=np.float32) for b, v in (biases or {}).items()}
+        self.calibration = curves_of(calibration)  # query kind -> score-to-confidence curve
         self.images_root = Path(images_root).resolve()
         # One newline-joined string per row instead of a list of strings per image: a third of the
         # memory for Flickr30K's 155,000 captions (caption lines never contain a newline).
@@ -300,7 +333,8 @@ class Retriever:
         text = load_text_backbone(backbones["text"], text_weights, models_dir, device) if load_text else None
         del cache  # only the projected embeddings stay resident
         retriever = cls(model, backbones, names, proj, images_root, captions, text, device, image_weights,
-                        index_kind, source=str(checkpoint), biases=biases, models_dir=models_dir)
+                        index_kind, source=str(checkpoint), biases=biases, models_dir=models_dir,
+                        calibration=state.get("calibration"))
         del captions
         _release_free_memory()
         return retriever
@@ -366,6 +400,10 @@ class Retriever:
                                                              self.device)
         return self._text_backbone
 
+    def served_photos(self) -> tuple[Path, list[str]]:
+        """(the photos' folder, the row names): the files the page may serve (``serving.PhotoFiles``)."""
+        return self.images_root, self.names
+
     @property
     def loaded_image_backbone(self) -> ImageBackbone | None:
         """The image backbone if a photo query has loaded it (a rebuilt Retriever can take it over)."""
@@ -398,10 +436,8 @@ class Retriever:
         return " ".join(query.split())
 
     def _k(self, k: int) -> int:
-        k = int(k)
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
-        return min(k, len(self))
+        """k checked (a whole number, at least 1), then capped at the collection's size."""
+        return min(check_k(k), len(self))
 
     def embed_text(self, query: str) -> np.ndarray:
         """(1, embed_dim) float32 unit vector of a query."""
@@ -424,18 +460,24 @@ class Retriever:
         return self._encode_text(feats).float().cpu().numpy()
 
     @torch.inference_mode()
-    def embed_image(self, image) -> np.ndarray:
-        """(1, embed_dim) float32 unit vector of a PIL image."""
+    def embed_image(self, image: "Image.Image | str | os.PathLike") -> np.ndarray:
+        """(1, embed_dim) float32 unit vector of a PIL image, or of an image file decoded within a
+        pixel budget (``crossmodal.images.load_image``: ImageRefused, a ValueError, if too large)."""
         backbone = self.image_backbone
+        if not isinstance(image, Image.Image):
+            image = load_image(image, backbone.image_size)
         x = backbone.pil_transform()(image.convert("RGB")).unsqueeze(0).to(self.device)
         with self._lock:
             feats = backbone.model(x).float()
             return self.model.encode_image(feats).float().cpu().numpy()
 
-    def search_vector(self, query: np.ndarray, k: int = TOP_K, bank: str | None = None) -> list[Hit]:
+    def search_vector(self, query: np.ndarray, k: int = TOP_K, bank: str | None = None,
+                      query_kind: str | None = None) -> list[Hit]:
         """The k best rows for a query vector; ``bank`` ranks with that querybank bias ("text" or
-        "keywords", for text queries). Hits report the plain cosine similarity either way."""
+        "keywords", for text queries). Hits report the plain cosine similarity either way, and for a
+        text query (``query_kind`` "sentence" or "short") a confidence from the ranking score."""
         bias = self.biases.get(bank) if bank else None
+        curve = self.calibration.get(query_kind) if query_kind else None
         scores, rows = self.index.search(np.asarray(query, dtype=np.float32).reshape(1, -1), self._k(k),
                                          bank if bias is not None else None)
         root = str(self.images_root)  # os.path.join: cheaper than a Path join per hit
@@ -443,21 +485,24 @@ class Retriever:
         for score, row in zip(np.asarray(scores)[0], np.asarray(rows)[0]):
             if row < 0:  # an approximate index may return fewer than k
                 continue
+            confidence = None if curve is None else float(curve.confidence(score))
             if bias is not None:
                 score = score + bias[int(row)]
             name = self.names[int(row)]
             hits.append(Hit(len(hits) + 1, os.path.join(root, name), name, float(score),
-                            self.captions_of(int(row))))
+                            self.captions_of(int(row)), confidence))
         return hits
 
     def search_text(self, query: str, k: int = TOP_K) -> list[Hit]:
         """The k photos that best match a description. ValueError for an empty or too long query."""
         k = self._k(k)
         query = self.check_query(query)
-        return self.search_vector(self._embed_checked(query), k, bank_for_query(query, tuple(self.biases)))
+        return self.search_vector(self._embed_checked(query), k, bank_for_query(query, tuple(self.biases)),
+                                  "short" if is_short_query(query) else "sentence")
 
-    def search_image(self, image, k: int = TOP_K) -> list[Hit]:
-        """The k indexed photos most similar to a PIL image."""
+    def search_image(self, image: "Image.Image | str | os.PathLike | None", k: int = TOP_K) -> list[Hit]:
+        """The k indexed photos most similar to a PIL image or an image file (see ``embed_image``).
+        ValueError for no image, a file that is not a readable image or one over the pixel budget."""
         if image is None:
             raise ValueError("no image: upload a photo to search with")
         k = self._k(k)

@@ -3,23 +3,28 @@
 A 60-image demo set (demo_data), features from a randomly initialised local ResNet18, a tiny local
 BERT and a checkpoint built directly; the app is started on a free localhost port, a query is typed
 and submitted, and the five result images must appear. The screenshot goes to
-artifacts/app_screenshot.png. The programmatic endpoint and the file-serving limits are checked on
-the same running app.
+artifacts/app_screenshot.png. The programmatic endpoints, the file-serving limits, hostile requests
+and uploads are checked on the same running app.
 """
 from __future__ import annotations
 
 import dataclasses
+import http.client
+import json
 import os
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import quote, urlsplit
 
 import pytest
 import torch
-from helpers import save_random_resnet18, save_tiny_bert
+from helpers import save_random_resnet18, save_tiny_bert, write_blank_png
+from PIL import Image
 
 from crossmodal import demo_data
 from crossmodal.backbones import create_image_backbone, create_text_backbone
@@ -46,7 +51,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """A demo set, its features, a checkpoint and app.py serving them; yields (url, paths)."""
+    """A demo set, its features, a checkpoint and app.py serving them; yields (url, paths), paths
+    holding the app's process id ("pid") and its upload folder ("uploads")."""
     base = tmp_path_factory.mktemp("app")
     demo_data.generate(base / "demo", num_images=N_IMAGES, progress=False)
     images, captions = base / "demo" / "images", base / "demo" / "captions.token"
@@ -78,19 +84,22 @@ def served(tmp_path_factory):
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     log = open(base / "app.log", "w")
+    uploads = base / "uploads"  # Gradio's upload folder, this app's own
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "NO_PROXY": "127.0.0.1,localhost",
-           "no_proxy": "127.0.0.1,localhost"}
+           "no_proxy": "127.0.0.1,localhost", "GRADIO_TEMP_DIR": str(uploads)}
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "app.py"), "--checkpoint", str(checkpoint), "--image-features",
          str(base / "image_embeddings"), "--images", str(images), "--captions", str(captions), "--port", str(port),
-         "--text-weights", str(bert_dir), "--image-weights", str(resnet_file), "--threads", "1"],
+         "--text-weights", str(bert_dir), "--image-weights", str(resnet_file), "--threads", "1",
+         "--upload-grace", "0.5"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         try:
             wait_until_up(url, proc, timeout=90, poll=0.3)
         except RuntimeError as err:
             pytest.fail(f"{err}:\n{(base / 'app.log').read_text()[-3000:]}")
-        yield url, dict(base=base, images=images, checkpoint=checkpoint, captions=captions)
+        yield url, dict(base=base, images=images, checkpoint=checkpoint, captions=captions, pid=proc.pid,
+                        uploads=uploads)
     finally:
         stop(proc)
         log.close()
@@ -114,7 +123,8 @@ def test_query_in_the_browser_shows_five_results(served):
             box.press("Enter")
             results = page.locator("#results img")
             expect(results).to_have_count(5, timeout=20_000)
-            for i in range(5):  # every thumbnail actually loaded (served from the images folder)
+            for i in range(5):  # every thumbnail actually loaded, from the app's photo route
+                assert results.nth(i).get_attribute("src").startswith(f"{url}photo/demo_")
                 page.wait_for_function("img => img.complete && img.naturalWidth > 0",
                                        arg=results.nth(i).element_handle(),
                                        timeout=10_000)
@@ -126,6 +136,30 @@ def test_query_in_the_browser_shows_five_results(served):
     assert shot.stat().st_size > 10_000
 
 
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Chromium at /usr/bin/chromium (apt-get install chromium)")
+def test_photo_search_in_the_browser_finds_the_photo(served):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, paths = served
+    photo = sorted(paths["images"].glob("demo_*.jpg"))[7]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(url, wait_until="domcontentloaded")
+            page.get_by_role("tab", name="Search with a photo").click()
+            page.locator("#photo input[type=file]").set_input_files(str(photo))  # the upload runs the search
+            results = page.locator("#photo-results img")
+            expect(results).to_have_count(5, timeout=30_000)
+            page.wait_for_function("img => img.complete && img.naturalWidth > 0",
+                                   arg=results.nth(0).element_handle(), timeout=10_000)
+            expect(page.locator("#photo-results")).to_contain_text("#1 · ")
+            expect(page.locator("#photo-results")).to_contain_text(photo.name)
+            expect(page.locator("#photo-timing")).to_contain_text("results in", timeout=10_000)
+        finally:
+            browser.close()
+
+
 def test_api_endpoint_returns_json_hits(served):
     from gradio_client import Client
 
@@ -133,28 +167,183 @@ def test_api_endpoint_returns_json_hits(served):
     client = Client(url, verbose=False)
     hits = client.predict(query="a small blue square", k=3, api_name="/search")
     assert [h["rank"] for h in hits] == [1, 2, 3]
-    assert all(set(h) == {"rank", "image_path", "name", "score", "captions"} for h in hits)
+    assert all(set(h) == {"rank", "image_path", "name", "score", "captions", "confidence"} for h in hits)
     assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
     assert all(Path(h["image_path"]).parent == paths["images"].resolve() and h["captions"] for h in hits)
     with pytest.raises(Exception, match="empty query"):
         client.predict(query="   ", k=3, api_name="/search")
 
 
-def test_only_the_collection_is_served(served):
+def raw_get(url: str, path: str) -> tuple[int, dict, bytes]:
+    """GET ``path`` exactly as written (no client-side normalisation of ``..`` or escapes)."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()
+
+
+def test_indexed_photos_are_served_as_images_with_nosniff(served):
+    from gradio_client import Client
+
     url, paths = served
-    name = sorted(p.name for p in paths["images"].iterdir())[0]
+    hit = Client(url, verbose=False).predict(query="a red circle", k=1, api_name="/search")[0]
+    status, headers, body = raw_get(url, f"/photo/{quote(hit['name'])}")
+    assert status == 200 and body == (paths["images"] / hit["name"]).read_bytes()
+    assert headers["content-type"] == "image/jpeg" and headers["x-content-type-options"] == "nosniff"
+    # Gradio's own file route serves no photo: the photo route is the one way in
+    assert raw_get(url, f"/gradio_api/file={paths['images'].resolve() / hit['name']}")[0] == 403
 
-    def status(path: Path) -> int:
-        try:
-            with urllib.request.urlopen(f"{url}gradio_api/file={path}", timeout=5) as r:
-                return r.status
-        except urllib.error.HTTPError as err:
-            return err.code
 
-    assert status(paths["images"].resolve() / name) == 200
-    assert status(paths["checkpoint"]) == 403
-    assert status(paths["captions"]) == 403
-    assert status(ROOT / "config.py") == 403
+def test_nothing_but_indexed_photos_is_served(served):
+    """Files placed beside the photos after indexing, files outside the folder, and every ``../``,
+    percent-encoded or absolute form of them: no route serves any of it."""
+    url, paths = served
+    images, base = paths["images"].resolve(), paths["base"].resolve()
+    planted = {"notes.txt": b"SECRET notes", ".env": b"API_KEY=SECRET",
+               "evil.svg": b"<svg xmlns='http://www.w3.org/2000/svg'><script>alert('SECRET')</script></svg>",
+               "page.html": b"<html><script>alert('SECRET')</script></html>"}
+    for name, content in planted.items():
+        (images / name).write_bytes(content)
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(images / "planted.jpg", comment=b"SECRET planted")
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(base / "outside.jpg", comment=b"SECRET outside")
+    (images / "link_out.jpg").symlink_to(base / "outside.jpg")
+    (images / "link_captions.jpg").symlink_to(paths["captions"])
+    caption_text = paths["captions"].read_bytes()[:40]
+
+    requests = []
+    for name in [*planted, "planted.jpg", "link_out.jpg", "link_captions.jpg"]:
+        requests += [f"/photo/{name}", f"/photo/{quote(name, safe='')}", f"/gradio_api/file={images / name}",
+                     f"/gradio_api/file={quote(str(images / name))}", f"/gradio_api/file/{images / name}"]
+    for outside in (paths["captions"], paths["checkpoint"], base / "outside.jpg", ROOT / "config.py"):
+        rel = os.path.relpath(outside, images)
+        requests += [f"/photo/{rel}", f"/photo/{quote(rel, safe='')}", f"/photo/{rel.replace('.', '%2e')}",
+                     f"/photo/{quote(str(outside), safe='')}", f"/photo//{outside}", f"/photo/demo_00000.jpg/../{rel}",
+                     f"/gradio_api/file={outside}", f"/gradio_api/file={images}/{rel}",
+                     f"/gradio_api/file={images}/{quote(rel, safe='')}", f"/static/{rel}", f"/assets/{quote(rel)}",
+                     f"/svelte/{quote(rel, safe='')}"]
+    for path in requests:
+        status, _, body = raw_get(url, path)
+        assert 400 <= status < 500, (path, status)
+        assert b"SECRET" not in body and caption_text not in body, path
+
+
+def test_k_is_validated_not_clamped(served):
+    from gradio_client import Client
+
+    url, _ = served
+    client = Client(url, verbose=False)
+    for bad_k, message in [(2.5, "k must be a whole number of results, got 2.5"),
+                           (0, "k must be from 1 to 50, got 0"), (51, "k must be from 1 to 50, got 51"),
+                           ("3", "k must be a whole number of results, got '3'")]:
+        with pytest.raises(Exception, match=message.replace("(", r"\(")):
+            client.predict(query="a red circle", k=bad_k, api_name="/search")
+    assert len(client.predict(query="a red circle", k=50, api_name="/search")) == 50
+
+
+def page_event(url: str, fn_index: int, data: list) -> dict:
+    """Run one of the page's own events as the browser does (queue/join, then the event stream);
+    returns its completion message."""
+    session = f"test{fn_index}"
+    body = json.dumps({"data": data, "fn_index": fn_index, "session_hash": session}).encode()
+    req = urllib.request.Request(f"{url}gradio_api/queue/join", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.status == 200
+    with urllib.request.urlopen(f"{url}gradio_api/queue/data?session_hash={session}", timeout=30) as stream:
+        for line in stream:
+            if line.startswith(b"data:"):
+                message = json.loads(line[5:])
+                if message.get("msg") == "process_completed":
+                    return message
+    raise AssertionError("the event stream ended without a completion")
+
+
+def test_malformed_requests_get_4xx_or_an_error_event_never_500(served):
+    from gradio_client import Client
+
+    url, _ = served
+    config = json.loads(urllib.request.urlopen(f"{url}config", timeout=10).read())
+    fns = {d["api_name"]: d["id"] for d in config["dependencies"]}
+    bodies = [b"{}", b"[]", b"null", b"not json", b'{"data": []}', b'{"data": null}', b'{"data": [{}]}',
+              b'{"data": ["a dog", 3, 4]}', b'{"query": "a dog", "k": 3, "extra": 1}',
+              b'{"data": [], "fn_index": 999, "session_hash": "x"}',
+              b'{"data": [], "fn_index": 0, "session_hash": "x"}']
+    endpoints = ["call/search", "call/v2/search", "run/search", "api/search", "call/search_photo",
+                 "call/v2/search_photo", "call/nope", "call/v2/nope", "run/nope", "run/predict", "queue/join"]
+    for endpoint in endpoints:
+        for body in bodies:
+            req = urllib.request.Request(f"{url}gradio_api/{endpoint}", data=body,
+                                         headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    status = r.status
+            except urllib.error.HTTPError as err:
+                status = err.code
+            assert status < 500, (endpoint, body, status)
+    # the page's own events: a refused value comes back as an error event with the reason
+    failed = page_event(url, fns["run_text"], ["a red circle", 2.5])
+    assert failed["success"] is False and "k must be a whole number" in failed["output"]["error"]
+    failed = page_event(url, fns["run_image"], [None, 3])
+    assert failed["success"] is False and "no image" in failed["output"]["error"]
+    assert len(Client(url, verbose=False).predict(query="a red circle", k=2, api_name="/search")) == 2  # still up
+
+
+def api_call(url: str, api_name: str, data: list) -> tuple[str, str]:
+    """POST /gradio_api/call/<api_name>, then read its result: (event, data) of the last event."""
+    req = urllib.request.Request(f"{url}gradio_api/call/{api_name}", data=json.dumps({"data": data}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        event_id = json.loads(r.read())["event_id"]
+    event = payload = ""
+    with urllib.request.urlopen(f"{url}gradio_api/call/{api_name}/{event_id}", timeout=30) as stream:
+        for line in stream.read().decode().splitlines():
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:") and event != "heartbeat":
+                payload = line[5:].strip()
+    return event, payload
+
+
+def memory_mb(pid: int, field: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no {field} for process {pid}")
+
+
+def test_oversized_upload_is_refused_within_a_memory_bound_and_uploads_are_deleted(served, tmp_path):
+    from gradio_client import Client, handle_file
+
+    url, paths = served
+    pid, uploads = paths["pid"], paths["uploads"]
+    client = Client(url, verbose=False)
+    photo = sorted(paths["images"].glob("demo_*.jpg"))[3]
+    hits = client.predict(photo=handle_file(photo), k=3, api_name="/search_photo")  # loads the image backbone
+    assert hits[0]["name"] == photo.name
+
+    big = write_blank_png(tmp_path / "big.png", 10_000, 10_000)  # 0.3 MB; 300 MB as decoded RGB
+    try:  # the peak from here on (Linux resets VmHWM to the current VmRSS on writing 5 to clear_refs)
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        pass
+    before = memory_mb(pid, "VmHWM")
+    with pytest.raises(Exception, match=r"10,000 x 10,000 pixels \(100 megapixels\).* up to 25 megapixels"):
+        client.predict(photo=handle_file(big), k=3, api_name="/search_photo")
+    assert memory_mb(pid, "VmHWM") - before < 300
+
+    deadline = time.monotonic() + 10  # both uploads are deleted once used (0.5 s after, in this app)
+    while any(p.is_file() for p in uploads.rglob("*")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [p for p in uploads.rglob("*") if p.is_file()] == []
+    # a file on the server that was not uploaded is neither opened nor deleted
+    kept = paths["images"] / photo.name
+    for value in ({"path": str(kept)}, {"path": str(kept), "meta": {"_type": "gradio.FileData"}}):
+        event, data = api_call(url, "search_photo", [value, 3])
+        assert event == "error" and ("not an uploaded file" in data or "not uploaded by a user" in data), data
+    assert kept.is_file()
 
 
 def test_missing_checkpoint_exits_2_with_the_command_to_run(tmp_path):

@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import logging
+import os
+import unicodedata
+from pathlib import Path
 
 import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 from crossmodal import captions
 from crossmodal.captions import (
@@ -31,7 +36,7 @@ def write(path, text: str):
 
 def test_read_captions_good_file_crlf_bom_blank_lines_whitespace(tmp_path):
     body = (
-        "a.jpg#0\tA dog  runs\tfast .\r\n"
+        "a.jpg#0\tA dog  runs \u3000 fast .\r\n"
         "\r\n"
         "   \r\n"
         "a.jpg#1\t  Two dogs   play.  \r\n"
@@ -43,7 +48,7 @@ def test_read_captions_good_file_crlf_bom_blank_lines_whitespace(tmp_path):
     path = write_bytes(tmp_path / "caps.token", b"\xef\xbb\xbf" + body.encode("utf-8"))
     cs = read_captions(path)
     assert [(c.image, c.number, c.text) for c in cs.captions] == [
-        ("a.jpg", 0, "A dog runs fast ."),  # inner tab and double spaces collapse to one space
+        ("a.jpg", 0, "A dog runs fast ."),  # runs of (any) whitespace collapse to one space
         ("a.jpg", 1, "Two dogs play."),
         ("b.jpg", 0, "A cat."),
         ("a.jpg", 2, "Third caption of a"),
@@ -56,10 +61,10 @@ def test_read_captions_good_file_crlf_bom_blank_lines_whitespace(tmp_path):
     assert sub.images == ["a.jpg", "c.jpg"]
 
 
-def test_read_captions_key_with_surrounding_spaces_and_path_types(tmp_path):
-    path = write(tmp_path / "caps.txt", "  x y.jpg#3 \tA caption\n")
+def test_read_captions_names_with_folders_spaces_and_unicode(tmp_path):
+    path = write(tmp_path / "caps.txt", "x y.jpg#3\tA caption\nsub dir/ça va.jpg#0\tAnother\n")
     cs = read_captions(str(path))  # str paths work too
-    assert cs.captions[0].image == "x y.jpg" and cs.captions[0].number == 3
+    assert [(c.image, c.number) for c in cs.captions] == [("x y.jpg", 3), ("sub dir/ça va.jpg", 0)]
 
 
 @pytest.mark.parametrize(
@@ -69,7 +74,7 @@ def test_read_captions_key_with_surrounding_spaces_and_path_types(tmp_path):
         ("a.jpg\tno number", "expected"),
         ("a.jpg#x\tnot a number", "expected"),
         ("a.jpg#1\t", "empty caption"),
-        ("a.jpg#1\t   \t  ", "empty caption"),
+        ("a.jpg#1\t   \u3000  ", "empty caption"),
         ("a.jpg#0\tsame key again", "duplicate"),
     ],
 )
@@ -113,6 +118,174 @@ def test_dataset_error_is_a_value_error():
 
 
 # --------------------------------------------------------------------------------------------------
+# image names and line contents (one validator for every file that names images)
+
+GOOD_LINES = "a.jpg#0\tfirst\nb.jpg#0\tsecond\n"  # the bad line below is line 3
+
+
+@pytest.mark.parametrize("bad_line, what", [
+    ("../secret/private.jpg#0\tcap", "outside the images folder"),
+    ("sub/../../private.jpg#0\tcap", "outside the images folder"),
+    ("/etc/private.jpg#0\tcap", "outside the images folder"),
+    ("C:/private.jpg#0\tcap", "outside the images folder"),
+    ("c:private.jpg#0\tcap", "outside the images folder"),
+    ("..\\private.jpg#0\tcap", "outside the images folder"),
+    ("\\\\server\\share.jpg#0\tcap", "outside the images folder"),
+    ("sub\\a.jpg#0\tcap", "backslash"),
+    ("sub//a.jpg#0\tcap", "empty or '.' part"),
+    ("./a.jpg#0\tcap", "empty or '.' part"),
+    ("sub/#0\tcap", "empty or '.' part"),
+    ("#0\tcap", "empty image name"),
+    ("a.jpg #0\tcap", "trailing whitespace"),
+    (" a.jpg#0\tcap", "leading or trailing whitespace"),
+    ("a.jpg\u00a0#0\tcap", "leading or trailing whitespace"),
+    ("a.jpg#0\tcap\textra column", "3 tab-separated columns"),
+    ("a.jpg#0\tcap\t", "3 tab-separated columns"),
+    ("c.jpg#0\tcap\x00tail", "NUL"),
+    ("c\x00.jpg#0\tcap", "NUL"),
+    ("c.jpg#0\tcap\x1btail", "U+001B"),
+    ("c.jpg#0\tcap\x7f", "U+007F"),
+    ("c\x85.jpg#0\tcap", "U+0085"),
+    ("c.jpg#0\tcap\rtail", "carriage return"),
+    ("\ufeffc.jpg#0\tcap", "byte-order mark"),
+    ("c.jpg#0\tcap\ufeff", "byte-order mark"),
+    ("c\u200b.jpg#0\tcap", "zero width space"),
+    ("c\u202e.jpg#0\tcap", "U+202E"),
+    ("c\u2028.jpg#0\tcap", "U+2028"),
+    ("a#1.jpg#0\tcap", "'#'"),
+    ("a::b.jpg#0\tcap", "'::'"),
+    ("c.jpg#\u0663\tcap", "expected"),  # an Arabic-Indic digit: int() would take it
+])
+def test_read_captions_refuses_bad_names_and_characters_naming_file_and_line(tmp_path, bad_line, what):
+    path = write(tmp_path / "caps.token", GOOD_LINES + bad_line + "\nd.jpg#0\tafter\n")
+    with pytest.raises(DatasetError) as info:
+        read_captions(path)
+    assert str(info.value).startswith(f"{path}:3: ") and what in str(info.value), str(info.value)
+
+
+def test_non_utf8_bytes_name_file_and_line(tmp_path):
+    path = write_bytes(tmp_path / "latin1.token", b"a.jpg#0\tfirst\n\nb.jpg#0\tcaf\xe9 au lait\n")
+    with pytest.raises(DatasetError, match=r"latin1\.token:3: not UTF-8 text \(byte 0xe9 at byte 12 of the line\)"):
+        read_captions(path)
+    split = write_bytes(tmp_path / "train.txt", b"a.jpg\n\xff.jpg\n")
+    with pytest.raises(DatasetError, match=r"train\.txt:2: not UTF-8"):
+        read_image_list(split)
+
+
+def test_the_first_bad_line_is_named(tmp_path):
+    """A character refused on a later line does not hide a malformed earlier one, and vice versa."""
+    path = write(tmp_path / "caps.token", "a.jpg#0\tok\nbroken\nb.jpg#0\tx\x00\n")
+    with pytest.raises(DatasetError, match=r"caps\.token:2: expected"):
+        read_captions(path)
+    path = write(tmp_path / "caps.token", "a.jpg#0\tx\x00\nbroken\n")
+    with pytest.raises(DatasetError, match=r"caps\.token:1: a NUL"):
+        read_captions(path)
+
+
+@pytest.mark.parametrize("bad_line, what", [
+    ("../secret/private.jpg", "outside the images folder"),
+    ("/abs/c.jpg", "outside the images folder"),
+    ("c.jpg ", "trailing whitespace"),
+    ("  c.jpg", "leading or trailing whitespace"),
+    ("c.jpg\tcaption", "a tab"),
+    ("c.jpg#0", "'#'"),
+    ("\ufeffc.jpg", "byte-order mark"),
+    ("c\x00.jpg", "NUL"),
+])
+def test_read_image_list_refuses_bad_names(tmp_path, bad_line, what):
+    path = write(tmp_path / "test.txt", "a.jpg\nb.jpg\n" + bad_line + "\n")
+    with pytest.raises(DatasetError) as info:
+        read_image_list(path)
+    assert str(info.value).startswith(f"{path}:3: ") and what in str(info.value), str(info.value)
+
+
+def test_image_name_rules():
+    for good in ("a.jpg", "x y.jpg", "sub/dir/a.jpg", "ça.JPEG", "a..b.jpg", "..a.jpg", "ab:c.jpg", "1000092795.jpg"):
+        assert captions.image_name_problem(good) is None, good
+        assert not captions.escapes_folder(good), good
+    for escaping in ("../a.jpg", "a/../../b", "..", "/a.jpg", "\\a.jpg", "C:a.jpg", "a:b.jpg", "z:/a", "a\\..\\..\\b"):
+        assert captions.escapes_folder(escaping), escaping
+        assert "outside the images folder" in captions.image_name_problem(escaping), escaping
+    # inside the folder, yet not the one spelling of a path: refused in dataset files only
+    for inside in ("a/./b.jpg", "a//b.jpg", "a/", "a\\b.jpg"):
+        assert not captions.escapes_folder(inside) and captions.image_name_problem(inside), inside
+
+
+# Caption lines built from pieces chosen to hit every rule often, mostly from path-like pieces
+# (so that whole files parse often too); arbitrary text and bytes besides.
+PATH_PIECES = ["a", "b.jpg", "x y", "ç", "é.png", "/", ".", "..", ":", "~", "C:", "\\"]
+ODD_PIECES = [" ", "\u00a0", "#", "::", "\t", "\x00", "\x1f", "\ufeff", "\u200b", "\r", "\n", "\x85", "\x7f", "\u2028"]
+path_names = st.lists(st.sampled_from(PATH_PIECES), min_size=1, max_size=4).map("".join)
+odd_names = st.lists(st.sampled_from(PATH_PIECES + ODD_PIECES) | st.text(max_size=3), max_size=5).map("".join)
+numbers = st.sampled_from(["0", "1", "12", "007", "x", "", " 1", "\u0663"])
+texts = st.lists(st.sampled_from(["a dog", " ", "\t", "\x00", "\ufeff", "\r", "ok"]) | st.text(max_size=6),
+                 max_size=4).map("".join)
+
+
+def utf8(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")  # a lone surrogate gives bytes that are not UTF-8
+
+
+plain_lines = st.builds(lambda n, k, t: utf8(f"{n}#{k}\t{t}"), path_names, st.sampled_from(["0", "1", "23"]),
+                        st.sampled_from(["a dog", "two  cats .", "ça"]))
+odd_lines = st.builds(lambda n, k, t: utf8(f"{n}#{k}\t{t}"), odd_names, numbers, texts)
+any_lines = (plain_lines | plain_lines | plain_lines | odd_lines | st.text(max_size=30).map(utf8)
+             | st.binary(max_size=20))
+files = st.builds(lambda bom, lines: (b"\xef\xbb\xbf" if bom else b"") + b"".join(line + end for line, end in lines),
+                  st.booleans(), st.lists(st.tuples(any_lines, st.sampled_from([b"\n", b"\r\n", b""])), max_size=6))
+
+
+def parse_error_line(path, data: bytes) -> int | None:
+    """The line a DatasetError names for ``data`` as a caption file (0: a file-level error), else None."""
+    path.write_bytes(data)
+    try:
+        read_captions(path)
+    except DatasetError as err:
+        msg = str(err)
+        if msg == f"{path}: no captions found":
+            return 0
+        assert msg.startswith(f"{path}:"), msg
+        return int(msg[len(f"{path}:"):].split(":", 1)[0])
+    return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=files)
+def test_any_caption_file_parses_to_names_inside_the_folder_or_names_the_first_bad_line(tmp_path_factory, data):
+    work = tmp_path_factory.getbasetemp() / "fuzz"
+    work.mkdir(exist_ok=True)
+    path, images = work / "caps.token", work / "images"
+    lines = data.split(b"\n")
+    try:
+        path.write_bytes(data)
+        parsed = read_captions(path)
+    except DatasetError as err:
+        line = parse_error_line(path, data)
+        assert line is not None and str(path) in str(err)
+        event("refused")
+        if line == 0:  # only blank lines
+            assert all(not x.strip() for x in data.removeprefix(b"\xef\xbb\xbf").split(b"\n"))
+            return
+        assert 1 <= line <= len(lines)
+        # the named line is the first bad one: the lines before it are fine, and it is bad with them
+        assert parse_error_line(path, b"\n".join(lines[: line - 1]) + b"\n") in (None, 0)
+        assert parse_error_line(path, b"\n".join(lines[:line])) == line
+        return
+    event("parsed" if parsed.captions else "parsed, empty")
+    assert len(parsed.captions) == sum(1 for x in data.decode("utf-8-sig").split("\n") if x.strip())
+    for cap in parsed.captions:
+        joined = os.path.normpath(os.path.join(images, cap.image))
+        assert joined.startswith(str(images) + os.sep), cap.image  # inside the folder, lexically
+        assert Path(joined).relative_to(images).as_posix() == cap.image  # and the name is its path
+        assert not any(unicodedata.category(c) in ("Cc", "Cf") for c in cap.image), cap
+        # a caption may hold format characters (joiners in emoji, direction marks), but no control
+        # character or byte-order mark
+        assert not any(unicodedata.category(c) == "Cc" or c == "\ufeff" for c in cap.text), cap
+        path.write_text(f"{cap.key}\t{cap.text}\n", encoding="utf-8")  # written back, read the same
+        assert read_captions(path).captions == [cap]
+
+
+# --------------------------------------------------------------------------------------------------
 # split lists
 
 def captions_for(tmp_path, images, per_image=2):
@@ -124,7 +297,7 @@ IMAGES = [f"{i:03d}.jpg" for i in range(10)]
 
 
 def test_read_image_list_blank_lines_crlf_and_errors(tmp_path):
-    path = write_bytes(tmp_path / "train.txt", b"\xef\xbb\xbfa.jpg\r\n\r\n  b.jpg  \r\nc.jpg")
+    path = write_bytes(tmp_path / "train.txt", b"\xef\xbb\xbfa.jpg\r\n\r\n  \r\nb.jpg\r\nc.jpg")
     assert read_image_list(path) == ["a.jpg", "b.jpg", "c.jpg"]
     dup = write(tmp_path / "dup.txt", "a.jpg\nb.jpg\na.jpg\n")
     with pytest.raises(DatasetError) as info:
@@ -256,6 +429,9 @@ def test_missing_images(tmp_path):
     assert missing_images(d, ["a.jpg", "b.jpg", "c.jpg", "d.jpg"]) == ["b.jpg", "d.jpg"]
     assert missing_images(d, ["a.jpg"]) == []
     assert missing_images(tmp_path / "nope", ["a.jpg", "b.jpg"]) == ["a.jpg", "b.jpg"]
+    (d / "sub").mkdir()
+    (d / "sub" / "e.jpg").write_bytes(b"x")
+    assert missing_images(d, ["sub/e.jpg", "sub/f.jpg", "sub"]) == ["sub/f.jpg", "sub"]
 
 
 def test_list_hash_order_sensitive_and_unambiguous():

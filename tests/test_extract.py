@@ -173,7 +173,9 @@ def test_image_extraction_resumes_byte_identical_then_reuses(tmp_path, monkeypat
             extract.extract_image_features(resnet, images, names, out, **IMAGE_KW)
     assert first.calls == 13
     assert not (out / MANIFEST_FILE).exists()
-    assert sorted(p.name for p in (out / PARTIAL_DIR).glob("chunk_*")) == ["chunk_00000.json", "chunk_00000.npy"]
+    # batches of 4, a chunk per 8 rows: rows 8-11 were done but not saved yet, rows 12- not begun
+    assert sorted(p.name for p in (out / PARTIAL_DIR).glob("chunk_*")) == ["chunk_0000000_0000002.json",
+                                                                          "chunk_0000000_0000002.npy"]
 
     with monkeypatch.context() as m:
         second = CountingGetItem(m)
@@ -190,7 +192,7 @@ def test_image_extraction_resumes_byte_identical_then_reuses(tmp_path, monkeypat
     assert cache_files(out) == cache_files(image_reference)
 
 
-def test_image_chunk_size_rounded_to_batches(tmp_path, image_set, resnet, image_reference):
+def test_image_chunk_size_does_not_change_features(tmp_path, image_set, resnet, image_reference):
     """A chunk size that is not a multiple of the batch size gives the same features."""
     images, names = image_set
     out = tmp_path / "emb"
@@ -263,7 +265,7 @@ TEXTS = [
     "woman",
 ]
 TEXT_IDS = [f"{i // 5:04d}.jpg#{i % 5}" for i in range(len(TEXTS))]
-TEXT_KW = dict(kind="caption", batch_size=4, chunk_size=6, device="cpu")
+TEXT_KW = dict(kind="caption", batch_size=4, chunk_size=4, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -305,13 +307,14 @@ def test_text_extraction_resumes_byte_identical(tmp_path, monkeypatch, bert, tex
         m.setattr(bert, "encode", flaky)
         with pytest.raises(RuntimeError, match="simulated kill"):
             extract.extract_text_features(bert, TEXTS, TEXT_IDS, out, **TEXT_KW)
-    assert sorted(p.name for p in (out / PARTIAL_DIR).glob("chunk_*")) == ["chunk_00000.json", "chunk_00000.npy"]
+    assert sorted(p.name for p in (out / PARTIAL_DIR).glob("chunk_*")) == ["chunk_0000000_0000001.json",
+                                                                          "chunk_0000000_0000001.npy"]
 
     calls.clear()
     with monkeypatch.context() as m:
         m.setattr(bert, "encode", lambda texts, *a, **k: (calls.append(len(texts)), original(texts, *a, **k))[1])
         extract.extract_text_features(bert, TEXTS, TEXT_IDS, out, **TEXT_KW)
-        assert len(calls) == 3  # 4 chunks of 6, the first already done
+        assert len(calls) == 4  # 5 units of 4 texts, the first already done
         assert cache_files(out) == cache_files(text_reference)
         calls.clear()
         extract.extract_text_features(bert, TEXTS, TEXT_IDS, out, **TEXT_KW)

@@ -62,7 +62,7 @@ def files(directory):
 def test_build_then_reuse(tmp_path):
     d = tmp_path / "cache"
     compute = FakeCompute()
-    cache = build_cache(d, IDS, IDENTITY, compute, chunk_size=5)
+    cache = build_cache(d, IDS, IDENTITY, compute, unit_size=5, chunk_size=5)
     assert len(compute.calls) == 1
     assert [len(c) for c in compute.calls[0]] == [5, 5, 5, 5, 3]
     assert cache.ids == IDS
@@ -80,18 +80,19 @@ def test_build_then_reuse(tmp_path):
 
     before = files(d)
     again = FakeCompute()
-    cache2 = build_cache(d, IDS, IDENTITY, again, chunk_size=5)
+    cache2 = build_cache(d, IDS, IDENTITY, again, unit_size=5, chunk_size=5)
     assert again.calls == []  # reused: compute never called
     assert files(d) == before
     np.testing.assert_array_equal(cache2.features, cache.features)
     # the chunk size is not part of a finished cache's identity
     third = FakeCompute()
-    build_cache(d, IDS, IDENTITY, third, chunk_size=7)
+    build_cache(d, IDS, IDENTITY, third, unit_size=7, chunk_size=7)
     assert third.calls == []
 
 
 def test_extra_fields_are_recorded(tmp_path):
-    cache = build_cache(tmp_path / "c", IDS, IDENTITY, FakeCompute(), chunk_size=8, extra={"images_dir": "/x"})
+    cache = build_cache(tmp_path / "c", IDS, IDENTITY, FakeCompute(), unit_size=8, chunk_size=8,
+                        extra={"images_dir": "/x"})
     assert cache.manifest["images_dir"] == "/x"
 
 
@@ -100,7 +101,7 @@ def test_extra_fields_are_recorded(tmp_path):
                                     {"preprocess": {"size": 9}}])
 def test_mismatched_identity_refused_unless_force(tmp_path, change):
     d = tmp_path / "cache"
-    build_cache(d, IDS, IDENTITY, FakeCompute(), chunk_size=8)
+    build_cache(d, IDS, IDENTITY, FakeCompute(), unit_size=8, chunk_size=8)
     before = files(d)
     ids = IDS
     identity = dict(IDENTITY)
@@ -110,12 +111,12 @@ def test_mismatched_identity_refused_unless_force(tmp_path, change):
         identity.update(change)
     compute = FakeCompute()
     with pytest.raises(StaleCacheError) as info:
-        build_cache(d, ids, identity, compute, chunk_size=8)
+        build_cache(d, ids, identity, compute, unit_size=8, chunk_size=8)
     assert "--force" in str(info.value) and str(d) in str(info.value)
     assert compute.calls == [] and files(d) == before  # nothing touched
 
     compute = FakeCompute()
-    cache = build_cache(d, ids, identity, compute, chunk_size=8, force=True)
+    cache = build_cache(d, ids, identity, compute, unit_size=8, chunk_size=8, force=True)
     assert sorted(compute.rows_computed) == list(range(len(IDS)))
     assert cache.ids == list(ids)
     for k, v in identity.items():
@@ -124,7 +125,7 @@ def test_mismatched_identity_refused_unless_force(tmp_path, change):
 
 def test_load_cache_refuses_wrong_expectations_with_rerun_hint(tmp_path):
     d = tmp_path / "cache"
-    build_cache(d, IDS, IDENTITY, FakeCompute(), chunk_size=8)
+    build_cache(d, IDS, IDENTITY, FakeCompute(), unit_size=8, chunk_size=8)
     hint = "python batch_image_feature_extract.py --work-dir w --force"
     ok = load_cache(d, {"backbone": "fake", "dim": DIM, "ids_sha256": list_hash(IDS)}, rerun=hint)
     assert ok.ids == IDS
@@ -143,7 +144,7 @@ def test_load_cache_refuses_wrong_expectations_with_rerun_hint(tmp_path):
 
 def test_load_cache_detects_damaged_ids(tmp_path):
     d = tmp_path / "cache"
-    build_cache(d, IDS, IDENTITY, FakeCompute(), chunk_size=8)
+    build_cache(d, IDS, IDENTITY, FakeCompute(), unit_size=8, chunk_size=8)
     (d / IDS_FILE).write_text("".join(i + "\n" for i in IDS[::-1]))
     with pytest.raises(StaleCacheError, match="do not match"):
         load_cache(d, rerun="again")
@@ -155,7 +156,7 @@ def test_load_cache_detects_damaged_ids(tmp_path):
 def test_load_cache_refuses_an_old_grid_cache(tmp_path):
     # an older version's --grid cache holds feature-map cells per row: not to be read as one wide vector
     d = tmp_path / "cache"
-    build_cache(d, IDS, IDENTITY, FakeCompute(), chunk_size=8)
+    build_cache(d, IDS, IDENTITY, FakeCompute(), unit_size=8, chunk_size=8)
     manifest = json.loads((d / MANIFEST_FILE).read_text())
     (d / MANIFEST_FILE).write_text(json.dumps({**manifest, "grid": [1, 2, DIM // 2]}))
     with pytest.raises(StaleCacheError, match="--grid") as info:
@@ -163,21 +164,25 @@ def test_load_cache_refuses_an_old_grid_cache(tmp_path):
     assert "rebuild it with: again" in str(info.value)
 
 
+def chunk_names(d) -> list[str]:
+    return sorted(p.name for p in (d / PARTIAL_DIR).glob("chunk_*"))
+
+
 def test_interrupted_build_resumes_byte_identical(tmp_path):
     ref = tmp_path / "ref"
-    build_cache(ref, IDS, IDENTITY, FakeCompute(failed_rows=[4, 17]), chunk_size=5)
+    build_cache(ref, IDS, IDENTITY, FakeCompute(failed_rows=[4, 17]), unit_size=5, chunk_size=5)
 
     d = tmp_path / "resumed"
     first = FakeCompute(fail_after=1, failed_rows=[4, 17])
     with pytest.raises(RuntimeError, match="killed"):
-        build_cache(d, IDS, IDENTITY, first, chunk_size=5)
+        build_cache(d, IDS, IDENTITY, first, unit_size=5, chunk_size=5)
     assert not (d / MANIFEST_FILE).exists() and not (d / FEATURES_FILE).exists()
-    assert sorted(p.name for p in (d / PARTIAL_DIR).iterdir()) == ["chunk_00000.json", "chunk_00000.npy", "plan.json"]
+    assert chunk_names(d) == ["chunk_0000000_0000001.json", "chunk_0000000_0000001.npy"]
     with pytest.raises(StaleCacheError):
         load_cache(d)  # an unfinished build is not a cache
 
     second = FakeCompute(failed_rows=[4, 17])
-    cache = build_cache(d, IDS, IDENTITY, second, chunk_size=5)
+    cache = build_cache(d, IDS, IDENTITY, second, unit_size=5, chunk_size=5)
     assert len(second.calls) == 1
     assert second.calls[0] == [list(range(k, min(k + 5, len(IDS)))) for k in range(5, len(IDS), 5)]
     assert files(d) == files(ref)
@@ -185,53 +190,127 @@ def test_interrupted_build_resumes_byte_identical(tmp_path):
     assert cache.failed_ids == {IDS[4], IDS[17]}
 
 
-def test_changed_plan_discards_partial_build(tmp_path):
+class FakeClock:
+    """time.monotonic for crossmodal.resumable, advanced by hand (one 'second' per unit here)."""
+
+    def __init__(self, monkeypatch):
+        self.now = 0.0
+        monkeypatch.setattr("crossmodal.resumable.time.monotonic", lambda: self.now)
+
+
+class TickingCompute(FakeCompute):
+    """A FakeCompute whose every unit takes one second of a FakeClock."""
+
+    def __init__(self, clock, **kw):
+        super().__init__(**kw)
+        self.clock = clock
+
+    def __call__(self, units, progress):
+        for item in super().__call__(units, progress):
+            self.clock.now += 1.0
+            yield item
+
+
+def test_chunks_are_saved_by_time_as_well_as_rows(tmp_path, monkeypatch):
+    clock = FakeClock(monkeypatch)
+    # 23 rows in units of 2 (12 units), one unit a second, a chunk every 3 s or 100 rows: units
+    # 0-2 are saved at 3 s, though far fewer than 100 rows were done; unit 3 is lost with the kill
+    d = tmp_path / "timed"
+    with pytest.raises(RuntimeError, match="killed"):
+        build_cache(d, IDS, IDENTITY, TickingCompute(clock, fail_after=4, failed_rows=[4]), unit_size=2,
+                    chunk_size=100, flush_seconds=3)
+    assert chunk_names(d) == ["chunk_0000000_0000003.json", "chunk_0000000_0000003.npy"]
+    # the rows bound holds too: at most 4 rows (2 units) a chunk
+    clock.now += 10
+    resumed = TickingCompute(clock, fail_after=5, failed_rows=[4])
+    with pytest.raises(RuntimeError, match="killed"):
+        build_cache(d, IDS, IDENTITY, resumed, unit_size=2, chunk_size=4, flush_seconds=1000)
+    assert resumed.calls[0][0] == [6, 7]  # unit 3 onwards
+    assert chunk_names(d)[::2] == ["chunk_0000000_0000003.json", "chunk_0000003_0000005.json",
+                                   "chunk_0000005_0000007.json"]
+    # each save restarts the clock: one second per unit, every unit its own chunk
+    last = TickingCompute(clock, failed_rows=[4])
+    cache = build_cache(d, IDS, IDENTITY, last, unit_size=2, chunk_size=100, flush_seconds=0.5)
+    assert last.calls[0][0] == [14, 15] and len(last.calls[0]) == 5
+    ref = tmp_path / "ref"
+    build_cache(ref, IDS, IDENTITY, FakeCompute(failed_rows=[4]), unit_size=2, chunk_size=100)
+    assert files(d) == files(ref)  # the same bytes, whatever the chunks
+    assert cache.failed_ids == {IDS[4]}
+
+
+def test_flush_interval_from_the_environment(tmp_path, monkeypatch):
+    from crossmodal import resumable
+
+    assert resumable.flush_interval() == resumable.FLUSH_SECONDS
+    monkeypatch.setenv(resumable.FLUSH_ENV, "0")
+    assert resumable.flush_interval() == 0.0 and resumable.flush_interval(7) == 7.0
+    d = tmp_path / "every_unit"
+    with pytest.raises(RuntimeError):  # no fake clock: a zero interval saves every unit
+        build_cache(d, IDS, IDENTITY, FakeCompute(fail_after=3), unit_size=4, chunk_size=1000)
+    assert len(chunk_names(d)) == 6
+    monkeypatch.setenv(resumable.FLUSH_ENV, "soon")
+    with pytest.raises(ValueError, match=resumable.FLUSH_ENV):
+        resumable.flush_interval()
+
+
+def test_chunk_size_is_no_part_of_the_plan_but_unit_size_is(tmp_path):
     d = tmp_path / "cache"
     with pytest.raises(RuntimeError):
-        build_cache(d, IDS, IDENTITY, FakeCompute(fail_after=2), chunk_size=5)
-    assert (d / PARTIAL_DIR / "chunk_00001.npy").is_file()
+        build_cache(d, IDS, IDENTITY, FakeCompute(fail_after=2), unit_size=5, chunk_size=5)
+    assert (d / PARTIAL_DIR / "chunk_0000001_0000002.npy").is_file()
     compute = FakeCompute()
-    build_cache(d, IDS, IDENTITY, compute, chunk_size=4)  # other chunking: start over
+    build_cache(d, IDS, IDENTITY, compute, unit_size=5, chunk_size=15)  # other chunks only: resumed
+    assert compute.rows_computed == list(range(10, len(IDS)))
+    ref = tmp_path / "ref"
+    build_cache(ref, IDS, IDENTITY, FakeCompute(), unit_size=5, chunk_size=5)
+    assert files(d) == files(ref)
+
+    d2 = tmp_path / "cache2"
+    with pytest.raises(RuntimeError):
+        build_cache(d2, IDS, IDENTITY, FakeCompute(fail_after=2), unit_size=5, chunk_size=5)
+    compute = FakeCompute()
+    build_cache(d2, IDS, IDENTITY, compute, unit_size=4, chunk_size=4)  # other units: start over
     assert len(compute.calls) == 1 and sorted(compute.rows_computed) == list(range(len(IDS)))
     assert [len(c) for c in compute.calls[0]] == [4] * 5 + [3]
-    ref = tmp_path / "ref"
-    build_cache(ref, IDS, IDENTITY, FakeCompute(), chunk_size=4)
-    assert files(d) == files(ref)
+    ref = tmp_path / "ref4"
+    build_cache(ref, IDS, IDENTITY, FakeCompute(), unit_size=4, chunk_size=4)
+    assert files(d2) == files(ref)
 
 
 def test_changed_order_or_force_discards_partial_build(tmp_path):
     d = tmp_path / "cache"
     with pytest.raises(RuntimeError):
-        build_cache(d, IDS, IDENTITY, FakeCompute(fail_after=1), chunk_size=5)
+        build_cache(d, IDS, IDENTITY, FakeCompute(fail_after=1), unit_size=5, chunk_size=5)
     compute = FakeCompute()
     order = np.arange(len(IDS))[::-1]
-    build_cache(d, IDS, IDENTITY, compute, chunk_size=5, order=order)
+    build_cache(d, IDS, IDENTITY, compute, unit_size=5, chunk_size=5, order=order)
     assert compute.rows_computed == order.tolist()
 
     d2 = tmp_path / "cache2"
     with pytest.raises(RuntimeError):
-        build_cache(d2, IDS, IDENTITY, FakeCompute(fail_after=1), chunk_size=5)
+        build_cache(d2, IDS, IDENTITY, FakeCompute(fail_after=1), unit_size=5, chunk_size=5)
     compute = FakeCompute()
-    build_cache(d2, IDS, IDENTITY, compute, chunk_size=5, force=True)
+    build_cache(d2, IDS, IDENTITY, compute, unit_size=5, chunk_size=5, force=True)
     assert compute.rows_computed == list(range(len(IDS)))
 
 
 def test_order_permutation_stores_rows_in_ids_order(tmp_path):
     order = np.random.default_rng(0).permutation(len(IDS))
     compute = FakeCompute()
-    cache = build_cache(tmp_path / "perm", IDS, IDENTITY, compute, chunk_size=6, order=order)
+    cache = build_cache(tmp_path / "perm", IDS, IDENTITY, compute, unit_size=6, chunk_size=6, order=order)
     assert compute.rows_computed == order.tolist()  # computed in the given order
     assert [len(c) for c in compute.calls[0]] == [6, 6, 6, 5]
     np.testing.assert_array_equal(cache.features, row_features(range(len(IDS))).astype(np.float16))
     assert cache.ids == IDS
-    plain = build_cache(tmp_path / "plain", IDS, IDENTITY, FakeCompute(), chunk_size=6)
+    plain = build_cache(tmp_path / "plain", IDS, IDENTITY, FakeCompute(), unit_size=6, chunk_size=6)
     assert (tmp_path / "perm" / FEATURES_FILE).read_bytes() == (tmp_path / "plain" / FEATURES_FILE).read_bytes()
     assert plain.ids == cache.ids
 
 
 def test_order_must_be_a_permutation(tmp_path):
     with pytest.raises(ValueError, match="permutation"):
-        build_cache(tmp_path / "c", IDS, IDENTITY, FakeCompute(), chunk_size=5, order=np.zeros(len(IDS), int))
+        build_cache(tmp_path / "c", IDS, IDENTITY, FakeCompute(), unit_size=5, chunk_size=5,
+                    order=np.zeros(len(IDS), int))
 
 
 def test_wrong_chunk_shape_is_an_error(tmp_path):
@@ -240,13 +319,13 @@ def test_wrong_chunk_shape_is_an_error(tmp_path):
             yield np.zeros((len(rows), DIM + 1), np.float32), []
 
     with pytest.raises(RuntimeError, match="shape"):
-        build_cache(tmp_path / "c", IDS, IDENTITY, bad, chunk_size=5)
+        build_cache(tmp_path / "c", IDS, IDENTITY, bad, unit_size=5, chunk_size=5)
     assert not (tmp_path / "c" / MANIFEST_FILE).exists()
 
 
 def test_features_file_mmap_float16(tmp_path):
     d = tmp_path / "cache"
-    cache = build_cache(d, IDS, IDENTITY, FakeCompute(), chunk_size=5)
+    cache = build_cache(d, IDS, IDENTITY, FakeCompute(), unit_size=5, chunk_size=5)
     assert isinstance(cache.features, np.memmap)
     arr = np.load(d / FEATURES_FILE, mmap_mode="r")
     assert isinstance(arr, np.memmap)
@@ -258,7 +337,7 @@ def test_features_file_mmap_float16(tmp_path):
 
 def test_failures_recorded_in_manifest(tmp_path):
     failed = [20, 3, 11]
-    cache = build_cache(tmp_path / "c", IDS, IDENTITY, FakeCompute(failed_rows=failed), chunk_size=5)
+    cache = build_cache(tmp_path / "c", IDS, IDENTITY, FakeCompute(failed_rows=failed), unit_size=5, chunk_size=5)
     manifest = json.loads((tmp_path / "c" / MANIFEST_FILE).read_text())
     assert manifest["failures"] == [{"id": IDS[r], "reason": f"broken {r}"} for r in sorted(failed)]
     assert cache.failed_ids == {IDS[r] for r in failed}

@@ -417,6 +417,11 @@ def test_write_rejects_a_tab_in_a_phrase(tmp_path):
     "a.jpg\ta.jpg\tdog",  # no caption number
     "a.jpg\ta.jpg#0\t ",  # empty phrase
     "a.jpg\ta.jpg#1\tdog",  # (image, phrase) repeated from line 2
+    "../x.jpg\t../x.jpg#0\tdog",  # an image outside the images folder
+    "b.jpg \tb.jpg #0\tdog",  # a trailing space in the image name
+    "b.jpg\tb.jpg#0\tdog\tcat",  # a fourth column
+    "b.jpg\tb.jpg#0\tdo\x00g",  # a NUL
+    "\ufeffb.jpg\t\ufeffb.jpg#0\tdog",  # a byte-order mark mid-file
 ])
 def test_malformed_line_names_file_and_line(tmp_path, bad):
     path = tmp_path / "kw.txt"

@@ -25,9 +25,9 @@ from helpers import save_random_resnet18, save_tiny_bert
 from PIL import Image
 from test_retrieval import EMBED, WORDS, photo, save_checkpoint
 
-from crossmodal import photos
+from crossmodal import images, photos
 from crossmodal.backbones import create_image_backbone, create_text_backbone
-from crossmodal.photos import images, indexer, serving, store
+from crossmodal.photos import indexer, serving, store
 from crossmodal.photos.store import PhotoStore
 from crossmodal.retrieval import RetrieverError
 
@@ -89,7 +89,7 @@ def records(index: Path) -> list[tuple]:
 def reference_vector(models, path: Path) -> np.ndarray:
     """The backbone vector of one photo computed here: open, turn upright, transform, forward."""
     bb = models["backbone"]
-    with images.open_photo(path) as im:
+    with images.open_image(path, images.INDEX_MAX_PIXELS) as im:
         x = bb.pil_transform()(images.upright_rgb(im, bb.image_size))
     with torch.inference_mode():
         return bb.model(x[None]).float().numpy()[0]
@@ -328,7 +328,7 @@ def test_formats_orientation_and_problem_files(models, tmp_path, monkeypatch, ca
 
     problems = {Path(r.path).name: (r.status, r.reason) for r in report.problems}
     assert set(problems) == {"bomb.png", "broken.jpg", "gone.jpg"}
-    assert problems["bomb.png"][0] == "refused" and "110 megapixels" in problems["bomb.png"][1]
+    assert problems["bomb.png"][0] == "refused" and "(110 megapixels)" in problems["bomb.png"][1]
     assert problems["broken.jpg"][0] == "undecodable"
     assert problems["gone.jpg"] == ("unreadable", f"dangling symbolic link to {tmp_path / 'deleted.jpg'}")
     with PhotoStore(index) as s:
@@ -350,7 +350,8 @@ def test_formats_orientation_and_problem_files(models, tmp_path, monkeypatch, ca
     assert index_folder.main(argv) == 0
     out = capsys.readouterr().out
     assert "embedded 0 new/changed, removed 0, kept 7" in out and "3 file(s) cannot be searched" in out
-    assert f"{folder / 'bomb.png'}: refused: 11000 x 10000 pixels" in out and "dangling symbolic link" in out
+    assert f"{folder / 'bomb.png'}: refused: the photo is 11,000 x 10,000 pixels" in out
+    assert "dangling symbolic link" in out
 
 
 def test_exif_date_and_camera_else_mtime(models, tmp_path):
@@ -589,11 +590,43 @@ def test_user_data_folder_follows_xdg(monkeypatch, tmp_path):
 
 def test_image_checks_read_only_the_header(tmp_path):
     header_only_png(tmp_path / "big.png", 2000, 1000)  # its pixel data would not even decode
-    with images.open_photo(tmp_path / "big.png") as im:
+    with images.open_image(tmp_path / "big.png", images.INDEX_MAX_PIXELS) as im:
         assert im.size == (2000, 1000)
-    with pytest.raises(images.PhotoRefused, match=r"2000 x 1000 pixels \(2 megapixels\) is more than the 1 megapixel"):
-        images.open_photo(tmp_path / "big.png", max_pixels=1_000_000)
+    with pytest.raises(images.ImageTooLarge, match=r"2,000 x 1,000 pixels \(2.0 megapixels\); photos up to 1.0 mega"):
+        images.open_image(tmp_path / "big.png", max_pixels=1_000_000)
     assert images.camera_name(b"NIKON CORPORATION\x00", "NIKON D750 ") == "NIKON CORPORATION NIKON D750"
     assert images.camera_name("Canon", "Canon EOS 5D") == "Canon EOS 5D" and images.camera_name(None, " ") is None
     assert images.exif_date("2020:02:29 23:59:59\x00") == "2020-02-29T23:59:59"
     assert images.exif_date("    :  :     :  :  ") is None
+
+
+def test_photo_hits_carry_confidences_and_the_allow_list_follows_the_index(models, tmp_path):
+    from crossmodal.serving import PhotoFiles
+
+    folder, index = tmp_path / "p", tmp_path / "index"
+    folder.mkdir()
+    rng = np.random.default_rng(12)
+    for i in range(2):
+        photo(rng).save(folder / f"{i}.png")
+    (folder / "beside.png").write_bytes(b"\x89PNG\r\n\x1a\n not indexed: undecodable")
+    run(models, index, folder)
+    state = dict(models["state"])
+    curve = {"method": "platt", "slope": 9.0, "intercept": 1.0}
+    state["calibration"] = {"sentence": curve, "short": curve, "top_k": 10}
+    search = photos.PhotoSearch(index, models["checkpoint"], models["model"], state, roots=[folder], device="cpu",
+                                text_weights=models["bert"], image_weights=models["resnet"])
+    hits = search.search_text("a dog runs on the grass", k=5)
+    assert len(hits) == 2
+    for h in hits:
+        assert h.confidence == pytest.approx(1 / (1 + np.exp(-(9.0 * h.score + 1.0))), abs=1e-4)
+
+    served = PhotoFiles.of(search)
+    assert "0.png" in served and "2.png" not in served and "beside.png" not in served and len(served) == 2
+    photo(rng).save(folder / "2.png")
+    assert "2.png" not in served  # on disk, not indexed yet
+    run(models, index, folder)
+    assert "2.png" in served and len(served) == 3 and served.file_of("2.png")[0] == folder / "2.png"
+    assert served.file_of("beside.png") is None and served.file_of("../p/0.png") is None
+    (folder / "0.png").unlink()
+    run(models, index, folder)
+    assert "0.png" not in served and len(served) == 2

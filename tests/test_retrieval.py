@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import save_random_resnet18, save_tiny_bert
+from helpers import save_checkpoint, save_random_resnet18, save_tiny_bert, write_blank_png
 from PIL import Image
 
 from crossmodal import photos, retrieval
@@ -45,21 +45,6 @@ def jpeg(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=92)
     return buf.getvalue()
-
-
-def save_checkpoint(path: Path, seed: int, image_backbone, text_backbone, image_weights=None) -> None:
-    torch.manual_seed(seed)
-    model = RetrievalModel(image_dim=image_backbone.dim, text_dim=text_backbone.dim, embed_dim=EMBED, hidden_dim=32)
-    state = {
-        "model_config": model.config_dict(), "model": model.state_dict(),
-        "backbones": {
-            "image": {"backbone": image_backbone.name, "weights": image_weights or image_backbone.weights,
-                      "dim": image_backbone.dim, "preprocess": image_backbone.preprocess},
-            "text": {"backbone": text_backbone.name, "weights": text_backbone.weights, "dim": text_backbone.dim,
-                     "preprocess": text_backbone.preprocess},
-        },
-    }
-    torch.save(state, path)
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +145,18 @@ def test_image_search_finds_the_photo_itself(world, retriever):
         assert hits[0].name == name
         assert hits[0].score > 0.99
         assert hits[1].score < hits[0].score
+        # a file is decoded within the pixel budget (crossmodal.images), to the same result
+        from_file = retriever.search_image(world["images"] / name, k=3)
+        assert [(h.name, round(h.score, 4)) for h in from_file] == [(h.name, round(h.score, 4)) for h in hits]
+
+
+def test_image_search_refuses_a_file_over_the_pixel_budget(world, retriever, tmp_path):
+    big = write_blank_png(tmp_path / "big.png", 10_000, 10_000)
+    with pytest.raises(ValueError, match="10,000 x 10,000 pixels"):
+        retriever.search_image(big, k=3)
+    (tmp_path / "page.png").write_bytes(b"<html></html>")
+    with pytest.raises(ValueError, match="not a readable image"):
+        retriever.search_image(tmp_path / "page.png", k=3)
 
 
 def test_unreadable_rows_are_never_returned(retriever):
@@ -177,10 +174,24 @@ def test_query_validation(retriever):
         retriever.search_text("dog " * 501)  # 2,004 characters
     long_ok = ("a dog runs on the grass " * 80)[:2000]
     assert len(retriever.search_text(long_ok, k=2)) == 2  # truncated by the tokenizer, not refused
-    with pytest.raises(ValueError, match="k must be"):
-        retriever.search_text("a dog", k=0)
+    for bad_k, why in [(0, "at least 1"), (-3, "at least 1"), (2.5, "whole number"), ("3", "whole number"),
+                       (True, "whole number"), (None, "whole number")]:
+        with pytest.raises(ValueError, match=f"k must be .*{why}|k must be a {why}"):
+            retriever.search_text("a dog", k=bad_k)
+    assert len(retriever.search_text("a dog", k=3.0)) == 3
     with pytest.raises(ValueError, match="no image"):
         retriever.search_image(None)
+
+
+def test_check_k_names_the_value_and_the_range():
+    assert retrieval.check_k(7, most=50) == 7 and retrieval.check_k(50.0, most=50) == 50
+    assert retrieval.check_k(np.int64(4)) == 4
+    for bad, message in [(51, "k must be from 1 to 50, got 51"), (0, "k must be from 1 to 50, got 0"),
+                         (2.5, "k must be a whole number of results, got 2.5"),
+                         ("5", "k must be a whole number of results, got '5'")]:
+        with pytest.raises(ValueError) as err:
+            retrieval.check_k(bad, most=50)
+        assert str(err.value) == message
 
 
 def test_index_kind_and_description(retriever):
@@ -343,6 +354,42 @@ def test_search_cli(world, retriever, capsys):
     assert "python run_train.py" in capsys.readouterr().err
 
 
+def test_search_never_returns_a_path_outside_the_photos_folder(world, tmp_path, capsys):
+    """A caption file naming '../secret/private.jpg' is refused naming its line, and so is an image
+    cache holding such a name (written by an older version): no hit ever points there."""
+    import search
+    from crossmodal.features.cache import load_cache, write_cache
+
+    secret = world["images"].parent / "secret"
+    secret.mkdir(exist_ok=True)
+    (secret / "private.jpg").write_bytes((world["images"] / "img_00.jpg").read_bytes())
+    args = ["a dog", "--json", "--checkpoint", str(world["checkpoint"]), "--images", str(world["images"]),
+            "--text-weights", str(world["bert_dir"])]
+    captions = tmp_path / "captions.token"
+    captions.write_text("img_00.jpg#0\ta dog\n../secret/private.jpg#0\ta dog\n", encoding="utf-8")
+    assert search.main(args + ["--image-features", str(world["cache"]), "--captions", str(captions)]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and f"{captions}:2: " in out.err and "outside the images folder" in out.err
+
+    cache = load_cache(world["cache"])
+    ids = ["../secret/private.jpg" if n == "img_00.jpg" else n for n in cache.ids]
+    old_cache = tmp_path / "old_cache"
+    identity = {k: cache.manifest[k] for k in ("backbone", "weights", "preprocess", "dim")}
+    write_cache(old_cache, ids, np.asarray(cache.features), identity, cache.manifest["failures"])
+    assert search.main(args + ["--image-features", str(old_cache)]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and "'../secret/private.jpg', a path outside the photos folder" in out.err
+
+
+def test_retriever_refuses_names_outside_its_folder(tmp_path):
+    model = RetrievalModel(image_dim=8, text_dim=8, embed_dim=EMBED, hidden_dim=16)
+    emb = np.eye(3, EMBED, dtype=np.float16)
+    assert len(Retriever(model, {}, ["a.jpg", "sub/b.jpg", "..c.jpg"], emb, tmp_path)) == 3
+    for bad in ("../private.jpg", "/etc/private.jpg", "sub/../../private.jpg", "C:\\private.jpg"):
+        with pytest.raises(RetrieverError, match="outside the photos folder"):
+            Retriever(model, {}, ["a.jpg", bad, "c.jpg"], emb, tmp_path)
+
+
 def test_concurrent_queries_match_sequential(retriever):
     """The app answers requests from several threads at once; results must not change."""
     from concurrent.futures import ThreadPoolExecutor
@@ -353,25 +400,6 @@ def test_concurrent_queries_match_sequential(retriever):
         parallel = list(pool.map(lambda q: [(h.name, round(h.score, 5)) for h in retriever.search_text(q, k=4)],
                                  queries * 3))
     assert parallel == sequential * 3
-
-
-def test_gallery_sends_pixels_for_photos_symlinked_from_outside(tmp_path):
-    """Gradio refuses to serve a symlink's target outside the folder: such hits go as pixels."""
-    from app import gallery_image
-
-    outside, root = tmp_path / "elsewhere", tmp_path / "photos"
-    outside.mkdir()
-    root.mkdir()
-    Image.new("RGB", (1600, 900), (200, 30, 30)).save(outside / "big.jpg")
-    Image.new("RGB", (64, 48), (30, 200, 30)).save(root / "own.jpg")
-    (root / "link.jpg").symlink_to(outside / "big.jpg")
-    (root / "sub").mkdir()
-    (root / "sub" / "inner.jpg").symlink_to(root / "own.jpg")  # a link inside the folder stays a path
-
-    assert gallery_image(str(root / "own.jpg"), root.resolve()) == str(root / "own.jpg")
-    assert gallery_image(str(root / "sub" / "inner.jpg"), root.resolve()) == str(root / "sub" / "inner.jpg")
-    img = gallery_image(str(root / "link.jpg"), root.resolve())
-    assert isinstance(img, Image.Image) and max(img.size) <= 640 and img.getpixel((10, 10))[0] > 150
 
 
 def test_views_checkpoint_searches_the_mean_of_views_everywhere(world, tmp_path, monkeypatch):
@@ -466,3 +494,40 @@ def test_querybank_checkpoint_ranks_by_normalised_score_and_reports_cosines(worl
     assert set(again) == {"text", "keywords"}
     for b in again:
         np.testing.assert_array_equal(again[b], r.biases[b])
+
+
+def test_hits_carry_the_calibrated_confidence_of_their_ranking_score(world, tmp_path):
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(world["cache"], cache, ignore=shutil.ignore_patterns("projected_*", "querybias_*"))
+    ckpt = tmp_path / "calibrated.pt"
+    save_checkpoint(ckpt, 1, world["image_bb"], world["text_bb"])
+    state = torch.load(ckpt, weights_only=True)
+    bank = torch.nn.functional.normalize(torch.randn(40, EMBED, generator=torch.Generator().manual_seed(5)), dim=1)
+    state["querybank"] = {"text": bank.half(), "image": bank.half(), "beta": 8.0}
+    sentence, short = {"method": "platt", "slope": 9.0, "intercept": 1.0}, {"method": "platt", "slope": 4.0,
+                                                                              "intercept": -0.5}
+    state["calibration"] = {"sentence": sentence, "short": short, "top_k": 10, "threshold": 0.5}
+    torch.save(state, ckpt)
+    r = serve(ckpt, cache, world["images"], world["captions"], device="cpu", text_weights=world["bert_dir"],
+              image_weights=world["resnet_file"])
+    emb = np.asarray(r.embeddings, dtype=np.float32)
+    bias = np.log(np.exp(8.0 * emb @ bank.float().numpy().T).sum(1)) / 8.0
+    row_of = {n: i for i, n in enumerate(r.names)}
+
+    def expected(curve, z):
+        return 1 / (1 + np.exp(-(curve["slope"] * z + curve["intercept"])))
+
+    query = "a dog runs on the grass"
+    cosine = brute_force(world, query, checkpoint=ckpt)
+    hits = r.search_text(query, k=10)
+    for h in hits:  # a sentence: its curve, over the querybank-normalised score
+        assert h.confidence == pytest.approx(expected(sentence, cosine[h.name] - bias[row_of[h.name]]), abs=2e-2)
+        assert h.confident == (h.confidence >= 0.5)
+    assert [h.confidence for h in hits] == sorted((h.confidence for h in hits), reverse=True)
+    short_cos = brute_force(world, "red ball", checkpoint=ckpt)
+    for h in r.search_text("red ball", k=5):  # a short query: no keyword bank here, so the plain cosine
+        assert h.confidence == pytest.approx(expected(short, short_cos[h.name]), abs=2e-2)
+    assert all(h.confidence is None for h in r.search_image(Image.open(world["images"] / "img_03.jpg"), k=3))
+    assert all(h.confidence is None and not h.confident for h in open_retriever(world).search_text(query, k=3))

@@ -10,7 +10,7 @@ import torch
 
 from data_loader import SplitData
 from model import load_checkpoint
-from train import BEST, LAST, TrainConfig, lr_lambda, train
+from train import BEST, LAST, ResumeError, TrainConfig, lr_lambda, train
 
 BACKBONES = {"image": {"backbone": "fake-img", "weights": "w1", "dim": 24, "preprocess": {}},
              "text": {"backbone": "fake-txt", "weights": "w2", "dim": 16, "preprocess": {}}}
@@ -94,8 +94,110 @@ def test_resume_continues_exactly(tmp_path):
 def test_resume_refuses_another_config(tmp_path):
     train_data, val_data = make_split(40, 0), make_split(20, 1)
     train(small_cfg(epochs=1), train_data, val_data, tmp_path, BACKBONES)
-    with pytest.raises(ValueError, match="another config"):
+    with pytest.raises(ResumeError, match=r"another config \(--lr 0\.003 there, 0\.01 here\)"):
         train(small_cfg(epochs=1, lr=1e-2), train_data, val_data, tmp_path, BACKBONES, resume=True)
+
+
+def test_resume_refuses_other_features_or_data(tmp_path):
+    """A run on efficientnet_lite0 features is not continued on lite1 features of the same width,
+    nor on other splits or other caches."""
+    lite0 = {"image": {"backbone": "efficientnet_lite0", "weights": "lite0:aaaa", "dim": 24, "preprocess": {}},
+             "text": BACKBONES["text"]}
+    lite1 = {**lite0, "image": {**lite0["image"], "backbone": "efficientnet_lite1", "weights": "lite1:bbbb"}}
+    train_data, val_data = make_split(40, 0), make_split(20, 1)
+    ids = {"image_ids_sha256": "1111", "caption_ids_sha256": "2222"}
+    train(small_cfg(epochs=1), train_data, val_data, tmp_path, lite0, data_identity=ids)
+    before = (tmp_path / LAST).read_bytes()
+    with pytest.raises(ResumeError) as info:
+        train(small_cfg(epochs=2), train_data, val_data, tmp_path, lite1, resume=True, data_identity=ids)
+    msg = str(info.value)
+    assert "efficientnet_lite0 (lite0:aaaa)" in msg and "efficientnet_lite1 (lite1:bbbb)" in msg and "\n" not in msg
+    with pytest.raises(ResumeError, match=r"other data \(caption_ids_sha256 2222 there, 3333 here\)"):
+        train(small_cfg(epochs=2), train_data, val_data, tmp_path, lite0, resume=True,
+              data_identity={**ids, "caption_ids_sha256": "3333"})
+    with pytest.raises(ResumeError, match=r"other data \(val_images_sha256 "):
+        train(small_cfg(epochs=2), train_data, make_split(21, 1), tmp_path, lite0, resume=True, data_identity=ids)
+    assert (tmp_path / LAST).read_bytes() == before  # nothing trained, nothing written
+    train(small_cfg(epochs=2), train_data, val_data, tmp_path, lite0, resume=True, data_identity=ids)
+    assert torch.load(tmp_path / LAST, weights_only=True)["epoch"] == 2
+
+
+def test_resume_with_more_epochs_rebuilds_the_schedule(tmp_path, monkeypatch, caplog):
+    import train as train_module
+
+    train_data, val_data = make_split(80, 0), make_split(30, 1)
+    train(small_cfg(epochs=2), train_data, val_data, tmp_path, BACKBONES)
+    steps_done = torch.load(tmp_path / LAST, weights_only=True)["scheduler"]["last_epoch"]
+    rates = []
+    real_step = train_module.training_step
+
+    def recording_step(model, loss_fn, optim, *args):
+        rates.append(optim.param_groups[0]["lr"])
+        return real_step(model, loss_fn, optim, *args)
+
+    monkeypatch.setattr(train_module, "training_step", recording_step)
+    with caplog.at_level("INFO", logger="train"):
+        train(small_cfg(epochs=3), train_data, val_data, tmp_path, BACKBONES, resume=True)
+    assert "the learning-rate schedule is rebuilt for 3 epochs" in caplog.text
+    state = torch.load(tmp_path / LAST, weights_only=True)
+    assert state["epoch"] == 3 and state["train_config"]["epochs"] == 3 and len(state["history"]) == 3
+    # every step of epoch 3 at the rate of a 3-epoch schedule (the 2-epoch one had decayed to 0)
+    from smart_sampler import UniqueImageBatchSampler
+
+    cfg = small_cfg(epochs=3)
+    per_epoch = len(UniqueImageBatchSampler(train_data.caption_image, None, cfg.batch_size, 0, cfg.seed))
+    warmup = max(1, int(cfg.warmup_epochs * per_epoch))
+    expected = [cfg.lr * lr_lambda(s, warmup, 3 * per_epoch) for s in range(steps_done, steps_done + len(rates))]
+    assert rates == pytest.approx(expected) and rates[0] > 0
+
+
+def make_views_split(n_images: int, seed: int) -> SplitData:
+    """A split with 3 cached views per image (training draws one per sample: more random numbers)."""
+    data = make_split(n_images, seed, with_keywords=True)
+    offsets = np.random.default_rng(seed + 50).normal(size=(n_images, 3, 24)).astype(np.float32)
+    data.image_views = torch.tensor(data.image_features.float().numpy()[:, None] + 0.3 * offsets,
+                                    dtype=torch.float16)
+    return data
+
+
+def test_resume_within_an_epoch_continues_exactly(tmp_path, monkeypatch):
+    """A run stopped mid-epoch (last.pt saved every step here) resumes at the next step: the same
+    weights, history and best checkpoint as a run never stopped, with keywords, views and dropout."""
+    import train as train_module
+
+    train_data, val_data = make_views_split(80, 0), make_split(30, 1)
+    cfg = small_cfg(epochs=3, caption_ratio=4, input_dropout=0.2, batch_size=16)
+    train(cfg, train_data, val_data, tmp_path / "straight", BACKBONES, checkpoint_seconds=0)
+    real_step = train_module.training_step
+    calls = {"n": 0}
+
+    def stop_at_step_27(*args):
+        calls["n"] += 1
+        if calls["n"] == 27:  # epoch 1 has 20 steps: the kill arrives in the 7th of epoch 2
+            raise KeyboardInterrupt
+        return real_step(*args)
+
+    monkeypatch.setattr(train_module, "training_step", stop_at_step_27)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, train_data, val_data, tmp_path / "resumed", BACKBONES, checkpoint_seconds=0)
+    monkeypatch.setattr(train_module, "training_step", real_step)
+    saved = torch.load(tmp_path / "resumed" / LAST, weights_only=True)
+    assert saved["epoch"] == 1 and saved["partial"]["epoch"] == 2 and saved["partial"]["step"] == 6
+    train(cfg, train_data, val_data, tmp_path / "resumed", BACKBONES, resume=True, checkpoint_seconds=0)
+    assert_same_run(tmp_path / "straight", tmp_path / "resumed")
+
+
+def assert_same_run(a_dir, b_dir):
+    for name in (LAST, BEST):
+        a = torch.load(a_dir / name, weights_only=True)
+        b = torch.load(b_dir / name, weights_only=True)
+        assert a["epoch"] == b["epoch"] and a["partial"] is b["partial"] is None
+        assert a["model"].keys() == b["model"].keys()
+        for k in a["model"]:
+            assert torch.equal(a["model"][k], b["model"][k]), (name, k)
+        assert torch.equal(a["loss"]["log_temperature"], b["loss"]["log_temperature"])
+        drop_time = [{k: v for k, v in h.items() if k != "epoch_seconds"} for h in a["history"]]
+        assert drop_time == [{k: v for k, v in h.items() if k != "epoch_seconds"} for h in b["history"]]
 
 
 def test_early_stopping(tmp_path):
@@ -205,3 +307,87 @@ def test_ensemble_trains_members_joins_them_and_resumes(tmp_path):
     assert add_querybank(tmp_path / BEST, train_data, val_data, size=0) is None
     with pytest.raises(ValueError, match="at least 1"):
         train_ensemble(cfg, train_data, val_data, tmp_path, BACKBONES, members=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# run_train.py on tiny feature caches: a kill -9 mid-epoch, then --resume
+
+def write_tiny_dataset(root, n_images: int = 48) -> list[str]:
+    """Caption file, split lists and the three feature caches of a tiny dataset under ``root``;
+    returns run_train.py's data flags."""
+    from crossmodal.features.cache import write_cache
+
+    g = np.random.default_rng(0)
+    names = [f"{i:03d}.jpg" for i in range(n_images)]
+    keys = [f"{n}#{k}" for n in names for k in range(3)]
+    (root / "captions.token").write_text("".join(f"{k}\tcaption {k}\n" for k in keys), encoding="utf-8")
+    (root / "splits").mkdir()
+    (root / "splits" / "train.txt").write_text("\n".join(names[:36]) + "\n")
+    (root / "splits" / "dev.txt").write_text("\n".join(names[36:]) + "\n")
+    img = g.normal(size=(n_images, 24)).astype(np.float32)
+    proj = g.normal(size=(24, 16))
+    text = {"backbone": "fake-txt", "weights": "w2", "dim": 16, "preprocess": {}}
+    write_cache(root / "image_embeddings", names, img.astype(np.float16),
+                {"backbone": "fake-img", "weights": "w1", "dim": 24, "preprocess": {}})
+    caps = img[np.repeat(np.arange(n_images), 3)] @ proj + 0.5 * g.normal(size=(len(keys), 16))
+    write_cache(root / "text_embeddings", keys, caps.astype(np.float16), text)
+    write_cache(root / "aug_text_embeddings", [f"{n}#0::word" for n in names], (img @ proj).astype(np.float16), text)
+    return ["--work-dir", str(root), "--captions", str(root / "captions.token"), "--splits", str(root / "splits"),
+            "--epochs", "3", "--batch-size", "4", "--hidden-dim", "32", "--embed-dim", "16", "--lr", "3e-3",
+            "--threads", "1", "--bf16", "off", "--querybank-size", "0", "--caption-ratio", "4"]
+
+
+def test_run_train_killed_mid_epoch_resumes_to_the_same_weights(tmp_path):
+    """kill -9 during an epoch, after last.pt was saved within it (--checkpoint-seconds 0: every
+    step), then --resume: the final checkpoints equal an uninterrupted run's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import run_train
+
+    args = write_tiny_dataset(tmp_path)
+    assert run_train.main(args + ["--out", str(tmp_path / "straight")]) == 0
+    args += ["--checkpoint-seconds", "0"]
+
+    killed = tmp_path / "killed"
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, str(root / "run_train.py"), *args, "--out", str(killed)], cwd=root,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, seen = time.monotonic() + 60, None
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.005)
+            try:
+                stamp = (killed / LAST).stat().st_mtime_ns
+                if stamp == seen:
+                    continue
+                seen, partial = stamp, torch.load(killed / LAST, weights_only=True)["partial"]
+            except (FileNotFoundError, RuntimeError, EOFError):
+                continue
+            if partial and partial["epoch"] == 2:
+                os.kill(proc.pid, signal.SIGSTOP)  # frozen, so what it saved is what the kill leaves
+                break
+    finally:
+        proc.kill()
+    assert proc.wait() == -signal.SIGKILL
+    saved = torch.load(killed / LAST, weights_only=True)
+    assert saved["partial"] and saved["partial"]["epoch"] == 2 and saved["partial"]["step"] > 0
+    assert run_train.main(args + ["--out", str(killed), "--resume"]) == 0
+    assert_same_run(tmp_path / "straight", killed)
+
+
+def test_run_train_resume_refusals_are_one_line(tmp_path, caplog):
+    import run_train
+
+    args = write_tiny_dataset(tmp_path) + ["--epochs", "1", "--out", str(tmp_path / "out")]
+    assert run_train.main(args) == 0
+    caplog.clear()
+    assert run_train.main(args + ["--resume", "--lr", "1e-3"]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "--lr 0.003 there, 0.001 here" in errors[0] and "\n" not in errors[0]
+    assert run_train.main(args + ["--resume", "--epochs", "2"]) == 0  # another --epochs continues the run
+    assert torch.load(tmp_path / "out" / LAST, weights_only=True)["epoch"] == 2

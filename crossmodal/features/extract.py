@@ -33,7 +33,9 @@ IMAGE_BATCH_SIZE_CPU = 8  # small batches stay in cache: faster on a 2-core CPU 
 IMAGE_BATCH_SIZE_GPU = 256
 NUM_WORKERS = 2  # JPEG-decoding worker processes (decode="cpu")
 GPU_READ_WORKERS = 8  # decode="gpu": file-reading processes, at most one per core (16 starved nvJPEG's threads)
-CHUNK_SIZE = 2048  # image rows written (atomically) per resumable chunk; text chunks are 4x larger
+# At most this many image rows per resumable chunk (text: 4x); a chunk is also saved every
+# resumable.FLUSH_SECONDS, whichever comes first.
+CHUNK_SIZE = 2048
 
 
 class ImageFileDataset(Dataset):
@@ -104,17 +106,16 @@ def extract_image_features(
         batch_size = IMAGE_BATCH_SIZE_GPU if device.type == "cuda" else IMAGE_BATCH_SIZE_CPU
     images_dir = Path(images_dir)
     paths = [images_dir / n for n in names]
-    # Batches never straddle chunks, so a resumed run computes exactly the batches of an
-    # uninterrupted one and the features are byte-identical.
-    chunk_size = max(batch_size, chunk_size // batch_size * batch_size)
     stack_views = stack_views and views != ONE_VIEW
     backbone.set_views(views, stack=stack_views)
     model = backbone.model.to(device).eval().to(memory_format=torch.channels_last)
     use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     cpu_transform = backbone.pil_transform()
 
-    def compute(chunks: list[np.ndarray], progress: Callable[[int], object]) -> Iterator:
-        batches = [c[i : i + batch_size].tolist() for c in chunks for i in range(0, len(c), batch_size)]
+    # One unit of the resumable build is one batch: a resumed run computes exactly the batches of
+    # an uninterrupted one, so the features are byte-identical.
+    def compute(units: list[np.ndarray], progress: Callable[[int], object]) -> Iterator:
+        batches = [u.tolist() for u in units]
         if not batches:
             return
         if decode == "gpu":
@@ -127,23 +128,18 @@ def extract_image_features(
                 prefetch_factor=4 if num_workers else None, persistent_workers=False,
             )
             batch_iter = iter(loader)
-        for rows in chunks:
-            feats, failures = [], []
-            for start in range(0, len(rows), batch_size):
-                data, errors = next(batch_iter)
-                x = data.to(device, non_blocking=True)  # GPU-decoded batches are on the device already
-                x = x.contiguous(memory_format=torch.channels_last)
-                batch_rows = rows[start : start + batch_size]
-                bad = [j for j, e in enumerate(errors) if e]
-                with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    f = model(x).float()
-                    if bad:  # inside inference_mode: an inference tensor cannot be changed outside it
-                        f[bad] = 0.0  # failed rows hold zeros and are listed in the manifest
-                if bad:
-                    failures += [(names[batch_rows[j]], errors[j]) for j in bad]
-                feats.append(f)  # on a GPU: copied back once per chunk, not synchronised every batch
-                progress(len(batch_rows))
-            yield torch.cat(feats).cpu().numpy(), failures
+        for rows in batches:
+            data, errors = next(batch_iter)
+            x = data.to(device, non_blocking=True)  # GPU-decoded batches are on the device already
+            x = x.contiguous(memory_format=torch.channels_last)
+            bad = [j for j, e in enumerate(errors) if e]
+            with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                f = model(x).float()
+                if bad:  # inside inference_mode: an inference tensor cannot be changed outside it
+                    f[bad] = 0.0  # failed rows hold zeros and are listed in the manifest
+            progress(len(rows))
+            # on a GPU the tensor stays there until its chunk is saved: no synchronisation every batch
+            yield f, [(names[rows[j]], errors[j]) for j in bad]
 
     preprocess = {**backbone.preprocess, "jpeg_draft": decode == "cpu", "decode": decode}
     if use_bf16 and device.type == "cpu":  # absent otherwise: earlier caches keep their identity
@@ -153,8 +149,8 @@ def extract_image_features(
                 "dim": backbone.dim * (len(views) if stack_views else 1)}
     if stack_views:  # rows hold the views stacked (preprocess["views"] says which)
         identity["views"] = list(views)
-    cache = build_cache(out_dir, names, identity, compute, chunk_size=chunk_size, force=force,
-                        desc=f"images ({backbone.name})", unit="img", extra=extra)
+    cache = build_cache(out_dir, names, identity, compute, unit_size=batch_size, chunk_size=chunk_size,
+                        force=force, desc=f"images ({backbone.name})", unit="img", extra=extra)
     return cache
 
 
@@ -198,13 +194,15 @@ def extract_text_features(
     device = resolve_device(device)
     lengths = [len(t) for t in backbone.tokenizer(list(texts), truncation=True,
                                                     max_length=backbone.max_length)["input_ids"]]
-    # Computed in global length order: each chunk holds similar lengths, so padding stays small.
-    order = np.argsort(lengths, kind="stable")
+    # Computed in order of length, then text: a unit holds similar lengths, so padding stays
+    # small, and equal texts are neighbours.
+    order = np.array(sorted(range(len(texts)), key=lambda i: (lengths[i], texts[i])), dtype=np.int64)
 
-    def compute(chunks: list[np.ndarray], progress: Callable[[int], object]) -> Iterator:
-        for rows in chunks:
-            # Keyword phrases repeat a lot ("dog" for hundreds of images) and sort next to each
-            # other by length: encode each distinct text of a chunk once.
+    # One unit of the resumable build is ``batch_size`` rows of that order, encoded as one batch
+    # (the same in every run, so a resumed build is byte-identical). Keyword phrases repeat a lot
+    # ("dog" for hundreds of images): each distinct text of a unit is encoded once.
+    def compute(units: list[np.ndarray], progress: Callable[[int], object]) -> Iterator:
+        for rows in units:
             unique, inverse = np.unique(np.asarray([texts[i] for i in rows], dtype=object), return_inverse=True)
             encoded = backbone.encode(unique.tolist(), batch_size, device)
             progress(len(rows))
@@ -212,5 +210,5 @@ def extract_text_features(
 
     identity = {"kind": kind, "backbone": backbone.name, "weights": backbone.weights,
                 "preprocess": backbone.preprocess, "dim": backbone.dim}
-    return build_cache(out_dir, ids, identity, compute, chunk_size=chunk_size, order=order, force=force,
-                       desc=f"{kind} ({backbone.name})", unit="text", extra=extra)
+    return build_cache(out_dir, ids, identity, compute, unit_size=batch_size, chunk_size=chunk_size, order=order,
+                       force=force, desc=f"{kind} ({backbone.name})", unit="text", extra=extra)

@@ -23,6 +23,8 @@ from crossmodal.keywords.phrases import (
     augment_captions,
     caption_key,
     extract_phrases,
+    keyword_work_dir,
+    make_keyword_file,
     nouns_of,
     phrase_counts,
 )
@@ -50,6 +52,7 @@ from crossmodal.keywords.samples import KEYWORDS_HEADER, KeywordSample, read_key
 __all__ = [
     # phrases
     "extract_phrases", "nouns_of", "augment_captions", "phrase_counts", "caption_key", "RELATIONAL_OF_NOUNS",
+    "make_keyword_file", "keyword_work_dir",
     # nltk_data
     "load_keyword_tools", "KeywordTools", "Tagger", "SYSTEM_WORDNET_DIR", "DOWNLOAD_TIMEOUT_S", "TAGGER_PACKAGE",
     "PUNKT_PACKAGE", "STOPWORDS_PACKAGE", "WORDNET_PACKAGE", "WORDNET_LEXNAMES",

@@ -93,6 +93,7 @@ class KeywordTools:
     noun_lemma: Callable[[str], str]
     verb_lemma: Callable[[str], str]
     skip_words: frozenset[str] = frozenset()  # stopwords | CAPTION_STOPWORDS: never in a phrase
+    identity: str = ""  # the method and its tools without the why: equal tools give equal phrases
 
 
 def _resources() -> dict[str, tuple[tuple[str, ...], str]]:
@@ -305,10 +306,11 @@ def load_keyword_tools(
         how = "download failed" if failed else "downloads disabled"
         why_parts.append(f"NLTK data missing ({', '.join(missing)}) and {how}")
     why = "; ".join(why_parts + notes) or "all NLTK data found"
-    description = f"{method}: {tag_desc} + {lemma_desc} + {stop_desc} + {tok_desc} ({why})"
+    identity = f"{method}: {tag_desc} + {lemma_desc} + {stop_desc} + {tok_desc}"
+    description = f"{identity} ({why})"
     log.info("method %s", description)  # the one line saying which method ran, and why
     return KeywordTools(method, description, tokenize, tagger, stopwords, noun_lemma, verb_lemma,
-                        stopwords | CAPTION_STOPWORDS)
+                        stopwords | CAPTION_STOPWORDS, identity)
 
 
 def _read_stopwords(pointer: Any) -> list[str]:

@@ -22,13 +22,24 @@ words that name nothing visible are dropped (``CAPTION_STOPWORDS``: numbers, "so
 """
 from __future__ import annotations
 
+import logging
+import os
 import re
+import shutil
 from collections import Counter
-from typing import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
 
-from crossmodal.captions import Caption, CaptionSet
+from crossmodal.atomic_io import check_free_space
+from crossmodal.captions import Caption, CaptionSet, list_hash
 from crossmodal.keywords.nltk_data import KeywordTools
-from crossmodal.keywords.samples import KeywordSample
+from crossmodal.keywords.samples import KeywordSample, write_keyword_samples
+from crossmodal.resumable import ChunkWriter, WorkFolder, flush_interval
+
+log = logging.getLogger(__name__)
+
+UNIT_CAPTIONS = 1000  # captions per unit of a resumable run (well under a second of work)
+CHUNK_CAPTIONS = 50_000  # at most this many captions per saved chunk (one is also saved by time)
 
 # "in front of", "on top of", "a lot of", "a set of stairs": the noun before "of" is no keyword.
 RELATIONAL_OF_NOUNS = frozenset("""
@@ -158,26 +169,101 @@ def augment_captions(
     captions: CaptionSet,
     tools: KeywordTools,
     progress: bool | Callable[[Iterable[Caption]], Iterable[Caption]] = False,
+    work_dir: str | os.PathLike | None = None,
+    *,
+    flush_seconds: float | None = None,
 ) -> list[KeywordSample]:
     """One sample per distinct (image, phrase), from the first caption (file order) yielding it.
 
     ``progress``: True shows a tqdm bar over the captions, or pass a wrapper of your own.
+    ``work_dir``: resumable: the phrases of finished captions are saved there in chunks
+    (``crossmodal.resumable``, every ``flush_seconds``), and a rerun for the same captions and
+    tools continues from them. The caller removes it once the samples are saved.
     """
-    items: Iterable[Caption] = captions.captions
+    caps = captions.captions
+    n_units = (len(caps) + UNIT_CAPTIONS - 1) // UNIT_CAPTIONS
+
+    def unit_captions(u: int) -> list[Caption]:
+        return caps[u * UNIT_CAPTIONS : (u + 1) * UNIT_CAPTIONS]
+
+    phrases: dict[int, list[list[str]]] = {}  # unit -> the phrases of each of its captions
+    writer = None
+    if work_dir is not None:
+        plan = {"captions_sha256": list_hash(f"{c.key}\t{c.text}" for c in caps), "tools": tools.identity,
+                "unit_size": UNIT_CAPTIONS, "format": 1}
+        work = WorkFolder(work_dir, plan)
+        for chunk in work.chunks():
+            saved = [line.split("\t") if line else [] for line in chunk.meta()["phrases"]]
+            for k, u in enumerate(chunk.units):
+                phrases[u] = saved[k * UNIT_CAPTIONS : (k + 1) * UNIT_CAPTIONS]
+
+        def save(start: int, stop: int, groups: list[list[list[str]]]) -> None:
+            # one line per caption, its phrases joined by tabs (a phrase holds letters, hyphens, spaces)
+            work.save(start, stop, {"phrases": ["\t".join(found) for g in groups for found in g]})
+
+        writer = ChunkWriter(save, CHUNK_CAPTIONS, flush_interval(flush_seconds))
+    pending = [u for u in range(n_units) if u not in phrases]
+    if phrases:
+        log.info("resuming in %s: %d of %d captions already done", work_dir,
+                 len(caps) - sum(len(unit_captions(u)) for u in pending), len(caps))
+
+    source: Iterable[Caption] = (c for u in pending for c in unit_captions(u))
+    bar = None
     if progress is True:
         from tqdm import tqdm
 
-        items = tqdm(items, total=len(captions.captions), unit="caption", desc="keywords")
+        bar = tqdm(total=len(caps), initial=len(caps) - sum(len(unit_captions(u)) for u in pending),
+                   unit="caption", desc="keywords")
     elif callable(progress):
-        items = progress(items)
+        source = progress(source)
+    items: Iterator[Caption] = iter(source)
+    try:
+        for u in pending:
+            n = len(unit_captions(u))
+            phrases[u] = [extract_phrases(next(items).text, tools) for _ in range(n)]
+            if writer is not None:
+                writer.add(u, phrases[u], n)
+            if bar is not None:
+                bar.update(n)
+        if writer is not None:
+            writer.flush()
+    finally:
+        if bar is not None:
+            bar.close()
+
     seen: set[tuple[str, str]] = set()
     samples: list[KeywordSample] = []
-    for cap in items:
-        key = caption_key(cap)
-        for phrase in extract_phrases(cap.text, tools):
-            if (cap.image, phrase) not in seen:
-                seen.add((cap.image, phrase))
-                samples.append(KeywordSample(cap.image, key, phrase))
+    for u in range(n_units):
+        for cap, found in zip(unit_captions(u), phrases[u]):
+            key = caption_key(cap)
+            for phrase in found:
+                if (cap.image, phrase) not in seen:
+                    seen.add((cap.image, phrase))
+                    samples.append(KeywordSample(cap.image, key, phrase))
+    return samples
+
+
+def keyword_work_dir(out: str | os.PathLike) -> Path:
+    """Where ``make_keyword_file`` keeps its unfinished work: a hidden folder beside ``out``."""
+    out = Path(out)
+    return out.parent / f".{out.name}.partial"
+
+
+def make_keyword_file(out: str | os.PathLike, captions: CaptionSet, tools: KeywordTools,
+                      progress: bool = True) -> list[KeywordSample]:
+    """Write the keyword file of ``captions`` to ``out`` (atomically) and return its samples.
+
+    Resumable: a killed run continues from the captions it finished (``augment_captions``). It
+    refuses to start when the disk cannot hold the result (about 3 times the captions' text: the
+    file, about twice their size, and the unfinished work).
+    """
+    out = Path(out)
+    text_bytes = sum(len(c.key) + len(c.text) + 2 for c in captions.captions)
+    check_free_space(out.parent, 3 * text_bytes, "the keyword samples")
+    work = keyword_work_dir(out)
+    samples = augment_captions(captions, tools, progress=progress, work_dir=work)
+    write_keyword_samples(out, samples, method=tools.description)
+    shutil.rmtree(work, ignore_errors=True)
     return samples
 
 

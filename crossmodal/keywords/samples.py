@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterable
 
 from crossmodal.atomic_io import atomic_open
-from crossmodal.captions import DatasetError
+from crossmodal.captions import DatasetError, check_image_name, dataset_lines
 
 KEYWORDS_HEADER = "# image\tcaption\tphrase"
 
@@ -42,30 +42,32 @@ def write_keyword_samples(path: str | os.PathLike, samples: Iterable[KeywordSamp
 
 
 def read_keyword_samples(path: str | os.PathLike) -> list[KeywordSample]:
-    """Read a keyword file; a malformed or repeated line raises DatasetError naming file and line."""
+    """Read a keyword file; a malformed or repeated line, or an image name that
+    ``crossmodal.captions.image_name_problem`` refuses, raises DatasetError naming file and line."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"keyword file not found: {path} (sentence_augment.py writes it)")
     samples: list[KeywordSample] = []
     seen: dict[tuple[str, str], int] = {}
-    with open(path, encoding="utf-8-sig") as f:
-        for lineno, raw in enumerate(f, start=1):
-            line = raw.rstrip("\r\n")
-            if not line.strip() or line.startswith("#"):
-                continue
-            fields = line.split("\t")
-            if len(fields) != 3 or not all(x.strip() for x in fields):
-                raise DatasetError(
-                    f"{path}:{lineno}: expected 'image<TAB>caption_key<TAB>phrase', got {line[:80]!r}"
-                )
-            image, key, phrase = fields
-            key_image, _, number = key.rpartition("#")
-            if key_image != image or not number.isdigit():
-                raise DatasetError(f"{path}:{lineno}: caption key {key!r} is not '{image}#<n>'")
-            if (image, phrase) in seen:
-                raise DatasetError(
-                    f"{path}:{lineno}: phrase {phrase!r} of {image} repeats line {seen[image, phrase]}"
-                )
-            seen[image, phrase] = lineno
-            samples.append(KeywordSample(image, key, phrase))
+    good_names: set[str] = set()  # each image's name is checked once (it has many phrases)
+    for lineno, line in dataset_lines(path):
+        if not line.strip() or line.startswith("#"):
+            continue
+        fields = line.split("\t")
+        if len(fields) != 3 or not all(x.strip() for x in fields):
+            raise DatasetError(
+                f"{path}:{lineno}: expected 'image<TAB>caption_key<TAB>phrase', got {line[:80]!r}"
+            )
+        image, key, phrase = fields
+        if image not in good_names:
+            good_names.add(check_image_name(image, f"{path}:{lineno}"))
+        key_image, _, number = key.rpartition("#")
+        if key_image != image or not number.isascii() or not number.isdigit():
+            raise DatasetError(f"{path}:{lineno}: caption key {key!r} is not '{image}#<n>'")
+        if (image, phrase) in seen:
+            raise DatasetError(
+                f"{path}:{lineno}: phrase {phrase!r} of {image} repeats line {seen[image, phrase]}"
+            )
+        seen[image, phrase] = lineno
+        samples.append(KeywordSample(image, key, phrase))
     return samples

@@ -1,8 +1,8 @@
 """Your own photos: folders indexed incrementally into one photo index, searched while it grows.
 
-``files`` (which files are photos, content hashes), ``images`` (opening one: size limit, EXIF,
-orientation, HEIC), ``store`` (the SQLite records and the vector matrix), ``indexer`` (bringing the
-index up to date, in the foreground or a background thread) and ``serving`` (``PhotoSearch``).
+``files`` (which files are photos, content hashes), ``store`` (the SQLite records and the vector
+matrix), ``indexer`` (bringing the index up to date, in the foreground or a background thread) and
+``serving`` (``PhotoSearch``).
 A page uses::
 
     from crossmodal.photos import IndexingThread, PhotoSearch, image_backbone_for
@@ -13,7 +13,6 @@ A page uses::
     hits = search.search_text("a dog on the grass")   # what is indexed so far
 """
 from crossmodal.photos.files import EXTENSIONS, content_hash, scan_folder
-from crossmodal.photos.images import MAX_PIXELS, PhotoRefused
 from crossmodal.photos.indexer import (
     IndexingThread,
     IndexReport,
@@ -25,7 +24,7 @@ from crossmodal.photos.serving import PhotoSearch
 from crossmodal.photos.store import PhotoRecord, PhotoStore, Snapshot, StoreBusy, StoreError
 
 __all__ = [
-    "EXTENSIONS", "content_hash", "scan_folder", "MAX_PIXELS", "PhotoRefused", "IndexingThread",
+    "EXTENSIONS", "content_hash", "scan_folder", "IndexingThread",
     "IndexReport", "image_backbone_for", "index_photos", "vector_identity", "PhotoSearch", "PhotoRecord",
     "PhotoStore", "Snapshot", "StoreBusy", "StoreError",
 ]

@@ -28,9 +28,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from crossmodal import images
+from crossmodal.atomic_io import check_free_space
 from crossmodal.backbones import ImageBackbone, create_image_backbone, resolve_device, views_of
 from crossmodal.features.extract import IMAGE_BATCH_SIZE_CPU, IMAGE_BATCH_SIZE_GPU, NUM_WORKERS
-from crossmodal.photos import images
 from crossmodal.photos.files import FoundFile, content_hash, scan_folder
 from crossmodal.photos.store import NewRecord, PhotoRecord, PhotoStore
 from crossmodal.retrieval import check_identity
@@ -84,10 +85,10 @@ class PhotoFiles(Dataset):
             return NewRecord(f.path, f.size, f.mtime_ns, "unreadable", f"cannot read: {err.strerror or err}"), None
         base = {"path": f.path, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "hash": digest}
         try:
-            with images.open_photo(f.path) as im:
+            with images.open_image(f.path, images.INDEX_MAX_PIXELS) as im:
                 info = images.photo_info(im)
                 x = None if digest in self.known else self.transform(images.upright_rgb(im, self.image_size))
-        except images.PhotoRefused as err:
+        except images.ImageTooLarge as err:
             return NewRecord(**base, status="refused", reason=str(err)), None
         except Exception as err:  # noqa: BLE001 - corrupt, truncated or unsupported files are recorded
             return NewRecord(**base, status="undecodable", reason=f"{type(err).__name__}: {err}"), None
@@ -170,6 +171,8 @@ def index_photos(folder: str | os.PathLike, roots: Sequence[str | os.PathLike], 
                 else:
                     todo.append(f)
             store.commit(unreadable, {})
+            # every photo to do may need a new vector row (fewer do: moved and copied ones reuse theirs)
+            check_free_space(store.folder, 2 * len(todo) * backbone.dim * 2, f"the vectors of {len(todo)} photos")
             report.photos, report.removed = len(found), len(gone)
             log.info("%s: %d photos; %d to index, %d unchanged, %d gone", ", ".join(resolved), len(found),
                      len(todo), report.kept, len(gone))

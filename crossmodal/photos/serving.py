@@ -148,6 +148,7 @@ class PhotoSearch:
         self.checkpoint = Path(checkpoint)
         self.model = model.eval()
         self.state_backbones = backbones
+        self.calibration = state.get("calibration")  # hits carry confidences when the checkpoint has one
         self.device = resolve_device(device)
         self.index_kind = index_kind
         self._image_weights, self._models_dir = image_weights, models_dir
@@ -205,6 +206,7 @@ class PhotoSearch:
         return Retriever(self.model, self.state_backbones, names, np.ascontiguousarray(proj[snap.rows]), root,
                          None, self._text, self.device, self._image_weights, self.index_kind,
                          source=str(self.checkpoint), biases=biases, models_dir=self._models_dir,
+                         calibration=self.calibration,
                          image_backbone=old.loaded_image_backbone if old is not None else None)
 
     # ---------------------------------------------------------------------------------------------
@@ -220,12 +222,19 @@ class PhotoSearch:
         return retriever.search_text(query, k)
 
     def search_image(self, image: Any, k: int = TOP_K) -> list[Hit]:
-        """The k indexed photos most similar to a PIL image."""
+        """The k indexed photos most similar to a PIL image or an image file (``Retriever.search_image``)."""
         self.refresh()
         retriever = self._retriever
         if image is None:
             raise ValueError("no image: upload a photo to search with")
         return retriever.search_image(image, k) if retriever is not None else []
+
+    def served_photos(self) -> tuple[Any, Any]:
+        """(folder, names) of the photos searchable now, the same objects until the index changes:
+        the page's allow-list (``crossmodal.serving.PhotoFiles.of``) follows the index with it."""
+        self.refresh()
+        retriever = self._retriever
+        return (retriever.images_root, retriever.names) if retriever is not None else (self.images_root, ())
 
     def __len__(self) -> int:
         return len(self._retriever) if self._retriever is not None else 0

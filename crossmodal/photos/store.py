@@ -42,6 +42,8 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from crossmodal.atomic_io import check_free_space, write_error
+
 try:
     import fcntl
 except ImportError:  # not POSIX: no cross-process writer lock
@@ -441,7 +443,9 @@ class PhotoStore:
         """Record ``records`` and the vectors of content hashes not stored yet (hash -> (dim,) array).
 
         The new rows are appended to the matrix and fsynced first; the one transaction that adds
-        the records, the hash -> row entries and the new row count commits after them.
+        the records, the hash -> row entries and the new row count commits after them. A disk
+        without room for the rows refuses them before writing (NotEnoughSpaceError); a failed
+        write raises a WriteError naming the file. Either way nothing is committed.
         """
         self._check_writing()
         if not records and not vectors:
@@ -453,14 +457,19 @@ class PhotoStore:
             rows = int(meta["rows"])
             dim = json.loads(meta["identity"])["dim"]
             path = self.folder / meta["matrix"]
-            if new:
-                block = np.stack([np.asarray(vectors[h], dtype=np.float16).reshape(dim) for h in new])
-                with open(path, "r+b") as f:
-                    f.seek(rows * dim * 2)
-                    f.write(block.tobytes())
-                    f.flush()
-                    os.fsync(f.fileno())
             try:
+                if new:
+                    block = np.stack([np.asarray(vectors[h], dtype=np.float16).reshape(dim) for h in new])
+                    # SQLite's records grow too, by far less than the vectors: twice covers both
+                    check_free_space(self.folder, 2 * block.nbytes, f"{len(new)} photo vectors")
+                    try:
+                        with open(path, "r+b") as f:
+                            f.seek(rows * dim * 2)
+                            f.write(block.tobytes())
+                            f.flush()
+                            os.fsync(f.fileno())
+                    except OSError as err:
+                        raise write_error(path, err) from err
                 with self._transaction(immediate=True) as cur:
                     cur.executemany("INSERT INTO vectors VALUES (?, ?)",
                                     [(h, rows + i) for i, h in enumerate(new)])

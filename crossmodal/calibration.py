@@ -1,0 +1,182 @@
+"""Match confidence: the probability that a hit shows what the query describes, from its score.
+
+A cosine score means little to a person (is 0.31 good?), and its scale differs between models. So
+after training a logistic curve (Platt scaling) maps the score search ranks by (the cosine minus
+the querybank bias, when the checkpoint has a querybank) to a probability, fitted on held-out dev
+pairs and stored in the checkpoint as plain numbers.
+
+The population is what a person sees: the top ``CALIBRATION_TOP_K`` hits of each query. For a
+sentence query (a dev caption) a hit is a match when the caption was written for that photo; for
+a short query (a frequent caption noun, scored as search scores short queries) when one of the
+photo's captions contains the word. Other photos that also fit a caption count as misses, so the
+confidence leans low rather than high.
+
+Dev images are split in two by a seeded shuffle: the curve is fitted on one half (its images as the
+gallery, their captions as queries) and its expected calibration error, and the precision and
+recall of the ``CONFIDENT`` threshold, are reported on the other half.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+CALIBRATION_TOP_K = 10  # hits per query in the fitted population: about what a page of results shows
+CONFIDENT = 0.5  # a hit at or above this confidence is a good match; below it the page marks it weak
+ECE_BINS = 10  # equal-width probability bins of the expected calibration error
+FIT_FRACTION = 0.5  # share of dev images the curve is fitted on; the rest measure it
+SEED = 0
+QUERY_KINDS = ("sentence", "short")  # calibrated separately: a short query's scores sit lower
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """sigmoid(slope * score + intercept): a hit's match probability from its ranking score."""
+
+    slope: float
+    intercept: float
+
+    def confidence(self, scores: np.ndarray | float) -> np.ndarray:
+        z = self.slope * np.asarray(scores, dtype=np.float64) + self.intercept
+        return 1.0 / (1.0 + np.exp(-z))
+
+    def to_dict(self) -> dict:
+        return {"method": "platt", "slope": float(self.slope), "intercept": float(self.intercept)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Calibration":
+        if d.get("method") != "platt":
+            raise ValueError(f"unknown calibration method {d.get('method')!r}")
+        return cls(float(d["slope"]), float(d["intercept"]))
+
+
+def fit_platt(scores: np.ndarray, labels: np.ndarray) -> Calibration:
+    """The logistic curve of ``labels`` (match or not) on ``scores`` (maximum likelihood)."""
+    from sklearn.linear_model import LogisticRegression
+
+    labels = np.asarray(labels, dtype=bool)
+    if labels.all() or not labels.any():
+        raise ValueError("calibration needs both matches and misses among the hits")
+    lr = LogisticRegression(C=1e6, max_iter=1000).fit(np.asarray(scores, dtype=np.float64).reshape(-1, 1), labels)
+    return Calibration(float(lr.coef_[0, 0]), float(lr.intercept_[0]))
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Mean |predicted − observed match rate| over equal-width probability bins, weighted by size."""
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.float64)
+    which = np.minimum((probs * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            total += inside.sum() * abs(probs[inside].mean() - labels[inside].mean())
+    return float(total / max(len(probs), 1))
+
+
+def threshold_quality(probs: np.ndarray, labels: np.ndarray, threshold: float = CONFIDENT) -> dict[str, float]:
+    """Precision and recall of calling hits at or above ``threshold`` good matches (within the top-K hits)."""
+    probs, labels = np.asarray(probs), np.asarray(labels, dtype=bool)
+    called = probs >= threshold
+    return {"precision": float(labels[called].mean()) if called.any() else float("nan"),
+            "recall": float(called[labels].mean()) if labels.any() else float("nan"),
+            "called": float(called.mean())}
+
+
+def top_hits(query_emb: torch.Tensor, image_emb: torch.Tensor, relevant: np.ndarray,
+             image_bias: torch.Tensor | np.ndarray | None = None,
+             k: int = CALIBRATION_TOP_K) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, labels) of each query's top ``k`` images, ranked as search ranks them (cosine
+    minus ``image_bias``); ``relevant[q, i]`` says whether image i matches query q."""
+    sim = query_emb.float() @ image_emb.float().T
+    if image_bias is not None:
+        sim = sim - torch.as_tensor(np.asarray(image_bias), dtype=torch.float32)[None, :]
+    scores, rows = sim.topk(min(k, sim.shape[1]), dim=1)
+    labels = np.take_along_axis(np.asarray(relevant, dtype=bool), rows.numpy(), axis=1)
+    return scores.numpy().ravel(), labels.ravel()
+
+
+def split_images(n_images: int, fraction: float = FIT_FRACTION, seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Image indices of the fitting half and the measuring half (seeded, disjoint)."""
+    order = np.random.default_rng(seed).permutation(n_images)
+    cut = int(round(n_images * fraction))
+    return np.sort(order[:cut]), np.sort(order[cut:])
+
+
+def fit_and_report(populations: dict[str, tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]]
+                   ) -> dict[str, Any]:
+    """For each query kind, (fit scores, fit labels) and (held-out scores, labels) -> what a
+    checkpoint stores: the curve, and its quality on the held-out hits."""
+    out: dict[str, Any] = {"top_k": CALIBRATION_TOP_K, "threshold": CONFIDENT}
+    for kind, ((fit_s, fit_y), (held_s, held_y)) in populations.items():
+        curve = fit_platt(fit_s, fit_y)
+        probs = curve.confidence(held_s)
+        out[kind] = {**curve.to_dict(),
+                     "held_out": {"ece": expected_calibration_error(probs, held_y), "hits": int(len(held_y)),
+                                  "match_rate": float(np.mean(held_y)), **threshold_quality(probs, held_y)}}
+    return out
+
+
+def curves_of(stored: dict | None) -> dict[str, Calibration]:
+    """The query kinds' curves from a checkpoint's ``calibration`` entry (empty when it has none)."""
+    if not stored:
+        return {}
+    return {kind: Calibration.from_dict(stored[kind]) for kind in QUERY_KINDS if kind in stored}
+
+
+def sentence_relevance(data: Any, captions: Any) -> np.ndarray:
+    """(n_captions, n_images) bool: a caption matches its own photo, and any photo whose captions
+    name every noun it names ("a dog on the grass" matches photos described with dog and grass)."""
+    from crossmodal.keywords import load_keyword_tools, nouns_of
+
+    tools = load_keyword_tools()
+    image_index = {n: i for i, n in enumerate(data.image_names)}
+    rows = captions.subset(data.image_names).captions  # file order: the caption cache's row order
+    if [image_index[c.image] for c in rows] != list(np.asarray(data.caption_image)):
+        raise ValueError("the captions do not match the split's caption rows")
+    image_nouns: list[set[str]] = [set() for _ in data.image_names]
+    caption_nouns: list[frozenset[str]] = []
+    for cap in rows:
+        nouns = frozenset(nouns_of(cap.text, tools))
+        caption_nouns.append(nouns)
+        image_nouns[image_index[cap.image]].update(nouns)
+    relevance = np.asarray(data.caption_image)[:, None] == np.arange(len(data.image_names))[None, :]
+    for q, nouns in enumerate(caption_nouns):
+        if nouns:
+            relevance[q] |= np.fromiter((nouns <= s for s in image_nouns), bool, len(image_nouns))
+    return relevance
+
+
+def calibrate_split(model: Any, data: Any, captions: Any, encode_words: Any,
+                    querybank: dict | None = None) -> dict[str, Any]:
+    """Fit and measure the curves on a dev split (``data``: ``data_loader.SplitData``; ``captions``
+    its ``CaptionSet``; ``encode_words``: list of words -> text backbone features), scoring each
+    query kind as search does (``querybank.bank_for_query``)."""
+    from crossmodal.evaluation import embed_split, word_queries
+    from crossmodal.querybank import image_biases
+
+    with torch.inference_mode():
+        img, txt = embed_split(model, data)
+    words, word_relevance = word_queries(data, captions)
+    with torch.inference_mode():
+        word_emb = model.encode_text(torch.as_tensor(encode_words(words)).float())
+    biases = image_biases(querybank, img) if querybank is not None else {}
+    caption_relevance = sentence_relevance(data, captions)
+    halves = split_images(len(img))
+    populations: dict[str, tuple] = {"sentence": [], "short": []}
+    for half in halves:
+        own = np.isin(np.asarray(data.caption_image), half)  # this half's captions query this half's images
+        cols = torch.as_tensor(half)
+
+        def bias_of(bank: str, cols: torch.Tensor = cols) -> np.ndarray | None:
+            return biases[bank][cols.numpy()] if bank in biases else None
+
+        populations["sentence"].append(top_hits(txt[torch.as_tensor(own)], img[cols],
+                                                caption_relevance[own][:, half], bias_of("text")))
+        populations["short"].append(top_hits(word_emb, img[cols], word_relevance[:, half], bias_of("keywords")))
+    report = fit_and_report({kind: tuple(pops) for kind, pops in populations.items()})
+    report["dev_images"] = [len(h) for h in halves]
+    report["short_queries"] = len(words)
+    return report

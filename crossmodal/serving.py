@@ -1,0 +1,281 @@
+"""The search page's own HTTP pieces beside Gradio's: the one route that serves photos, refusals
+of malformed API requests, and the life of an uploaded file.
+
+Photos (``PhotoFiles``): ``GET /photo/<name>`` serves the photos of the served index and nothing
+else. The allow-list is the index's rows (the Retriever's names; unreadable rows are not among
+them), asked of the engine at each request (``PhotoFiles.of``): a photo index that grows while the
+page runs (``photos.PhotoSearch``) serves each photo once it is searchable, and no other file: a
+URL is looked up in it, never joined to a folder, so ``../``, percent-encoded or absolute forms
+and any file placed beside the photos match nothing. The file must also be an image by extension
+and by its first bytes (``images.image_content_type``); it is sent with that content
+type, ``X-Content-Type-Options: nosniff`` and a sandboxing Content-Security-Policy, so nothing
+served here can run as a page on the app's address. A row that is a symlink is served whatever
+its target: the index owner put it in the index (indexing keeps only files that decode as
+images), and the target must still pass the image check when it is sent. Gradio's own file route
+is given no folder of photos at all.
+
+Uploads (``Uploads``): a photo query names a file that Gradio's upload route wrote to its upload
+folder; only such files are opened, and each is deleted soon after its last search (a grace
+period, as Gradio stores identical uploads as one file, which another search may be about to use).
+
+Malformed requests (``RefuseMalformedRequests``): some of Gradio's API routes raise on requests
+they cannot parse (an unknown endpoint or function index, missing or unknown arguments), or
+answer 500 for wrong inputs; they answer 404 or 400 with the reason instead.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import posixpath
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Collection, Iterator, Sequence
+from urllib.parse import quote
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from crossmodal.images import image_content_type
+
+log = logging.getLogger(__name__)
+
+PHOTO_ROUTE = "/photo"
+PHOTO_HEADERS = {
+    "X-Content-Type-Options": "nosniff",  # the browser keeps the image type, never sniffs a page
+    "Content-Security-Policy": "default-src 'none'; sandbox",  # opened directly: nothing runs
+    "Cache-Control": "private, max-age=600",
+}
+API_PREFIX = "/gradio_api/"
+UPLOAD_GRACE_S = 60  # an uploaded photo is deleted this long after its last search
+
+
+def _stays_inside(name: str) -> bool:
+    """A row name that names a file under the images folder (relative, no ``..`` step out)."""
+    if not name or name.startswith(("/", "\\")) or "\\" in name or "\x00" in name:
+        return False
+    norm = posixpath.normpath(name)
+    return norm != ".." and not norm.startswith("../")
+
+
+class PhotoFiles:
+    """The allow-list of files served over HTTP: the rows of the served index, by name.
+
+    ``PhotoFiles(names, root)`` serves a fixed list; ``PhotoFiles.of(engine)`` asks the engine for
+    its current list at every lookup: ``engine.served_photos()`` returns (root, names), the same
+    objects while its index is unchanged, so the list is checked again only when it changed."""
+
+    def __init__(self, names: Sequence[str], root: str | os.PathLike):
+        fixed = (Path(root), frozenset(names))
+        self._source: Callable[[], tuple[str | os.PathLike, Collection[str]]] = lambda: fixed
+        self._seen: tuple[object, object] | None = None  # the engine's (root, names) objects last checked
+        self._root, self._served = Path(root).resolve(), frozenset()
+        self._current()
+
+    @classmethod
+    def of(cls, engine: Any) -> "PhotoFiles":
+        """The photos an engine serves now (``served_photos()``), followed as its index grows."""
+        files = cls((), ".")
+        files._source = engine.served_photos
+        files._seen = None
+        return files
+
+    def _current(self) -> tuple[Path, frozenset[str]]:
+        root, names = self._source()
+        if self._seen is None or self._seen[0] is not root or self._seen[1] is not names:
+            served = frozenset(n for n in names if _stays_inside(n))
+            if len(served) < len(names):
+                log.warning("%d index rows name a path outside %s and are not served", len(names) - len(served),
+                            root)
+            self._root, self._served, self._seen = Path(root).resolve(), served, (root, names)
+        return self._root, self._served
+
+    @property
+    def root(self) -> Path:
+        return self._current()[0]
+
+    def __len__(self) -> int:
+        return len(self._current()[1])
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._current()[1]
+
+    def url(self, name: str, root_url: str = "") -> str:
+        """The URL of an indexed photo (``root_url``: the app's address, without a trailing slash)."""
+        return f"{root_url}{PHOTO_ROUTE}/{quote(name, safe='/')}"
+
+    def file_of(self, name: str) -> tuple[Path, str, os.stat_result] | None:
+        """(path, content type, stat) of a served photo; None when ``name`` is not an indexed row or its
+        file is gone or is not an image by extension and content."""
+        root, served = self._current()
+        if name not in served:
+            return None
+        path = root / name
+        content_type = image_content_type(path)
+        if content_type is None:
+            return None
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return (path, content_type, st) if os.path.isfile(path) else None
+
+    def response(self, name: str) -> Response:
+        found = self.file_of(name)
+        if found is None:
+            return PlainTextResponse("not found", status_code=404, headers={"X-Content-Type-Options": "nosniff"})
+        path, content_type, st = found
+        return FileResponse(path, media_type=content_type, headers=PHOTO_HEADERS, stat_result=st,
+                            filename=path.name, content_disposition_type="inline")
+
+    def route(self) -> Route:
+        """The route serving these photos, ``GET/HEAD /photo/<name>``."""
+
+        def photo(request: Request) -> Response:  # sync: the file checks run in a worker thread
+            return self.response(request.path_params["name"])
+
+        return Route(PHOTO_ROUTE + "/{name:path}", photo, methods=["GET", "HEAD"])
+
+
+def uploaded_file(payload: Any, upload_dir: str | os.PathLike) -> Path:
+    """The file an uploaded-file value refers to (Gradio's file data: a dict with "path"), refused
+    (ValueError) unless it is a regular file inside ``upload_dir``, where Gradio's upload route
+    writes: a request naming any other file on the server opens nothing."""
+    if payload is None:
+        raise ValueError("no image: upload a photo to search with")
+    path = payload.get("path") if isinstance(payload, dict) else None
+    if not isinstance(path, str) or not path:
+        raise ValueError("expected an uploaded file (gradio_client.handle_file), got "
+                         f"{type(payload).__name__}")
+    real, folder = Path(os.path.realpath(path)), Path(os.path.realpath(upload_dir))
+    if not real.is_relative_to(folder) or real == folder:
+        raise ValueError("not an uploaded file: upload the photo (gradio_client.handle_file) and pass what it returns")
+    if not real.is_file():
+        raise ValueError("the uploaded photo is no longer on the server (each upload serves one search); "
+                         "upload it again")
+    return real
+
+
+def discard_upload(path: str | os.PathLike, upload_dir: str | os.PathLike) -> None:
+    """Delete an uploaded file, and its folder when that is left empty (never ``upload_dir`` itself)."""
+    path, folder = Path(path), Path(os.path.realpath(upload_dir))
+    try:
+        path.unlink(missing_ok=True)
+        if path.parent != folder and path.parent.is_relative_to(folder):
+            path.parent.rmdir()
+    except OSError:  # the folder holds another upload, or is already gone
+        pass
+
+
+class Uploads:
+    """The uploaded files that photo searches use, each deleted ``grace_s`` seconds after its last
+    search ends (by a sweeper thread): a search of the same photo again (another k, or another client
+    that uploaded the same bytes, which Gradio stores as the same file) finds it meanwhile. A file
+    replaced by a newer upload since is left to that upload's searches."""
+
+    def __init__(self, folder: str | os.PathLike, grace_s: float = UPLOAD_GRACE_S):
+        self.folder = Path(os.path.realpath(folder))
+        self.grace_s = grace_s
+        self._uses: dict[Path, int] = {}  # file -> searches using it now
+        self._expiring: dict[Path, tuple[float, int]] = {}  # file -> (when to delete, its inode then)
+        self._lock = threading.Lock()
+        self._sweeper: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def using(self, payload: Any) -> Iterator[Path]:
+        """The uploaded file that ``payload`` names (``uploaded_file``: ValueError for anything
+        else), kept while the block runs, then due for deletion."""
+        path = uploaded_file(payload, self.folder)
+        with self._lock:
+            self._uses[path] = self._uses.get(path, 0) + 1
+            self._expiring.pop(path, None)
+        try:
+            yield path
+        finally:
+            with self._lock:
+                self._uses[path] -= 1
+                if not self._uses[path]:
+                    del self._uses[path]
+                    try:
+                        self._expiring[path] = (time.monotonic() + self.grace_s, path.stat().st_ino)
+                    except OSError:  # already gone
+                        pass
+                    if self._sweeper is None:
+                        self._sweeper = threading.Thread(target=self._sweep_forever, name="upload-sweeper",
+                                                         daemon=True)
+                        self._sweeper.start()
+
+    def sweep(self, now: float | None = None) -> int:
+        """Delete the files whose time has come (unless a newer upload replaced them); how many."""
+        now = time.monotonic() if now is None else now
+        deleted = 0
+        with self._lock:
+            for path, (deadline, inode) in list(self._expiring.items()):
+                if deadline > now:
+                    continue
+                del self._expiring[path]
+                try:
+                    if path.stat().st_ino != inode:
+                        continue
+                except OSError:
+                    continue
+                discard_upload(path, self.folder)
+                deleted += 1
+        return deleted
+
+    def _sweep_forever(self) -> None:
+        while True:
+            time.sleep(min(1.0, max(self.grace_s, 0.05)))
+            self.sweep()
+
+
+class RefuseMalformedRequests:
+    """ASGI middleware over Gradio's API routes: requests they cannot parse get 404 or 400 with the
+    reason, not 500.
+
+    - An exception that escapes a route before it answers comes from reading the request: an
+      unknown endpoint or function index (404), missing, extra or mistyped arguments (400). Only
+      the kinds that parsing raises are refused; any other stays a 500, a server error.
+    - The direct-call routes (``/run/``, ``/api/``) answer 500 for every failure of the call. With
+      the queue's ``api_open=False`` (app.serve) they run only Gradio's unqueued helpers (the
+      examples' loader), whose failures are the request's (wrong inputs): those become 400.
+    """
+
+    DIRECT_ROUTES = (API_PREFIX + "run/", API_PREFIX + "api/")
+
+    def __init__(self, app: ASGIApp, prefix: str = API_PREFIX):
+        from gradio.route_utils import FnIndexInferError  # an API name that names no endpoint
+
+        self.app = app
+        self.prefix = prefix
+        self.not_found = (LookupError, FnIndexInferError)  # LookupError: KeyError, IndexError
+        self.bad_request = (TypeError, ValueError, AttributeError)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not path.startswith(self.prefix):
+            await self.app(scope, receive, send)
+            return
+        direct = path.startswith(self.DIRECT_ROUTES)
+        started = False
+
+        async def send_checked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                if direct and message["status"] == 500:
+                    message = {**message, "status": 400}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_checked)
+        except (*self.not_found, *self.bad_request) as err:
+            if started:
+                raise
+            status = 404 if isinstance(err, self.not_found) else 400
+            what = "no such endpoint or function" if status == 404 else "malformed request"
+            log.info("%s %s refused (%d): %s: %s", scope.get("method"), path, status, type(err).__name__, err)
+            await JSONResponse({"detail": f"{what}: {err}"}, status_code=status)(scope, receive, send)
