@@ -5,6 +5,7 @@
     python search.py --photos ~/Pictures "a dog in the snow"     # then search them (indexing first)
     python app.py --collection ~/.local/share/crossmodal/photo_index
     python index_folder.py ~/Pictures --duplicates                # also list near-duplicate photos
+    python index_folder.py ~/Pictures --ocr                       # also read the text in the photos
 
 One photo index (default: WORK_DIR/photo_index, else ~/.local/share/crossmodal/photo_index; --out
 sets another) holds every folder indexed into it. Incremental: a rerun embeds only new or changed
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     p = cli.StageParser(__doc__, config)
     p.add_argument("folders", type=Path, nargs="+", help="photo folders (searched recursively)")
     p.flags("work-dir", "checkpoint", "image-weights", "models-dir", "device", "batch-size", "workers", "no-progress",
-            "duplicates", "duplicate-threshold", "out",
+            "duplicates", "duplicate-threshold", "ocr", "out",
             out_help="the photo index folder (default: WORK_DIR/photo_index, else "
                      "~/.local/share/crossmodal/photo_index)")
     args = p.parse(argv)

@@ -144,6 +144,12 @@ FLAGS: dict[str, Flag] = {
     "host": Flag("address to listen on", str, _config_default("APP_HOST")),
     "port": Flag("port", int, _config_default("APP_PORT")),
     "json": Flag("print the hits as JSON", None, options={"action": "store_true"}),
+    "like": Flag("more like this: an indexed photo (its path) to find similar ones to, from its stored vector "
+                 "(with --photos; nothing is decoded); combined with the query text when one is given", Path),
+    "image": Flag("a photo file to search with (with --photos); combined with the query text when one is given "
+                  "(\"this photo, but at night\")", Path),
+    "ocr": Flag(lambda: __import__("crossmodal.ocr", fromlist=["HELP"]).HELP, None,
+                options={"action": "store_true"}),
     "upload-grace": Flag("seconds an uploaded photo stays on the server after its last search (a search of it again "
                          "meanwhile reuses it)", float, _library_default("crossmodal.serving", "UPLOAD_GRACE_S")),
     # own-photo folders
@@ -281,6 +287,12 @@ def index_photo_folders(args: argparse.Namespace, state: dict, checkpoint: Path,
     backbone = image_backbone_for(state, getattr(args, "image_weights", None), args.models_dir)
     kwargs = dict(device=args.device, batch_size=getattr(args, "batch_size", None), checkpoint=checkpoint,
                   workers=NUM_WORKERS if getattr(args, "workers", None) is None else args.workers)
+    if getattr(args, "ocr", False):
+        from crossmodal.ocr import INSTALL_HINT, ocr_available, read_text
+
+        if not ocr_available():
+            raise OSError(INSTALL_HINT)
+        kwargs["read_text"] = read_text
     if background:
         thread = IndexingThread(photo_index_dir(args), args.photos, backbone, **kwargs)
         thread.start()
@@ -315,6 +327,8 @@ def load_photo_search(args: argparse.Namespace, load_model: Callable, *,
         search = PhotoSearch(photo_index_dir(args), checkpoint, model, state, roots=args.photos, device=args.device,
                              text_weights=args.text_weights, image_weights=getattr(args, "image_weights", None),
                              models_dir=args.models_dir)
+        if background:
+            search.indexing = indexing  # its progress is reported with each result
         return search, indexing, ""
     except (RetrieverError, BackboneUnavailable, StoreError, OSError, ValueError) as err:
         return None, None, str(err)  # (a CheckpointError is a ValueError; a missing folder an OSError)

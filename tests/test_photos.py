@@ -535,13 +535,13 @@ def test_search_is_restricted_to_the_given_folders(models, tmp_path, capsys):
               str(models["resnet"]), "--text-weights", str(models["bert"]), "--workers", "0", "--device", "cpu",
               "--k", "10"]
     assert search_script.main(common + ["--photos", str(a), str(b), "a dog runs on the grass"]) == 0
-    paths = [line.split(maxsplit=2)[2] for line in capsys.readouterr().out.strip().splitlines()]
+    paths = [line.split()[-1] for line in capsys.readouterr().out.strip().splitlines()]
     assert sorted(Path(p).relative_to(tmp_path).as_posix() for p in paths) == [
         "A/one.png", "A/sub/two.png", "B/one.png", "B/sub/two.png"]
     assert search_script.main(common + ["a dog", "--photos", str(b / "sub"), "--json"]) == 0
     import json
 
-    assert [h["path"] for h in json.loads(capsys.readouterr().out)] == [str(b / "sub" / "two.png")]
+    assert [h["path"] for h in json.loads(capsys.readouterr().out)["hits"]] == [str(b / "sub" / "two.png")]
 
 
 def test_another_backbone_reembeds_and_is_refused_by_search(models, tmp_path, caplog):

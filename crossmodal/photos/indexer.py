@@ -109,12 +109,16 @@ class IndexReport:
     seconds: float = 0.0
     embed_seconds: float = 0.0  # of which hashing, decoding and embedding
     stopped: bool = False  # stopped early (``stop`` was set); committed work is kept
+    texts_read: int = 0  # photos whose text the OCR pass read this run
+    ocr_seconds: float = 0.0
 
     def summary(self) -> str:
         text = (f"embedded {self.embedded} new/changed, removed {self.removed}, kept {self.kept}, "
                 f"reused {self.reused} (moved or copied)")
         if self.embed_seconds:
             text += f" in {self.embed_seconds:.1f} s ({self.rate:.1f} photos/s)"
+        if self.texts_read:
+            text += f"; text read in {self.texts_read} photos in {self.ocr_seconds:.1f} s"
         return text
 
     def problem_lines(self, shown: int = PROBLEMS_SHOWN) -> list[str]:
@@ -137,12 +141,18 @@ def index_photos(folder: str | os.PathLike, roots: Sequence[str | os.PathLike], 
                  device: str = "auto", batch_size: int | None = None, workers: int = NUM_WORKERS,
                  checkpoint: str | os.PathLike | None = None, progress: bool = True,
                  on_progress: Callable[[int, int], None] | None = None,
-                 stop: threading.Event | None = None) -> IndexReport:
+                 stop: threading.Event | None = None,
+                 read_text: Callable[[str], str] | None = None) -> IndexReport:
     """Bring the store in ``folder`` up to date with the photo folders ``roots``, embedding with
     ``backbone`` (``image_backbone_for`` builds it from a checkpoint). ``checkpoint`` is recorded
     as the one the index is served with by default. ``on_progress(done, total)`` follows the
     files being embedded; ``stop`` ends the run early after a commit. StoreBusy when another
-    process is indexing into ``folder``."""
+    process is indexing into ``folder``.
+
+    ``read_text`` (``crossmodal.ocr.read_text``, or any path -> text function): after embedding,
+    the text in every searchable photo not read yet is read and recorded (OCR), committed by time
+    like the vectors, so a killed run continues with the photos it had not reached. A photo it
+    cannot open (ValueError, OSError) is recorded with no text; other errors end the run."""
     t0 = time.perf_counter()
     resolved = [str(Path(r).expanduser().resolve()) for r in roots]
     for r in resolved:
@@ -182,6 +192,10 @@ def index_photos(folder: str | os.PathLike, roots: Sequence[str | os.PathLike], 
                 report.embed_seconds = time.perf_counter() - t1
                 log.info("indexed %d photos in %.1f s (%.1f photos/s): %d embedded, %d reused", len(todo),
                          report.embed_seconds, report.rate, report.embedded, report.reused)
+            if read_text is not None and not report.stopped:
+                t1 = time.perf_counter()
+                _read_texts(store, resolved, read_text, report, on_progress, stop)
+                report.ocr_seconds = time.perf_counter() - t1
             if not report.stopped:
                 store.mark_indexed(resolved)
                 store.compact()
@@ -234,6 +248,31 @@ def _embed(store: PhotoStore, todo: list[FoundFile], backbone: ImageBackbone, re
                 report.stopped = True
                 break
     store.commit(records, vectors)
+
+
+def _read_texts(store: PhotoStore, roots: list[str], read_text: Callable[[str], str], report: IndexReport,
+                on_progress: Callable[[int, int], None] | None, stop: threading.Event | None) -> None:
+    pending = store.ocr_pending(roots)
+    done: list[tuple[int, str]] = []
+    last_commit = time.monotonic()
+    for n, (photo_id, path) in enumerate(pending, start=1):
+        try:
+            text = read_text(path)
+        except (ValueError, OSError) as err:  # unreadable now: no text (read again when the file changes)
+            log.warning("no text read from %s: %s", path, err)
+            text = ""
+        done.append((photo_id, text))
+        report.texts_read += 1
+        if on_progress:
+            on_progress(n, len(pending))
+        stopping = stop is not None and stop.is_set()
+        if stopping or time.monotonic() - last_commit >= COMMIT_SECONDS:
+            store.set_ocr(done)
+            done, last_commit = [], time.monotonic()
+        if stopping:
+            report.stopped = True
+            break
+    store.set_ocr(done)
 
 
 class IndexingThread(threading.Thread):

@@ -15,10 +15,13 @@ a restart projects only the photos added since. Files for other checkpoints are 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import threading
 import time
+from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -27,6 +30,8 @@ import torch
 
 from crossmodal.atomic_io import file_digest
 from crossmodal.backbones import resolve_device, views_of
+from crossmodal.name_match import NameIndex
+from crossmodal.photos.files import under
 from crossmodal.photos.store import PhotoStore, Snapshot
 from crossmodal.querybank import image_biases, text_banks
 from crossmodal.retrieval import PROJECT_BATCH, TOP_K, Hit, Retriever, RetrieverError, load_text_backbone
@@ -130,6 +135,35 @@ class ProjectedRows:
                     old.unlink(missing_ok=True)
 
 
+@dataclass(frozen=True)
+class PhotoRows:
+    """What is searchable at one generation: the Retriever and, by its row, each photo's details
+    (for filters, dates and folders in ``photos.search``)."""
+    retriever: Retriever
+    ids: np.ndarray  # photo ids in the store (the OCR index's rowids)
+    paths: list[str]
+    roots: list[str]  # the indexed folder each photo lies in
+    taken_at: list[str | None]
+    camera: list[str | None]
+
+    @functools.cached_property
+    def days(self) -> list[date | None]:
+        """The day each photo was taken (None when unknown)."""
+        return [_day(t) for t in self.taken_at]
+
+    @functools.cached_property
+    def name_index(self) -> NameIndex:
+        """The words of the photos' file and folder names (``crossmodal.name_match``)."""
+        return NameIndex(self.retriever.names)
+
+
+def _day(iso: str | None) -> date | None:
+    try:
+        return date.fromisoformat(iso[:10]) if iso else None
+    except ValueError:
+        return None
+
+
 class PhotoSearch:
     """Text-to-photo (and photo-to-photo) search over a photo index, following its growth.
 
@@ -159,6 +193,8 @@ class PhotoSearch:
         self._projected = ProjectedRows(self.store.folder, self.model, file_digest(checkpoint),
                                         state.get("querybank"), self.device)
         self._retriever: Retriever | None = None
+        self._rows: PhotoRows | None = None
+        self.indexing: Any = None  # the IndexingThread filling this index, when one runs beside it
         self._generation: int | None = None
         self._refreshing = threading.Lock()
         self.refresh()
@@ -192,11 +228,28 @@ class PhotoSearch:
             if self.roots:
                 self.images_root = Path(os.path.commonpath(self.roots))
             proj, bias = self._projected.rows(snap)
-            self._retriever = self._build(snap, proj, bias) if len(snap) else None
+            retriever = self._build(snap, proj, bias) if len(snap) else None
+            self._rows = self._details(snap, retriever) if retriever is not None else None
+            self._retriever = retriever
             self._generation = snap.generation
             return True
         finally:
             self._refreshing.release()
+
+    def _details(self, snap: Snapshot, retriever: Retriever) -> PhotoRows:
+        details = {r.path: r for r in self.store.records(self._filter, ["ok"])}
+        taken, camera, roots = [], [], []
+        for path in snap.paths:
+            rec = details.get(path)  # (a record re-recorded since the snapshot: its details then)
+            taken.append(rec.taken_at if rec else None)
+            camera.append(rec.camera if rec else None)
+            roots.append(next((r for r in self.roots if under(path, r)), str(self.images_root)))
+        return PhotoRows(retriever, snap.ids, list(snap.paths), roots, taken, camera)
+
+    def rows(self) -> PhotoRows | None:
+        """What is searchable now (after taking up new commits), None before any photo is."""
+        self.refresh()
+        return self._rows
 
     def _build(self, snap: Snapshot, proj: np.ndarray, bias: np.ndarray) -> Retriever:
         root = str(self.images_root)

@@ -84,6 +84,18 @@ CREATE TABLE IF NOT EXISTS photos (
 CREATE INDEX IF NOT EXISTS photos_hash ON photos (hash);
 CREATE TABLE IF NOT EXISTS vectors (hash TEXT PRIMARY KEY, row INTEGER NOT NULL UNIQUE);
 """
+# The OCR text's full-text index (SQLite FTS5, over photos.ocr_text), kept in sync by triggers, so
+# every change of a record (new, re-recorded, OCR read, deleted) updates it in the same transaction.
+OCR_SCHEMA = [
+    "CREATE VIRTUAL TABLE IF NOT EXISTS ocr_fts USING fts5(ocr_text, content='photos', content_rowid='id')",
+    "CREATE TRIGGER IF NOT EXISTS photos_ocr_insert AFTER INSERT ON photos BEGIN "
+    "INSERT INTO ocr_fts(rowid, ocr_text) VALUES (new.id, new.ocr_text); END",
+    "CREATE TRIGGER IF NOT EXISTS photos_ocr_delete AFTER DELETE ON photos BEGIN "
+    "INSERT INTO ocr_fts(ocr_fts, rowid, ocr_text) VALUES ('delete', old.id, old.ocr_text); END",
+    "CREATE TRIGGER IF NOT EXISTS photos_ocr_update AFTER UPDATE OF ocr_text ON photos BEGIN "
+    "INSERT INTO ocr_fts(ocr_fts, rowid, ocr_text) VALUES ('delete', old.id, old.ocr_text); "
+    "INSERT INTO ocr_fts(rowid, ocr_text) VALUES (new.id, new.ocr_text); END",
+]
 
 
 class StoreBusy(RuntimeError):
@@ -198,6 +210,20 @@ class PhotoStore:
         if fmt != str(FORMAT):
             raise StoreError(f"{self.folder} holds a photo index of format {fmt}; this version reads "
                              f"format {FORMAT}: index into another folder, or delete it to start again")
+        self._ensure_ocr_index()
+
+    def _ensure_ocr_index(self) -> None:
+        """Add the OCR full-text index to an index made before it existed (filled from the records)."""
+        if self._conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'ocr_fts'").fetchone():
+            return
+        try:
+            with self._transaction(immediate=True) as c:
+                if c.execute("SELECT 1 FROM sqlite_master WHERE name = 'ocr_fts'").fetchone() is None:
+                    for statement in OCR_SCHEMA:
+                        c.execute(statement)
+                    c.execute("INSERT INTO ocr_fts(ocr_fts) VALUES ('rebuild')")
+        except sqlite3.OperationalError as err:  # a read-only index: searched without its OCR text
+            log.warning("cannot add the OCR text index to %s: %s", self.folder, err)
 
     def _format(self) -> str | None:
         try:
@@ -289,6 +315,27 @@ class PhotoStore:
             row = self._conn.execute(f"SELECT {cols}, v.row FROM photos p LEFT JOIN vectors v ON v.hash = p.hash "
                                      "WHERE p.path = ?", (str(path),)).fetchone()
         return PhotoRecord(*row) if row else None
+
+    def ocr_matches(self, words: Sequence[str], limit: int = 1000) -> list[tuple[int, str]]:
+        """(photo id, its OCR text) of the photos whose OCR text holds any of ``words`` (FTS5
+        ``MATCH``), best bm25 first, at most ``limit``; [] without words or without the OCR index."""
+        words = [w for w in words if w.strip()]
+        if not words:
+            return []
+        match = " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
+        with self._lock:
+            try:
+                return self._conn.execute("SELECT rowid, ocr_text FROM ocr_fts WHERE ocr_fts MATCH ? "
+                                          "ORDER BY bm25(ocr_fts) LIMIT ?", (match, limit)).fetchall()
+            except sqlite3.OperationalError:  # no OCR index (a read-only index made before it)
+                return []
+
+    def ocr_pending(self, roots: Sequence[str | os.PathLike] | None = None) -> list[tuple[int, str]]:
+        """(id, path) of the searchable photos under ``roots`` whose text has not been read yet."""
+        where, args = self._where(roots)
+        with self._lock:
+            return self._conn.execute(f"SELECT p.id, p.path FROM photos p WHERE {where} AND p.status = 'ok' "
+                                      "AND p.ocr_text IS NULL ORDER BY p.path", args).fetchall()
 
     def problems(self, roots: Sequence[str | os.PathLike] | None = None) -> list[PhotoRecord]:
         """Files that are not searchable, with their reasons: refused, undecodable or unreadable."""
@@ -485,6 +532,16 @@ class PhotoStore:
             except BaseException:
                 os.truncate(path, rows * dim * 2)  # the rows no commit references
                 raise
+
+    def set_ocr(self, texts: Sequence[tuple[int, str]]) -> None:
+        """Record the text read in photos ((id, text); "" when none): one transaction, the full-text
+        index updated with it."""
+        self._check_writing()
+        if not texts:
+            return
+        with self._transaction(immediate=True) as cur:
+            cur.executemany("UPDATE photos SET ocr_text = ? WHERE id = ?", [(t, i) for i, t in texts])
+            self._set(cur, generation=int(self._meta(cur)["generation"]) + 1)
 
     def garbage(self) -> tuple[int, int]:
         """(stored rows, rows no photo references)."""
