@@ -295,3 +295,25 @@ def test_search_script_shows_confidence_date_folder_and_weak_matches(world, caps
     assert len(lines) == 3 and "h.png" not in " ".join(lines) and "no good match" not in lines[0]
     assert search_script.main(common + ["--photos", str(world["root"]), "after:2019-13"]) == 2
     assert "after:2019-13: not a valid date" in capsys.readouterr().err
+
+
+def test_index_folder_ocr_flag_reads_text_and_says_what_to_install(world, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import index_folder
+    from crossmodal import ocr
+
+    folder = tmp_path / "p"
+    shutil.copytree(world["root"] / "B", folder)
+    argv = [str(folder), "--out", str(tmp_path / "index"), "--checkpoint", str(world["checkpoint"]),
+            "--image-weights", str(world["resnet"]), "--workers", "0", "--device", "cpu", "--no-progress", "--ocr"]
+    monkeypatch.setattr(ocr, "ocr_available", lambda: False)
+    assert index_folder.main(argv) == 2
+    monkeypatch.setattr(ocr, "ocr_available", lambda: True)
+    monkeypatch.setattr(ocr, "read_text", lambda path: "OPEN" if Path(path).name == "f.png" else "")
+    assert index_folder.main(argv) == 0
+    assert "text read in 3 photos" in capsys.readouterr().out
+    from crossmodal.photos.store import PhotoStore
+
+    with PhotoStore(tmp_path / "index") as s:
+        assert [t for _, t in s.ocr_matches(["open"])] == ["OPEN"]

@@ -278,8 +278,8 @@ def _read_texts(store: PhotoStore, roots: list[str], read_text: Callable[[str], 
 class IndexingThread(threading.Thread):
     """``index_photos`` in a background thread: a page keeps answering from what is committed.
 
-    ``done``/``total`` follow the files being embedded; ``report`` (or ``error``) is set at the end;
-    ``stop()`` asks it to commit and end early."""
+    ``done``/``total`` follow the files being embedded, then those being read (OCR); ``report``
+    (or ``error``) is set at the end; ``stop()`` asks it to commit and end early."""
 
     def __init__(self, folder: str | os.PathLike, roots: Sequence[str | os.PathLike], backbone: ImageBackbone,
                  **kwargs):
