@@ -125,10 +125,11 @@ def _ocr_words(text: str) -> list[str]:
 
 
 def _row_of(rows: "PhotoRows", like: str) -> int:
-    path = os.path.realpath(os.path.expanduser(like)) if os.path.isabs(os.path.expanduser(like)) else None
-    names = rows.retriever.names
-    for i, (p, n) in enumerate(zip(rows.paths, names)):
-        if p == path or p == like or n == like:
+    """The row of an indexed photo named by its path (as given, absolute, or resolved) or its name."""
+    full = os.path.expanduser(like)
+    wanted = {like, os.path.abspath(full), os.path.realpath(full)}
+    for i, (path, name) in enumerate(zip(rows.paths, rows.retriever.names)):
+        if path in wanted or name == like:
             return i
     raise ValueError(f"{like} is not an indexed photo of this search; name one of its results")
 
