@@ -191,7 +191,7 @@ def serve(retriever, host: str, port: int, block: bool = True, quiet: bool = Fal
 
     from crossmodal.serving import UPLOAD_GRACE_S, PhotoFiles, RefuseMalformedRequests, Uploads
 
-    photos = PhotoFiles(retriever.names, retriever.images_root)
+    photos = PhotoFiles.of(retriever)
     uploads = Uploads(get_upload_folder(), UPLOAD_GRACE_S if upload_grace is None else upload_grace)
     demo = build_ui(retriever, photos, uploads)
     # api_open=False: every call goes through the queue and its concurrency limit (the direct
