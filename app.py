@@ -390,8 +390,9 @@ def build_photo_ui(engine, indexer, photos, uploads):
 
     with gr.Blocks(title="Photo search", analytics_enabled=False, delete_cache=UPLOAD_CLEANUP) as demo:
         gr.Markdown("## Search your photos")
-        info = gr.Markdown(f"Searching {engine.describe()}", elem_id="index-info")
-        indexing = gr.Markdown(indexing_line(indexer, engine), elem_id="indexing")
+        # (callables: each page load shows the state then, not the state at start)
+        info = gr.Markdown(lambda: f"Searching {engine.describe()}", elem_id="index-info")
+        indexing = gr.Markdown(lambda: indexing_line(indexer, engine), elem_id="indexing")
         state = gr.State(None)
         selected = gr.State(None)
         with gr.Tab("Describe a photo"):
