@@ -1,15 +1,17 @@
 #!/usr/bin/env python
-"""Index a folder of your own photos (recursively: jpg, jpeg, png, webp) for searching; no captions needed.
+"""Index folders of your own photos (recursively: jpg, png, webp, tiff, gif, heic) for searching.
 
-    python index_folder.py ~/Pictures [--checkpoint WORK_DIR/checkpoints/best.pt] [--out DIR]
-    python app.py --collection WORK_DIR/collections/Pictures      # then search it
-    python search.py "a dog in the snow" --collection WORK_DIR/collections/Pictures
+    python index_folder.py ~/Pictures [MORE_FOLDERS ...] [--checkpoint WORK_DIR/checkpoints/best.pt]
+    python search.py --photos ~/Pictures "a dog in the snow"     # then search them (indexing first)
+    python app.py --collection ~/.local/share/crossmodal/photo_index
     python index_folder.py ~/Pictures --duplicates                # also list near-duplicate photos
+    python index_folder.py ~/Pictures --ocr                       # also read the text in the photos
 
-Photos are embedded with the checkpoint's image backbone; the image head is applied when the
-collection is served (and once here, so the first start is fast). Incremental: a rerun embeds only
-new or changed files and drops deleted ones (crossmodal/collection.py says how), so --duplicates
-on an indexed folder only reads its stored features.
+One photo index (default: WORK_DIR/photo_index, else ~/.local/share/crossmodal/photo_index; --out
+sets another) holds every folder indexed into it. Incremental: a rerun embeds only new or changed
+files, drops deleted ones, and gives a moved or renamed photo its vector back without decoding it.
+A killed run loses at most about half a minute of work. crossmodal/photos/ says how.
+--duplicates reads the stored vectors only, so on an indexed folder it decodes nothing.
 """
 from __future__ import annotations
 
@@ -22,9 +24,8 @@ from crossmodal import cli
 cli.prepare_process()
 
 from crossmodal.backbones import BackboneUnavailable  # noqa: E402
-from crossmodal.collection import default_out, index_folder  # noqa: E402
-from crossmodal.duplicates import DuplicateGroup, collection_duplicates  # noqa: E402
-from crossmodal.features.cache import MANIFEST_FILE, StaleCacheError  # noqa: E402
+from crossmodal.duplicates import DuplicateGroup, photo_duplicates  # noqa: E402
+from crossmodal.photos import StoreError  # noqa: E402
 from crossmodal.retrieval import RetrieverError  # noqa: E402
 
 import config  # noqa: E402
@@ -35,31 +36,31 @@ log = logging.getLogger("index_folder")
 
 def main(argv: list[str] | None = None) -> int:
     p = cli.StageParser(__doc__, config)
-    p.add_argument("folder", type=Path, help="the photo folder (searched recursively)")
-    p.flags("work-dir", "checkpoint", "image-weights", "models-dir", "device", "batch-size", "workers", "out",
-            "duplicates", "duplicate-threshold", out_help="index folder (default: WORK_DIR/collections/<folder name>)")
+    p.add_argument("folders", type=Path, nargs="+", help="photo folders (searched recursively)")
+    p.flags("work-dir", "checkpoint", "image-weights", "models-dir", "device", "batch-size", "workers", "no-progress",
+            "duplicates", "duplicate-threshold", "ocr", "out",
+            out_help="the photo index folder (default: WORK_DIR/photo_index, else "
+                     "~/.local/share/crossmodal/photo_index)")
     args = p.parse(argv)
+    args.photos = args.folders
     checkpoint = cli.resolve_checkpoint(args)
-    out = args.out or default_out(args.layout.collections, args.folder)
-    kwargs = {k: v for k, v in (("batch_size", args.batch_size), ("workers", args.workers)) if v is not None}
     try:
         model, state = load_checkpoint(checkpoint)
-        result = index_folder(args.folder, checkpoint, model, state, out, device=args.device,
-                              image_weights=args.image_weights, models_dir=args.models_dir, **kwargs)
-    except (OSError, BackboneUnavailable, StaleCacheError, RetrieverError, CheckpointError) as err:
+        report = cli.index_photo_folders(args, state, checkpoint)
+    except (OSError, BackboneUnavailable, RetrieverError, CheckpointError, StoreError) as err:
         log.error("%s", err)
         return 2
-    print(result.summary())
-    if result.failed:
-        print(f"{result.failed} file(s) could not be read (listed in {result.out_dir}/{MANIFEST_FILE})")
-    if result.skipped:
-        print(f"{len(result.skipped)} entr{'y' if len(result.skipped) == 1 else 'ies'} skipped, not indexed "
-              f"(listed under 'skipped' in {result.out_dir}/{MANIFEST_FILE}):")
-        cli.print_entries(result.skipped)
-    print(f"index: {result.out_dir}; search it with: python app.py --collection {result.out_dir}")
+    if report is None:
+        log.error("%s is being indexed by another process; try again when it has finished", cli.photo_index_dir(args))
+        return 3
+    print(report.summary())
+    for line in report.problem_lines():
+        print(line)
+    roots = " ".join(f"--photos {r}" for r in report.roots)
+    print(f"index: {cli.photo_index_dir(args)}; search it with: python search.py {roots} \"a description\"")
     if args.duplicates:
         try:
-            groups = collection_duplicates(result.out_dir, args.duplicate_threshold)
+            groups = photo_duplicates(cli.photo_index_dir(args), report.roots, args.duplicate_threshold)
         except ValueError as err:
             log.error("%s", err)
             return 2

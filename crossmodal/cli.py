@@ -133,12 +133,23 @@ FLAGS: dict[str, Flag] = {
     # serving
     "checkpoint": Flag("trained checkpoint; default: WORK_DIR/checkpoints/best.pt (with --collection, the one it "
                        "was indexed with)", Path),
-    "collection": Flag("serve a photo folder indexed by index_folder.py instead of the dataset", Path),
+    "collection": Flag("the photo index (written by index_folder.py or --photos) to search instead of the dataset; "
+                       "with --photos, where their index goes (default: WORK_DIR/photo_index, else "
+                       "~/.local/share/crossmodal/photo_index)", Path),
+    "photos": Flag("photo folders to bring up to date in the photo index (new, changed, moved and deleted "
+                   "files) and to search: only photos under them are returned", Path,
+                   options={"nargs": "+", "action": "extend"}),
     "image-features": Flag("image feature cache; default: WORK_DIR/image_embeddings", Path),
     "k": Flag("how many results", int, _library_default("crossmodal.retrieval", "TOP_K")),
     "host": Flag("address to listen on", str, _config_default("APP_HOST")),
     "port": Flag("port", int, _config_default("APP_PORT")),
     "json": Flag("print the hits as JSON", None, options={"action": "store_true"}),
+    "like": Flag("more like this: an indexed photo (its path) to find similar ones to, from its stored vector "
+                 "(with --photos; nothing is decoded); combined with the query text when one is given", Path),
+    "image": Flag("a photo file to search with (with --photos); combined with the query text when one is given "
+                  "(\"this photo, but at night\")", Path),
+    "ocr": Flag(lambda: __import__("crossmodal.ocr", fromlist=["HELP"]).HELP, None,
+                options={"action": "store_true"}),
     "upload-grace": Flag("seconds an uploaded photo stays on the server after its last search (a search of it again "
                          "meanwhile reuses it)", float, _library_default("crossmodal.serving", "UPLOAD_GRACE_S")),
     # own-photo folders
@@ -259,6 +270,68 @@ def data_flags(args: argparse.Namespace, images: bool = True) -> str:
 def train_hint(args: argparse.Namespace) -> str:
     """The command that trains the checkpoint these arguments look for."""
     return " ".join(["python", "run_train.py", data_flags(args)]).strip()
+
+
+def photo_index_dir(args: argparse.Namespace) -> Path:
+    """Where the photo index is: --collection (or index_folder.py's --out), else the layout's."""
+    return getattr(args, "collection", None) or getattr(args, "out", None) or args.layout.photo_index
+
+
+def index_photo_folders(args: argparse.Namespace, state: dict, checkpoint: Path, *, background: bool = False) -> Any:
+    """Bring the photo index up to date with ``args.photos`` for the checkpoint's image backbone:
+    the IndexReport, or with ``background`` the started IndexingThread; None when another process
+    is indexing the same index (said in a log line: search uses what it has committed)."""
+    from crossmodal.features.extract import NUM_WORKERS
+    from crossmodal.photos import IndexingThread, StoreBusy, image_backbone_for, index_photos
+
+    backbone = image_backbone_for(state, getattr(args, "image_weights", None), args.models_dir)
+    kwargs = dict(device=args.device, batch_size=getattr(args, "batch_size", None), checkpoint=checkpoint,
+                  workers=NUM_WORKERS if getattr(args, "workers", None) is None else args.workers)
+    if getattr(args, "ocr", False):
+        from crossmodal.ocr import INSTALL_HINT, ocr_available, read_text
+
+        if not ocr_available():
+            raise OSError(INSTALL_HINT)
+        kwargs["read_text"] = read_text
+    if background:
+        thread = IndexingThread(photo_index_dir(args), args.photos, backbone, **kwargs)
+        thread.start()
+        return thread
+    try:
+        return index_photos(photo_index_dir(args), args.photos, backbone,
+                            progress=not getattr(args, "no_progress", False), **kwargs)
+    except StoreBusy as err:
+        logging.getLogger("crossmodal.cli").warning("%s; searching what it has indexed so far", err)
+        return None
+
+
+def load_photo_search(args: argparse.Namespace, load_model: Callable, *,
+                      background: bool = False) -> tuple[Any, Any, str]:
+    """(PhotoSearch over ``args.photos``, what ``index_photo_folders`` returned, "") once the folders
+    are indexed (or while they are, with ``background``), or (None, None, message) when something
+    must be fixed or built first. ``load_model`` loads a checkpoint (``model.load_checkpoint``)."""
+    checkpoint = resolve_checkpoint(args)
+    if not checkpoint.is_file():
+        return None, None, f"no trained checkpoint at {checkpoint}; train one first with: {train_hint(args)}"
+    import torch
+
+    if getattr(args, "threads", 0):
+        torch.set_num_threads(args.threads)
+    from crossmodal.backbones import BackboneUnavailable
+    from crossmodal.photos import PhotoSearch, StoreError
+    from crossmodal.retrieval import RetrieverError
+
+    try:
+        model, state = load_model(checkpoint)
+        indexing = index_photo_folders(args, state, checkpoint, background=background)
+        search = PhotoSearch(photo_index_dir(args), checkpoint, model, state, roots=args.photos, device=args.device,
+                             text_weights=args.text_weights, image_weights=getattr(args, "image_weights", None),
+                             models_dir=args.models_dir)
+        if background:
+            search.indexing = indexing  # its progress is reported with each result
+        return search, indexing, ""
+    except (RetrieverError, BackboneUnavailable, StoreError, OSError, ValueError) as err:
+        return None, None, str(err)  # (a CheckpointError is a ValueError; a missing folder an OSError)
 
 
 def resolve_checkpoint(args: argparse.Namespace) -> Path:

@@ -1,5 +1,6 @@
 """Image files that come from outside the pipeline: which files are served as images, and
-decoding an uploaded photo within a pixel budget.
+opening a photo safely: within a pixel budget, first frame, orientation applied. Uploads
+(``load_image``) and the photo index (``crossmodal.photos.indexer``) both open photos here.
 
 Serving: a file is an image when its extension is one of ``IMAGE_TYPES`` and its first bytes are
 that format's signature (``image_content_type``); the content type sent is the one both agree on.
@@ -9,17 +10,31 @@ million pixels (300 MB once decoded, more on the way to a tensor). The size is r
 file header (PIL opens lazily) before anything is decoded; JPEGs decode at 1/2, 1/4 or 1/8 scale
 (draft mode) when the result stays larger than the caller needs; what would still decode to more
 than ``MAX_DECODE_PIXELS`` is refused with a message naming the size and the limit; and at most
-``MAX_CONCURRENT_DECODES`` files decode at once in the process.
+``MAX_CONCURRENT_DECODES`` files decode at once in the process. The photo index has its own,
+larger budget (``INDEX_MAX_PIXELS``): its photos are the owner's, decoded by at most a few
+workers, and a camera's full-size photo must not be refused.
+
+``open_image`` reads the header only and refuses before any pixel is decoded; ``photo_info``
+reads EXIF (date taken, camera) and the displayed size; ``upright_rgb`` decodes the first frame
+(GIF, multi-page TIFF) as upright RGB. HEIC/HEIF open through pillow-heif (``register_heif``).
 """
 from __future__ import annotations
 
 import os
 import threading
 import warnings
+from dataclasses import dataclass
+from datetime import datetime
 
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
-MAX_DECODE_PIXELS = 25_000_000  # a 6000 x 4000 photo; 75-100 MB decoded
+MAX_DECODE_PIXELS = 25_000_000  # uploads: a 6000 x 4000 photo; 75-100 MB decoded
+# The photo index: above any camera phone and most DSLRs (a 61 MP full-frame photo passes); an RGB
+# decode of this size takes 300 MB, and two decoding workers may hold one each.
+INDEX_MAX_PIXELS = 100_000_000
+DATE_TAKEN_TAG = 36867  # DateTimeOriginal, in the Exif IFD
+MAKE_TAG, MODEL_TAG, ORIENTATION_TAG = 271, 272, 274  # in IFD0
+EXIF_DATE_FORMAT = "%Y:%m:%d %H:%M:%S"
 MAX_CONCURRENT_DECODES = 2  # per process: bounds the memory of simultaneous uploads
 _decode_slots = threading.BoundedSemaphore(MAX_CONCURRENT_DECODES)
 
@@ -43,6 +58,10 @@ _ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_18
 
 class ImageRefused(ValueError):
     """A file that is not decoded: not a readable image, or too large. The message says which."""
+
+
+class ImageTooLarge(ImageRefused):
+    """A file that would decode to more pixels than the budget (a decompression bomb, or a huge photo)."""
 
 
 def _starts_as(head: bytes, content_type: str) -> bool:
@@ -69,6 +88,41 @@ def megapixels(n: int) -> str:
     return f"{n / 1e6:,.0f} megapixels" if n >= 1e7 else f"{n / 1e6:,.1f} megapixels"
 
 
+def open_image(path: str | os.PathLike, max_pixels: int, size: int | None = None) -> Image.Image:
+    """The image opened lazily (header read, nothing decoded); with ``size`` (the shorter side the
+    caller needs) a JPEG is set to decode at reduced scale (draft mode). ImageTooLarge when it would
+    still decode to more than ``max_pixels`` pixels; Pillow's own errors (not an image, a missing
+    file) pass through. Close it (a ``with`` block) when done."""
+    with warnings.catch_warnings():
+        # PIL warns above 89 million pixels and refuses above 179 million; the budget here is checked below
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(path)  # reads the header only
+        except Image.DecompressionBombError as err:
+            raise ImageTooLarge(f"the photo is too large: {err}; at most {megapixels(max_pixels)} are decoded") \
+                from err
+    width, height = img.size
+    if size:
+        img.draft("RGB", (size, size))  # JPEG: decode at reduced scale; other formats ignore it
+    if img.width * img.height > max_pixels:
+        img.close()
+        raise ImageTooLarge(f"the photo is {width:,} x {height:,} pixels ({megapixels(width * height)}); photos up "
+                            f"to {megapixels(max_pixels)} are decoded")
+    return img
+
+
+def upright_rgb(img: Image.Image, size: int | None = None) -> Image.Image:
+    """The first frame of an opened image decoded as RGB (a JPEG at the smallest scale still
+    covering ``size`` x ``size``), turned upright by its EXIF orientation."""
+    if size:
+        img.draft("RGB", (size, size))
+    img.seek(0)
+    orientation = img.getexif().get(ORIENTATION_TAG, 1)
+    img.load()
+    rgb = img if img.mode == "RGB" else img.convert("RGB")
+    return rgb.transpose(_ORIENTATION[orientation]) if orientation in _ORIENTATION else rgb
+
+
 def load_image(path: str | os.PathLike, size: int | None = None, max_pixels: int = MAX_DECODE_PIXELS) -> Image.Image:
     """An RGB image from a file that may be hostile, decoded within ``max_pixels``.
 
@@ -80,34 +134,90 @@ def load_image(path: str | os.PathLike, size: int | None = None, max_pixels: int
     """
     with _decode_slots:
         try:
-            with warnings.catch_warnings():
-                # PIL warns above 89 million pixels and refuses above 179 million; the budget here is lower
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                img = Image.open(path)  # reads the header only
-        except Image.DecompressionBombError as err:
-            raise ImageRefused(f"the photo is too large: {err}; at most {megapixels(max_pixels)} are "
-                               "decoded, send a smaller version") from err
+            img = open_image(path, max_pixels, size)
+        except ImageTooLarge as err:
+            raise ImageRefused(f"{err} (JPEGs larger, as they decode at reduced size); send a smaller version") \
+                from err
         except FileNotFoundError as err:
             raise ImageRefused("the photo's file is gone") from err
         except (UnidentifiedImageError, OSError, ValueError) as err:
             raise ImageRefused("not a readable image file (JPEG, PNG, WebP, GIF, TIFF or BMP)") from err
         with img:
-            width, height = img.size
-            if size:
-                img.draft("RGB", (size, size))  # JPEG: decode at reduced scale; other formats ignore it
-            if img.width * img.height > max_pixels:
-                raise ImageRefused(
-                    f"the photo is {width:,} x {height:,} pixels ({megapixels(width * height)}); photos up to "
-                    f"{megapixels(max_pixels)} are accepted (JPEGs larger, as they decode at reduced size); "
-                    "send a smaller version")
-            orientation = img.getexif().get(0x0112, 1)
+            orientation = img.getexif().get(ORIENTATION_TAG, 1)
             try:
                 img.load()
                 rgb = img if img.mode == "RGB" else img.convert("RGB")
             except (OSError, ValueError, SyntaxError) as err:  # truncated or corrupt data
                 raise ImageRefused(f"the image data cannot be decoded ({err})") from err
-        if size and min(rgb.size) >= 2 * size:
+        if size and min(rgb.size) >= 2 * size:  # reduced before turning: the turn then copies less
             rgb = rgb.reduce(min(rgb.size) // size)
         if orientation in _ORIENTATION:
             rgb = rgb.transpose(_ORIENTATION[orientation])
         return rgb
+
+
+_heif: bool | None = None  # whether this process has pillow-heif registered (None: not tried yet)
+
+
+def register_heif() -> bool:
+    """Let Pillow open HEIC/HEIF (pillow-heif), once per process; False when it is not installed
+    (such files are then recorded as undecodable)."""
+    global _heif
+    if _heif is None:
+        try:
+            import pillow_heif
+
+            pillow_heif.register_heif_opener()
+            _heif = True
+        except ImportError:
+            _heif = False
+    return _heif
+
+
+@dataclass(frozen=True)
+class PhotoInfo:
+    width: int  # as displayed (after the EXIF orientation)
+    height: int
+    taken_at: str | None  # ISO 8601 local time from EXIF DateTimeOriginal, None when absent or invalid
+    camera: str | None  # "Make Model" from EXIF
+
+
+def _text(value: object) -> str | None:
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    if value is None:
+        return None
+    text = str(value).replace("\x00", "").strip()
+    return text or None
+
+
+def camera_name(make: object, model: object) -> str | None:
+    """"Make Model", without repeating the make when the model already starts with it."""
+    make, model = _text(make), _text(model)
+    if make and model and model.lower().startswith(make.lower()):
+        return model
+    return " ".join(p for p in (make, model) if p) or None
+
+
+def exif_date(value: object) -> str | None:
+    """An EXIF date ("2019:07:14 10:20:30") as ISO 8601, None when it is not a real date."""
+    text = _text(value)
+    try:
+        return datetime.strptime(text[:19], EXIF_DATE_FORMAT).isoformat() if text else None
+    except ValueError:  # "0000:00:00 00:00:00", blanks, other formats
+        return None
+
+
+def photo_info(img: Image.Image) -> PhotoInfo:
+    """Displayed size, date taken and camera of an opened photo (reads only metadata)."""
+    try:
+        exif = img.getexif()
+        taken = exif_date(exif.get_ifd(ExifTags.IFD.Exif).get(DATE_TAKEN_TAG))
+        camera = camera_name(exif.get(MAKE_TAG), exif.get(MODEL_TAG))
+        orientation = exif.get(ORIENTATION_TAG)
+    except Exception:  # noqa: BLE001 - damaged EXIF must not make the photo unreadable
+        taken, camera, orientation = None, None, None
+    w, h = img.size
+    if orientation in (5, 6, 7, 8):  # a quarter turn: displayed width and height swap
+        w, h = h, w
+    return PhotoInfo(w, h, taken, camera)

@@ -2,9 +2,12 @@
 
 With no work dir the original layout is kept (features under ``data_dir``, ``checkpoints/`` and
 ``results/`` under ``project_dir``); with one, everything goes under it with the same sub-folder names.
+The photo index of your own folders is the exception: without a work dir it lives in the per-user
+data folder (``user_data_dir()``), so every checkout and every run shares it.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +18,8 @@ KEYWORDS_FILE = "keywords_augmented.txt"  # sentence_augment.py output
 ORIGINAL_KEYWORDS_FILE = "flickr30k_keywords_augmented.txt"  # its name in the original layout
 CHECKPOINTS = "checkpoints"
 RESULTS = "results"
-COLLECTIONS = "collections"  # indexed own-photo folders, one sub-folder each
+PHOTO_INDEX = "photo_index"  # the index of your own photo folders (crossmodal.photos)
+APP_NAME = "crossmodal"  # the per-user data folder's name
 SPLITS = "splits"
 BEST_CHECKPOINT = "best.pt"
 
@@ -60,9 +64,19 @@ class Layout:
         return (Path(self.work_dir) if self.work_dir else Path(self.project_dir)) / RESULTS
 
     @property
-    def collections(self) -> Path:
-        return self._base / COLLECTIONS
+    def photo_index(self) -> Path:
+        """The photo index: WORK_DIR/photo_index, else in the per-user data folder."""
+        return (Path(self.work_dir) if self.work_dir else user_data_dir()) / PHOTO_INDEX
 
     def default_splits(self) -> Path:
         """Split lists used when --splits is not given (a seeded split is written here if absent)."""
         return Path(self.work_dir) / SPLITS if self.work_dir else Path(self.splits_dir)
+
+
+def user_data_dir() -> Path:
+    """The per-user data folder: $XDG_DATA_HOME/crossmodal, else ~/.local/share/crossmodal (the XDG
+    base directory rules: a relative XDG_DATA_HOME is ignored)."""
+    base = os.environ.get("XDG_DATA_HOME", "")
+    if not os.path.isabs(base):
+        base = os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / APP_NAME

@@ -14,8 +14,8 @@ A text query is then one text encoding plus one index search::
     for hit in r.search_text("a red circle on a striped background", k=5):
         print(hit.rank, f"{hit.score:.3f}", hit.path)
 
-``open_retriever`` does the same for the page and the CLI, for a dataset or for a folder indexed
-by ``index_folder.py`` (whose manifest names its checkpoint).
+``open_retriever`` does the same for the page and the CLI, for a dataset or for a photo index
+written by ``index_folder.py`` (``crossmodal.photos``, which records its checkpoint).
 
 A model here is anything with ``encode_image``, ``folded_text_encoder``, ``config_dict`` and
 ``eval`` (the heads of ``model.py``).
@@ -231,6 +231,15 @@ def _release_free_memory() -> None:
         pass
 
 
+def load_text_backbone(expected: dict, weights: str | os.PathLike | None, models_dir: str | os.PathLike | None,
+                       device: torch.device | str = "cpu") -> TextBackbone:
+    """The text backbone a checkpoint records (``expected``), on ``device``; refuses other weights."""
+    backbone = create_text_backbone(expected["backbone"], weights, models_dir)
+    check_identity("text", expected, backbone.name, backbone.weights, "found")
+    backbone.model.to(device).eval()
+    return backbone
+
+
 def check_identity(kind: str, expected: dict, backbone_name: str, weights: str, where: str) -> None:
     """Refuse a backbone other than the one a checkpoint was trained on (RetrieverError says what to do)."""
     if expected.get("backbone") != backbone_name or expected.get("weights") != weights:
@@ -248,7 +257,8 @@ class Retriever:
                  text_backbone: TextBackbone | None = None, device: str | torch.device = "cpu",
                  image_weights: str | os.PathLike | None = None, index_kind: str = "auto",
                  source: str = "", biases: dict[str, np.ndarray] | None = None,
-                 models_dir: str | os.PathLike | None = None, calibration: dict | None = None):
+                 models_dir: str | os.PathLike | None = None, calibration: dict | None = None,
+                 image_backbone: ImageBackbone | None = None):
         import crossmodal.index as search_index
         if len(names) != len(embeddings):
             raise ValueError(f"{len(names)} names but {len(embeddings)} embeddings")
@@ -277,7 +287,7 @@ class Retriever:
         self.device = resolve_device(device)
         self.source = source
         self._text_backbone = text_backbone
-        self._image_backbone: ImageBackbone | None = None
+        self._image_backbone = image_backbone  # loaded on the first photo query unless given
         self._image_weights = image_weights
         self._models_dir = models_dir
         self._lock = threading.Lock()  # fast tokenizers and lazy loading are not thread-safe
@@ -320,7 +330,7 @@ class Retriever:
         rows, proj, biases = load_or_project(model, cache, file_digest(checkpoint), device, querybank)
         names = [cache.ids[r] for r in rows]
         captions = _read_caption_map(captions_file, set(names)) if captions_file else {}
-        text = cls._load_text_backbone(backbones["text"], text_weights, models_dir, device) if load_text else None
+        text = load_text_backbone(backbones["text"], text_weights, models_dir, device) if load_text else None
         del cache  # only the projected embeddings stay resident
         retriever = cls(model, backbones, names, proj, images_root, captions, text, device, image_weights,
                         index_kind, source=str(checkpoint), biases=biases, models_dir=models_dir,
@@ -328,14 +338,6 @@ class Retriever:
         del captions
         _release_free_memory()
         return retriever
-
-    @staticmethod
-    def _load_text_backbone(expected: dict, weights: str | os.PathLike | None, models_dir: str | os.PathLike | None,
-                            device: torch.device | str = "cpu") -> TextBackbone:
-        backbone = create_text_backbone(expected["backbone"], weights, models_dir)
-        check_identity("text", expected, backbone.name, backbone.weights, "found")
-        backbone.model.to(device).eval()
-        return backbone
 
     def _text_queries(self) -> np.ndarray:
         """Encoded text queries for tuning and stating a FAISS index's recall.
@@ -394,9 +396,18 @@ class Retriever:
         if self._text_backbone is None:
             with self._lock:
                 if self._text_backbone is None:
-                    self._text_backbone = self._load_text_backbone(self.backbones["text"], None, self._models_dir,
-                                                                   self.device)
+                    self._text_backbone = load_text_backbone(self.backbones["text"], None, self._models_dir,
+                                                             self.device)
         return self._text_backbone
+
+    def served_photos(self) -> tuple[Path, list[str]]:
+        """(the photos' folder, the row names): the files the page may serve (``serving.PhotoFiles``)."""
+        return self.images_root, self.names
+
+    @property
+    def loaded_image_backbone(self) -> ImageBackbone | None:
+        """The image backbone if a photo query has loaded it (a rebuilt Retriever can take it over)."""
+        return self._image_backbone
 
     @property
     def image_backbone(self) -> ImageBackbone:
@@ -519,9 +530,10 @@ def open_retriever(load_model: Callable[[Path], tuple[Any, dict]], *, checkpoint
                    collection: Path | None, image_features: Path, images: Path | None, captions: Path | None,
                    default_images: Path, default_captions_file: Path | None, train_hint: str,
                    device: str = "auto", text_weights: Path | None = None, image_weights: Path | None = None,
-                   models_dir: Path | None = None) -> Retriever:
-    """The Retriever the page and the CLI serve: a folder indexed by ``index_folder.py`` (its
-    manifest names its photos and checkpoint), else the dataset's image cache with ``checkpoint``.
+                   models_dir: Path | None = None) -> Any:
+    """What the page and the CLI serve: the photo index in ``collection`` (a ``photos.PhotoSearch``
+    over the photos under ``images``, else every indexed folder; the checkpoint defaults to the one
+    it was indexed with), else a Retriever over the dataset's image cache with ``checkpoint``.
 
     ``load_model`` loads a checkpoint (``model.load_checkpoint``). The photos default to the folder
     extraction recorded, the captions to the checkpoint's or extraction's caption file. Anything
@@ -529,15 +541,26 @@ def open_retriever(load_model: Callable[[Path], tuple[Any, dict]], *, checkpoint
     """
     kw = dict(device=device, text_weights=text_weights, image_weights=image_weights, models_dir=models_dir)
     if collection:
-        manifest = read_manifest(collection)
-        if manifest is None or not manifest.get("collection"):
-            raise RetrieverError(f"no indexed photo folder in {collection}; index one first with: "
+        from crossmodal.photos.serving import PhotoSearch
+        from crossmodal.photos.store import DB_FILE, PhotoStore
+
+        if not (Path(collection) / DB_FILE).is_file():
+            raise RetrieverError(f"no photo index in {collection}; index a folder first with: "
                                  f"python index_folder.py PHOTO_FOLDER --out {shlex.quote(str(collection))}")
-        checkpoint = Path(checkpoint or manifest["checkpoint"]["path"])
+        with PhotoStore(collection) as store:
+            recorded, roots = store.checkpoint(), ([images] if images else store.roots())
+        if not roots:
+            raise RetrieverError(f"the photo index in {collection} holds no folder yet; index one with: "
+                                 f"python index_folder.py PHOTO_FOLDER --out {shlex.quote(str(collection))}")
+        if len(roots) > 1 and Path(os.path.commonpath(roots)) == Path(os.path.commonpath(roots)).parent:
+            # The page serves files under the folder the roots share: never the whole file system.
+            raise RetrieverError(f"the folders indexed in {collection} ({', '.join(roots)}) share no parent "
+                                 "folder; choose one with --images FOLDER")
+        checkpoint = Path(checkpoint or recorded or "")
         if not checkpoint.is_file():
             raise RetrieverError(f"checkpoint not found: {checkpoint}; train one first with: {train_hint}")
         model, state = load_model(checkpoint)
-        return Retriever.from_checkpoint(checkpoint, model, state, collection, manifest["root"], None, **kw)
+        return PhotoSearch(collection, checkpoint, model, state, roots=roots, **kw)
     if checkpoint is None or not checkpoint.is_file():
         raise RetrieverError(f"no trained checkpoint at {checkpoint}; train one first with: {train_hint}")
     model, state = load_model(checkpoint)

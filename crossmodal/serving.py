@@ -3,9 +3,11 @@ of malformed API requests, and the life of an uploaded file.
 
 Photos (``PhotoFiles``): ``GET /photo/<name>`` serves the photos of the served index and nothing
 else. The allow-list is the index's rows (the Retriever's names; unreadable rows are not among
-them): a URL is looked up in it, never joined to a folder, so ``../``, percent-encoded or absolute
-forms and any file placed beside the photos match nothing. The file must also be an image by
-extension and by its first bytes (``images.image_content_type``); it is sent with that content
+them), asked of the engine at each request (``PhotoFiles.of``): a photo index that grows while the
+page runs (``photos.PhotoSearch``) serves each photo once it is searchable, and no other file: a
+URL is looked up in it, never joined to a folder, so ``../``, percent-encoded or absolute forms
+and any file placed beside the photos match nothing. The file must also be an image by extension
+and by its first bytes (``images.image_content_type``); it is sent with that content
 type, ``X-Content-Type-Options: nosniff`` and a sandboxing Content-Security-Policy, so nothing
 served here can run as a page on the app's address. A row that is a symlink is served whatever
 its target: the index owner put it in the index (indexing keeps only files that decode as
@@ -29,7 +31,7 @@ import posixpath
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Collection, Iterator, Sequence
 from urllib.parse import quote
 
 from starlette.requests import Request
@@ -60,20 +62,46 @@ def _stays_inside(name: str) -> bool:
 
 
 class PhotoFiles:
-    """The allow-list of files served over HTTP: the rows of the served index, by name."""
+    """The allow-list of files served over HTTP: the rows of the served index, by name.
+
+    ``PhotoFiles(names, root)`` serves a fixed list; ``PhotoFiles.of(engine)`` asks the engine for
+    its current list at every lookup: ``engine.served_photos()`` returns (root, names), the same
+    objects while its index is unchanged, so the list is checked again only when it changed."""
 
     def __init__(self, names: Sequence[str], root: str | os.PathLike):
-        self.root = Path(root).resolve()
-        self._served = {n for n in names if _stays_inside(n)}
-        if len(self._served) < len(names):
-            log.warning("%d index rows name a path outside %s and are not served", len(names) - len(self._served),
-                        self.root)
+        fixed = (Path(root), frozenset(names))
+        self._source: Callable[[], tuple[str | os.PathLike, Collection[str]]] = lambda: fixed
+        self._seen: tuple[object, object] | None = None  # the engine's (root, names) objects last checked
+        self._root, self._served = Path(root).resolve(), frozenset()
+        self._current()
+
+    @classmethod
+    def of(cls, engine: Any) -> "PhotoFiles":
+        """The photos an engine serves now (``served_photos()``), followed as its index grows."""
+        files = cls((), ".")
+        files._source = engine.served_photos
+        files._seen = None
+        return files
+
+    def _current(self) -> tuple[Path, frozenset[str]]:
+        root, names = self._source()
+        if self._seen is None or self._seen[0] is not root or self._seen[1] is not names:
+            served = frozenset(n for n in names if _stays_inside(n))
+            if len(served) < len(names):
+                log.warning("%d index rows name a path outside %s and are not served", len(names) - len(served),
+                            root)
+            self._root, self._served, self._seen = Path(root).resolve(), served, (root, names)
+        return self._root, self._served
+
+    @property
+    def root(self) -> Path:
+        return self._current()[0]
 
     def __len__(self) -> int:
-        return len(self._served)
+        return len(self._current()[1])
 
     def __contains__(self, name: object) -> bool:
-        return name in self._served
+        return name in self._current()[1]
 
     def url(self, name: str, root_url: str = "") -> str:
         """The URL of an indexed photo (``root_url``: the app's address, without a trailing slash)."""
@@ -82,9 +110,10 @@ class PhotoFiles:
     def file_of(self, name: str) -> tuple[Path, str, os.stat_result] | None:
         """(path, content type, stat) of a served photo; None when ``name`` is not an indexed row or its
         file is gone or is not an image by extension and content."""
-        if name not in self._served:
+        root, served = self._current()
+        if name not in served:
             return None
-        path = self.root / name
+        path = root / name
         content_type = image_content_type(path)
         if content_type is None:
             return None

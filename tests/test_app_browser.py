@@ -167,7 +167,7 @@ def test_api_endpoint_returns_json_hits(served):
     client = Client(url, verbose=False)
     hits = client.predict(query="a small blue square", k=3, api_name="/search")
     assert [h["rank"] for h in hits] == [1, 2, 3]
-    assert all(set(h) == {"rank", "image_path", "name", "score", "captions"} for h in hits)
+    assert all(set(h) == {"rank", "image_path", "name", "score", "captions", "confidence"} for h in hits)
     assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
     assert all(Path(h["image_path"]).parent == paths["images"].resolve() and h["captions"] for h in hits)
     with pytest.raises(Exception, match="empty query"):

@@ -1,12 +1,11 @@
 """A checkpoint is loaded without running code, through every path that loads one.
 
 A pickle can run any callable when it is loaded. Checkpoints hold only tensors and plain data
-and are loaded with ``weights_only=True``, so a planted file (a collection's manifest can name
-any path) is refused with a message naming it, and its payload never runs.
+and are loaded with ``weights_only=True``, so a planted file (a photo index records its checkpoint's
+path, which can be any path) is refused with a message naming it, and its payload never runs.
 """
 from __future__ import annotations
 
-import json
 import pathlib
 
 import pytest
@@ -65,19 +64,20 @@ def test_resume_refuses_a_planted_last_checkpoint(tmp_path, planted):
 
 
 def test_scripts_refuse_a_planted_checkpoint(tmp_path, planted, capsys, caplog):
-    """search.py (with --checkpoint, and with a collection whose manifest names the file),
+    """search.py (with --checkpoint, and with a photo index that records the file as its checkpoint),
     evaluate.py and index_folder.py exit with an error naming the file."""
     import evaluate
     import index_folder
     import search
+    from crossmodal.photos import PhotoStore
 
     path, marker = planted
-    collection = tmp_path / "collection"
-    collection.mkdir()
-    (collection / "manifest.json").write_text(json.dumps(
-        {"collection": True, "root": str(tmp_path), "checkpoint": {"path": str(path)}}))
     photos = tmp_path / "photos"
     photos.mkdir()
+    collection = tmp_path / "collection"  # a photo index that records the planted file as its checkpoint
+    identity = {"backbone": "resnet18", "weights": "w", "preprocess": {}, "dim": 4}
+    with PhotoStore(collection) as store, store.writing(identity, checkpoint=str(path)):
+        store.add_roots([str(photos)])
     runs = [
         lambda: search.main(["a dog", "--checkpoint", str(path), "--work-dir", str(tmp_path)]),
         lambda: search.main(["a dog", "--collection", str(collection)]),

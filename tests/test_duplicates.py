@@ -1,6 +1,6 @@
 """Near-duplicate groups (crossmodal/duplicates.py) on constructed vectors, and index_folder.py
 --duplicates end to end on a folder with exact copies (random backbone weights, so only exact copies
-are certain to be near-duplicates)."""
+are certain to be near-duplicates; in the photo index they share one vector row)."""
 from __future__ import annotations
 
 import shutil
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from test_retrieval import WORDS, jpeg, photo, save_checkpoint
 
 from crossmodal.backbones import create_image_backbone, create_text_backbone
-from crossmodal.duplicates import collection_duplicates, find_duplicate_groups, similar_pairs
+from crossmodal.duplicates import find_duplicate_groups, photo_duplicates, similar_pairs
 
 
 def unit(v: np.ndarray) -> np.ndarray:
@@ -105,14 +105,14 @@ def test_index_folder_lists_exact_copies(heads, tmp_path, capsys):
     shutil.copyfile(folder / "a.jpg", folder / "sub" / "a copy.jpg")
     shutil.copyfile(folder / "c.jpg", folder / "sub" / "c2.jpg")
     shutil.copyfile(folder / "c.jpg", folder / "c3.jpg")
-    for name in ("broken.jpg", "broken copy.jpg"):  # unreadable: zero features, never duplicates
+    for name in ("broken.jpg", "broken copy.jpg"):  # undecodable: no vector, never duplicates
         (folder / name).write_bytes(b"not a jpeg")
     out = tmp_path / "index"
     argv = [str(folder), "--checkpoint", str(checkpoint), "--out", str(out), "--image-weights", str(resnet_file),
             "--workers", "0", "--device", "cpu", "--duplicates", "--duplicate-threshold", "0.99999"]
     assert index_folder.main(argv) == 0
     printed = capsys.readouterr().out
-    assert "embedded 8 new/changed" in printed
+    assert "embedded 6 new/changed" in printed and "2 file(s) cannot be searched" in printed
     report = printed[printed.index("group(s)") - 2:]
     assert report.splitlines() == [
         "2 group(s) of near-duplicate photos, 5 photos (cosine similarity of backbone features above 0.99999)",
@@ -124,10 +124,10 @@ def test_index_folder_lists_exact_copies(heads, tmp_path, capsys):
         "  1.000  c3.jpg  ~ c.jpg",
         "  1.000  sub/c2.jpg  ~ c.jpg",
     ]
-    groups = collection_duplicates(out, 0.99999)
+    groups = photo_duplicates(out, [folder], 0.99999)
     assert [g.paths for g in groups] == [["a.jpg", "sub/a copy.jpg"], ["c.jpg", "c3.jpg", "sub/c2.jpg"]]
     assert all(sim > 0.99999 for g in groups for _, sim in g.closest)
-    # on the existing index nothing is embedded again, and the groups are the same
+    # on the existing index nothing is embedded (or decoded) again, and the groups are the same
     assert index_folder.main(argv) == 0
     again = capsys.readouterr().out
     assert "embedded 0 new/changed" in again and again.endswith(report)

@@ -8,14 +8,12 @@ thread (conftest), the subprocesses too (OMP_NUM_THREADS=1), so their arithmetic
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -27,16 +25,14 @@ from helpers import WORDS, save_checkpoint, save_random_resnet18, save_tiny_bert
 import batch_image_feature_extract
 import batch_text_feature_extract
 import index_folder as index_folder_script
-from crossmodal import atomic_io, collection, demo_data
+from crossmodal import atomic_io, demo_data
 from crossmodal.atomic_io import NotEnoughSpaceError, WriteError, atomic_open, atomic_save_npy
 from crossmodal.backbones import create_image_backbone, create_text_backbone
 from crossmodal.captions import read_captions
-from crossmodal.features import cache as cache_module
-from crossmodal.features.cache import FEATURES_FILE, IDS_FILE, MANIFEST_FILE, NEXT_DIR, PARTIAL_DIR, load_cache
+from crossmodal.features.cache import FEATURES_FILE, IDS_FILE, MANIFEST_FILE, PARTIAL_DIR
 from crossmodal.keywords import load_keyword_tools, make_keyword_file
+from crossmodal.photos.store import PhotoStore
 from crossmodal.resumable import FLUSH_ENV
-
-from model import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 FLICKR8K = SHARED_DATA / "flickr8k"
@@ -174,31 +170,12 @@ def test_text_extraction_killed_then_rerun_is_identical(tmp_path, bert_dir, capl
 
 def index_args(folder: Path, out: Path, checkpoint: Path, resnet_file: Path) -> list[str]:
     return [str(folder), "--checkpoint", str(checkpoint), "--out", str(out), "--image-weights", str(resnet_file),
-            "--workers", "0", "--device", "cpu", "--batch-size", "4"]
+            "--workers", "0", "--device", "cpu", "--batch-size", "4", "--no-progress"]
 
 
-def index_files(out: Path) -> dict:
-    files = file_bytes(out, (FEATURES_FILE, IDS_FILE, collection.SOURCES_FILE))
-    manifest = json.loads((out / MANIFEST_FILE).read_text())
-    del manifest["indexed_at"]
-    return {**files, MANIFEST_FILE: manifest}
-
-
-def test_folder_indexing_killed_then_rerun_is_identical(tmp_path, demo, checkpoint, resnet_file, caplog):
-    folder = tmp_path / "photos"
-    shutil.copytree(demo / "images", folder / "a")
-    for p in sorted((folder / "a").iterdir())[::2]:
-        p.rename(folder / p.name)  # some in a sub-folder
-    assert index_folder_script.main(index_args(folder, tmp_path / "ref", checkpoint, resnet_file)) == 0
-    out = tmp_path / "index"
-    kill_after_first_chunk("index_folder.py", index_args(folder, out, checkpoint, resnet_file),
-                           out / collection.PENDING_DIR / PARTIAL_DIR)
-    assert not (out / MANIFEST_FILE).exists()
-    with caplog.at_level(logging.INFO):
-        assert index_folder_script.main(index_args(folder, out, checkpoint, resnet_file)) == 0
-    assert 0 < resumed_rows(caplog) < N_PHOTOS
-    assert index_files(out) == index_files(tmp_path / "ref")
-    assert not (out / collection.PENDING_DIR).exists()
+# Folder indexing killed with SIGKILL, then rerun: tests/test_photos.py
+# (test_kill_9_then_rerun_gives_the_uninterrupted_index), as is indexing under a reader
+# (test_reader_sees_consistent_snapshots_while_indexing).
 
 
 def test_sentence_augment_killed_then_rerun_is_identical(tmp_path):
@@ -352,87 +329,80 @@ def test_full_tmpfs_mid_run_then_rerun_with_space(tmp_path, bert_dir):
 # --------------------------------------------------------------------------------------------------
 # folder scans and replacing an index
 
-def test_dangling_symlink_is_listed_as_skipped(tmp_path, demo, checkpoint, resnet_file, capsys):
+def test_dangling_symlink_and_unreadable_folder_are_listed(tmp_path, demo, checkpoint, resnet_file, capsys,
+                                                           monkeypatch):
     folder = tmp_path / "photos"
-    folder.mkdir()
+    (folder / "locked").mkdir(parents=True)
     shutil.copy(demo / "images" / "demo_00000.jpg", folder / "one.jpg")
+    shutil.copy(demo / "images" / "demo_00001.jpg", folder / "locked" / "two.jpg")
     (folder / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
     (folder / "notes.txt").symlink_to(tmp_path / "deleted.txt")  # not a photo: nothing to say
+    (folder / "locked").chmod(0)
     out = tmp_path / "index"
-    assert index_folder_script.main(index_args(folder, out, checkpoint, resnet_file)) == 0
+    try:
+        with monkeypatch.context() as m:
+            if os.access(folder / "locked", os.R_OK):  # root: the listing fails as it would for a user
+                real_scandir = os.scandir
+
+                def scandir(path="."):
+                    if Path(path) == folder / "locked":
+                        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+                    return real_scandir(path)
+
+                m.setattr(os, "scandir", scandir)
+            assert index_folder_script.main(index_args(folder, out, checkpoint, resnet_file)) == 0
+    finally:
+        (folder / "locked").chmod(0o755)
     printed = capsys.readouterr().out
     reason = f"dangling symbolic link to {tmp_path / 'deleted.jpg'}"
-    assert "1 entry skipped, not indexed" in printed and f"  gone.jpg: {reason}" in printed
-    manifest = json.loads((out / MANIFEST_FILE).read_text())
-    assert manifest["skipped"] == [{"id": "gone.jpg", "reason": reason}]
-    assert (out / IDS_FILE).read_text() == "one.jpg\n"
+    assert "2 file(s) cannot be searched" in printed and f"  {folder / 'gone.jpg'}: unreadable: {reason}" in printed
+    assert f"  {folder / 'locked'}: unreadable: cannot list folder: Permission denied" in printed
+    with PhotoStore(out) as store:
+        assert store.snapshot().paths == [str(folder / "one.jpg")]
+        assert {p.path: p.reason for p in store.problems()} == {
+            str(folder / "gone.jpg"): reason, str(folder / "locked"): "cannot list folder: Permission denied"}
+    # listed again on the next run, and once the folder is readable its photo is indexed
+    assert index_folder_script.main(index_args(folder, out, checkpoint, resnet_file)) == 0
+    assert "embedded 1 new/changed" in capsys.readouterr().out
+    with PhotoStore(out) as store:
+        assert store.snapshot().paths == [str(folder / "locked" / "two.jpg"), str(folder / "one.jpg")]
 
 
-def test_reindexing_keeps_a_complete_index_readable(tmp_path, demo, checkpoint, resnet_file, monkeypatch):
-    """A reader opening the index while it is rewritten always gets one complete version; a running
-    reader keeps what it opened; a rewrite killed halfway is completed by the next run."""
+def test_photo_vectors_check_free_space_and_name_the_file_on_write_errors(tmp_path, demo, checkpoint, resnet_file,
+                                                                           monkeypatch, caplog):
     folder = tmp_path / "photos"
     folder.mkdir()
-    names = sorted(p.name for p in (demo / "images").iterdir())[:10]
-    for n in names[:8]:
+    for n in sorted(p.name for p in (demo / "images").iterdir())[:4]:
         shutil.copy(demo / "images" / n, folder / n)
     out = tmp_path / "index"
-    model, state = load_checkpoint(checkpoint)
-
-    def index():
-        return collection.index_folder(folder, checkpoint, model, state, out, device="cpu", batch_size=4, workers=0,
-                                       image_weights=resnet_file, project=False)
-
-    index()
-    running = load_cache(out)
-    old_rows = np.array(running.features)
-
-    seen, errors, stop = set(), [], threading.Event()
-
-    def reader():
-        while not stop.is_set():
-            try:
-                c = load_cache(out)
-                seen.add(len(c.ids))
-            except Exception as err:  # noqa: BLE001 - every failure is a finding
-                errors.append(repr(err))
-
-    real_save = cache_module.atomic_save_npy
-
-    def slow_save(path, array):  # a large index takes a while to write
-        time.sleep(0.3)
-        real_save(path, array)
-
-    monkeypatch.setattr(cache_module, "atomic_save_npy", slow_save)
-    thread = threading.Thread(target=reader)
-    thread.start()
-    try:
-        for n in names[8:]:
-            shutil.copy(demo / "images" / n, folder / n)
-            index()
-    finally:
-        stop.set()
-        thread.join()
-    assert errors == []
-    assert seen == {8, 9, 10}
-    np.testing.assert_array_equal(running.features, old_rows)  # the memory map of the replaced file
-
-    # killed while moving the new files in: the next run finishes the move, embedding nothing again
-    monkeypatch.setattr(cache_module, "atomic_save_npy", real_save)
-    (folder / names[0]).unlink()
-    real_replace = os.replace
-
-    def killed_on_ids(src, dst):
-        if Path(src).parent.name == NEXT_DIR and Path(src).name == IDS_FILE:
-            raise KeyboardInterrupt("killed")
-        real_replace(src, dst)
-
+    usage = shutil.disk_usage(tmp_path)
     with monkeypatch.context() as m:
-        m.setattr(cache_module.os, "replace", killed_on_ids)
-        with pytest.raises(KeyboardInterrupt):
-            index()
-    assert not (out / MANIFEST_FILE).exists() and (out / NEXT_DIR / MANIFEST_FILE).exists()
-    result = index()
-    assert (result.embedded, result.removed, result.kept) == (0, 0, 9)
-    assert load_cache(out).ids == names[1:]
-    assert not (out / NEXT_DIR).exists()
+        m.setattr(atomic_io.shutil, "disk_usage", lambda p: usage._replace(free=1000))
+        decoded = []
+        m.setattr("crossmodal.photos.indexer.PhotoFiles.__getitem__", lambda ds, i: decoded.append(i))
+        with caplog.at_level(logging.ERROR):
+            assert index_folder_script.main(index_args(folder, out, checkpoint, resnet_file)) == 2
+        assert decoded == []  # refused before any photo was read
+    msg = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(msg) == 1 and msg[0].startswith(f"not enough free space in {out} for the vectors of 4 photos")
+
+    # a write that fails: the error names the vector file, nothing is committed, and a rerun completes
+    real_open = open
+
+    def failing_open(path, mode="r", *a, **kw):
+        if str(path).endswith(".f16") and "+" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, mode, *a, **kw)
+
+    caplog.clear()
+    with monkeypatch.context() as m:
+        m.setattr("builtins.open", failing_open)
+        with caplog.at_level(logging.ERROR):
+            assert index_folder_script.main(index_args(folder, out, checkpoint, resnet_file)) == 2
+    msg = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(msg) == 1 and msg[0].startswith(f"disk full while writing {out}/vectors-") and ".f16" in msg[0]
+    with PhotoStore(out) as store:
+        assert store.snapshot().paths == [] and store.garbage() == (0, 0)
+    assert index_folder_script.main(index_args(folder, out, checkpoint, resnet_file)) == 0
+    with PhotoStore(out) as store:
+        assert len(store.snapshot()) == 4

@@ -1,4 +1,4 @@
-"""The search engine, own-photo folders and search.py on a tiny image set with random local backbones.
+"""The search engine and search.py on a tiny image set with random local backbones.
 
 The backbones are a randomly initialised ResNet18 (saved as a local state dict) and a 2-layer BERT;
 the checkpoint's heads are random too. The checks compare the engine with an independent brute-force
@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,7 @@ import torch
 from helpers import save_checkpoint, save_random_resnet18, save_tiny_bert, write_blank_png
 from PIL import Image
 
-from crossmodal import collection, retrieval
+from crossmodal import photos, retrieval
 from crossmodal.backbones import create_image_backbone, create_text_backbone
 from crossmodal.features import extract
 from crossmodal.retrieval import Retriever, RetrieverError
@@ -86,11 +84,6 @@ def serve(checkpoint, cache, images, captions=None, **kw) -> Retriever:
     """Retriever.from_checkpoint on the heads loaded from ``checkpoint``, as the app does."""
     model, state = load_checkpoint(checkpoint)
     return Retriever.from_checkpoint(checkpoint, model, state, cache, images, captions, **kw)
-
-
-def index_folder(folder, checkpoint, out, **kw):
-    model, state = load_checkpoint(checkpoint)
-    return collection.index_folder(folder, checkpoint, model, state, out, **kw)
 
 
 def open_retriever(world, checkpoint=None, **kw) -> Retriever:
@@ -307,87 +300,7 @@ def test_missing_checkpoint_names_the_training_command(world, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------
-# own photo folders
-
-class CountDecodes:
-    def __init__(self, monkeypatch):
-        original = extract.ImageFileDataset.__getitem__
-        self.paths: list[str] = []
-
-        def getitem(ds, i):
-            self.paths.append(ds.paths[i])
-            return original(ds, i)
-
-        monkeypatch.setattr(extract.ImageFileDataset, "__getitem__", getitem)
-
-
-def run_index(world, folder, out, monkeypatch):
-    with monkeypatch.context() as m:
-        counter = CountDecodes(m)
-        result = index_folder(folder, world["checkpoint"], out, device="cpu", workers=0,
-                              batch_size=4, image_weights=world["resnet_file"])
-    return result, counter.paths
-
-
-def test_index_folder_is_incremental(world, tmp_path, monkeypatch):
-    folder = tmp_path / "My Photos"
-    (folder / "trip" / "day 2").mkdir(parents=True)
-    rng = np.random.default_rng(7)
-    photo(rng).save(folder / "a.jpg", quality=90)
-    photo(rng).save(folder / "trip" / "b.JPEG", quality=90)
-    photo(rng).save(folder / "trip" / "c.png")
-    photo(rng).save(folder / "trip" / "day 2" / "d.webp")
-    (folder / "trip" / "e.jpg").write_bytes(b"broken")  # unreadable: indexed as a failure
-    (folder / "notes.txt").write_text("not a photo")
-    (folder / ".hidden").mkdir()
-    photo(rng).save(folder / ".hidden" / "x.jpg")
-    out = tmp_path / "index"
-
-    r1, decoded = run_index(world, folder, out, monkeypatch)
-    expected = ["a.jpg", "trip/b.JPEG", "trip/c.png", "trip/day 2/d.webp", "trip/e.jpg"]
-    assert (r1.embedded, r1.removed, r1.kept, r1.failed) == (5, 0, 0, 1)
-    assert sorted(Path(p).relative_to(folder).as_posix() for p in decoded) == expected
-    assert (out / "ids.txt").read_text().splitlines() == expected
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["collection"] and manifest["root"] == str(folder.resolve())
-    assert manifest["backbone"] == "resnet18" and manifest["weights"] == world["image_bb"].weights
-    assert manifest["checkpoint"]["path"] == str(world["checkpoint"].resolve())
-    assert [f["id"] for f in manifest["failures"]] == ["trip/e.jpg"]
-    assert np.load(out / "features.npy").dtype == np.float16
-    assert not (out / ".pending").exists()
-    before = np.load(out / "features.npy")
-
-    r2, decoded = run_index(world, folder, out, monkeypatch)
-    assert (r2.embedded, r2.removed, r2.kept) == (0, 0, 5) and decoded == []
-    np.testing.assert_array_equal(np.load(out / "features.npy"), before)
-
-    time.sleep(0.01)
-    photo(np.random.default_rng(99)).save(folder / "trip" / "c.png")  # modified
-    os.utime(folder / "trip" / "c.png", ns=(time.time_ns(), time.time_ns() + 10**9))
-    r3, decoded = run_index(world, folder, out, monkeypatch)
-    assert (r3.embedded, r3.removed, r3.kept) == (1, 0, 4)
-    assert [Path(p).name for p in decoded] == ["c.png"]
-    after = np.load(out / "features.npy")
-    changed_row = expected.index("trip/c.png")
-    assert not np.array_equal(after[changed_row], before[changed_row])
-    keep = [i for i in range(5) if i != changed_row]
-    np.testing.assert_array_equal(after[keep], before[keep])
-
-    (folder / "trip" / "b.JPEG").unlink()
-    r4, decoded = run_index(world, folder, out, monkeypatch)
-    assert (r4.embedded, r4.removed, r4.kept) == (0, 1, 4) and decoded == []
-    assert "trip/b.JPEG" not in (out / "ids.txt").read_text().splitlines()
-
-    served = retrieval.open_retriever(
-        load_checkpoint, checkpoint=None, collection=out, image_features=out, images=None, captions=None,
-        default_images=folder, default_captions_file=None, train_hint="", device="cpu",
-        text_weights=world["bert_dir"], image_weights=world["resnet_file"])
-    assert sorted(served.names) == ["a.jpg", "trip/c.png", "trip/day 2/d.webp"]  # e.jpg unreadable
-    hit = served.search_image(Image.open(folder / "trip" / "day 2" / "d.webp"), k=1)[0]
-    assert hit.name == "trip/day 2/d.webp" and hit.path == str(folder.resolve() / "trip" / "day 2" / "d.webp")
-    assert hit.captions == []
-    assert len(served.search_text("a dog", k=5)) == 3
-
+# own photo folders (tests/test_photos.py tests the photo index itself)
 
 def test_index_folder_cli_prints_summary(world, tmp_path, capsys):
     folder = tmp_path / "pics"
@@ -401,7 +314,20 @@ def test_index_folder_cli_prints_summary(world, tmp_path, capsys):
     assert "embedded 1 new/changed, removed 0, kept 0" in capsys.readouterr().out
     assert index_folder_script.main(argv) == 0
     assert "embedded 0 new/changed, removed 0, kept 1" in capsys.readouterr().out
-    assert index_folder_script.main([str(tmp_path / "absent"), "--checkpoint", str(world["checkpoint"])]) == 2
+    assert index_folder_script.main([str(tmp_path / "absent"), "--checkpoint", str(world["checkpoint"]),
+                                     "--out", str(tmp_path / "idx")]) == 2
+
+    served = retrieval.open_retriever(  # what app.py --collection serves
+        load_checkpoint, checkpoint=None, collection=tmp_path / "idx", image_features=tmp_path, images=None,
+        captions=None, default_images=folder, default_captions_file=None, train_hint="", device="cpu",
+        text_weights=world["bert_dir"], image_weights=world["resnet_file"])
+    hit = served.search_image(Image.open(folder / "one.jpg"), k=1)[0]
+    assert (hit.name, hit.path, hit.captions) == ("one.jpg", str(folder / "one.jpg"), [])
+    assert served.images_root == folder and "1 photos" in served.describe()
+    with pytest.raises(RetrieverError, match="no photo index"):
+        retrieval.open_retriever(load_checkpoint, checkpoint=None, collection=tmp_path / "none",
+                                 image_features=tmp_path, images=None, captions=None, default_images=folder,
+                                 default_captions_file=None, train_hint="")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -500,20 +426,20 @@ def test_views_checkpoint_searches_the_mean_of_views_everywhere(world, tmp_path,
     hit = r.search_image(Image.open(world["images"] / photo_name), k=1)[0]
     assert hit.name == photo_name and hit.score == pytest.approx(1.0, abs=1e-3)  # the query also takes the mean
 
-    folder = tmp_path / "photos"
+    folder, index = tmp_path / "photos", tmp_path / "index"
     folder.mkdir()
     for n in world["names"][:3]:
         (folder / n).write_bytes((world["images"] / n).read_bytes())
-    out = tmp_path / "index"
-    index_folder(folder, world["checkpoint"], out, device="cpu", workers=0, batch_size=4,
-                 image_weights=world["resnet_file"])  # one view
-    result = index_folder(folder, checkpoint, out, device="cpu", workers=0, batch_size=4,
-                          image_weights=world["resnet_file"])
+    kw = dict(device="cpu", workers=0, batch_size=4, progress=False)
+    _, one_view_state = load_checkpoint(world["checkpoint"])
+    photos.index_photos(index, [folder], photos.image_backbone_for(one_view_state, world["resnet_file"]), **kw)
+    _, views_state = load_checkpoint(checkpoint)
+    result = photos.index_photos(index, [folder], photos.image_backbone_for(views_state, world["resnet_file"]), **kw)
     assert result.embedded == 3 and result.kept == 0  # other views: nothing reused
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["preprocess"]["views"] == list(views) and manifest["dim"] == image_bb.dim
-    np.testing.assert_allclose(np.load(out / "features.npy").astype(np.float32), stacked[:3].mean(1),
-                               atol=2e-3, rtol=2e-3)
+    with photos.PhotoStore(index) as store:
+        identity, snap = store.identity(), store.snapshot()
+    assert identity["preprocess"]["views"] == list(views) and identity["dim"] == image_bb.dim
+    np.testing.assert_allclose(np.asarray(snap.vectors, dtype=np.float32), stacked[:3].mean(1), atol=2e-3, rtol=2e-3)
 
 
 def test_querybank_checkpoint_ranks_by_normalised_score_and_reports_cosines(world, tmp_path, monkeypatch):

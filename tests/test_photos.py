@@ -1,0 +1,632 @@
+"""The photo index of your own folders (crossmodal.photos): incremental indexing, formats, EXIF,
+kill -9 safety, concurrent readers, search restricted to folders, and the scripts over it.
+
+Backbones are a random ResNet18 and a tiny BERT (tests/helpers.py); vectors are compared with an
+independent decode + forward pass, or between runs, so a misaligned row or a skipped step fails.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import save_random_resnet18, save_tiny_bert
+from PIL import Image
+from test_retrieval import EMBED, WORDS, photo, save_checkpoint
+
+from crossmodal import images, photos
+from crossmodal.backbones import create_image_backbone, create_text_backbone
+from crossmodal.photos import indexer, serving, store
+from crossmodal.photos.store import PhotoStore
+from crossmodal.retrieval import RetrieverError
+
+from model import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORD_FIELDS = ("path", "size", "mtime_ns", "hash", "status", "reason", "width", "height", "taken_at",
+                 "taken_from", "camera", "ocr_text")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    base = tmp_path_factory.mktemp("photo_models")
+    resnet = save_random_resnet18(base / "resnet18.pth")
+    bert = save_tiny_bert(base / "bert-base-uncased", words=WORDS)
+    image_bb = create_image_backbone("resnet18", resnet)
+    text_bb = create_text_backbone("bert-base-uncased", bert)
+    checkpoint = base / "best.pt"
+    save_checkpoint(checkpoint, 1, image_bb, text_bb)
+    model, state = load_checkpoint(checkpoint)
+    return dict(resnet=resnet, bert=bert, checkpoint=checkpoint, model=model, state=state,
+                backbone=photos.image_backbone_for(state, resnet))
+
+
+def run(models, index, roots, **kw):
+    kw = {"device": "cpu", "workers": 0, "batch_size": 4, "progress": False, **kw}
+    return photos.index_photos(index, [roots] if isinstance(roots, Path) else roots, models["backbone"], **kw)
+
+
+class CountDecodes:
+    """Paths whose pixels were decoded (workers=0 runs them in this process)."""
+
+    def __init__(self, monkeypatch):
+        self.paths: list[str] = []
+        original = images.upright_rgb
+
+        def upright_rgb(im, size):
+            self.paths.append(Path(im.filename).name)
+            return original(im, size)
+
+        monkeypatch.setattr(images, "upright_rgb", upright_rgb)
+
+    def take(self) -> list[str]:
+        out, self.paths = sorted(self.paths), []
+        return out
+
+
+def vectors_by_path(index: Path, roots=None) -> dict[str, np.ndarray]:
+    with PhotoStore(index) as s:
+        snap = s.snapshot(roots)
+        return dict(zip(snap.paths, np.asarray(snap.vectors, dtype=np.float32)))
+
+
+def records(index: Path) -> list[tuple]:
+    with PhotoStore(index) as s:
+        return [tuple(getattr(r, f) for f in RECORD_FIELDS) for r in s.records()]
+
+
+def reference_vector(models, path: Path) -> np.ndarray:
+    """The backbone vector of one photo computed here: open, turn upright, transform, forward."""
+    bb = models["backbone"]
+    with images.open_image(path, images.INDEX_MAX_PIXELS) as im:
+        x = bb.pil_transform()(images.upright_rgb(im, bb.image_size))
+    with torch.inference_mode():
+        return bb.model(x[None]).float().numpy()[0]
+
+
+def touch_later(path: Path) -> None:
+    """Make sure a rewritten file's mtime differs from what was recorded (coarse file system clocks)."""
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+
+
+# --------------------------------------------------------------------------------------------------
+# incremental indexing
+
+def test_add_change_move_copy_delete(models, tmp_path, monkeypatch):
+    folder, index = tmp_path / "Photos", tmp_path / "index"
+    (folder / "trip").mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    photo(rng).save(folder / "a.jpg", quality=90)
+    photo(rng).save(folder / "trip" / "b.png")
+    photo(rng).save(folder / "c.webp", lossless=True)
+    decodes = CountDecodes(monkeypatch)
+
+    r1 = run(models, index, folder)
+    assert (r1.embedded, r1.kept, r1.removed, r1.reused, r1.problems) == (3, 0, 0, 0, [])
+    assert decodes.take() == ["a.jpg", "b.png", "c.webp"]
+    first = vectors_by_path(index)
+    assert sorted(first) == [str(folder / "a.jpg"), str(folder / "c.webp"), str(folder / "trip" / "b.png")]
+    np.testing.assert_allclose(first[str(folder / "a.jpg")], reference_vector(models, folder / "a.jpg"),
+                               rtol=1e-2, atol=1e-2)  # stored as float16
+    decodes.take()  # (the reference's own decode)
+    with PhotoStore(index) as s:
+        generation = s.generation()
+
+    r2 = run(models, index, folder)  # nothing changed: nothing decoded, nothing committed
+    assert (r2.embedded, r2.kept, r2.removed, r2.reused) == (0, 3, 0, 0) and decodes.take() == []
+    with PhotoStore(index) as s:
+        assert s.generation() == generation
+
+    with sqlite3.connect(index / store.DB_FILE) as db:  # as an OCR step would
+        db.execute("UPDATE photos SET ocr_text = 'text'")
+    photo(np.random.default_rng(50)).save(folder / "c.webp", lossless=True)  # changed content
+    touch_later(folder / "c.webp")
+    touch_later(folder / "a.jpg")  # same content, newer mtime: hashed again, not decoded
+    r3 = run(models, index, folder)
+    assert (r3.embedded, r3.reused, r3.kept) == (1, 1, 1) and decodes.take() == ["c.webp"]
+    with PhotoStore(index) as s:
+        assert {Path(r.path).name: r.ocr_text for r in s.records()} == {"a.jpg": "text", "b.png": "text",
+                                                                         "c.webp": None}
+    third = vectors_by_path(index)
+    assert not np.allclose(third[str(folder / "c.webp")], first[str(folder / "c.webp")], atol=1e-2)
+    np.testing.assert_array_equal(third[str(folder / "a.jpg")], first[str(folder / "a.jpg")])
+
+    (folder / "2019" / "summer").mkdir(parents=True)
+    (folder / "a.jpg").rename(folder / "2019" / "summer" / "renamed.jpg")  # moved: its vector is kept
+    shutil.copy(folder / "trip" / "b.png", folder / "copy of b.png")  # same content twice
+    r4 = run(models, index, folder)
+    assert (r4.embedded, r4.reused, r4.removed, r4.kept) == (0, 2, 1, 2) and decodes.take() == []
+    fourth = vectors_by_path(index)
+    assert str(folder / "a.jpg") not in fourth
+    np.testing.assert_array_equal(fourth[str(folder / "2019" / "summer" / "renamed.jpg")], first[str(folder / "a.jpg")])
+    np.testing.assert_array_equal(fourth[str(folder / "copy of b.png")], first[str(folder / "trip" / "b.png")])
+    with PhotoStore(index) as s:
+        rows = {r.path: r.row for r in s.records()}
+        assert rows[str(folder / "copy of b.png")] == rows[str(folder / "trip" / "b.png")]
+        assert s.garbage() == (4, 1)  # a, b, c and c's old content; the old c is unreferenced
+
+    (folder / "trip" / "b.png").unlink()
+    photo(np.random.default_rng(60)).save(folder / "new1.png")
+    shutil.copy(folder / "new1.png", folder / "new2.png")  # two new files with the same content in one run
+    r5 = run(models, index, folder)
+    assert r5.removed == 1 and r5.embedded + r5.reused == 2
+    fifth = vectors_by_path(index)
+    np.testing.assert_array_equal(fifth[str(folder / "copy of b.png")], first[str(folder / "trip" / "b.png")])
+    np.testing.assert_array_equal(fifth[str(folder / "new1.png")], fifth[str(folder / "new2.png")])
+    with PhotoStore(index) as s:
+        assert s.garbage()[0] == 5  # one more row for the shared content
+        assert {r.path for r in s.records()} == set(fifth)
+
+
+def test_compaction_keeps_vectors_and_open_snapshots(models, tmp_path, monkeypatch):
+    folder, index = tmp_path / "p", tmp_path / "index"
+    folder.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(6):
+        photo(rng).save(folder / f"{i}.png")
+    run(models, index, folder)
+    before = vectors_by_path(index)
+    with PhotoStore(index) as s:
+        old_snapshot = s.snapshot()
+        old_matrix = s.snapshot().matrix_name
+    for i in range(4):
+        (folder / f"{i}.png").unlink()
+    monkeypatch.setattr(store, "COMPACT_MIN_ROWS", 1)
+    run(models, index, folder)
+    with PhotoStore(index) as s:
+        assert s.garbage() == (2, 0) and s.snapshot().matrix_name != old_matrix
+    assert not (index / old_matrix).exists()
+    after = vectors_by_path(index)
+    assert sorted(after) == [str(folder / "4.png"), str(folder / "5.png")]
+    for p, v in after.items():
+        np.testing.assert_array_equal(v, before[p])
+    np.testing.assert_array_equal(old_snapshot.vectors[-1], before[str(folder / "5.png")])  # still readable
+
+
+# --------------------------------------------------------------------------------------------------
+# kill -9
+
+KILLED_RUN = """
+import os, sys, time
+import torch
+torch.set_num_threads(1)
+from crossmodal.backbones import create_image_backbone
+from crossmodal.photos import indexer, store
+indexer.COMMIT_SECONDS = 0  # a commit after every batch
+commits = 0
+original = store.PhotoStore._set
+
+def _set(cur, **values):
+    # Inside the transaction of the third batch commit, after its vectors were written and fsynced:
+    # announce it and wait for the test's SIGKILL.
+    global commits
+    if "rows" in values and "matrix" not in values:
+        commits += 1
+        if commits == 3:
+            open(sys.argv[4], "w").close()
+            time.sleep(600)
+    return original(cur, **values)
+
+store.PhotoStore._set = staticmethod(_set)
+backbone = create_image_backbone("resnet18", sys.argv[1])
+indexer.index_photos(sys.argv[2], [sys.argv[3]], backbone, device="cpu", workers=0, batch_size=2, progress=False)
+"""
+
+
+def test_kill_9_then_rerun_gives_the_uninterrupted_index(models, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(10):
+        photo(rng).save(folder / f"{i:02d}.jpg", quality=90)
+    killed, whole, marker = tmp_path / "killed", tmp_path / "whole", tmp_path / "in_third_commit"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(models["resnet"]), str(killed), str(folder),
+                             str(marker)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "the indexer never reached its third commit"
+            time.sleep(0.05)
+        with PhotoStore(killed) as s:  # a reader while the writer holds its transaction open
+            assert len(s.records()) == 4  # two committed batches
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    dim = models["backbone"].dim
+    matrix = next(killed.glob("vectors-*.f16"))
+    assert matrix.stat().st_size == 6 * dim * 2  # the third batch's rows were written, never committed
+
+    rerun = run(models, killed, folder, batch_size=2)
+    assert (rerun.kept, rerun.embedded) == (4, 6)
+    run(models, whole, folder, batch_size=2)
+    assert records(killed) == records(whole)
+    a, b = vectors_by_path(killed), vectors_by_path(whole)
+    assert list(a) == list(b)
+    distinct = min(np.abs(a[p] - a[q]).max() for p in a for q in a if p != q)
+    assert distinct > 1e-2  # the tolerance below tells photos apart
+    for p in a:
+        np.testing.assert_allclose(a[p], b[p], rtol=0, atol=1e-3)
+    assert matrix.stat().st_size == 10 * dim * 2
+
+
+# --------------------------------------------------------------------------------------------------
+# formats, orientation, problems, EXIF
+
+def header_only_png(path: Path, width: int, height: int) -> None:
+    """A tiny PNG file whose header declares width x height pixels (a decompression bomb's shape)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+def test_formats_orientation_and_problem_files(models, tmp_path, monkeypatch, capsys):
+    images.register_heif()
+    folder, index, refs = tmp_path / "photos", tmp_path / "index", tmp_path / "refs"
+    folder.mkdir()
+    refs.mkdir()
+    rng = np.random.default_rng(4)
+    pics = [photo(rng) for _ in range(4)]
+    pics[0].save(refs / "p0.png")
+    pics[0].save(folder / "p0.webp", lossless=True)
+    pics[0].save(folder / "p0.tiff")
+    pics[1].save(folder / "anim.gif", save_all=True, append_images=[pics[2]], duration=100)
+    with Image.open(folder / "anim.gif") as gif:
+        gif.convert("RGB").save(refs / "frame0.png")
+        gif.seek(1)
+        gif.convert("RGB").save(refs / "frame1.png")
+    pics[3].save(folder / "p3.heic", quality=90)
+    for i in range(4):
+        pics[i].save(refs / f"pic{i}.png")
+    # EXIF orientation 6: the stored pixels are the photo turned a quarter; viewers turn it back.
+    upright = photo(rng, 96, 64)
+    lossless = dict(qtables=[[1] * 64, [1] * 64], subsampling=0)
+    upright.save(refs / "upright.jpg", **lossless)
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[274] = 6
+    stored.save(folder / "rotated.jpg", exif=exif, **lossless)
+    stored.save(refs / "no_tag.jpg", **lossless)
+    header_only_png(folder / "bomb.png", 11_000, 10_000)
+    (folder / "broken.jpg").write_bytes(b"not a picture")
+    (folder / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    (folder / "notes.txt").write_text("not a photo")
+    (folder / ".hidden").mkdir()
+    pics[0].save(folder / ".hidden" / "x.png")
+    pics[0].save(folder / ".dot.png")
+
+    report = run(models, index, folder)
+    vec = vectors_by_path(index)
+    assert sorted(Path(p).name for p in vec) == ["anim.gif", "p0.tiff", "p0.webp", "p3.heic", "rotated.jpg"]
+    ref = {p.stem: reference_vector(models, p) for p in refs.iterdir()}
+    for name in ("p0.webp", "p0.tiff"):
+        np.testing.assert_allclose(vec[str(folder / name)], ref["p0"], rtol=1e-2, atol=1e-2)
+    gif = vec[str(folder / "anim.gif")]
+    np.testing.assert_allclose(gif, ref["frame0"], rtol=1e-2, atol=1e-2)
+    assert np.abs(gif - ref["frame1"]).max() > 0.1
+    heic = vec[str(folder / "p3.heic")]
+    assert min(range(4), key=lambda i: np.linalg.norm(heic - ref[f"pic{i}"])) == 3  # lossy, nearest its source
+    rotated = vec[str(folder / "rotated.jpg")]
+    assert np.linalg.norm(rotated - ref["upright"]) < 0.1 * np.linalg.norm(ref["no_tag"] - ref["upright"])
+
+    problems = {Path(r.path).name: (r.status, r.reason) for r in report.problems}
+    assert set(problems) == {"bomb.png", "broken.jpg", "gone.jpg"}
+    assert problems["bomb.png"][0] == "refused" and "(110 megapixels)" in problems["bomb.png"][1]
+    assert problems["broken.jpg"][0] == "undecodable"
+    assert problems["gone.jpg"] == ("unreadable", f"dangling symbolic link to {tmp_path / 'deleted.jpg'}")
+    with PhotoStore(index) as s:
+        rec = {Path(r.path).name: r for r in s.records()}
+        assert s.record(folder / "p0.webp") == rec["p0.webp"] and s.record(folder / "notes.txt") is None
+    assert (rec["rotated.jpg"].width, rec["rotated.jpg"].height) == (96, 64)  # as displayed
+    assert rec["p0.webp"].ocr_text is None
+
+    calls = []
+    original = indexer.PhotoFiles.__getitem__
+    monkeypatch.setattr(indexer.PhotoFiles, "__getitem__", lambda ds, i: calls.append(i) or original(ds, i))
+    again = run(models, index, folder)  # refused and undecodable files are not retried until they change
+    assert calls == [] and again.kept == 7 and len(again.problems) == 3
+
+    import index_folder
+
+    argv = [str(folder), "--out", str(index), "--checkpoint", str(models["checkpoint"]), "--image-weights",
+            str(models["resnet"]), "--workers", "0", "--device", "cpu", "--no-progress"]
+    assert index_folder.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "embedded 0 new/changed, removed 0, kept 7" in out and "3 file(s) cannot be searched" in out
+    assert f"{folder / 'bomb.png'}: refused: the photo is 11,000 x 10,000 pixels" in out
+    assert "dangling symbolic link" in out
+
+
+def test_exif_date_and_camera_else_mtime(models, tmp_path):
+    folder, index = tmp_path / "p", tmp_path / "index"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    exif = Image.Exif()
+    exif[271], exif[272] = "Canon", "Canon EOS 5D"
+    exif.get_ifd(0x8769)[36867] = "2019:07:14 10:20:30"
+    photo(rng).save(folder / "camera.jpg", exif=exif)
+    other = Image.Exif()
+    other[271], other[272] = "FUJIFILM", "X-T3"
+    other.get_ifd(0x8769)[36867] = "0000:00:00 00:00:00"  # what some cameras write without a clock
+    photo(rng).save(folder / "no_date.jpg", exif=other)
+    photo(rng).save(folder / "plain.png")
+    when = 1_500_000_000
+    for name in ("no_date.jpg", "plain.png"):
+        os.utime(folder / name, (when, when))
+    run(models, index, folder)
+    with PhotoStore(index) as s:
+        rec = {Path(r.path).name: r for r in s.records()}
+    assert (rec["camera.jpg"].taken_at, rec["camera.jpg"].taken_from) == ("2019-07-14T10:20:30", "exif")
+    assert rec["camera.jpg"].camera == "Canon EOS 5D"
+    local = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(when))
+    assert (rec["no_date.jpg"].taken_at, rec["no_date.jpg"].taken_from, rec["no_date.jpg"].camera) == \
+        (local, "mtime", "FUJIFILM X-T3")
+    assert (rec["plain.png"].taken_at, rec["plain.png"].taken_from, rec["plain.png"].camera) == (local, "mtime", None)
+
+
+# --------------------------------------------------------------------------------------------------
+# readers while a writer adds, projection, search
+
+def test_reader_sees_consistent_snapshots_while_indexing(models, tmp_path, monkeypatch):
+    folder, index = tmp_path / "p", tmp_path / "index"
+    folder.mkdir()
+    rng = np.random.default_rng(6)
+    for i in range(12):
+        photo(rng).save(folder / f"{i:02d}.png")
+    monkeypatch.setattr(indexer, "COMMIT_SECONDS", 0)
+    original = indexer.PhotoFiles.__getitem__
+
+    def slow(ds, i):
+        time.sleep(0.05)
+        return original(ds, i)
+
+    monkeypatch.setattr(indexer.PhotoFiles, "__getitem__", slow)
+    search = photos.PhotoSearch(index, models["checkpoint"], models["model"], models["state"], device="cpu",
+                                text_weights=models["bert"], image_weights=models["resnet"])
+    assert len(search) == 0 and search.search_text("a dog", k=3) == []
+    writer = threading.Thread(target=run, args=(models, index, folder), kwargs={"batch_size": 2})
+    seen, sizes = [], []
+    reader = PhotoStore(index)
+    writer.start()
+    while writer.is_alive():
+        snap = reader.snapshot()
+        assert len(snap.ids) == len(snap.paths) == len(snap.vectors) == len(snap.rows)
+        seen.append((snap.generation, dict(zip(snap.paths, np.asarray(snap.vectors, np.float32)))))
+        search.refresh()
+        sizes.append(len(search))
+        time.sleep(0.02)
+    writer.join()
+    final = vectors_by_path(index)
+    assert len(final) == 12
+    generations = [g for g, _ in seen]
+    assert generations == sorted(generations)
+    counts = [len(v) for _, v in seen]
+    assert counts == sorted(counts) and any(0 < c < 12 for c in counts)  # seen while growing
+    for _, vectors in seen:
+        for p, v in vectors.items():
+            np.testing.assert_array_equal(v, final[p])
+    assert sizes == sorted(sizes) and any(0 < n < 12 for n in sizes)
+    hits = search.search_text("a dog on the grass", k=20)
+    assert len(hits) == 12 and {h.path for h in hits} == set(final)
+    reader.close()
+
+
+def test_background_indexing_stops_after_a_commit_and_resumes(models, tmp_path, monkeypatch):
+    folder, index = tmp_path / "p", tmp_path / "index"
+    folder.mkdir()
+    rng = np.random.default_rng(10)
+    for i in range(8):
+        photo(rng).save(folder / f"{i}.png")
+    monkeypatch.setattr(indexer, "COMMIT_SECONDS", 3600)  # only stop() makes it commit before the end
+    original = indexer.PhotoFiles.__getitem__
+    monkeypatch.setattr(indexer.PhotoFiles, "__getitem__", lambda ds, i: time.sleep(0.1) or original(ds, i))
+    thread = photos.IndexingThread(index, [folder], models["backbone"], device="cpu", workers=0, batch_size=2)
+    thread.start()
+    while thread.done < 2:
+        assert thread.is_alive() and thread.error is None
+        time.sleep(0.01)
+    thread.stop()
+    thread.join(60)
+    assert thread.error is None and thread.report.stopped and thread.total == 8
+    committed = len(vectors_by_path(index))
+    assert committed == thread.done and 2 <= committed < 8
+    rest = run(models, index, folder)
+    assert (rest.kept, rest.embedded, rest.stopped) == (committed, 8 - committed, False)
+
+
+def test_projection_is_extended_only_for_new_rows(models, tmp_path, monkeypatch):
+    folder, index = tmp_path / "p", tmp_path / "index"
+    folder.mkdir()
+    rng = np.random.default_rng(7)
+    for i in range(3):
+        photo(rng).save(folder / f"{i}.png")
+    run(models, index, folder)
+    projected = []
+    original = serving.ProjectedRows._project
+    monkeypatch.setattr(serving.ProjectedRows, "_project",
+                        lambda self, v: projected.append(len(v)) or original(self, v))
+
+    def open_search():
+        return photos.PhotoSearch(index, models["checkpoint"], models["model"], models["state"], device="cpu",
+                                  text_weights=models["bert"], image_weights=models["resnet"])
+
+    search = open_search()
+    assert projected == [3]
+    for i in range(3, 5):
+        photo(rng).save(folder / f"{i}.png")
+    run(models, index, folder)
+    assert search.refresh() and projected == [3, 2] and len(search) == 5
+    assert not search.refresh()
+    open_search()  # a restart reads the projections from disk
+    assert projected == [3, 2]
+    with torch.inference_mode():
+        want = models["model"].encode_image(torch.tensor(np.stack(list(vectors_by_path(index).values())))).numpy()
+    got = np.asarray(search._retriever.embeddings, dtype=np.float32)
+    np.testing.assert_allclose(got, want, atol=2e-3)  # (sorted by path in both)
+    hit = search.search_image(Image.open(folder / "3.png"), k=1)[0]
+    assert hit.name == "3.png" and hit.path == str(folder / "3.png") and hit.score == pytest.approx(1, abs=1e-2)
+
+
+def test_querybank_biases_are_extended_with_the_projections(models, tmp_path):
+    from crossmodal.querybank import image_biases
+
+    folder, index = tmp_path / "p", tmp_path / "index"
+    folder.mkdir()
+    rng = np.random.default_rng(11)
+    for i in range(3):
+        photo(rng).save(folder / f"{i}.png")
+    run(models, index, folder)
+    state = dict(models["state"])
+    g = torch.Generator().manual_seed(3)
+    bank = lambda n: torch.nn.functional.normalize(torch.randn(n, EMBED, generator=g), dim=1).half()  # noqa: E731
+    state["querybank"] = {"text": bank(40), "keywords": bank(30), "image": bank(40), "beta": 8.0}
+    search = photos.PhotoSearch(index, models["checkpoint"], models["model"], state, device="cpu",
+                                text_weights=models["bert"], image_weights=models["resnet"])
+    for i in range(3, 6):
+        photo(rng).save(folder / f"{i}.png")
+    run(models, index, folder)
+    assert search.refresh() and len(search) == 6
+    retriever = search._retriever
+    want = image_biases(state["querybank"], np.asarray(retriever.embeddings))  # all rows at once
+    assert set(retriever.biases) == {"text", "keywords"}
+    for b in want:
+        np.testing.assert_allclose(retriever.biases[b], want[b], rtol=1e-5, atol=1e-6)
+    assert "querybank normalisation" in search.describe()
+
+
+def test_search_is_restricted_to_the_given_folders(models, tmp_path, capsys):
+    import search as search_script
+
+    a, a_other, b = tmp_path / "A", tmp_path / "A-other", tmp_path / "B"  # A-other shares A's name prefix
+    rng = np.random.default_rng(8)
+    for folder in (a, a_other, b):
+        (folder / "sub").mkdir(parents=True)
+        photo(rng).save(folder / "one.png")
+        photo(rng).save(folder / "sub" / "two.png")
+    index = tmp_path / "index"
+    run(models, index, [a, a_other, b])
+    with PhotoStore(index) as s:
+        assert s.roots() == [str(a), str(a_other), str(b)]
+        assert [Path(p).relative_to(tmp_path).as_posix() for p in s.snapshot([a]).paths] == ["A/one.png",
+                                                                                            "A/sub/two.png"]
+    only_a = photos.PhotoSearch(index, models["checkpoint"], models["model"], models["state"], roots=[a],
+                                device="cpu", text_weights=models["bert"], image_weights=models["resnet"])
+    hits = only_a.search_text("a dog", k=10)
+    assert sorted(h.name for h in hits) == ["one.png", "sub/two.png"] and only_a.images_root == a
+
+    common = ["--collection", str(index), "--checkpoint", str(models["checkpoint"]), "--image-weights",
+              str(models["resnet"]), "--text-weights", str(models["bert"]), "--workers", "0", "--device", "cpu",
+              "--k", "10"]
+    assert search_script.main(common + ["--photos", str(a), str(b), "a dog runs on the grass"]) == 0
+    paths = [line.split()[-1] for line in capsys.readouterr().out.strip().splitlines()]
+    assert sorted(Path(p).relative_to(tmp_path).as_posix() for p in paths) == [
+        "A/one.png", "A/sub/two.png", "B/one.png", "B/sub/two.png"]
+    assert search_script.main(common + ["a dog", "--photos", str(b / "sub"), "--json"]) == 0
+    import json
+
+    assert [h["path"] for h in json.loads(capsys.readouterr().out)["hits"]] == [str(b / "sub" / "two.png")]
+
+
+def test_another_backbone_reembeds_and_is_refused_by_search(models, tmp_path, caplog):
+    folder, index = tmp_path / "p", tmp_path / "index"
+    folder.mkdir()
+    rng = np.random.default_rng(9)
+    for i in range(2):
+        photo(rng).save(folder / f"{i}.png")
+    run(models, index, folder)
+    before = vectors_by_path(index)
+    other = create_image_backbone("resnet18", save_random_resnet18(tmp_path / "other.pth", seed=5))
+    with caplog.at_level("WARNING"):
+        report = photos.index_photos(index, [folder], other, device="cpu", workers=0, progress=False)
+    assert report.embedded == 2
+    assert [r.message for r in caplog.records if "embedding every photo again" in r.message] != []
+    after = vectors_by_path(index)
+    assert all(np.abs(after[p] - before[p]).max() > 0.1 for p in before)
+    with pytest.raises(RetrieverError, match="holds vectors of resnet18"):
+        photos.PhotoSearch(index, models["checkpoint"], models["model"], models["state"], device="cpu",
+                           text_weights=models["bert"], image_weights=models["resnet"])
+
+
+def test_one_writer_at_a_time(models, tmp_path):
+    index = tmp_path / "index"
+    identity = photos.vector_identity(models["backbone"])
+    first = PhotoStore(index)
+    with first.writing(identity):
+        with pytest.raises(photos.StoreBusy, match="another process is indexing"):
+            with PhotoStore(index).writing(identity):
+                pass
+    with PhotoStore(index).writing(identity):  # released
+        pass
+    first.close()
+
+
+def test_user_data_folder_follows_xdg(monkeypatch, tmp_path):
+    from crossmodal.paths import Layout, user_data_dir
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert Layout().photo_index == tmp_path / "xdg" / "crossmodal" / "photo_index"
+    assert Layout(work_dir=tmp_path / "w").photo_index == tmp_path / "w" / "photo_index"
+    monkeypatch.setenv("XDG_DATA_HOME", "relative/ignored")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert user_data_dir() == tmp_path / "home" / ".local" / "share" / "crossmodal"
+
+
+def test_image_checks_read_only_the_header(tmp_path):
+    header_only_png(tmp_path / "big.png", 2000, 1000)  # its pixel data would not even decode
+    with images.open_image(tmp_path / "big.png", images.INDEX_MAX_PIXELS) as im:
+        assert im.size == (2000, 1000)
+    with pytest.raises(images.ImageTooLarge, match=r"2,000 x 1,000 pixels \(2.0 megapixels\); photos up to 1.0 mega"):
+        images.open_image(tmp_path / "big.png", max_pixels=1_000_000)
+    assert images.camera_name(b"NIKON CORPORATION\x00", "NIKON D750 ") == "NIKON CORPORATION NIKON D750"
+    assert images.camera_name("Canon", "Canon EOS 5D") == "Canon EOS 5D" and images.camera_name(None, " ") is None
+    assert images.exif_date("2020:02:29 23:59:59\x00") == "2020-02-29T23:59:59"
+    assert images.exif_date("    :  :     :  :  ") is None
+
+
+def test_photo_hits_carry_confidences_and_the_allow_list_follows_the_index(models, tmp_path):
+    from crossmodal.serving import PhotoFiles
+
+    folder, index = tmp_path / "p", tmp_path / "index"
+    folder.mkdir()
+    rng = np.random.default_rng(12)
+    for i in range(2):
+        photo(rng).save(folder / f"{i}.png")
+    (folder / "beside.png").write_bytes(b"\x89PNG\r\n\x1a\n not indexed: undecodable")
+    run(models, index, folder)
+    state = dict(models["state"])
+    curve = {"method": "platt", "slope": 9.0, "intercept": 1.0}
+    state["calibration"] = {"sentence": curve, "short": curve, "top_k": 10}
+    search = photos.PhotoSearch(index, models["checkpoint"], models["model"], state, roots=[folder], device="cpu",
+                                text_weights=models["bert"], image_weights=models["resnet"])
+    hits = search.search_text("a dog runs on the grass", k=5)
+    assert len(hits) == 2
+    for h in hits:
+        assert h.confidence == pytest.approx(1 / (1 + np.exp(-(9.0 * h.score + 1.0))), abs=1e-4)
+
+    served = PhotoFiles.of(search)
+    assert "0.png" in served and "2.png" not in served and "beside.png" not in served and len(served) == 2
+    photo(rng).save(folder / "2.png")
+    assert "2.png" not in served  # on disk, not indexed yet
+    run(models, index, folder)
+    assert "2.png" in served and len(served) == 3 and served.file_of("2.png")[0] == folder / "2.png"
+    assert served.file_of("beside.png") is None and served.file_of("../p/0.png") is None
+    (folder / "0.png").unlink()
+    run(models, index, folder)
+    assert "0.png" not in served and len(served) == 2
