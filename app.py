@@ -286,16 +286,17 @@ def build_photo_ui(engine, indexer, photos, uploads):
 
     def gallery(hits, request) -> list[tuple[str, str]]:
         root = root_url(request)
-        base = str(engine.images_root)
-        return [(photos.url(os.path.relpath(h.path, base), root), photo_hit_label(h)) for h in hits]
+        return [(photos.url(h.name, root), photo_hit_label(h)) for h in hits]
 
-    def summary(result, ms: float, shown: int) -> str:
+    def summary(result, ms: float, shown: int, like: str | None = None) -> str:
         if not result.total:
             text = "No photo passes the filters." if result.understood else "No photos indexed yet."
         else:
             text = f"{result.total} photos match; showing {shown} ({ms:.0f} ms)."
             if not result.good_match and any(h.confidence is not None for h in result.hits):
                 text = f"**No good match — nearest photos shown, marked weak.** {text}"
+        if like:
+            text = f"Photos like {os.path.basename(like)}. {text}"
         if result.understood:
             text += f"  \nUnderstood as: `{result.understood}`"
         if result.indexing:
@@ -313,7 +314,7 @@ def build_photo_ui(engine, indexer, photos, uploads):
         state = {"text": text, "k": int(k), "like": like, "offset": int(offset) + len(result.hits), "items": items,
                  "paths": paths, "total": result.total}
         more = gr.Button(visible=photo is None and state["offset"] < result.total)
-        return items, summary(result, ms, len(items)), state, more, gr.Button(interactive=False)
+        return items, summary(result, ms, len(items), like), state, more, gr.Button(interactive=False)
 
     def search_text(text, after, before, folder, sort, k, request: gr.Request):
         try:

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                 box.fill(args.query)
                 box.press("Enter")
                 results = page.locator("#results img")
-                expect(results).to_have_count(5, timeout=60_000)
+                expect(results.nth(4)).to_be_visible(timeout=60_000)  # (at least 5: the photo page shows 10)
                 for i in range(5):
                     page.wait_for_function("img => img.complete && img.naturalWidth > 0",
                                            arg=results.nth(i).element_handle(), timeout=30_000)
