@@ -507,6 +507,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = parse_args(argv)
+    missing = [str(d) for d in args.photos or () if not d.is_dir()]
+    if missing:  # said before anything loads
+        print(f"error: no such folder: {', '.join(missing)}", file=sys.stderr)
+        return 2
     lean_process()
     t0 = time.perf_counter()
     from model import load_checkpoint

@@ -355,6 +355,12 @@ def test_missing_checkpoint_exits_2_with_the_command_to_run(tmp_path):
     assert "python run_train.py" in proc.stderr and str(tmp_path / "w") in proc.stderr
 
 
+def test_photos_that_are_not_a_folder_exit_2_at_once(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "app.py"), "--photos", str(tmp_path / "nowhere"),
+                           "--work-dir", str(tmp_path / "w")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and f"no such folder: {tmp_path / 'nowhere'}" in proc.stderr
+
+
 def test_lean_process_keeps_triton_out_and_text_search_working(tmp_path):
     """app.lean_process hides Triton (loaded by transformers' BERT code through torch._dynamo,
     never used by the page); a BERT still loads and encodes, and torch reports no Triton."""
