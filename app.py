@@ -98,6 +98,7 @@ def root_url(request) -> str:
 
 SORTS = {"Best match first": "", "Oldest first": "sort:date", "Newest first": "sort:-date"}
 MAX_OFFSET = 100_000  # how far "load more" may page
+MORE_LIKE = "More like the selected photo"
 
 
 def _operator(key: str, value: str | None) -> str:
@@ -314,7 +315,8 @@ def build_photo_ui(engine, indexer, photos, uploads):
         state = {"text": text, "k": int(k), "like": like, "offset": int(offset) + len(result.hits), "items": items,
                  "paths": paths, "total": result.total}
         more = gr.Button(visible=photo is None and state["offset"] < result.total)
-        return items, summary(result, ms, len(items), like), state, more, gr.Button(interactive=False)
+        return (items, summary(result, ms, len(items), like), state, more,
+                gr.Button(MORE_LIKE, interactive=False))  # until a photo of these results is selected
 
     def search_text(text, after, before, folder, sort, k, request: gr.Request):
         try:
@@ -411,7 +413,7 @@ def build_photo_ui(engine, indexer, photos, uploads):
                 sort = gr.Radio(list(SORTS), value="Best match first", label="Order", elem_id="sort")
             with gr.Row():
                 button = gr.Button("Search", variant="primary", elem_id="search-button")
-                like_button = gr.Button("More like the selected photo", interactive=False, elem_id="more-like")
+                like_button = gr.Button(MORE_LIKE, interactive=False, elem_id="more-like")
             with gr.Accordion("Query language", open=False, elem_id="grammar"):
                 gr.Markdown(f"```text\n{GRAMMAR}\n```")
             status = gr.Markdown(elem_id="status")
