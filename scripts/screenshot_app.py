@@ -3,6 +3,8 @@
 
     python -m scripts.screenshot_app --out docs/app_flickr8k.png --query "a dog runs through the snow" \\
         -- --work-dir work/flickr8k_lite2 --images ../shared/data/flickr8k/flickr8k-images
+    python -m scripts.screenshot_app --out docs/page_photos.png --query "a dog runs through the snow" \\
+        --sort "Newest first" -- --photos ~/Pictures       # the photo page, once indexing is done
 
 Everything after ``--`` goes to app.py. Needs Debian's chromium (/usr/bin/chromium) and the
 playwright package (requirements-dev.txt), as the browser test does.
@@ -57,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--query", default="a dog runs through the snow")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "app_screenshot.png")
     p.add_argument("--port", type=int, default=7871)
+    p.add_argument("--after", default="", help="photo page: the 'taken on or after' filter")
+    p.add_argument("--sort", default="", help="photo page: the order (e.g. 'Newest first')")
     args = p.parse_args(own)
     from playwright.sync_api import expect, sync_playwright
 
@@ -77,15 +81,26 @@ def main(argv: list[str] | None = None) -> int:
                 page = browser.new_page(viewport={"width": 1280, "height": 900})
                 page.goto(url, wait_until="domcontentloaded")
                 expect(page.locator("#index-info")).to_contain_text("photos", timeout=60_000)
+                photo_page = page.locator("#indexing").count() > 0
+                if photo_page:  # the photo page: wait for its background indexing, set the filters asked for
+                    if "Indexing" in page.locator("#indexing").inner_text():
+                        expect(page.locator("#indexing")).to_contain_text("Index up to date", timeout=600_000)
+                    if args.after:
+                        page.locator("#after textarea, #after input").first.fill(args.after)
+                    if args.sort:
+                        page.locator("#sort").get_by_text(args.sort).click()
                 box = page.locator("#query textarea")
                 box.fill(args.query)
                 box.press("Enter")
                 results = page.locator("#results img")
-                expect(results).to_have_count(5, timeout=60_000)
+                expect(results.nth(4)).to_be_visible(timeout=60_000)  # (at least 5: the photo page shows 10)
                 for i in range(5):
                     page.wait_for_function("img => img.complete && img.naturalWidth > 0",
                                            arg=results.nth(i).element_handle(), timeout=30_000)
-                expect(page.locator("#timing")).to_contain_text("results in", timeout=30_000)
+                if photo_page:
+                    expect(page.locator("#status")).to_contain_text("Understood as", timeout=30_000)
+                else:
+                    expect(page.locator("#timing")).to_contain_text("results in", timeout=30_000)
                 page.screenshot(path=str(args.out), full_page=True)
             finally:
                 browser.close()

@@ -21,6 +21,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
+import numpy as np
 import pytest
 import torch
 from helpers import save_random_resnet18, save_tiny_bert, write_blank_png
@@ -361,6 +362,12 @@ def test_missing_checkpoint_exits_2_with_the_command_to_run(tmp_path):
         assert "using the shipped model" in proc.stderr and "batch_image_feature_extract.py" in proc.stderr
 
 
+def test_photos_that_are_not_a_folder_exit_2_at_once(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "app.py"), "--photos", str(tmp_path / "nowhere"),
+                           "--work-dir", str(tmp_path / "w")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and f"no such folder: {tmp_path / 'nowhere'}" in proc.stderr
+
+
 def test_lean_process_keeps_triton_out_and_text_search_working(tmp_path):
     """app.lean_process hides Triton (loaded by transformers' BERT code through torch._dynamo,
     never used by the page); a BERT still loads and encodes, and torch reports no Triton."""
@@ -377,3 +384,226 @@ def test_lean_process_keeps_triton_out_and_text_search_working(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]
+
+
+# --------------------------------------------------------------------------------------------------
+# python app.py --photos: own photos indexed in the background, the page's filters, more like this
+
+PHOTO_WORDS = ("a an the two dog dogs cat man woman child girl boy is are runs running plays sits jumps on in "
+               "with of and at near red blue green white black ball grass water street park beach snow bike").split()
+# (folder, file, EXIF date) of the synthetic photos: two dated folders and undated top-level files
+PHOTO_LAYOUT = ([("Holidays 2019", f"beach_{i}.jpg", f"2019:07:{10 + i:02d} 12:00:00") for i in range(5)]
+                + [("Garden", f"garden_{i}.jpg", f"2021:05:{10 + i:02d} 09:00:00") for i in range(5)]
+                + [("", f"misc_{i}.jpg", None) for i in range(4)])
+PAGE = 10  # the page's results per page
+PHOTO_QUERIES = ["a dog on the grass", "a red ball", "a man on a bike", "two children in the water",
+                 "a black cat sits", "a woman in the snow", "a boy runs in the park", "the street"]
+
+
+def synthetic_photo(rng: np.random.Generator, w: int = 96, h: int = 72) -> Image.Image:
+    """A distinct picture: a colour gradient, a rectangle and noise."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    c0, c1 = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    arr = c0 * (1 - (xx / w)[..., None]) + c1 * (xx / w)[..., None]
+    x0, y0 = rng.integers(0, w // 2), rng.integers(0, h // 2)
+    arr[y0 : y0 + h // 3, x0 : x0 + w // 3] = rng.integers(0, 256, 3)
+    return Image.fromarray(np.clip(arr + rng.normal(0, 12, arr.shape), 0, 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def photos_served(tmp_path_factory):
+    """app.py --photos over synthetic photos, indexing them in its background thread; a checkpoint
+    with a calibration curve placed between two queries' best scores, so one query has confident
+    hits and the other none. Yields (url, info)."""
+    from helpers import save_checkpoint
+
+    from crossmodal.photos import image_backbone_for, index_photos
+    from crossmodal.photos.search import search_photos
+    from crossmodal.photos.serving import PhotoSearch
+
+    from model import load_checkpoint
+
+    base = tmp_path_factory.mktemp("photos_app")
+    folder = base / "Photos"
+    rng = np.random.default_rng(3)
+    for sub, name, taken in PHOTO_LAYOUT:
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+        exif = Image.Exif()
+        if taken:
+            exif.get_ifd(0x8769)[36867] = taken
+        synthetic_photo(rng).save(folder / sub / name, exif=exif, quality=90)
+        if not taken:  # dated by the file's time: 2015
+            os.utime(folder / sub / name, (1_430_000_000, 1_430_000_000))
+    resnet = save_random_resnet18(base / "resnet18.pth")
+    bert = save_tiny_bert(base / "bert-base-uncased", words=PHOTO_WORDS)
+    image_bb = create_image_backbone("resnet18", resnet)
+    text_bb = create_text_backbone("bert-base-uncased", bert)
+    checkpoint = base / "best.pt"
+    save_checkpoint(checkpoint, 1, image_bb, text_bb)
+
+    # The best score of each query, as the page's search computes it, over a scratch index; the
+    # calibration's 0.5 point goes midway between the highest and the lowest best score.
+    model, state = load_checkpoint(checkpoint)
+    index_photos(base / "scratch_index", [folder], image_backbone_for(state, resnet), device="cpu", workers=0,
+                 progress=False)
+    engine = PhotoSearch(base / "scratch_index", checkpoint, model, state, roots=[folder], device="cpu",
+                         text_weights=bert, image_weights=resnet)
+    best = {q: search_photos(engine, q, k=1).hits[0].score for q in PHOTO_QUERIES}
+    good, weak = max(best, key=best.get), min(best, key=best.get)
+    assert best[good] - best[weak] > 1e-3, best
+    middle = (best[good] + best[weak]) / 2
+    # the photos the good query will match (confidence over 0.5), as the page names them
+    matching_good = {"/photo/" + quote(h.name) for h in search_photos(engine, good, k=len(PHOTO_LAYOUT)).hits
+                     if h.score > middle}
+    engine.close()
+    slope = 40.0 / (best[good] - best[weak])  # confidence ~1 at the good query's best, ~0 at the weak one's
+    curve = {"method": "platt", "slope": slope, "intercept": -slope * middle}
+    state = torch.load(checkpoint, weights_only=True)
+    state["calibration"] = {"top_k": 10, "threshold": 0.5, "sentence": curve, "short": curve}
+    torch.save(state, checkpoint)
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    log = open(base / "app.log", "w")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "NO_PROXY": "127.0.0.1,localhost",
+           "no_proxy": "127.0.0.1,localhost", "GRADIO_TEMP_DIR": str(base / "uploads")}
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "app.py"), "--photos", str(folder), "--work-dir", str(base / "work"),
+         "--checkpoint", str(checkpoint), "--port", str(port), "--text-weights", str(bert), "--image-weights",
+         str(resnet), "--threads", "1", "--device", "cpu"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        try:
+            wait_until_up(url, proc, timeout=90, poll=0.3)
+        except RuntimeError as err:
+            pytest.fail(f"{err}:\n{(base / 'app.log').read_text()[-3000:]}")
+        yield url, dict(base=base, folder=folder, good=good, weak=weak, matching_good=matching_good)
+    finally:
+        stop(proc)
+        log.close()
+
+
+def gallery_state(page, gallery: str = "#results") -> list[tuple[str, str]]:
+    """(photo URL path, caption) of each thumbnail shown."""
+    return page.eval_on_selector_all(
+        f"{gallery} button.thumbnail-item, {gallery} .thumbnail-item",
+        "els => els.map(e => [new URL(e.querySelector('img').src).pathname, e.innerText.trim()])")
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Chromium at /usr/bin/chromium (apt-get install chromium)")
+def test_photos_page_filters_more_like_this_and_weak_matches(photos_served):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, info = photos_served
+    n = len(PHOTO_LAYOUT)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(url, wait_until="domcontentloaded")
+            # the timer shows the background indexing until it is done
+            expect(page.locator("#indexing")).to_contain_text(f"Index up to date: {n} photos", timeout=60_000)
+            page.locator("#grammar").get_by_text("Query language").click()
+            expect(page.locator("#grammar")).to_contain_text("sort:date")
+
+            def search(query: str, expected: int, understood: str = "", **filters: str) -> list[tuple[str, str]]:
+                """Search from the controls; the hits shown once the status says the query as understood
+                (each search here is understood differently from the one before)."""
+                for control, value in {"after": "", "before": "", "folder": "", **filters}.items():
+                    page.locator(f"#{control} input, #{control} textarea").first.fill(value)
+                box = page.locator("#query textarea")
+                box.fill(query)
+                page.locator("#search-button").click()
+                expect(page.locator("#status code")).to_have_text(understood or query, timeout=20_000)
+                expect(page.locator("#status")).to_contain_text(f"{expected} photos match")
+                expect(page.locator("#results img")).to_have_count(min(PAGE, expected), timeout=20_000)
+                return gallery_state(page)
+
+            # a query with confident hits: every caption has score, confidence, date and folder
+            shown = search(info["good"], n)
+            expect(page.locator("#status")).not_to_contain_text("No good match")
+            assert "match" in shown[0][1] and "(weak)" not in shown[0][1], shown
+            assert all(path.startswith("/photo/") for path, _ in shown)
+            for path, caption in shown:
+                folder = path.split("/")[2] if path.count("/") > 2 else ""
+                taken = {"Holidays%202019": "2019-07-", "Garden": "2021-05-"}.get(folder, "2015-")
+                assert taken in caption and (folder.replace("%20", " ") or "top folder") in caption, caption
+            page.wait_for_function("img => img.complete && img.naturalWidth > 0",
+                                   arg=page.locator("#results img").first.element_handle(), timeout=10_000)
+            # load more: the next page is added below the first
+            page.locator("#load-more").click()
+            expect(page.locator("#results img")).to_have_count(n, timeout=20_000)
+            assert gallery_state(page)[:PAGE] == shown
+            expect(page.locator("#load-more")).to_be_hidden()
+
+            # a date filter, through the query language: only the 2021 photos, said as understood
+            shown = search(info["good"], 5, f"{info['good']} after:2021-01-01", after="2021-01")
+            assert all("/photo/Garden/" in path and "2021-05-" in caption for path, caption in shown), shown
+            # a folder filter, and an exclusion typed in the query: the photos that match it leave
+            shown = search(info["good"], 5, f'{info["good"]} in:"Holidays 2019"', folder="Holidays 2019")
+            assert all(path.startswith("/photo/Holidays%202019/") for path, _ in shown), shown
+            excluded = info["matching_good"]
+            shown = search(f'{info["weak"]} -"{info["good"]}"', n - len(excluded))
+            assert not {path for path, _ in shown} & excluded, shown
+            # more like this: select a hit, ask for the photos most like it
+            shown = search(info["good"], n)
+            page.locator("#results .thumbnail-item").nth(2).click()  # selects it (and opens its preview)
+            expect(page.locator("#more-like")).to_be_enabled(timeout=10_000)
+            page.keyboard.press("Escape")  # back to the grid
+            expect(page.locator("#results img")).to_have_count(PAGE, timeout=10_000)
+            liked = shown[2][0]
+            page.locator("#more-like").click()
+            expect(page.locator("#status")).to_contain_text(f"Photos like {liked.rsplit('/', 1)[1]}", timeout=20_000)
+            expect(page.locator("#status")).to_contain_text(f"{n - 1} photos match")  # all but itself
+            expect(page.locator("#more-like")).to_be_disabled()
+            expect(page.locator("#results img")).to_have_count(PAGE)
+            assert liked not in [path for path, _ in gallery_state(page)]
+
+            # a query without a confident hit: said, and every hit marked weak
+            shown = search(info["weak"], n)
+            expect(page.locator("#status")).to_contain_text("No good match — nearest photos shown, marked weak")
+            assert all("(weak)" in caption for _, caption in shown), shown
+        finally:
+            browser.close()
+
+
+def test_photos_api_pages_filters_and_refuses_bad_input(photos_served):
+    """/search keeps its hits' keys; /search_photos pages, filters and finds photos like one;
+    /search_photo takes words with the photo; bad values are refused with the reason, never a 500."""
+    from gradio_client import Client, handle_file
+
+    url, info = photos_served
+    client = Client(url, verbose=False)
+    hits = client.predict(query=info["good"], k=3, api_name="/search")
+    assert [h["rank"] for h in hits] == [1, 2, 3]
+    assert {"rank", "image_path", "name", "score", "captions", "taken_at", "folder", "confidence"} <= set(hits[0])
+    first = client.predict(query=info["good"], k=4, offset=0, like="", api_name="/search_photos")
+    second = client.predict(query=info["good"], k=4, offset=4.0, like="", api_name="/search_photos")
+    assert first["total"] == second["total"] == len(PHOTO_LAYOUT) and first["good_match"] is True
+    assert [h["rank"] for h in second["hits"]] == [5, 6, 7, 8]
+    assert not {h["name"] for h in first["hits"]} & {h["name"] for h in second["hits"]}
+    dated = client.predict(query="sort:-date date:2019", k=10, offset=0, like="", api_name="/search_photos")
+    assert dated["understood"] == "after:2019-01-01 before:2020-01-01 sort:-date"
+    assert [h["taken_at"][:10] for h in dated["hits"]] == [f"2019-07-{d}" for d in (14, 13, 12, 11, 10)]
+    like = client.predict(query="in:Garden", k=10, offset=0, like=hits[0]["image_path"], api_name="/search_photos")
+    assert like["hits"] and all(h["folder"] == "Garden" and h["image_path"] != hits[0]["image_path"]
+                                for h in like["hits"])
+    photo = info["folder"] / "Garden" / "garden_2.jpg"
+    with_words = client.predict(photo=handle_file(photo), k=3, query="in:Garden", api_name="/search_photo")
+    assert with_words[0]["name"] == "Garden/garden_2.jpg" and all(h["folder"] == "Garden" for h in with_words)
+    for kwargs, message in [({"k": 0}, "k must be from 1 to 50"), ({"offset": -1}, "offset must be a whole number"),
+                            ({"offset": 2.5}, "offset must be a whole number"),
+                            ({"like": "nowhere.jpg"}, "not an indexed photo"),
+                            ({"query": "after:2020-13"}, "not a valid date")]:
+        args = {"query": info["good"], "k": 3, "offset": 0, "like": "", **kwargs}
+        with pytest.raises(Exception, match=message):
+            client.predict(**args, api_name="/search_photos")
+    for body in (b"{}", b'{"data": ["a dog", 3, "x", ""]}', b'{"data": [1, 2, 3, 4, 5]}', b"not json"):
+        req = urllib.request.Request(f"{url}gradio_api/call/search_photos", data=body,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                status = r.status
+        except urllib.error.HTTPError as err:
+            status = err.code
+        assert status < 500, (body, status)
