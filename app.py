@@ -351,6 +351,7 @@ def build_photo_ui(engine, indexer, photos, uploads):
             raise gr.Error(str(err), print_exception=False)
 
     def progress():
+        engine.refresh()  # take up the latest commit, so the counts below are the searched photos
         line = indexing_line(indexer, engine)
         return line, f"Searching {engine.describe()}", gr.Timer(active=indexer is not None and indexer.is_alive())
 
