@@ -26,7 +26,8 @@ import threading
 import time
 from pathlib import Path
 
-from bench import _common as C  # noqa: E402
+from bench import _common as C  # noqa: E402  # isort: split
+from crossmodal.demo_data import write_blank_png  # noqa: E402
 
 HUGE = 10_000  # the tester's photo: 10000 x 10000 pixels
 
@@ -44,31 +45,6 @@ def reset_peak(pid: int) -> None:
         Path(f"/proc/{pid}/clear_refs").write_text("5")
     except OSError:
         pass
-
-
-def write_blank_png(path: Path, width: int, height: int) -> Path:
-    """A black RGB PNG, written without holding its pixels (tests/helpers.py says how)."""
-    import struct
-    import zlib
-
-    row = b"\x00" * (1 + 3 * width)
-    per_block = max(1, min(height, (4 << 20) // len(row)))
-    blocks, rest = divmod(height, per_block)
-    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
-    block = comp.compress(row * per_block) + comp.flush(zlib.Z_FULL_FLUSH)
-    tail = comp.compress(row * rest) + comp.flush()
-    adler = 1
-    for _ in range(blocks):
-        adler = zlib.adler32(row * per_block, adler)
-    adler = zlib.adler32(row * rest, adler)
-    idat = b"\x78\xda" + block * blocks + tail + struct.pack(">I", adler)
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
-    return path
 
 
 def photos(folder: Path, small: Path) -> list[tuple[str, Path]]:

@@ -18,6 +18,8 @@ import io
 import json
 import logging
 import os
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -484,3 +486,27 @@ def generate(
     log.info("wrote %d images, %d captions and a %s split under %s", num_images, len(lines),
              "/".join(str(len(splits[s])) for s in SPLIT_NAMES), out)
     return True
+
+
+def write_blank_png(path: Path, width: int, height: int) -> Path:
+    """An RGB PNG of width x height black pixels (a 10000 x 10000 one is ~0.3 MB), written without
+    ever holding its pixels: the rows are compressed in identical blocks, each ending in a full
+    flush (the compressor starts afresh, so every block compresses to the same bytes)."""
+    row = b"\x00" * (1 + 3 * width)  # filter byte + pixels
+    per_block = max(1, min(height, (4 << 20) // len(row)))
+    blocks, rest = divmod(height, per_block)
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15)  # raw deflate: the zlib header and checksum are added here
+    block = comp.compress(row * per_block) + comp.flush(zlib.Z_FULL_FLUSH)
+    tail = comp.compress(row * rest) + comp.flush()
+    adler = 1
+    for _ in range(blocks):
+        adler = zlib.adler32(row * per_block, adler)
+    adler = zlib.adler32(row * rest, adler)
+    idat = b"\x78\xda" + block * blocks + tail + struct.pack(">I", adler)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path

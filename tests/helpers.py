@@ -1,12 +1,10 @@
-"""Small local stand-ins shared by the tests: the real backbones' weights, and huge images.
+"""Small local stand-ins shared by the tests: the real backbones' weights and random checkpoints.
 
 The tests exercise the ResNet18 and BERT code paths with randomly initialised weights saved to a
 local file or folder, as a user's downloaded weights would be; checkpoints hold random heads.
 """
 from __future__ import annotations
 
-import struct
-import zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -60,27 +58,3 @@ def save_checkpoint(path: Path, seed: int, image_backbone, text_backbone, image_
         },
     }
     torch.save(state, path)
-
-
-def write_blank_png(path: Path, width: int, height: int) -> Path:
-    """An RGB PNG of width x height black pixels (a 10000 x 10000 one is ~0.3 MB), written without
-    ever holding its pixels: the rows are compressed in identical blocks, each ending in a full
-    flush (the compressor starts afresh, so every block compresses to the same bytes)."""
-    row = b"\x00" * (1 + 3 * width)  # filter byte + pixels
-    per_block = max(1, min(height, (4 << 20) // len(row)))
-    blocks, rest = divmod(height, per_block)
-    comp = zlib.compressobj(9, zlib.DEFLATED, -15)  # raw deflate: the zlib header and checksum are added here
-    block = comp.compress(row * per_block) + comp.flush(zlib.Z_FULL_FLUSH)
-    tail = comp.compress(row * rest) + comp.flush()
-    adler = 1
-    for _ in range(blocks):
-        adler = zlib.adler32(row * per_block, adler)
-    adler = zlib.adler32(row * rest, adler)
-    idat = b"\x78\xda" + block * blocks + tail + struct.pack(">I", adler)
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
-    return path

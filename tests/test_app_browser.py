@@ -24,11 +24,12 @@ from urllib.parse import quote, urlsplit
 import numpy as np
 import pytest
 import torch
-from helpers import save_random_resnet18, save_tiny_bert, write_blank_png
+from helpers import save_random_resnet18, save_tiny_bert
 from PIL import Image
 
 from crossmodal import demo_data
 from crossmodal.backbones import create_image_backbone, create_text_backbone
+from crossmodal.demo_data import write_blank_png
 from crossmodal.features import extract
 from scripts.screenshot_app import stop, wait_until_up
 

@@ -7,10 +7,10 @@ import time
 
 import numpy as np
 import pytest
-from helpers import write_blank_png
 from PIL import Image, ImageFile
 
 from crossmodal import images
+from crossmodal.demo_data import write_blank_png
 from crossmodal.images import ImageRefused, image_content_type, load_image
 
 

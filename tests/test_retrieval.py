@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import save_checkpoint, save_random_resnet18, save_tiny_bert, write_blank_png
+from helpers import save_checkpoint, save_random_resnet18, save_tiny_bert
 from PIL import Image
 
 from crossmodal import photos, retrieval
 from crossmodal.backbones import create_image_backbone, create_text_backbone
+from crossmodal.demo_data import write_blank_png
 from crossmodal.features import extract
 from crossmodal.retrieval import Retriever, RetrieverError
 
