@@ -630,3 +630,24 @@ def test_photo_hits_carry_confidences_and_the_allow_list_follows_the_index(model
     (folder / "0.png").unlink()
     run(models, index, folder)
     assert "0.png" not in served and len(served) == 2
+
+
+def test_a_locked_database_is_retried_until_the_timeout():
+    import sqlite3
+
+    from crossmodal.photos.store import retry_while_locked
+
+    calls = []
+
+    def locked_twice():
+        calls.append(1)
+        if len(calls) < 3:
+            raise sqlite3.OperationalError("database is locked")
+        return "done"
+
+    assert retry_while_locked(locked_twice, timeout=5, pause=0.01) == "done" and len(calls) == 3
+    with pytest.raises(sqlite3.OperationalError, match="locked"):  # past the timeout the error stands
+        retry_while_locked(lambda: (_ for _ in ()).throw(sqlite3.OperationalError("database is locked")),
+                           timeout=0.05, pause=0.01)
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):  # other errors are not retried
+        retry_while_locked(lambda: (_ for _ in ()).throw(sqlite3.OperationalError("no such table: x")), timeout=5)

@@ -38,7 +38,7 @@ import threading
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -183,6 +183,18 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def retry_while_locked(statement: Callable[[], Any], timeout: float = BUSY_TIMEOUT_S, pause: float = 0.05) -> Any:
+    """Run ``statement``, again while SQLite says the database is locked, for up to ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return statement()
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() >= deadline:
+                raise
+            time.sleep(pause)
+
+
 class PhotoStore:
     """One photo index (a data folder). Every method may be called from any thread (one connection,
     guarded by a lock); writing methods need ``writing()`` held (one writer process at a time)."""
@@ -193,7 +205,10 @@ class PhotoStore:
         self._lock = threading.RLock()
         self._conn = sqlite3.connect(self.folder / DB_FILE, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                      check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
+        # Switching a file to WAL can answer "database is locked" at once, without the busy timeout,
+        # while another connection is opening the same new index (the page's search and its
+        # indexing thread do, together): so that one statement is retried.
+        retry_while_locked(lambda: self._conn.execute("PRAGMA journal_mode=WAL"))
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
         self._lock_file = None
