@@ -34,6 +34,7 @@ import torch  # noqa: E402
 from PIL import Image, ImageEnhance  # noqa: E402
 
 from crossmodal.backbones import create_image_backbone  # noqa: E402
+from crossmodal.cli import setup_logging  # noqa: E402
 from crossmodal.duplicates import DUPLICATE_THRESHOLD, find_duplicate_groups  # noqa: E402
 from crossmodal.features.cache import load_cache  # noqa: E402
 from crossmodal.features.extract import extract_image_features  # noqa: E402
@@ -100,7 +101,7 @@ def evaluate(vectors: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     lay = Layout(args.work_dir)
     C.require(args.data, "the full-size sample photos")
     C.require(lay.image_features, "a Flickr8k image cache (--work-dir)")

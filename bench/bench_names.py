@@ -33,6 +33,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from crossmodal.captions import image_of_row_id, load_splits, read_captions  # noqa: E402
+from crossmodal.cli import setup_logging  # noqa: E402
 from crossmodal.evaluation import embed_split  # noqa: E402
 from crossmodal.fusion import RRF_K  # noqa: E402
 from crossmodal.keywords import IRREGULAR_PLURALS, load_keyword_tools, nouns_of  # noqa: E402
@@ -112,7 +113,7 @@ def bootstrap_delta(base: np.ndarray, new: np.ndarray, k: int, n: int, seed: int
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     lay = Layout(args.work_dir)
     C.require(lay.best_checkpoint, "a trained checkpoint (--work-dir)")
     C.require(args.captions, "the Flickr8k captions")

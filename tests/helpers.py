@@ -8,8 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 import torchvision
+from PIL import Image
 
 WORDS = ("a an the two one dog dogs cat man men woman women child children girl boy is are runs running "
          "plays playing sits sitting jumps on in with of and at near red blue green white black ball grass "
@@ -58,3 +60,29 @@ def save_checkpoint(path: Path, seed: int, image_backbone, text_backbone, image_
         },
     }
     torch.save(state, path)
+
+
+def random_photo(rng: np.random.Generator, w: int = 96, h: int = 72) -> Image.Image:
+    """A distinct picture: a random colour gradient, a random rectangle and noise."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    c0, c1 = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    t = (xx / w)[..., None]
+    arr = c0 * (1 - t) + c1 * t
+    x0, y0 = rng.integers(0, w // 2), rng.integers(0, h // 2)
+    arr[y0 : y0 + h // 3, x0 : x0 + w // 3] = rng.integers(0, 256, 3)
+    arr = np.clip(arr + rng.normal(0, 12, arr.shape), 0, 255).astype(np.uint8)
+    return Image.fromarray(arr)
+
+
+def save_random_models(base: Path, words: Sequence[str]) -> dict:
+    """Random local ResNet18 weights and a tiny BERT (over ``words``) under ``base``, their backbones,
+    and ``base/best.pt``: random heads for them (``save_checkpoint`` with seed 1)."""
+    from crossmodal.backbones import create_image_backbone, create_text_backbone
+
+    resnet = save_random_resnet18(base / "resnet18.pth")
+    bert = save_tiny_bert(base / "bert-base-uncased", words=words)
+    image_bb = create_image_backbone("resnet18", resnet)
+    text_bb = create_text_backbone("bert-base-uncased", bert)
+    checkpoint = base / "best.pt"
+    save_checkpoint(checkpoint, 1, image_bb, text_bb)
+    return dict(resnet=resnet, bert=bert, image_bb=image_bb, text_bb=text_bb, checkpoint=checkpoint)

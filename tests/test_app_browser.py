@@ -24,7 +24,7 @@ from urllib.parse import quote, urlsplit
 import numpy as np
 import pytest
 import torch
-from helpers import save_random_resnet18, save_tiny_bert
+from helpers import random_photo, save_random_models, save_random_resnet18, save_tiny_bert
 from PIL import Image
 
 from crossmodal import demo_data
@@ -246,6 +246,16 @@ def test_k_is_validated_not_clamped(served):
     assert len(client.predict(query="a red circle", k=50, api_name="/search")) == 50
 
 
+def post_status(url: str, body: bytes) -> int:
+    """The HTTP status of a JSON POST of ``body`` to ``url``."""
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
 def page_event(url: str, fn_index: int, data: list) -> dict:
     """Run one of the page's own events as the browser does (queue/join, then the event stream);
     returns its completion message."""
@@ -277,13 +287,7 @@ def test_malformed_requests_get_4xx_or_an_error_event_never_500(served):
                  "call/v2/search_photo", "call/nope", "call/v2/nope", "run/nope", "run/predict", "queue/join"]
     for endpoint in endpoints:
         for body in bodies:
-            req = urllib.request.Request(f"{url}gradio_api/{endpoint}", data=body,
-                                         headers={"Content-Type": "application/json"})
-            try:
-                with urllib.request.urlopen(req, timeout=10) as r:
-                    status = r.status
-            except urllib.error.HTTPError as err:
-                status = err.code
+            status = post_status(f"{url}gradio_api/{endpoint}", body)
             assert status < 500, (endpoint, body, status)
     # the page's own events: a refused value comes back as an error event with the reason
     failed = page_event(url, fns["run_text"], ["a red circle", 2.5])
@@ -401,23 +405,11 @@ PHOTO_QUERIES = ["a dog on the grass", "a red ball", "a man on a bike", "two chi
                  "a black cat sits", "a woman in the snow", "a boy runs in the park", "the street"]
 
 
-def synthetic_photo(rng: np.random.Generator, w: int = 96, h: int = 72) -> Image.Image:
-    """A distinct picture: a colour gradient, a rectangle and noise."""
-    yy, xx = np.mgrid[0:h, 0:w]
-    c0, c1 = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
-    arr = c0 * (1 - (xx / w)[..., None]) + c1 * (xx / w)[..., None]
-    x0, y0 = rng.integers(0, w // 2), rng.integers(0, h // 2)
-    arr[y0 : y0 + h // 3, x0 : x0 + w // 3] = rng.integers(0, 256, 3)
-    return Image.fromarray(np.clip(arr + rng.normal(0, 12, arr.shape), 0, 255).astype(np.uint8))
-
-
 @pytest.fixture(scope="module")
 def photos_served(tmp_path_factory):
     """app.py --photos over synthetic photos, indexing them in its background thread; a checkpoint
     with a calibration curve placed between two queries' best scores, so one query has confident
     hits and the other none. Yields (url, info)."""
-    from helpers import save_checkpoint
-
     from crossmodal.photos import image_backbone_for, index_photos
     from crossmodal.photos.search import search_photos
     from crossmodal.photos.serving import PhotoSearch
@@ -432,15 +424,11 @@ def photos_served(tmp_path_factory):
         exif = Image.Exif()
         if taken:
             exif.get_ifd(0x8769)[36867] = taken
-        synthetic_photo(rng).save(folder / sub / name, exif=exif, quality=90)
+        random_photo(rng).save(folder / sub / name, exif=exif, quality=90)
         if not taken:  # dated by the file's time: 2015
             os.utime(folder / sub / name, (1_430_000_000, 1_430_000_000))
-    resnet = save_random_resnet18(base / "resnet18.pth")
-    bert = save_tiny_bert(base / "bert-base-uncased", words=PHOTO_WORDS)
-    image_bb = create_image_backbone("resnet18", resnet)
-    text_bb = create_text_backbone("bert-base-uncased", bert)
-    checkpoint = base / "best.pt"
-    save_checkpoint(checkpoint, 1, image_bb, text_bb)
+    m = save_random_models(base, PHOTO_WORDS)
+    resnet, bert, checkpoint = m["resnet"], m["bert"], m["checkpoint"]
 
     # The best score of each query, as the page's search computes it, over a scratch index; the
     # calibration's 0.5 point goes midway between the highest and the lowest best score.
@@ -600,11 +588,5 @@ def test_photos_api_pages_filters_and_refuses_bad_input(photos_served):
         with pytest.raises(Exception, match=message):
             client.predict(**args, api_name="/search_photos")
     for body in (b"{}", b'{"data": ["a dog", 3, "x", ""]}', b'{"data": [1, 2, 3, 4, 5]}', b"not json"):
-        req = urllib.request.Request(f"{url}gradio_api/call/search_photos", data=body,
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=10) as r:
-                status = r.status
-        except urllib.error.HTTPError as err:
-            status = err.code
+        status = post_status(f"{url}gradio_api/call/search_photos", body)
         assert status < 500, (body, status)

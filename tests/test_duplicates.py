@@ -7,12 +7,11 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import save_random_resnet18, save_tiny_bert
+from helpers import random_photo, save_random_models
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_retrieval import WORDS, jpeg, photo, save_checkpoint
+from test_retrieval import WORDS, jpeg
 
-from crossmodal.backbones import create_image_backbone, create_text_backbone
 from crossmodal.duplicates import find_duplicate_groups, photo_duplicates, similar_pairs
 
 
@@ -84,13 +83,8 @@ def test_groups_match_brute_force(seed, n, threshold):
 
 @pytest.fixture(scope="module")
 def heads(tmp_path_factory):
-    base = tmp_path_factory.mktemp("duplicates")
-    resnet_file = save_random_resnet18(base / "resnet18.pth")
-    bert_dir = save_tiny_bert(base / "bert-base-uncased", words=WORDS)
-    checkpoint = base / "best.pt"
-    save_checkpoint(checkpoint, 1, create_image_backbone("resnet18", resnet_file),
-                    create_text_backbone("bert-base-uncased", bert_dir))
-    return checkpoint, resnet_file
+    m = save_random_models(tmp_path_factory.mktemp("duplicates"), WORDS)
+    return m["checkpoint"], m["resnet"]
 
 
 def test_index_folder_lists_exact_copies(heads, tmp_path, capsys):
@@ -101,7 +95,7 @@ def test_index_folder_lists_exact_copies(heads, tmp_path, capsys):
     (folder / "sub").mkdir(parents=True)
     rng = np.random.default_rng(5)
     for name in ("a.jpg", "b.jpg", "c.jpg"):
-        (folder / name).write_bytes(jpeg(photo(rng)))
+        (folder / name).write_bytes(jpeg(random_photo(rng)))
     shutil.copyfile(folder / "a.jpg", folder / "sub" / "a copy.jpg")
     shutil.copyfile(folder / "c.jpg", folder / "sub" / "c2.jpg")
     shutil.copyfile(folder / "c.jpg", folder / "c3.jpg")

@@ -9,14 +9,15 @@ photos above or below the confident threshold.
 """
 from __future__ import annotations
 
+import os
 import time
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import random_photo
 from test_photos import models, run  # noqa: F401 - the module fixture
-from test_retrieval import photo
 
 from crossmodal import calibration, images, retrieval
 from crossmodal.fusion import RRF_K, rrf_fuse
@@ -38,9 +39,8 @@ def world(models, tmp_path_factory):  # noqa: F811
     rng = np.random.default_rng(21)
     for name, folder, year in FILES:
         (root / folder).mkdir(parents=True, exist_ok=True)
-        photo(rng).save(root / folder / name)
+        random_photo(rng).save(root / folder / name)
         when = time.mktime((year, 6, 15, 12, 0, 0, 0, 0, -1))
-        import os
 
         os.utime(root / folder / name, (when, when))
     texts = {"stop.png": "STOP\nMain Street", "d.png": "Happy birthday"}
@@ -163,7 +163,7 @@ def test_photo_plus_text_is_the_normalised_sum(world, tmp_path):
     e = engine(world)
     r = e.rows().retriever
     query_photo = tmp_path / "q.png"
-    photo(np.random.default_rng(99)).save(query_photo)
+    random_photo(np.random.default_rng(99)).save(query_photo)
     img = r.embed_image(query_photo).reshape(-1)
     img = img / np.linalg.norm(img)
     txt = r.embed_text("a man at night on the grass").reshape(-1)
@@ -256,8 +256,7 @@ def test_ocr_is_resumable_and_follows_changes(world, tmp_path, models):  # noqa:
         assert [(Path(s.record(root / "zebra.png").path).name, t) for _, t in s.ocr_matches(["welcome"])] == [
             ("zebra.png", "WELCOME")]
         assert s.record(root / "f.png").ocr_text == ""
-    photo(np.random.default_rng(5)).save(root / "zebra.png")  # new content: its old text is gone
-    import os
+    random_photo(np.random.default_rng(5)).save(root / "zebra.png")  # new content: its old text is gone
 
     st = (root / "zebra.png").stat()
     os.utime(root / "zebra.png", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))

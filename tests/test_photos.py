@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import save_random_resnet18, save_tiny_bert
+from helpers import random_photo, save_random_models, save_random_resnet18
 from PIL import Image
-from test_retrieval import EMBED, WORDS, photo, save_checkpoint
+from test_retrieval import EMBED, WORDS
 
 from crossmodal import images, photos
-from crossmodal.backbones import create_image_backbone, create_text_backbone
+from crossmodal.backbones import create_image_backbone
 from crossmodal.photos import indexer, serving, store
 from crossmodal.photos.store import PhotoStore
 from crossmodal.retrieval import RetrieverError
@@ -40,16 +40,21 @@ RECORD_FIELDS = ("path", "size", "mtime_ns", "hash", "status", "reason", "width"
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    base = tmp_path_factory.mktemp("photo_models")
-    resnet = save_random_resnet18(base / "resnet18.pth")
-    bert = save_tiny_bert(base / "bert-base-uncased", words=WORDS)
-    image_bb = create_image_backbone("resnet18", resnet)
-    text_bb = create_text_backbone("bert-base-uncased", bert)
-    checkpoint = base / "best.pt"
-    save_checkpoint(checkpoint, 1, image_bb, text_bb)
-    model, state = load_checkpoint(checkpoint)
-    return dict(resnet=resnet, bert=bert, checkpoint=checkpoint, model=model, state=state,
-                backbone=photos.image_backbone_for(state, resnet))
+    m = save_random_models(tmp_path_factory.mktemp("photo_models"), WORDS)
+    model, state = load_checkpoint(m["checkpoint"])
+    return dict(resnet=m["resnet"], bert=m["bert"], checkpoint=m["checkpoint"], model=model, state=state,
+                backbone=photos.image_backbone_for(state, m["resnet"]))
+
+
+def photo_folder(tmp_path: Path, n: int, seed: int, name: str = "{i}.png") -> tuple[Path, Path, np.random.Generator]:
+    """``tmp_path/p`` holding ``n`` random photos named ``name.format(i=...)``, the index folder beside
+    it, and the generator that drew them (for more photos)."""
+    folder = tmp_path / "p"
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        random_photo(rng).save(folder / name.format(i=i))
+    return folder, tmp_path / "index", rng
 
 
 def run(models, index, roots, **kw):
@@ -108,9 +113,9 @@ def test_add_change_move_copy_delete(models, tmp_path, monkeypatch):
     folder, index = tmp_path / "Photos", tmp_path / "index"
     (folder / "trip").mkdir(parents=True)
     rng = np.random.default_rng(1)
-    photo(rng).save(folder / "a.jpg", quality=90)
-    photo(rng).save(folder / "trip" / "b.png")
-    photo(rng).save(folder / "c.webp", lossless=True)
+    random_photo(rng).save(folder / "a.jpg", quality=90)
+    random_photo(rng).save(folder / "trip" / "b.png")
+    random_photo(rng).save(folder / "c.webp", lossless=True)
     decodes = CountDecodes(monkeypatch)
 
     r1 = run(models, index, folder)
@@ -131,7 +136,7 @@ def test_add_change_move_copy_delete(models, tmp_path, monkeypatch):
 
     with sqlite3.connect(index / store.DB_FILE) as db:  # as an OCR step would
         db.execute("UPDATE photos SET ocr_text = 'text'")
-    photo(np.random.default_rng(50)).save(folder / "c.webp", lossless=True)  # changed content
+    random_photo(np.random.default_rng(50)).save(folder / "c.webp", lossless=True)  # changed content
     touch_later(folder / "c.webp")
     touch_later(folder / "a.jpg")  # same content, newer mtime: hashed again, not decoded
     r3 = run(models, index, folder)
@@ -158,7 +163,7 @@ def test_add_change_move_copy_delete(models, tmp_path, monkeypatch):
         assert s.garbage() == (4, 1)  # a, b, c and c's old content; the old c is unreferenced
 
     (folder / "trip" / "b.png").unlink()
-    photo(np.random.default_rng(60)).save(folder / "new1.png")
+    random_photo(np.random.default_rng(60)).save(folder / "new1.png")
     shutil.copy(folder / "new1.png", folder / "new2.png")  # two new files with the same content in one run
     r5 = run(models, index, folder)
     assert r5.removed == 1 and r5.embedded + r5.reused == 2
@@ -171,11 +176,7 @@ def test_add_change_move_copy_delete(models, tmp_path, monkeypatch):
 
 
 def test_compaction_keeps_vectors_and_open_snapshots(models, tmp_path, monkeypatch):
-    folder, index = tmp_path / "p", tmp_path / "index"
-    folder.mkdir()
-    rng = np.random.default_rng(2)
-    for i in range(6):
-        photo(rng).save(folder / f"{i}.png")
+    folder, index, rng = photo_folder(tmp_path, 6, seed=2)
     run(models, index, folder)
     before = vectors_by_path(index)
     with PhotoStore(index) as s:
@@ -230,7 +231,7 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_index(models, tmp_path):
     folder.mkdir()
     rng = np.random.default_rng(3)
     for i in range(10):
-        photo(rng).save(folder / f"{i:02d}.jpg", quality=90)
+        random_photo(rng).save(folder / f"{i:02d}.jpg", quality=90)
     killed, whole, marker = tmp_path / "killed", tmp_path / "whole", tmp_path / "in_third_commit"
     proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(models["resnet"]), str(killed), str(folder),
                              str(marker)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -283,7 +284,7 @@ def test_formats_orientation_and_problem_files(models, tmp_path, monkeypatch, ca
     folder.mkdir()
     refs.mkdir()
     rng = np.random.default_rng(4)
-    pics = [photo(rng) for _ in range(4)]
+    pics = [random_photo(rng) for _ in range(4)]
     pics[0].save(refs / "p0.png")
     pics[0].save(folder / "p0.webp", lossless=True)
     pics[0].save(folder / "p0.tiff")
@@ -296,7 +297,7 @@ def test_formats_orientation_and_problem_files(models, tmp_path, monkeypatch, ca
     for i in range(4):
         pics[i].save(refs / f"pic{i}.png")
     # EXIF orientation 6: the stored pixels are the photo turned a quarter; viewers turn it back.
-    upright = photo(rng, 96, 64)
+    upright = random_photo(rng, 96, 64)
     lossless = dict(qtables=[[1] * 64, [1] * 64], subsampling=0)
     upright.save(refs / "upright.jpg", **lossless)
     stored = upright.transpose(Image.Transpose.ROTATE_90)
@@ -361,12 +362,12 @@ def test_exif_date_and_camera_else_mtime(models, tmp_path):
     exif = Image.Exif()
     exif[271], exif[272] = "Canon", "Canon EOS 5D"
     exif.get_ifd(0x8769)[36867] = "2019:07:14 10:20:30"
-    photo(rng).save(folder / "camera.jpg", exif=exif)
+    random_photo(rng).save(folder / "camera.jpg", exif=exif)
     other = Image.Exif()
     other[271], other[272] = "FUJIFILM", "X-T3"
     other.get_ifd(0x8769)[36867] = "0000:00:00 00:00:00"  # what some cameras write without a clock
-    photo(rng).save(folder / "no_date.jpg", exif=other)
-    photo(rng).save(folder / "plain.png")
+    random_photo(rng).save(folder / "no_date.jpg", exif=other)
+    random_photo(rng).save(folder / "plain.png")
     when = 1_500_000_000
     for name in ("no_date.jpg", "plain.png"):
         os.utime(folder / name, (when, when))
@@ -385,11 +386,7 @@ def test_exif_date_and_camera_else_mtime(models, tmp_path):
 # readers while a writer adds, projection, search
 
 def test_reader_sees_consistent_snapshots_while_indexing(models, tmp_path, monkeypatch):
-    folder, index = tmp_path / "p", tmp_path / "index"
-    folder.mkdir()
-    rng = np.random.default_rng(6)
-    for i in range(12):
-        photo(rng).save(folder / f"{i:02d}.png")
+    folder, index, rng = photo_folder(tmp_path, 12, seed=6, name="{i:02d}.png")
     monkeypatch.setattr(indexer, "COMMIT_SECONDS", 0)
     original = indexer.PhotoFiles.__getitem__
 
@@ -429,11 +426,7 @@ def test_reader_sees_consistent_snapshots_while_indexing(models, tmp_path, monke
 
 
 def test_background_indexing_stops_after_a_commit_and_resumes(models, tmp_path, monkeypatch):
-    folder, index = tmp_path / "p", tmp_path / "index"
-    folder.mkdir()
-    rng = np.random.default_rng(10)
-    for i in range(8):
-        photo(rng).save(folder / f"{i}.png")
+    folder, index, rng = photo_folder(tmp_path, 8, seed=10)
     monkeypatch.setattr(indexer, "COMMIT_SECONDS", 3600)  # only stop() makes it commit before the end
     original = indexer.PhotoFiles.__getitem__
     monkeypatch.setattr(indexer.PhotoFiles, "__getitem__", lambda ds, i: time.sleep(0.1) or original(ds, i))
@@ -452,11 +445,7 @@ def test_background_indexing_stops_after_a_commit_and_resumes(models, tmp_path, 
 
 
 def test_projection_is_extended_only_for_new_rows(models, tmp_path, monkeypatch):
-    folder, index = tmp_path / "p", tmp_path / "index"
-    folder.mkdir()
-    rng = np.random.default_rng(7)
-    for i in range(3):
-        photo(rng).save(folder / f"{i}.png")
+    folder, index, rng = photo_folder(tmp_path, 3, seed=7)
     run(models, index, folder)
     projected = []
     original = serving.ProjectedRows._project
@@ -470,7 +459,7 @@ def test_projection_is_extended_only_for_new_rows(models, tmp_path, monkeypatch)
     search = open_search()
     assert projected == [3]
     for i in range(3, 5):
-        photo(rng).save(folder / f"{i}.png")
+        random_photo(rng).save(folder / f"{i}.png")
     run(models, index, folder)
     assert search.refresh() and projected == [3, 2] and len(search) == 5
     assert not search.refresh()
@@ -487,11 +476,7 @@ def test_projection_is_extended_only_for_new_rows(models, tmp_path, monkeypatch)
 def test_querybank_biases_are_extended_with_the_projections(models, tmp_path):
     from crossmodal.querybank import image_biases
 
-    folder, index = tmp_path / "p", tmp_path / "index"
-    folder.mkdir()
-    rng = np.random.default_rng(11)
-    for i in range(3):
-        photo(rng).save(folder / f"{i}.png")
+    folder, index, rng = photo_folder(tmp_path, 3, seed=11)
     run(models, index, folder)
     state = dict(models["state"])
     g = torch.Generator().manual_seed(3)
@@ -500,7 +485,7 @@ def test_querybank_biases_are_extended_with_the_projections(models, tmp_path):
     search = photos.PhotoSearch(index, models["checkpoint"], models["model"], state, device="cpu",
                                 text_weights=models["bert"], image_weights=models["resnet"])
     for i in range(3, 6):
-        photo(rng).save(folder / f"{i}.png")
+        random_photo(rng).save(folder / f"{i}.png")
     run(models, index, folder)
     assert search.refresh() and len(search) == 6
     retriever = search._retriever
@@ -518,8 +503,8 @@ def test_search_is_restricted_to_the_given_folders(models, tmp_path, capsys):
     rng = np.random.default_rng(8)
     for folder in (a, a_other, b):
         (folder / "sub").mkdir(parents=True)
-        photo(rng).save(folder / "one.png")
-        photo(rng).save(folder / "sub" / "two.png")
+        random_photo(rng).save(folder / "one.png")
+        random_photo(rng).save(folder / "sub" / "two.png")
     index = tmp_path / "index"
     run(models, index, [a, a_other, b])
     with PhotoStore(index) as s:
@@ -545,11 +530,7 @@ def test_search_is_restricted_to_the_given_folders(models, tmp_path, capsys):
 
 
 def test_another_backbone_reembeds_and_is_refused_by_search(models, tmp_path, caplog):
-    folder, index = tmp_path / "p", tmp_path / "index"
-    folder.mkdir()
-    rng = np.random.default_rng(9)
-    for i in range(2):
-        photo(rng).save(folder / f"{i}.png")
+    folder, index, rng = photo_folder(tmp_path, 2, seed=9)
     run(models, index, folder)
     before = vectors_by_path(index)
     other = create_image_backbone("resnet18", save_random_resnet18(tmp_path / "other.pth", seed=5))
@@ -603,11 +584,7 @@ def test_image_checks_read_only_the_header(tmp_path):
 def test_photo_hits_carry_confidences_and_the_allow_list_follows_the_index(models, tmp_path):
     from crossmodal.serving import PhotoFiles
 
-    folder, index = tmp_path / "p", tmp_path / "index"
-    folder.mkdir()
-    rng = np.random.default_rng(12)
-    for i in range(2):
-        photo(rng).save(folder / f"{i}.png")
+    folder, index, rng = photo_folder(tmp_path, 2, seed=12)
     (folder / "beside.png").write_bytes(b"\x89PNG\r\n\x1a\n not indexed: undecodable")
     run(models, index, folder)
     state = dict(models["state"])
@@ -622,7 +599,7 @@ def test_photo_hits_carry_confidences_and_the_allow_list_follows_the_index(model
 
     served = PhotoFiles.of(search)
     assert "0.png" in served and "2.png" not in served and "beside.png" not in served and len(served) == 2
-    photo(rng).save(folder / "2.png")
+    random_photo(rng).save(folder / "2.png")
     assert "2.png" not in served  # on disk, not indexed yet
     run(models, index, folder)
     assert "2.png" in served and len(served) == 3 and served.file_of("2.png")[0] == folder / "2.png"

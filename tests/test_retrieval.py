@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import save_checkpoint, save_random_resnet18, save_tiny_bert
+from helpers import random_photo, save_checkpoint, save_random_resnet18, save_tiny_bert
 from PIL import Image
 
 from crossmodal import photos, retrieval
@@ -28,18 +28,6 @@ N_IMAGES = 16
 WORDS = ("a an the two dog dogs cat man woman child girl boy is are runs running plays sits jumps on in "
          "with of and at near red blue green white black ball grass water street park beach snow bike").split()
 EMBED = 16
-
-
-def photo(rng: np.random.Generator, w: int = 96, h: int = 72) -> Image.Image:
-    """A distinct picture: a random colour gradient, a random rectangle and noise."""
-    yy, xx = np.mgrid[0:h, 0:w]
-    c0, c1 = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
-    t = (xx / w)[..., None]
-    arr = c0 * (1 - t) + c1 * t
-    x0, y0 = rng.integers(0, w // 2), rng.integers(0, h // 2)
-    arr[y0 : y0 + h // 3, x0 : x0 + w // 3] = rng.integers(0, 256, 3)
-    arr = np.clip(arr + rng.normal(0, 12, arr.shape), 0, 255).astype(np.uint8)
-    return Image.fromarray(arr)
 
 
 def jpeg(img: Image.Image) -> bytes:
@@ -60,7 +48,7 @@ def world(tmp_path_factory):
     rng = np.random.default_rng(0)
     names = [f"img_{i:02d}.jpg" for i in range(N_IMAGES)]
     for n in names:
-        (images / n).write_bytes(jpeg(photo(rng)))
+        (images / n).write_bytes(jpeg(random_photo(rng)))
     names.insert(5, "broken.jpg")
     (images / "broken.jpg").write_bytes(b"not a jpeg at all")
     lines = []
@@ -306,7 +294,7 @@ def test_missing_checkpoint_names_the_training_command(world, tmp_path):
 def test_index_folder_cli_prints_summary(world, tmp_path, capsys):
     folder = tmp_path / "pics"
     folder.mkdir()
-    photo(np.random.default_rng(3)).save(folder / "one.jpg")
+    random_photo(np.random.default_rng(3)).save(folder / "one.jpg")
     argv = [str(folder), "--checkpoint", str(world["checkpoint"]), "--out", str(tmp_path / "idx"),
             "--image-weights", str(world["resnet_file"]), "--workers", "0", "--device", "cpu"]
     import index_folder as index_folder_script
