@@ -9,7 +9,8 @@ With --photos the page is up at once: the folders are brought up to date in the 
 background thread (new, changed, moved and deleted files; nothing to decode when nothing changed),
 the page shows its progress and answers from what is indexed so far. Over a photo index the page
 has filters (date, folder, order) that add query-language operators to the query, "more like
-this", "load more", and each hit's date, folder, score and match confidence.
+this", "load more", each hit's date, folder, score and match confidence, and a "Duplicates" tab
+(groups of near-identical photos, from the stored vectors).
 
 Everything (checkpoint, projected image embeddings, search index, text backbone) is loaded once at
 start; each query is one text encoding plus one index search. Listens on 127.0.0.1 unless --host.
@@ -25,6 +26,7 @@ Programmatic use (JSON-friendly results, one dict per hit; k a whole number from
     hits = client.predict(photo=handle_file("dog.jpg"), k=5, api_name="/search_photo")
     # over a photo index: the query language, paging and more like this (see /search_photos)
     page = client.predict(query="a dog -snow after:2020", k=10, offset=10, like="", api_name="/search_photos")
+    groups = client.predict(threshold=0.78, api_name="/duplicates")  # [{"names": [...], "closest": [...]}]
 """
 import argparse
 import logging
@@ -161,6 +163,16 @@ def api_photo_hit(hit) -> dict:
     return d
 
 
+MAX_DUPLICATE_GROUPS = 100  # groups the page shows; index_folder.py --duplicates lists them all
+
+
+def duplicate_label(group: int, number: int, name: str, closest: tuple[int, float] | None) -> str:
+    """A duplicate's gallery caption: group, its number in the group, name and, after the first, its
+    similarity to the most similar photo before it (by number)."""
+    label = f"Group {group} · {number}. {name}"
+    return label if closest is None else f"{label} · {closest[1]:.2f} to {closest[0] + 1}."
+
+
 def indexing_line(indexer, engine) -> str:
     """What the background indexing is doing, for the page."""
     if indexer is None:
@@ -275,6 +287,7 @@ def build_photo_ui(engine, indexer, photos, uploads):
     more, search with a photo (and words), indexing progress; API /search, /search_photos, /search_photo."""
     import gradio as gr
 
+    from crossmodal.duplicates import DUPLICATE_THRESHOLD
     from crossmodal.photos.search import search_photos
     from crossmodal.query import GRAMMAR
     from crossmodal.retrieval import MAX_TOP_K, TOP_K, check_k
@@ -393,6 +406,35 @@ def build_photo_ui(engine, indexer, photos, uploads):
         except ValueError as err:
             raise gr.Error(str(err), print_exception=False)
 
+    def duplicate_groups(threshold) -> list:
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.5 <= threshold < 1:
+            raise gr.Error(f"threshold must be a number from 0.5 to below 1, got {threshold!r}", print_exception=False)
+        return engine.duplicate_groups(float(threshold))
+
+    def show_duplicates(threshold, request: gr.Request):
+        t0 = time.perf_counter()
+        groups = duplicate_groups(threshold)
+        ms = (time.perf_counter() - t0) * 1000
+        root = root_url(request)
+        shown = groups[:MAX_DUPLICATE_GROUPS]
+        items = [(photos.url(name, root), duplicate_label(g, i, name, closest))
+                 for g, group in enumerate(shown, start=1)
+                 for i, (name, closest) in enumerate(zip(group.paths, [None, *group.closest]), start=1)]
+        text = (f"{len(groups)} group(s) of near-duplicate photos, {sum(len(g.paths) for g in groups)} photos, "
+                f"above a similarity of {threshold:.2f} ({ms:.0f} ms).")
+        if len(groups) > len(shown):
+            text += f" Showing the first {len(shown)} groups (all of them: `index_folder.py --duplicates`)."
+        return items, text
+
+    def duplicates(threshold: float = DUPLICATE_THRESHOLD) -> list[dict]:
+        """Groups of near-duplicate indexed photos (copies, re-encodes, resizes, light crops).
+
+        threshold: cosine similarity of two photos' backbone features above which they are grouped
+        (0.5 to below 1). Each group: {"names": photo names, as hits name them, "closest": for each
+        photo after the first, [position in names of its most similar photo before it, similarity]}.
+        """
+        return [{"names": g.paths, "closest": [list(c) for c in g.closest]} for g in duplicate_groups(threshold)]
+
     with gr.Blocks(title="Photo search", analytics_enabled=False, delete_cache=UPLOAD_CLEANUP) as demo:
         gr.Markdown("## Search your photos")
         # (callables: each page load shows the state then, not the state at start)
@@ -444,11 +486,21 @@ def build_photo_ui(engine, indexer, photos, uploads):
             for trigger in (photo.upload, button2.click):
                 trigger(search_with_photo, [photo, photo_text, k2], [results2, status2], api_visibility="private",
                         preprocess=False)
+        with gr.Tab("Duplicates"):
+            with gr.Row():
+                threshold = gr.Slider(0.5, 0.99, value=DUPLICATE_THRESHOLD, step=0.01, scale=3, elem_id="threshold",
+                                      label="Similarity threshold (higher: only closer copies)")
+                button3 = gr.Button("Find near-duplicates", variant="primary", scale=1, elem_id="duplicates-button")
+            status3 = gr.Markdown(elem_id="duplicates-status")
+            results3 = gr.Gallery(label="Groups of near-duplicate photos", columns=6, height="auto",
+                                  object_fit="contain", elem_id="duplicates")
+            button3.click(show_duplicates, [threshold], [results3, status3], api_visibility="private")
         timer = gr.Timer(1.0, active=indexer is not None)
         timer.tick(progress, None, [indexing, info, timer], api_visibility="private", show_progress="hidden")
         gr.api(search, api_name="search")
         gr.api(search_photos_api, api_name="search_photos")
         gr.api(search_photo, api_name="search_photo")
+        gr.api(duplicates, api_name="duplicates")
     return demo
 
 

@@ -399,7 +399,8 @@ PHOTO_WORDS = ("a an the two dog dogs cat man woman child girl boy is are runs r
 # (folder, file, EXIF date) of the synthetic photos: two dated folders and undated top-level files
 PHOTO_LAYOUT = ([("Holidays 2019", f"beach_{i}.jpg", f"2019:07:{10 + i:02d} 12:00:00") for i in range(5)]
                 + [("Garden", f"garden_{i}.jpg", f"2021:05:{10 + i:02d} 09:00:00") for i in range(5)]
-                + [("", f"misc_{i}.jpg", None) for i in range(4)])
+                + [("", f"misc_{i}.jpg", None) for i in range(4)]
+                + [("", "misc_0 copy.jpg", None)])  # a byte-identical copy: the one near-duplicate group
 PAGE = 10  # the page's results per page
 PHOTO_QUERIES = ["a dog on the grass", "a red ball", "a man on a bike", "two children in the water",
                  "a black cat sits", "a woman in the snow", "a boy runs in the park", "the street"]
@@ -421,6 +422,10 @@ def photos_served(tmp_path_factory):
     rng = np.random.default_rng(3)
     for sub, name, taken in PHOTO_LAYOUT:
         (folder / sub).mkdir(parents=True, exist_ok=True)
+        if name.endswith(" copy.jpg"):
+            (folder / sub / name).write_bytes((folder / sub / name.replace(" copy", "")).read_bytes())
+            os.utime(folder / sub / name, (1_430_000_000, 1_430_000_000))
+            continue
         exif = Image.Exif()
         if taken:
             exif.get_ifd(0x8769)[36867] = taken
@@ -552,6 +557,25 @@ def test_photos_page_filters_more_like_this_and_weak_matches(photos_served):
             shown = search(info["weak"], n)
             expect(page.locator("#status")).to_contain_text("No good match — nearest photos shown, marked weak")
             assert all("(weak)" in caption for _, caption in shown), shown
+
+            # the duplicates tab shows the groups the API gives (the copy and its original among them:
+            # test_photos_api_pages_filters_and_refuses_bad_input), numbered, each after the first with
+            # its similarity to the closest before it
+            from gradio_client import Client
+
+            groups = Client(url, verbose=False).predict(threshold=0.99, api_name="/duplicates")
+            expected = [(f"/photo/{quote(name)}", f"Group {g} · {i}. {name}" + (
+                f" · {group['closest'][i - 2][1]:.2f} to {group['closest'][i - 2][0] + 1}." if i > 1 else ""))
+                for g, group in enumerate(groups, start=1) for i, name in enumerate(group["names"], start=1)]
+            page.get_by_role("tab", name="Duplicates").click()
+            page.locator("#threshold input[type=number]").fill("0.99")
+            page.locator("#threshold input[type=number]").press("Enter")
+            page.locator("#duplicates-button").click()
+            expect(page.locator("#duplicates-status")).to_contain_text(
+                f"{len(groups)} group(s) of near-duplicate photos, {len(expected)} photos, above a similarity of 0.99",
+                timeout=20_000)
+            expect(page.locator("#duplicates img")).to_have_count(len(expected), timeout=10_000)
+            assert [tuple(item) for item in gallery_state(page, "#duplicates")] == expected
         finally:
             browser.close()
 
@@ -587,6 +611,15 @@ def test_photos_api_pages_filters_and_refuses_bad_input(photos_served):
         args = {"query": info["good"], "k": 3, "offset": 0, "like": "", **kwargs}
         with pytest.raises(Exception, match=message):
             client.predict(**args, api_name="/search_photos")
+    # (the random test backbone puts different photos close together too: only the copy is checked)
+    groups = client.predict(threshold=0.99, api_name="/duplicates")
+    group = next(g for g in groups if "misc_0.jpg" in g["names"])
+    copy, original = group["names"].index("misc_0 copy.jpg"), group["names"].index("misc_0.jpg")
+    assert group["closest"][max(copy, original) - 1] == [min(copy, original), pytest.approx(1.0, abs=1e-3)]
+    assert all(g["names"] == sorted(g["names"]) and len(g["closest"]) == len(g["names"]) - 1 for g in groups)
+    for threshold in (0.2, 1.0):
+        with pytest.raises(Exception, match="threshold must be a number from 0.5"):
+            client.predict(threshold=threshold, api_name="/duplicates")
     for body in (b"{}", b'{"data": ["a dog", 3, "x", ""]}', b'{"data": [1, 2, 3, 4, 5]}', b"not json"):
         status = post_status(f"{url}gradio_api/call/search_photos", body)
         assert status < 500, (body, status)

@@ -289,6 +289,16 @@ class PhotoSearch:
         retriever = self._retriever
         return (retriever.images_root, retriever.names) if retriever is not None else (self.images_root, ())
 
+    def duplicate_groups(self, threshold: float | None = None) -> list:
+        """The near-duplicate groups among the searchable photos (``crossmodal.duplicates``), from the
+        stored vectors; paths named as the hits are (below ``images_root``)."""
+        from crossmodal.duplicates import DUPLICATE_THRESHOLD, photo_duplicates
+
+        self.refresh()
+        if not self.roots:
+            return []
+        return photo_duplicates(self.store.folder, self.roots, DUPLICATE_THRESHOLD if threshold is None else threshold)
+
     def __len__(self) -> int:
         return len(self._retriever) if self._retriever is not None else 0
 
