@@ -97,10 +97,10 @@ def photo_duplicates(index_dir: str | os.PathLike, roots: Sequence[str | os.Path
         vectors = np.asarray(snap.vectors, dtype=np.float32)
     base = os.path.commonpath([os.path.realpath(os.path.expanduser(r)) for r in roots])
     names = [os.path.relpath(p, base) for p in snap.paths]
-    unit, _ = normalised(vectors)
     out = []
     for rows in find_duplicate_groups(vectors, threshold):
-        sims = unit[rows] @ unit[rows].T
+        unit, _ = normalised(vectors[rows])  # the group's rows only: no second copy of the whole matrix
+        sims = unit @ unit.T
         closest = [(int(np.argmax(sims[i, :i])), float(sims[i, :i].max())) for i in range(1, len(rows))]
         out.append(DuplicateGroup([names[r] for r in rows], closest))
     return out

@@ -8,6 +8,7 @@ and uploads are checked on the same running app.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import http.client
 import json
@@ -19,6 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any, Iterator
 from urllib.parse import quote, urlsplit
 
 import numpy as np
@@ -49,6 +51,25 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(),
+                                    reason="needs Chromium at /usr/bin/chromium (apt-get install chromium)")
+
+
+@contextlib.contextmanager
+def browser_page(url: str, height: int = 900) -> Iterator[Any]:
+    """A headless Chromium page (Playwright) opened on ``url``, closed after the block."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": height})
+            page.goto(url, wait_until="domcontentloaded")
+            yield page
+        finally:
+            browser.close()
 
 
 @pytest.fixture(scope="module")
@@ -107,59 +128,47 @@ def served(tmp_path_factory):
         log.close()
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Chromium at /usr/bin/chromium (apt-get install chromium)")
+@needs_chromium
 def test_query_in_the_browser_shows_five_results(served):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     url, _ = served
     shot = ROOT / "artifacts" / "app_screenshot.png"
     shot.parent.mkdir(exist_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(url, wait_until="domcontentloaded")
-            expect(page.locator("#index-info")).to_contain_text(f"{N_IMAGES} photos", timeout=20_000)
-            box = page.locator("#query textarea")
-            box.fill("a large red circle on a striped background")
-            box.press("Enter")
-            results = page.locator("#results img")
-            expect(results).to_have_count(5, timeout=20_000)
-            for i in range(5):  # every thumbnail actually loaded, from the app's photo route
-                assert results.nth(i).get_attribute("src").startswith(f"{url}photo/demo_")
-                page.wait_for_function("img => img.complete && img.naturalWidth > 0",
-                                       arg=results.nth(i).element_handle(),
-                                       timeout=10_000)
-            expect(page.locator("#timing")).to_contain_text("results in", timeout=10_000)
-            expect(page.locator("#results")).to_contain_text("#1 ·")
-            page.screenshot(path=str(shot), full_page=True)
-        finally:
-            browser.close()
+    with browser_page(url) as page:
+        expect(page.locator("#index-info")).to_contain_text(f"{N_IMAGES} photos", timeout=20_000)
+        box = page.locator("#query textarea")
+        box.fill("a large red circle on a striped background")
+        box.press("Enter")
+        results = page.locator("#results img")
+        expect(results).to_have_count(5, timeout=20_000)
+        for i in range(5):  # every thumbnail actually loaded, from the app's photo route
+            assert results.nth(i).get_attribute("src").startswith(f"{url}photo/demo_")
+            page.wait_for_function("img => img.complete && img.naturalWidth > 0",
+                                   arg=results.nth(i).element_handle(),
+                                   timeout=10_000)
+        expect(page.locator("#timing")).to_contain_text("results in", timeout=10_000)
+        expect(page.locator("#results")).to_contain_text("#1 ·")
+        page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Chromium at /usr/bin/chromium (apt-get install chromium)")
+@needs_chromium
 def test_photo_search_in_the_browser_finds_the_photo(served):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     url, paths = served
     photo = sorted(paths["images"].glob("demo_*.jpg"))[7]
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(url, wait_until="domcontentloaded")
-            page.get_by_role("tab", name="Search with a photo").click()
-            page.locator("#photo input[type=file]").set_input_files(str(photo))  # the upload runs the search
-            results = page.locator("#photo-results img")
-            expect(results).to_have_count(5, timeout=30_000)
-            page.wait_for_function("img => img.complete && img.naturalWidth > 0",
-                                   arg=results.nth(0).element_handle(), timeout=10_000)
-            expect(page.locator("#photo-results")).to_contain_text("#1 · ")
-            expect(page.locator("#photo-results")).to_contain_text(photo.name)
-            expect(page.locator("#photo-timing")).to_contain_text("results in", timeout=10_000)
-        finally:
-            browser.close()
+    with browser_page(url) as page:
+        page.get_by_role("tab", name="Search with a photo").click()
+        page.locator("#photo input[type=file]").set_input_files(str(photo))  # the upload runs the search
+        results = page.locator("#photo-results img")
+        expect(results).to_have_count(5, timeout=30_000)
+        page.wait_for_function("img => img.complete && img.naturalWidth > 0",
+                               arg=results.nth(0).element_handle(), timeout=10_000)
+        expect(page.locator("#photo-results")).to_contain_text("#1 · ")
+        expect(page.locator("#photo-results")).to_contain_text(photo.name)
+        expect(page.locator("#photo-timing")).to_contain_text("results in", timeout=10_000)
 
 
 def test_api_endpoint_returns_json_hits(served):
@@ -484,100 +493,94 @@ def gallery_state(page, gallery: str = "#results") -> list[tuple[str, str]]:
         "els => els.map(e => [new URL(e.querySelector('img').src).pathname, e.innerText.trim()])")
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Chromium at /usr/bin/chromium (apt-get install chromium)")
+@needs_chromium
 def test_photos_page_filters_more_like_this_and_weak_matches(photos_served):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     url, info = photos_served
     n = len(PHOTO_LAYOUT)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.goto(url, wait_until="domcontentloaded")
-            # the timer shows the background indexing until it is done
-            expect(page.locator("#indexing")).to_contain_text(f"Index up to date: {n} photos", timeout=60_000)
-            page.locator("#grammar").get_by_text("Query language").click()
-            expect(page.locator("#grammar")).to_contain_text("sort:date")
+    with browser_page(url, height=1000) as page:
+        # the timer shows the background indexing until it is done
+        expect(page.locator("#indexing")).to_contain_text(f"Index up to date: {n} photos", timeout=60_000)
+        page.locator("#grammar").get_by_text("Query language").click()
+        expect(page.locator("#grammar")).to_contain_text("sort:date")
 
-            def search(query: str, expected: int, understood: str = "", **filters: str) -> list[tuple[str, str]]:
-                """Search from the controls; the hits shown once the status says the query as understood
-                (each search here is understood differently from the one before)."""
-                for control, value in {"after": "", "before": "", "folder": "", **filters}.items():
-                    page.locator(f"#{control} input, #{control} textarea").first.fill(value)
-                box = page.locator("#query textarea")
-                box.fill(query)
-                page.locator("#search-button").click()
-                expect(page.locator("#status code")).to_have_text(understood or query, timeout=20_000)
-                expect(page.locator("#status")).to_contain_text(f"{expected} photos match")
-                expect(page.locator("#results img")).to_have_count(min(PAGE, expected), timeout=20_000)
-                return gallery_state(page)
+        def search(query: str, expected: int, understood: str = "", **filters: str) -> list[tuple[str, str]]:
+            """Search from the controls; the hits shown once the status says the query as understood
+            (each search here is understood differently from the one before)."""
+            for control, value in {"after": "", "before": "", "folder": "", **filters}.items():
+                page.locator(f"#{control} input, #{control} textarea").first.fill(value)
+            box = page.locator("#query textarea")
+            box.fill(query)
+            page.locator("#search-button").click()
+            expect(page.locator("#status code")).to_have_text(understood or query, timeout=20_000)
+            expect(page.locator("#status")).to_contain_text(f"{expected} photos match")
+            expect(page.locator("#results img")).to_have_count(min(PAGE, expected), timeout=20_000)
+            return gallery_state(page)
 
-            # a query with confident hits: every caption has score, confidence, date and folder
-            shown = search(info["good"], n)
-            expect(page.locator("#status")).not_to_contain_text("No good match")
-            assert "match" in shown[0][1] and "(weak)" not in shown[0][1], shown
-            assert all(path.startswith("/photo/") for path, _ in shown)
-            for path, caption in shown:
-                folder = path.split("/")[2] if path.count("/") > 2 else ""
-                taken = {"Holidays%202019": "2019-07-", "Garden": "2021-05-"}.get(folder, "2015-")
-                assert taken in caption and (folder.replace("%20", " ") or "top folder") in caption, caption
-            page.wait_for_function("img => img.complete && img.naturalWidth > 0",
-                                   arg=page.locator("#results img").first.element_handle(), timeout=10_000)
-            # load more: the next page is added below the first
-            page.locator("#load-more").click()
-            expect(page.locator("#results img")).to_have_count(n, timeout=20_000)
-            assert gallery_state(page)[:PAGE] == shown
-            expect(page.locator("#load-more")).to_be_hidden()
+        # a query with confident hits: every caption has score, confidence, date and folder
+        shown = search(info["good"], n)
+        expect(page.locator("#status")).not_to_contain_text("No good match")
+        assert "match" in shown[0][1] and "(weak)" not in shown[0][1], shown
+        assert all(path.startswith("/photo/") for path, _ in shown)
+        for path, caption in shown:
+            folder = path.split("/")[2] if path.count("/") > 2 else ""
+            taken = {"Holidays%202019": "2019-07-", "Garden": "2021-05-"}.get(folder, "2015-")
+            assert taken in caption and (folder.replace("%20", " ") or "top folder") in caption, caption
+        page.wait_for_function("img => img.complete && img.naturalWidth > 0",
+                               arg=page.locator("#results img").first.element_handle(), timeout=10_000)
+        # load more: the next page is added below the first
+        page.locator("#load-more").click()
+        expect(page.locator("#results img")).to_have_count(n, timeout=20_000)
+        assert gallery_state(page)[:PAGE] == shown
+        expect(page.locator("#load-more")).to_be_hidden()
 
-            # a date filter, through the query language: only the 2021 photos, said as understood
-            shown = search(info["good"], 5, f"{info['good']} after:2021-01-01", after="2021-01")
-            assert all("/photo/Garden/" in path and "2021-05-" in caption for path, caption in shown), shown
-            # a folder filter, and an exclusion typed in the query: the photos that match it leave
-            shown = search(info["good"], 5, f'{info["good"]} in:"Holidays 2019"', folder="Holidays 2019")
-            assert all(path.startswith("/photo/Holidays%202019/") for path, _ in shown), shown
-            excluded = info["matching_good"]
-            shown = search(f'{info["weak"]} -"{info["good"]}"', n - len(excluded))
-            assert not {path for path, _ in shown} & excluded, shown
-            # more like this: select a hit, ask for the photos most like it
-            shown = search(info["good"], n)
-            page.locator("#results .thumbnail-item").nth(2).click()  # selects it (and opens its preview)
-            expect(page.locator("#more-like")).to_be_enabled(timeout=10_000)
-            page.keyboard.press("Escape")  # back to the grid
-            expect(page.locator("#results img")).to_have_count(PAGE, timeout=10_000)
-            liked = shown[2][0]
-            page.locator("#more-like").click()
-            expect(page.locator("#status")).to_contain_text(f"Photos like {liked.rsplit('/', 1)[1]}", timeout=20_000)
-            expect(page.locator("#status")).to_contain_text(f"{n - 1} photos match")  # all but itself
-            expect(page.locator("#more-like")).to_be_disabled()
-            expect(page.locator("#results img")).to_have_count(PAGE)
-            assert liked not in [path for path, _ in gallery_state(page)]
+        # a date filter, through the query language: only the 2021 photos, said as understood
+        shown = search(info["good"], 5, f"{info['good']} after:2021-01-01", after="2021-01")
+        assert all("/photo/Garden/" in path and "2021-05-" in caption for path, caption in shown), shown
+        # a folder filter, and an exclusion typed in the query: the photos that match it leave
+        shown = search(info["good"], 5, f'{info["good"]} in:"Holidays 2019"', folder="Holidays 2019")
+        assert all(path.startswith("/photo/Holidays%202019/") for path, _ in shown), shown
+        excluded = info["matching_good"]
+        shown = search(f'{info["weak"]} -"{info["good"]}"', n - len(excluded))
+        assert not {path for path, _ in shown} & excluded, shown
+        # more like this: select a hit, ask for the photos most like it
+        shown = search(info["good"], n)
+        page.locator("#results .thumbnail-item").nth(2).click()  # selects it (and opens its preview)
+        expect(page.locator("#more-like")).to_be_enabled(timeout=10_000)
+        page.keyboard.press("Escape")  # back to the grid
+        expect(page.locator("#results img")).to_have_count(PAGE, timeout=10_000)
+        liked = shown[2][0]
+        page.locator("#more-like").click()
+        expect(page.locator("#status")).to_contain_text(f"Photos like {liked.rsplit('/', 1)[1]}", timeout=20_000)
+        expect(page.locator("#status")).to_contain_text(f"{n - 1} photos match")  # all but itself
+        expect(page.locator("#more-like")).to_be_disabled()
+        expect(page.locator("#results img")).to_have_count(PAGE)
+        assert liked not in [path for path, _ in gallery_state(page)]
 
-            # a query without a confident hit: said, and every hit marked weak
-            shown = search(info["weak"], n)
-            expect(page.locator("#status")).to_contain_text("No good match — nearest photos shown, marked weak")
-            assert all("(weak)" in caption for _, caption in shown), shown
+        # a query without a confident hit: said, and every hit marked weak
+        shown = search(info["weak"], n)
+        expect(page.locator("#status")).to_contain_text("No good match — nearest photos shown, marked weak")
+        assert all("(weak)" in caption for _, caption in shown), shown
 
-            # the duplicates tab shows the groups the API gives (the copy and its original among them:
-            # test_photos_api_pages_filters_and_refuses_bad_input), numbered, each after the first with
-            # its similarity to the closest before it
-            from gradio_client import Client
+        # the duplicates tab shows the groups the API gives (the copy and its original among them:
+        # test_photos_api_pages_filters_and_refuses_bad_input), numbered, each after the first with
+        # its similarity to the closest before it
+        from gradio_client import Client
 
-            groups = Client(url, verbose=False).predict(threshold=0.99, api_name="/duplicates")
-            expected = [(f"/photo/{quote(name)}", f"Group {g} · {i}. {name}" + (
-                f" · {group['closest'][i - 2][1]:.2f} to {group['closest'][i - 2][0] + 1}." if i > 1 else ""))
-                for g, group in enumerate(groups, start=1) for i, name in enumerate(group["names"], start=1)]
-            page.get_by_role("tab", name="Duplicates").click()
-            page.locator("#threshold input[type=number]").fill("0.99")
-            page.locator("#threshold input[type=number]").press("Enter")
-            page.locator("#duplicates-button").click()
-            expect(page.locator("#duplicates-status")).to_contain_text(
-                f"{len(groups)} group(s) of near-duplicate photos, {len(expected)} photos, above a similarity of 0.99",
-                timeout=20_000)
-            expect(page.locator("#duplicates img")).to_have_count(len(expected), timeout=10_000)
-            assert [tuple(item) for item in gallery_state(page, "#duplicates")] == expected
-        finally:
-            browser.close()
+        groups = Client(url, verbose=False).predict(threshold=0.99, api_name="/duplicates")
+        expected = [(f"/photo/{quote(name)}", f"Group {g} · {i}. {name}" + (
+            f" · {group['closest'][i - 2][1]:.2f} to {group['closest'][i - 2][0] + 1}." if i > 1 else ""))
+            for g, group in enumerate(groups, start=1) for i, name in enumerate(group["names"], start=1)]
+        page.get_by_role("tab", name="Duplicates").click()
+        page.locator("#threshold input[type=number]").fill("0.99")
+        page.locator("#threshold input[type=number]").press("Enter")
+        page.locator("#duplicates-button").click()
+        expect(page.locator("#duplicates-status")).to_contain_text(
+            f"{len(groups)} group(s) of near-duplicate photos, {len(expected)} photos, above a similarity of 0.99",
+            timeout=20_000)
+        expect(page.locator("#duplicates img")).to_have_count(len(expected), timeout=10_000)
+        assert [tuple(item) for item in gallery_state(page, "#duplicates")] == expected
 
 
 def test_photos_api_pages_filters_and_refuses_bad_input(photos_served):
