@@ -24,9 +24,9 @@ from crossmodal import cli
 cli.prepare_process()
 
 from crossmodal.backbones import BackboneUnavailable  # noqa: E402
-from crossmodal.duplicates import DuplicateGroup, photo_duplicates  # noqa: E402
-from crossmodal.photos import StoreError  # noqa: E402
-from crossmodal.retrieval import RetrieverError  # noqa: E402
+from crossmodal.duplicates import DuplicateGroup, duplicate_groups  # noqa: E402
+from crossmodal.engine import EngineError  # noqa: E402
+from crossmodal.photos import PhotoCollection, StoreError  # noqa: E402
 
 import config  # noqa: E402
 from model import CheckpointError, load_checkpoint  # noqa: E402
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model, state = load_checkpoint(checkpoint)
         report = cli.index_photo_folders(args, state, checkpoint)
-    except (OSError, BackboneUnavailable, RetrieverError, CheckpointError, StoreError) as err:
+    except (OSError, BackboneUnavailable, EngineError, CheckpointError, StoreError) as err:
         log.error("%s", err)
         return 2
     if report is None:
@@ -59,24 +59,27 @@ def main(argv: list[str] | None = None) -> int:
     roots = " ".join(f"--photos {r}" for r in report.roots)
     print(f"index: {cli.photo_index_dir(args)}; search it with: python search.py {roots} \"a description\"")
     if args.duplicates:
+        collection = PhotoCollection.open(cli.photo_index_dir(args), report.roots)
         try:
-            groups = photo_duplicates(cli.photo_index_dir(args), report.roots, args.duplicate_threshold)
+            groups = duplicate_groups(collection, args.duplicate_threshold)
         except ValueError as err:
             log.error("%s", err)
             return 2
+        finally:
+            collection.close()
         print(report_duplicates(groups, args.duplicate_threshold))
     return 0
 
 
 def report_duplicates(groups: list[DuplicateGroup], threshold: float) -> str:
     """The groups, each photo after the first with its similarity to the most similar one before it."""
-    photos = sum(len(g.paths) for g in groups)
+    photos = sum(len(g.names) for g in groups)
     lines = [f"{len(groups)} group(s) of near-duplicate photos, {photos} photos (cosine similarity of backbone "
              f"features above {threshold:g})"]
     for n, g in enumerate(groups, start=1):
         lines.append(f"group {n}:")
-        lines.append(f"         {g.paths[0]}")
-        lines += [f"  {sim:.3f}  {path}  ~ {g.paths[j]}" for path, (j, sim) in zip(g.paths[1:], g.closest)]
+        lines.append(f"         {g.names[0]}")
+        lines += [f"  {sim:.3f}  {name}  ~ {g.names[j]}" for name, (j, sim) in zip(g.names[1:], g.closest)]
     return "\n".join(lines)
 
 

@@ -88,7 +88,7 @@ class FoldedHead(nn.Module):
     become one matrix (skip and MLP input side by side), and the MLP's output bias moves into the
     skip's, whose sum with the MLP branch the last product then makes. Outputs equal the head's to
     float32 rounding (~1e-7), in fewer operations per query. A snapshot: later changes to the head's weights
-    do not reach it (a ``Retriever``'s index is a snapshot of them too).
+    do not reach it (a search engine's index is a snapshot of them too).
     """
 
     def __init__(self, head: ProjectionHead) -> None:

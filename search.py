@@ -40,8 +40,8 @@ def parse(argv: list[str] | None):
     # `--photos DIR [DIR ...] "query"`: the greedy folder list took the query as its last folder.
     if args.query is None and args.photos and not args.photos[-1].is_dir():
         args.query = str(args.photos.pop())
-    if (args.like or args.image or args.ocr) and not args.photos:
-        p.error("--like, --image and --ocr search your photos: name their folders with --photos")
+    if args.ocr and not args.photos:
+        p.error("--ocr reads the text in your photos as they are indexed: name their folders with --photos")
     if args.query is None and not (args.like or args.image):
         p.error("the query is required")
     if args.photos == []:
@@ -49,69 +49,56 @@ def parse(argv: list[str] | None):
     return args
 
 
-def print_photo_result(result) -> None:
-    """The hits of ``photos.search.search_photos``, one a line: rank, score, confidence, date, folder, path."""
+def print_result(result) -> None:
+    """The hits of ``crossmodal.search.search``, one a line: rank, score, confidence, then the date and
+    folder where the photo has them, and the path."""
     if not result.good_match and result.hits:
         print("no good match — nearest photos shown, marked weak")
     for h in result.hits:
         conf = "    -" if h.confidence is None else f"{h.confidence:5.2f}"
         weak = "" if h.confident or h.confidence is None else "  (weak)"
-        when = (h.taken_at or "")[:10] or "?"
-        print(f"{h.rank:>3}  {h.score:.4f}  {conf}  {when:<10}  {h.folder or '.'}  {h.path}{weak}")
+        where = f"{(h.taken_at or '')[:10] or '?':<10}  {h.folder or '.'}  " if h.taken_at or h.folder else ""
+        print(f"{h.rank:>3}  {h.score:.4f}  {conf}  {where}{h.path}{weak}")
     shown = f"{result.hits[0].rank}-{result.hits[-1].rank} of " if result.hits else ""
-    print(f"{shown}{result.total} photo(s); understood as: {result.understood}", file=sys.stderr)
+    print(f"{shown}{result.total} photo(s); understood as: {result.understood or '(a photo)'}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.getLogger().setLevel(logging.WARNING)  # the hits are the output
-    from crossmodal.retrieval import Retriever
+    from crossmodal import search
 
     from model import load_checkpoint
 
-    try:
-        if args.photos:
-            from crossmodal.query import parse_query
-
-            parse_query(args.query or "")  # refused before anything heavy is loaded
-        else:
-            Retriever.check_query(args.query)
+    like = str(args.like) if args.like else None
+    try:  # refused before anything heavy is loaded
+        search.parse(args.query or "", args.k, 0, like, args.image)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if args.photos:
-        retriever, report, problem = cli.load_photo_search(args, load_checkpoint)
-        if report is not None:
-            if report.embedded or report.reused or report.removed:
-                print(f"photo index: {report.summary()}", file=sys.stderr)
-            for line in report.problem_lines():
-                print(line, file=sys.stderr)
-    else:
-        retriever, problem = cli.load_retriever(args, config, load_checkpoint)
-    if retriever is None:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
     try:
-        if args.photos:
-            from crossmodal.photos.search import search_photos
-
-            result = search_photos(retriever, args.query or "", k=args.k,
-                                   like=str(args.like) if args.like else None, photo=args.image)
-            if args.json:
-                print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
-            else:
-                print_photo_result(result)
-            return 0
-        hits = retriever.search_text(args.query, args.k)
+        opened = cli.open_engine(args, config, load_checkpoint, load_text=bool(args.query))
+    except cli.NotServable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    report = opened.indexing
+    if report is not None:
+        if report.embedded or report.reused or report.removed:
+            print(f"photo index: {report.summary()}", file=sys.stderr)
+        for line in report.problem_lines():
+            print(line, file=sys.stderr)
+    try:
+        result = search.search(opened.engine, args.query or "", k=args.k, like=like, photo=args.image)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    finally:
+        opened.engine.close()
     if args.json:
-        print(json.dumps([h.to_dict() for h in hits], indent=2, ensure_ascii=False))
+        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
     else:
-        for h in hits:
-            print(f"{h.rank:>3}  {h.score:.4f}  {h.path}")
+        print_result(result)
     return 0
 
 

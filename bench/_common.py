@@ -106,3 +106,61 @@ def cpu_seconds() -> float:
 def best_of(fn: Callable[[], object], repeats: int, sync: Callable[[], None] | None = None) -> float:
     """Fastest of ``repeats`` runs: on a shared, noisy machine the minimum is the least disturbed."""
     return min(timed(fn, sync)[0] for _ in range(max(1, repeats)))
+
+
+SYNTHETIC_DIM = 256  # the synthetic photos' vectors: bench_search.clustered rows, as the heads' 256-d space
+
+
+def write_synthetic_cache(folder: Path, n: int, seed: int = 0, captions_per_image: int = 0) -> None:
+    """A feature cache of ``n`` clustered synthetic unit vectors (``bench_search.clustered``, float16)
+    in ``folder``/image_embeddings, and with ``captions_per_image`` a caption file beside it."""
+    import numpy as np
+
+    from bench.bench_search import clustered
+    from crossmodal.features.cache import write_cache
+
+    names = [f"{i:012d}.jpg" for i in range(n)]
+    identity = {"kind": "image", "backbone": "synthetic", "weights": "clustered", "preprocess": {},
+                "dim": SYNTHETIC_DIM}
+    write_cache(folder / "image_embeddings", names, clustered(n, d=SYNTHETIC_DIM, seed=seed, dtype=np.float16),
+                identity, [])
+    if captions_per_image:  # Flickr-like captions: ~65 characters each
+        with open(folder / "captions.token", "w", encoding="utf-8") as f:
+            for name in names:
+                for j in range(captions_per_image):
+                    f.write(f"{name}#{j}\tcaption {j} of photo {name}: a person walks a dog along a snowy street\n")
+
+
+def synthetic_engine(folder: Path, text_backbone, index_kind: str = "auto", seed: int = 0, querybank: bool = True):
+    """A SearchEngine over the synthetic cache in ``folder`` (``write_synthetic_cache``) with random
+    text heads for ``text_backbone``. The image head is the identity, so the searched vectors are the
+    clustered ones themselves: latency and recall do not depend on trained values. ``querybank``: a
+    bank of 2,000 synthetic rows, as the shipped model ranks sentences with one."""
+    import torch
+    import torch.nn.functional as F
+
+    from crossmodal.collection import DatasetCollection
+    from crossmodal.engine import SearchEngine
+
+    from model import RetrievalModel
+
+    class IdentityImageHead(RetrievalModel):
+        def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+            return F.normalize(x.float(), dim=-1)
+
+    torch.manual_seed(seed)
+    model = IdentityImageHead(image_dim=SYNTHETIC_DIM, text_dim=text_backbone.dim, embed_dim=SYNTHETIC_DIM).eval()
+    state = {"backbones": {"image": {"backbone": "synthetic", "weights": "clustered", "preprocess": {}},
+                           "text": {"backbone": text_backbone.name, "weights": text_backbone.weights}}}
+    if querybank:
+        from bench.bench_search import clustered
+
+        bank = torch.from_numpy(clustered(2000, d=SYNTHETIC_DIM, seed=seed + 1)).half()
+        state["querybank"] = {"text": bank, "beta": 1 / 0.045}
+    checkpoint = folder / "synthetic.pt"
+    torch.save({"model_config": model.config_dict(), "model": model.state_dict(), **state}, checkpoint)
+    captions = folder / "captions.token"
+    collection = DatasetCollection.open(folder / "image_embeddings", folder,
+                                        captions if captions.is_file() else None)
+    return SearchEngine(collection, model, state, checkpoint, device="cpu", index_kind=index_kind,
+                        text_backbone=text_backbone)

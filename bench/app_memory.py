@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Resident memory of the search page at a given collection size (default 31,000 photos, MiniLM).
 
-Builds what ``app.py`` builds, in this process: the text backbone, a ``Retriever`` over N
-projected image embeddings (float16, the clustered synthetic vectors of ``bench_search.py``,
-memory-mapped as the app maps its projection cache) with 5 synthetic captions per photo, the
-Gradio page, launched on 127.0.0.1, then answers ``--queries`` text queries. Prints resident
+Builds what ``app.py`` builds, in this process: the text backbone, a search engine over a feature
+cache of N photos (the clustered synthetic vectors of ``bench_search.py``, float16, written by a child
+process; the engine projects them into its memory-mapped projection cache) with 5 synthetic captions
+per photo, the Gradio page, launched on 127.0.0.1, then answers ``--queries`` text queries. Prints resident
 memory (VmRSS) after each step and the peak (VmHWM), beside the cost of the imports alone, so
 the share of torch / transformers / gradio is visible.
 
@@ -38,52 +38,41 @@ def main(argv=None) -> int:
     p.add_argument("--captions-per-image", type=int, default=5)
     p.add_argument("--port", type=int, default=7899)
     p.add_argument("--as-before", action="store_true",
-                   help="skip app.lean_process (malloc arenas, Triton hidden), to measure what it saves")
+                   help="skip cli.prepare_process(serving=True) (malloc arenas, Triton hidden), to measure what it "
+                        "saves")
     args = p.parse_args(argv)
 
     steps = [("python start", status_mb("VmRSS"))]
-    import numpy as np
     import torch
     import transformers  # noqa: F401
     steps.append(("import numpy, torch, transformers", status_mb("VmRSS")))
     steps.append(("import gradio", status_mb("VmRSS")))
 
-    import app
+    from crossmodal import cli
     from crossmodal.backbones import create_text_backbone
-    from crossmodal.retrieval import Retriever
-
-    from model import RetrievalModel
+    from crossmodal.page import serve
+    from crossmodal.search import search
 
     torch.set_num_threads(1)  # the app's default (--threads 1)
     if not args.as_before:
-        app.lean_process()  # what app.main does before loading
+        cli.prepare_process(serving=True)  # what app.py does before loading
     backbone = create_text_backbone(args.backbone)
     backbone.model.eval()
     steps.append((f"text backbone {backbone.name} loaded", status_mb("VmRSS")))
-    model = RetrievalModel(image_dim=1280, text_dim=backbone.dim).eval()
-    # Generated in a child process and memory-mapped, as the app maps its projected cache: the
-    # generator's temporaries would otherwise count in this process's peak.
+    # Written by a child process: the generator's temporaries would otherwise count in this process's peak.
     tmp = Path(tempfile.mkdtemp(prefix="app_memory_"))
     subprocess.run([sys.executable, "-c", (
-        "import sys, numpy as np; from bench.bench_search import clustered; "
-        "np.save(sys.argv[1], clustered(int(sys.argv[2]), d=int(sys.argv[3]), dtype=np.float16))"),
-        str(tmp / "projected.npy"), str(args.images), str(model.config_dict()["embed_dim"])],
-        check=True, cwd=C.ROOT)
-    emb = np.load(tmp / "projected.npy", mmap_mode="r")
-    names = [f"{i:012d}.jpg" for i in range(args.images)]
-    # Flickr-like captions shown under results: 5 per photo, ~65 characters each
-    captions = {n: [f"caption {j} of photo {n}: a person walks a dog along a snowy street"
-                    for j in range(args.captions_per_image)] for n in names}
-    retriever = Retriever(model, {"image": {"backbone": "efficientnet_lite0", "weights": "-"},
-                                  "text": {"backbone": backbone.name, "weights": backbone.weights}},
-                          names, emb, images_root=".", captions=captions, text_backbone=backbone)
-    del emb, names, captions
-    steps.append((f"retriever over {args.images:,} photos ({retriever.kind})", status_mb("VmRSS")))
-    demo = app.serve(retriever, "127.0.0.1", args.port, block=False, quiet=True)
+        "import sys; from pathlib import Path; from bench._common import write_synthetic_cache; "
+        "write_synthetic_cache(Path(sys.argv[1]), int(sys.argv[2]), captions_per_image=int(sys.argv[3]))"),
+        str(tmp), str(args.images), str(args.captions_per_image)], check=True, cwd=C.ROOT)
+    engine = C.synthetic_engine(tmp, backbone)
+    cli.release_free_memory()  # as cli.open_engine does
+    steps.append((f"engine over {args.images:,} photos ({engine.current().index.kind})", status_mb("VmRSS")))
+    demo = serve(engine, "127.0.0.1", args.port, block=False, quiet=True)
     steps.append(("page built and launched", status_mb("VmRSS")))
     t0 = time.perf_counter()
     for i in range(args.queries):
-        retriever.search_text(f"a dog number {i} running through the snow", 5)
+        search(engine, f"a dog number {i} running through the snow", k=5)
     steps.append((f"after {args.queries} queries ({(time.perf_counter() - t0) / args.queries * 1e3:.0f} ms each)",
                   status_mb("VmRSS")))
     peak = status_mb("VmHWM")

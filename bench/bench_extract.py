@@ -138,10 +138,10 @@ def run_ours(backbone, images_dir: Path, names: list[str], out_dir: Path, *, bat
 def gpu_decode_only(backbone, images_dir: Path, names: list[str], batch: int, workers: int,
                     device: torch.device) -> None:
     """ours' GPU-decode input pipeline without the model: worker file reads, nvJPEG, batched resize."""
-    from crossmodal.features.gpu_decode import _byte_batches, _gpu_decoded_batches
+    from crossmodal.features.gpu_decode import byte_batches, gpu_decoded_batches
     paths = [images_dir / nm for nm in names]
     batches = [list(range(i, min(i + batch, len(paths)))) for i in range(0, len(paths), batch)]
-    for _ in _gpu_decoded_batches(_byte_batches(paths, batches, workers), backbone, device):
+    for _ in gpu_decoded_batches(byte_batches(paths, batches, workers), backbone, device):
         pass
 
 

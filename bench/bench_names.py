@@ -36,7 +36,7 @@ from crossmodal.captions import image_of_row_id, load_splits, read_captions  # n
 from crossmodal.cli import setup_logging  # noqa: E402
 from crossmodal.evaluation import embed_split  # noqa: E402
 from crossmodal.fusion import RRF_K  # noqa: E402
-from crossmodal.keywords import IRREGULAR_PLURALS, load_keyword_tools, nouns_of  # noqa: E402
+from crossmodal.keywords import IRREGULAR_PLURALS, method, nouns_of  # noqa: E402
 from crossmodal.name_match import NAME_WEIGHT, NameIndex, fuse_names, path_words  # noqa: E402
 from crossmodal.paths import Layout  # noqa: E402
 from crossmodal.querybank import bank_for_query, image_biases  # noqa: E402
@@ -141,8 +141,7 @@ def main(argv=None) -> int:
                 scores[q] -= biases[bank]
     semantic = np.argsort(-scores, axis=1, kind="stable")
 
-    tools = load_keyword_tools(allow_download=False)
-    nouns = [nouns_of(text_of[f"{n}#{NAME_CAPTION}"], tools) for n in names]
+    nouns = [nouns_of(text_of[f"{n}#{NAME_CAPTION}"]) for n in names]
     paths, renamed = renamed_paths(names, nouns, args.fraction, args.seed)
     flickr, named = NameIndex(names), NameIndex(paths)
     queries = np.flatnonzero(number != NAME_CAPTION)
@@ -168,7 +167,7 @@ def main(argv=None) -> int:
           f"#{NAME_CAPTION}); checkpoint {lay.best_checkpoint} ({state['backbones']['image']['backbone']} + "
           f"{state['backbones']['text']['backbone']}), querybank {'on' if querybank is not None else 'off'}")
     print(f"- renamed: {renamed.sum()} photos ({100 * renamed.mean():.0f}%; seed {args.seed}), nouns by "
-          f"{tools.method}; e.g. {', '.join(paths[i] for i in np.flatnonzero(renamed)[:4])}")
+          f"{method()}; e.g. {', '.join(paths[i] for i in np.flatnonzero(renamed)[:4])}")
     print(f"- name words: Flickr ids {flickr.vocabulary} distinct, renamed copy {named.vocabulary} distinct; "
           f"RRF k={args.k:g}, semantic weight 1")
     print(f"- Flickr-id names: fused ranking identical to semantic only for {same} of {len(queries)} queries "

@@ -1,13 +1,14 @@
 #!/usr/bin/env python
 """End-to-end query latency (encode + search) against the bare text-encoder forward, in one process.
 
-What a user waits for after pressing Enter is ``Retriever.search_text``: query check, tokenisation,
-the text backbone's forward pass, pooling, the text head, the index search and building the hits.
+What a user waits for after pressing Enter is ``crossmodal.search.search``: the query checked and
+parsed, tokenisation, the text backbone's forward pass, pooling, the text head, the index search and
+the page of hits.
 Per collection size and index kind it prints, over the same real captions used as queries:
 
 * bare      the text backbone's forward pass alone on the query as its tokenizer returns it
             (``model(**tokenizer([query], return_tensors="pt"))``): the standard transformers call;
-* query     ``Retriever.search_text(query, k=10)``, everything included;
+* query     ``search(engine, query, k=10)``, everything included;
 * query / bare  p50 ratio (target at 31,000 images: <= 1.3);
 * query / unmasked  p50 ratio against the same forward given only ``input_ids``. A single query has
             no padding, so its attention mask masks nothing; the app drops it, and transformers then
@@ -17,8 +18,9 @@ Per collection size and index kind it prints, over the same real captions used a
 The three are timed in turn query by query (the order rotating), each right after an untimed
 query for another text, so that all three start from the same cache state and load from other
 jobs hits all alike. The projection heads are randomly initialised (latency does not depend on
-their values) and the image embeddings are the clustered synthetic unit vectors of
-``bench_search.py``, stored in float16 as the app stores them. The index is the app's (``exact``
+their values) and the photos' vectors are the clustered synthetic unit vectors of
+``bench_search.py``, in a float16 feature cache, passed through an identity image head
+(``_common.synthetic_engine``). The index is the app's (``exact``
 below ``crossmodal.index.EXACT_SEARCH_MAX``) and, for comparison, the tuned FAISS index, with its recall@10
 against exact search.
 
@@ -30,6 +32,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,14 +43,11 @@ from bench import _common as C  # first: it sets what torch reads when it loads
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.bench_search import clustered  # noqa: E402
 from crossmodal.backbones import create_text_backbone  # noqa: E402
 from crossmodal.captions import read_captions  # noqa: E402
+from crossmodal.engine import SearchEngine  # noqa: E402
 from crossmodal.index import EXACT_SEARCH_MAX, recall_at  # noqa: E402
-from crossmodal.querybank import querybank_bias  # noqa: E402
-from crossmodal.retrieval import Retriever  # noqa: E402
-
-from model import RetrievalModel  # noqa: E402
+from crossmodal.search import search  # noqa: E402
 
 FALLBACK_QUERIES = [  # used when the Flickr8k captions are absent
     "a dog running through the snow", "two children playing on the beach",
@@ -90,10 +91,10 @@ def pct_ms(times: list[float], q: float) -> float:
     return float(np.percentile(times, q) * 1e3)
 
 
-def run_setting(retriever: Retriever, queries: list[str], warmup: int, k: int):
+def run_setting(engine: SearchEngine, queries: list[str], warmup: int, k: int):
     """Timings of the bare forward (with and without the attention mask) and the full query, taken
     in turn; returns the three lists and the rows found."""
-    backbone = retriever.text_backbone
+    backbone = engine.text_backbone
     times = {"bare": [], "unmasked": [], "query": []}
     rows = []
     for i, q in enumerate(queries):
@@ -111,20 +112,20 @@ def run_setting(retriever: Retriever, queries: list[str], warmup: int, k: int):
 
         def query():
             nonlocal hits
-            hits = retriever.search_text(q, k)
+            hits = search(engine, q, k=k).hits
 
         steps = [("bare", bare), ("unmasked", unmasked), ("query", query)]
         for name, step in steps[i % 3:] + steps[: i % 3]:
             # each timed call follows a whole query for another text, as when queries come back to
             # back: all three start from the same cache state
-            retriever.search_text(queries[i - 1], k)
+            search(engine, queries[i - 1], k=k)
             t0 = time.perf_counter()
             step()
             t = time.perf_counter() - t0
             if i >= warmup:
                 times[name].append(t)
         if i >= warmup:
-            rows.append([int(h.name) for h in hits])  # names are row numbers
+            rows.append([int(h.name.split(".")[0]) for h in hits])  # names are row numbers
     return times["bare"], times["unmasked"], times["query"], np.asarray(rows)
 
 
@@ -139,38 +140,32 @@ def main(argv=None) -> int:
 
     backbone = create_text_backbone(args.backbone, weights=args.weights)
     backbone.model.eval()
-    torch.manual_seed(args.seed)
-    model = RetrievalModel(image_dim=1280, text_dim=backbone.dim).eval()
     C.print_machine(f"Query latency: {args.backbone} + heads + search, {len(queries) - args.warmup} queries, "
                     f"k={args.k}")
 
     rows_out = []
     for n in sizes:
-        emb = clustered(n, d=model.config_dict()["embed_dim"], seed=args.seed, dtype=np.float16)
-        names = [str(i) for i in range(n)]  # the row number, so hits map back to rows
-        biases = {}
-        if not args.no_querybank:  # latency does not depend on the bank's values; 2,000 synthetic rows
-            bank = torch.from_numpy(clustered(2000, d=model.config_dict()["embed_dim"], seed=args.seed + 1))
-            biases = {"text": querybank_bias(emb, bank, beta=1 / 0.045)}
+        folder = Path(tempfile.mkdtemp(prefix="bench_query_"))
+        C.write_synthetic_cache(folder, n, seed=args.seed)
         # exact first (its results are the truth for recall), then the tuned FAISS index; the app
-        # itself (build_index "auto") takes exact up to EXACT_SEARCH_MAX images and FAISS above
+        # itself ("auto") takes exact up to EXACT_SEARCH_MAX images and FAISS above
         app_kind = "exact" if n <= EXACT_SEARCH_MAX else "faiss"
         setting_rows = {}
         for kind in ("exact", "faiss"):
-            r = Retriever(model, {"text": {"backbone": backbone.name, "weights": backbone.weights}}, names, emb,
-                          images_root=".", text_backbone=backbone, index_kind=kind, biases=biases)
-            bare, unmasked, query, found = run_setting(r, queries, args.warmup, args.k)
+            engine = C.synthetic_engine(folder, backbone, index_kind=kind, seed=args.seed,
+                                        querybank=not args.no_querybank)
+            bare, unmasked, query, found = run_setting(engine, queries, args.warmup, args.k)
             if kind == "exact":
                 truth = found
             recall = "exact" if kind == "exact" else f"{recall_at(found, truth):.3f}"
-            setting_rows[kind] = [f"{n:,}", r.index.describe(), pct_ms(bare, 50), pct_ms(bare, 95),
+            setting_rows[kind] = [f"{n:,}", engine.current().index.describe(), pct_ms(bare, 50), pct_ms(bare, 95),
                                   pct_ms(query, 50), pct_ms(query, 95), pct_ms(query, 50) / pct_ms(bare, 50),
                                   pct_ms(query, 50) / pct_ms(unmasked, 50), recall]
             print(C.table(HEADER, [setting_rows[kind]]), flush=True)
-            del r
+            del engine
         setting_rows[app_kind][1] += " (the app's choice)"
         rows_out += [setting_rows["exact"], setting_rows["faiss"]]
-        del emb, names, biases
+        shutil.rmtree(folder, ignore_errors=True)
     print()
     print(C.table(HEADER, rows_out))
     return 0

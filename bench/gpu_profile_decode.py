@@ -2,7 +2,7 @@
 """Where the GPU-decode path spends its time, with the file bytes already in memory.
 
 Times, on the same in-memory JPEG bytes (no file reads): nvJPEG batch decode alone; the batched
-resize alone; both (``gpu_decode._decode_on_gpu``); the input pipeline ``gpu_decode._gpu_decoded_batches``
+resize alone; both (``gpu_decode._decode_on_gpu``); the input pipeline ``gpu_decode.gpu_decoded_batches``
 with 0 (inline), 1, 2 and 3 decode threads, without and with the model; the model alone on a ready
 batch; then reading the files, by worker processes (as extract does) and by in-process threads.
 First it checks that the threaded pipeline's batches equal each image decoded and resized
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     threads_list = [int(t) for t in args.threads.split(",")]
     ok = True
     for t in sorted({max(threads_list), 0}):
-        got = torch.cat([x for x, _ in gpu_decode._gpu_decoded_batches(iter(batches[:6]), backbone, device, t)])
+        got = torch.cat([x for x, _ in gpu_decode.gpu_decoded_batches(iter(batches[:6]), backbone, device, t)])
         ref = torch.stack([resize(decode_jpeg(d, mode=ImageReadMode.RGB, device=device)) for d in data[: len(got)]])
         same = torch.equal(got, ref)
         ok &= same
@@ -95,10 +95,10 @@ def main(argv=None) -> int:
     timeit("model alone (ready batch on the device)", lambda: [forward(ready) for _ in batches])
     for t in threads_list:
         timeit(f"pipeline, {t} decode threads, no model",
-               lambda: [None for _ in gpu_decode._gpu_decoded_batches(iter(batches), backbone, device, t)])
+               lambda: [None for _ in gpu_decode.gpu_decoded_batches(iter(batches), backbone, device, t)])
     for t in threads_list:
         timeit(f"pipeline, {t} decode threads, + model",
-               lambda: [forward(x) for x, _ in gpu_decode._gpu_decoded_batches(iter(batches), backbone, device, t)])
+               lambda: [forward(x) for x, _ in gpu_decode.gpu_decoded_batches(iter(batches), backbone, device, t)])
     # reading the files (page cache): worker processes packing a batch per tensor (what extract
     # does) against the earlier design, threads in this process reading a whole batch per task
     paths = (files * (args.images // len(files) + 1))[: args.images]
@@ -114,11 +114,11 @@ def main(argv=None) -> int:
     timeit("threads in-process, a batch per task, 4 threads", lambda: thread_reads(4))
     for w in (4, 8, 16):
         timeit(f"worker processes, packed batches, {w} workers",
-               lambda: [None for _ in gpu_decode._byte_batches(paths, path_batches, w)])
+               lambda: [None for _ in gpu_decode.byte_batches(paths, path_batches, w)])
     for w in (8, 16):
         timeit(f"+ decode pipeline ({max(threads_list)} threads) + model, {w} workers",
-               lambda: [forward(x) for x, _ in gpu_decode._gpu_decoded_batches(
-                   gpu_decode._byte_batches(paths, path_batches, w), backbone, device, max(threads_list))])
+               lambda: [forward(x) for x, _ in gpu_decode.gpu_decoded_batches(
+                   gpu_decode.byte_batches(paths, path_batches, w), backbone, device, max(threads_list))])
     tmp.cleanup()
     return 0 if ok else 1
 

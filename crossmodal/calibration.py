@@ -129,9 +129,8 @@ def curves_of(stored: dict | None) -> dict[str, Calibration]:
 def sentence_relevance(data: Any, captions: Any) -> np.ndarray:
     """(n_captions, n_images) bool: a caption matches its own photo, and any photo whose captions
     name every noun it names ("a dog on the grass" matches photos described with dog and grass)."""
-    from crossmodal.keywords import load_keyword_tools, nouns_of
+    from crossmodal.keywords import nouns_of
 
-    tools = load_keyword_tools()
     image_index = {n: i for i, n in enumerate(data.image_names)}
     rows = captions.subset(data.image_names).captions  # file order: the caption cache's row order
     if [image_index[c.image] for c in rows] != list(np.asarray(data.caption_image)):
@@ -139,7 +138,7 @@ def sentence_relevance(data: Any, captions: Any) -> np.ndarray:
     image_nouns: list[set[str]] = [set() for _ in data.image_names]
     caption_nouns: list[frozenset[str]] = []
     for cap in rows:
-        nouns = frozenset(nouns_of(cap.text, tools))
+        nouns = frozenset(nouns_of(cap.text))
         caption_nouns.append(nouns)
         image_nouns[image_index[cap.image]].update(nouns)
     relevance = np.asarray(data.caption_image)[:, None] == np.arange(len(data.image_names))[None, :]

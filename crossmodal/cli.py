@@ -16,6 +16,7 @@ import importlib
 import logging
 import os
 import shlex
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,12 +26,48 @@ from typing import Any, Callable
 from crossmodal.paths import Layout
 
 
-def prepare_process() -> None:
-    """Settings that must be in place before torch loads; every stage script calls this first."""
+def prepare_process(serving: bool = False) -> None:
+    """Settings that must be in place before torch loads; every stage script calls this first.
+    ``serving``: also those that keep a long-running server small (``bench/app_memory.py`` measures them)."""
     # OpenMP threads that spin while waiting for each other collapse when the cores are shared: a
     # training step measured many times slower with 2 spinning torch threads on a busy 2-core
     # machine, as fast as 1 thread with passive waiting. A value set by the user wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if serving:
+        _tune_malloc()
+        # transformers' BERT code imports torch._dynamo, which loads Triton, a GPU kernel compiler
+        # (75 MB resident), though the page never compiles a kernel; with None in sys.modules the
+        # import fails and torch treats Triton as absent.
+        sys.modules.setdefault("triton", None)
+
+
+def _libc() -> Any:
+    import ctypes
+
+    return ctypes.CDLL("libc.so.6")
+
+
+def _tune_malloc(arenas: int = 2, mmap_threshold: int = 4 << 20) -> None:
+    """glibc gives each request thread its own heap arena (tens of MB each, rarely returned); two
+    are plenty for a server whose work is a few small tensor ops per request. Blocks from
+    ``mmap_threshold`` up (a decoded photo's) are mapped and unmapped, so they go back to the OS
+    when freed; glibc would otherwise raise that threshold after the first such block is freed and
+    keep the later ones in its heap."""
+    try:
+        libc = _libc()
+        libc.mallopt(-8, arenas)  # M_ARENA_MAX
+        libc.mallopt(-3, mmap_threshold)  # M_MMAP_THRESHOLD (setting it also stops its adjustment)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def release_free_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them after big temporary allocations, such
+    as opening a collection)."""
+    try:
+        _libc().malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -140,18 +177,18 @@ FLAGS: dict[str, Flag] = {
                    "files) and to search: only photos under them are returned", Path,
                    options={"nargs": "+", "action": "extend"}),
     "image-features": Flag("image feature cache; default: WORK_DIR/image_embeddings", Path),
-    "k": Flag("how many results", int, _library_default("crossmodal.retrieval", "TOP_K")),
+    "k": Flag("how many results (1 to 50)", int, _library_default("crossmodal.search", "TOP_K")),
     "host": Flag("address to listen on", str, _config_default("APP_HOST")),
     "port": Flag("port", int, _config_default("APP_PORT")),
     "json": Flag("print the hits as JSON", None, options={"action": "store_true"}),
-    "like": Flag("more like this: an indexed photo (its path) to find similar ones to, from its stored vector "
-                 "(with --photos; nothing is decoded); combined with the query text when one is given", Path),
-    "image": Flag("a photo file to search with (with --photos); combined with the query text when one is given "
+    "like": Flag("more like this: a searched photo (its path or name) to find similar ones to, from its stored "
+                 "vector (nothing is decoded); combined with the query text when one is given", Path),
+    "image": Flag("a photo file to search with; combined with the query text when one is given "
                   "(\"this photo, but at night\")", Path),
     "ocr": Flag(lambda: __import__("crossmodal.ocr", fromlist=["HELP"]).HELP, None,
                 options={"action": "store_true"}),
     "upload-grace": Flag("seconds an uploaded photo stays on the server after its last search (a search of it again "
-                         "meanwhile reuses it)", float, _library_default("crossmodal.serving", "UPLOAD_GRACE_S")),
+                         "meanwhile reuses it)", float, _library_default("crossmodal.web", "UPLOAD_GRACE_S")),
     # own-photo folders
     "duplicates": Flag("after indexing, print the groups of near-duplicate photos (copies, re-encodes, resizes, "
                        "light crops)", None, options={"action": "store_true"}),
@@ -160,8 +197,6 @@ FLAGS: dict[str, Flag] = {
                                                                        "DUPLICATE_THRESHOLD")),
     # keywords
     "keywords": Flag("keyword file; default: the one sentence_augment.py writes for this --work-dir", Path),
-    "no-download": Flag("never try to download NLTK data: use what is installed, else the rule method", None,
-                        options={"action": "store_true"}),
     # evaluation
     "split": Flag("train | val (dev) | test", str, lambda config: "val"),
     "word-queries": Flag("one-word queries: the split's most frequent caption nouns (0 to skip)", int,
@@ -277,14 +312,27 @@ def photo_index_dir(args: argparse.Namespace) -> Path:
     return getattr(args, "collection", None) or getattr(args, "out", None) or args.layout.photo_index
 
 
+class NotServable(RuntimeError):
+    """What a script cannot open or serve as asked; the message says what to build or fix."""
+
+
+@dataclass
+class Opened:
+    """What ``open_engine`` opened: the engine, and the indexing of ``--photos`` (a finished report, or
+    a running ``IndexingThread`` for whatever shows its progress; None when nothing was indexed)."""
+    engine: Any
+    indexing: Any = None
+
+
 def index_photo_folders(args: argparse.Namespace, state: dict, checkpoint: Path, *, background: bool = False) -> Any:
     """Bring the photo index up to date with ``args.photos`` for the checkpoint's image backbone:
     the IndexReport, or with ``background`` the started IndexingThread; None when another process
     is indexing the same index (said in a log line: search uses what it has committed)."""
+    from crossmodal.engine import load_image_backbone
     from crossmodal.features.extract import NUM_WORKERS
-    from crossmodal.photos import IndexingThread, StoreBusy, image_backbone_for, index_photos
+    from crossmodal.photos import IndexingThread, StoreBusy, index_photos
 
-    backbone = image_backbone_for(state, getattr(args, "image_weights", None), args.models_dir)
+    backbone = load_image_backbone(state["backbones"]["image"], getattr(args, "image_weights", None), args.models_dir)
     kwargs = dict(device=args.device, batch_size=getattr(args, "batch_size", None), checkpoint=checkpoint,
                   workers=NUM_WORKERS if getattr(args, "workers", None) is None else args.workers)
     if getattr(args, "ocr", False):
@@ -305,33 +353,86 @@ def index_photo_folders(args: argparse.Namespace, state: dict, checkpoint: Path,
         return None
 
 
-def load_photo_search(args: argparse.Namespace, load_model: Callable, *,
-                      background: bool = False) -> tuple[Any, Any, str]:
-    """(PhotoSearch over ``args.photos``, what ``index_photo_folders`` returned, "") once the folders
-    are indexed (or while they are, with ``background``), or (None, None, message) when something
-    must be fixed or built first. ``load_model`` loads a checkpoint (``model.load_checkpoint``)."""
-    checkpoint = resolve_checkpoint(args)
-    if not checkpoint.is_file():
-        return None, None, f"no trained checkpoint at {checkpoint}; train one first with: {train_hint(args)}"
+def open_collection(args: argparse.Namespace, config: ModuleType, state: dict | None) -> Any:
+    """The collection the arguments name: the photo index under ``--photos`` folders, the index in
+    ``--collection`` (under ``--images`` when given), else the dataset's image feature cache."""
+    from crossmodal.collection import DatasetCollection, recorded_images_root
+    from crossmodal.features.cache import read_manifest
+    from crossmodal.photos.collection import PhotoCollection
+
+    if args.photos:
+        return PhotoCollection.open(photo_index_dir(args), args.photos)
+    if args.collection:
+        collection = PhotoCollection.open(args.collection, [args.images] if args.images else None)
+        roots = collection.roots
+        if len(roots) > 1 and collection.root == collection.root.parent:
+            collection.close()  # the page serves files under the folder the roots share: never the whole disk
+            raise NotServable(f"the folders indexed in {args.collection} ({', '.join(roots)}) share no parent "
+                              "folder; choose one with --images FOLDER")
+        return collection
+    features = args.image_features or args.layout.image_features
+    recorded = (read_manifest(features) or {}).get("captions_file")
+    candidates = [args.captions, (state or {}).get("captions_file"), recorded, config.CAPTIONS_FILE]
+    captions = next((Path(c) for c in candidates if c and Path(c).is_file()), None)
+    if args.captions and captions != args.captions:
+        logging.getLogger("crossmodal.cli").warning("caption file %s not found; results are shown without captions",
+                                                    args.captions)
+    root = args.images or recorded_images_root(features) or Path(config.IMAGES_DIR)
+    return DatasetCollection.open(features, root, captions)
+
+
+def open_engine(args: argparse.Namespace, config: ModuleType, load_model: Callable, *,
+                background: bool = False, load_text: bool = True) -> Opened:
+    """The search engine app.py and search.py serve for their arguments (the composition root).
+
+    With ``--photos`` the folders are brought up to date first (``background``: in a started thread,
+    searched while it runs). ``load_model`` loads a checkpoint (``model.load_checkpoint``);
+    ``load_text`` loads the text backbone now rather than at the first query (a missing one is said
+    at once). NotServable when something must be fixed or built first, with the message saying what."""
     import torch
+
+    from crossmodal.backbones import BackboneUnavailable
+    from crossmodal.collection import CollectionError
+    from crossmodal.engine import EngineError, SearchEngine
+    from crossmodal.photos import StoreError
 
     if getattr(args, "threads", 0):
         torch.set_num_threads(args.threads)
-    from crossmodal.backbones import BackboneUnavailable
-    from crossmodal.photos import PhotoSearch, StoreError
-    from crossmodal.retrieval import RetrieverError
-
+    checkpoint = args.checkpoint if args.collection and not args.photos else resolve_checkpoint(args)
+    indexing = None
     try:
+        if args.collection and not args.photos:
+            from crossmodal.photos import PhotoStore
+            from crossmodal.photos.store import DB_FILE
+
+            if not (Path(args.collection) / DB_FILE).is_file():
+                raise NotServable(f"no photo index in {args.collection}; index a folder first with: "
+                                  f"python index_folder.py PHOTO_FOLDER --out {shlex.quote(str(args.collection))}")
+            if checkpoint is None:  # the checkpoint it was indexed with
+                with PhotoStore(args.collection) as store:
+                    checkpoint = Path(store.checkpoint() or "")
+        if checkpoint is None or not Path(checkpoint).is_file():
+            raise NotServable(f"no trained checkpoint at {checkpoint}; train one first with: {train_hint(args)}")
         model, state = load_model(checkpoint)
-        indexing = index_photo_folders(args, state, checkpoint, background=background)
-        search = PhotoSearch(photo_index_dir(args), checkpoint, model, state, roots=args.photos, device=args.device,
-                             text_weights=args.text_weights, image_weights=getattr(args, "image_weights", None),
-                             models_dir=args.models_dir)
-        if background:
-            search.indexing = indexing  # its progress is reported with each result
-        return search, indexing, ""
-    except (RetrieverError, BackboneUnavailable, StoreError, OSError, ValueError) as err:
-        return None, None, str(err)  # (a CheckpointError is a ValueError; a missing folder an OSError)
+        if args.photos:
+            indexing = index_photo_folders(args, state, checkpoint, background=background)
+        collection = open_collection(args, config, state)
+        try:
+            engine = SearchEngine(collection, model, state, checkpoint, device=args.device,
+                                  models_dir=args.models_dir, text_weights=args.text_weights,
+                                  image_weights=getattr(args, "image_weights", None))
+            if load_text:
+                engine.text_backbone  # noqa: B018 - loaded now, not at the first query
+        except BaseException:
+            collection.close()
+            raise
+        release_free_memory()
+        return Opened(engine, indexing)
+    except (EngineError, CollectionError, BackboneUnavailable, StoreError, OSError, ValueError) as err:
+        # (a CheckpointError is a ValueError; a missing folder an OSError)
+        if background and indexing is not None:
+            indexing.stop()
+        raise NotServable(str(err)) from err
 
 
 def resolve_checkpoint(args: argparse.Namespace) -> Path:
@@ -351,27 +452,3 @@ def resolve_checkpoint(args: argparse.Namespace) -> Path:
     logging.getLogger("cli").info("no trained checkpoint at %s: using the shipped model %s (%s)", trained, shipped,
                                   shipped.parent / "MODEL_CARD.md")
     return shipped
-
-
-def load_retriever(args: argparse.Namespace, config: ModuleType, load_model: Callable) -> tuple[Any, str]:
-    """The Retriever that app.py and search.py serve for their arguments, or (None, message) when
-    something must be built first. ``load_model`` loads a checkpoint (``model.load_checkpoint``)."""
-    checkpoint = args.checkpoint if args.collection else resolve_checkpoint(args)
-    if checkpoint is not None and not checkpoint.is_file():  # said before torch loads
-        return None, f"no trained checkpoint at {checkpoint}; train one first with: {train_hint(args)}"
-    import torch
-
-    if getattr(args, "threads", 0):
-        torch.set_num_threads(args.threads)
-    from crossmodal.backbones import BackboneUnavailable
-    from crossmodal.retrieval import RetrieverError, open_retriever
-
-    try:
-        return open_retriever(
-            load_model, checkpoint=checkpoint, collection=args.collection,
-            image_features=args.image_features or args.layout.image_features, images=args.images,
-            captions=args.captions, default_images=config.IMAGES_DIR, default_captions_file=config.CAPTIONS_FILE,
-            train_hint=train_hint(args), device=args.device, text_weights=args.text_weights,
-            image_weights=getattr(args, "image_weights", None), models_dir=args.models_dir), ""
-    except (RetrieverError, BackboneUnavailable, ValueError) as err:  # CheckpointError is a ValueError
-        return None, str(err)

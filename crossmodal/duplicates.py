@@ -5,19 +5,18 @@ range search over the L2-normalised vectors, inner product); a group is a connec
 photos, so a photo, its resized copy and a re-encode of that copy form one group even if the
 first and last are a little further apart.
 
-The vectors are the photo index's backbone vectors (``crossmodal.photos.store``: the frozen image
-encoder's output, the mean of the trained views; exact copies share one row), not the projected
-search embeddings: the projection is
-trained to keep what captions say and discards the detail that tells two similar scenes apart
-(bench/bench_duplicates.py measures both).
+The vectors are a collection's backbone vectors (``crossmodal.collection``: the frozen image
+encoder's output, the mean of the trained views; in the photo index exact copies share one row), not
+the projected search embeddings: the projection is trained to keep what captions say and discards
+the detail that tells two similar scenes apart (bench/bench_duplicates.py measures both).
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
+
+from crossmodal.collection import Collection, backbone_vectors
 
 # Cosine similarity of backbone features above which two photos are near-duplicates: the middle of
 # the thresholds reaching precision >= 0.95 and recall >= 0.9 in bench/bench_duplicates.py (real
@@ -78,29 +77,22 @@ def find_duplicate_groups(vectors: np.ndarray, threshold: float = DUPLICATE_THRE
 
 @dataclass(frozen=True)
 class DuplicateGroup:
-    """Near-duplicate photos: ``paths`` (relative, sorted) and, for each photo after
-    the first, (the position in ``paths`` of its most similar photo before it, their similarity)."""
+    """Near-duplicate photos: their ``names`` (paths below the collection's root, sorted) and, for each
+    photo after the first, (the position in ``names`` of its most similar photo before it, their
+    similarity)."""
 
-    paths: list[str]
+    names: list[str]
     closest: list[tuple[int, float]]
 
 
-def photo_duplicates(index_dir: str | os.PathLike, roots: Sequence[str | os.PathLike],
-                     threshold: float = DUPLICATE_THRESHOLD) -> list[DuplicateGroup]:
-    """The near-duplicate groups among the searchable photos under ``roots`` in the photo index in
-    ``index_dir``, from its stored vectors (nothing is decoded); paths relative to the folder the
-    roots share."""
-    from crossmodal.photos.store import PhotoStore
-
-    with PhotoStore(index_dir) as store:
-        snap = store.snapshot(roots)
-        vectors = np.asarray(snap.vectors, dtype=np.float32)
-    base = os.path.commonpath([os.path.realpath(os.path.expanduser(r)) for r in roots])
-    names = [os.path.relpath(p, base) for p in snap.paths]
+def duplicate_groups(collection: Collection, threshold: float = DUPLICATE_THRESHOLD) -> list[DuplicateGroup]:
+    """The near-duplicate groups among a collection's photos, from their backbone vectors (nothing is
+    decoded); photos named as the collection names them (their path below its root)."""
+    vectors = backbone_vectors(collection)
     out = []
     for rows in find_duplicate_groups(vectors, threshold):
         unit, _ = normalised(vectors[rows])  # the group's rows only: no second copy of the whole matrix
         sims = unit @ unit.T
         closest = [(int(np.argmax(sims[i, :i])), float(sims[i, :i].max())) for i in range(1, len(rows))]
-        out.append(DuplicateGroup([names[r] for r in rows], closest))
+        out.append(DuplicateGroup([collection.names[r] for r in rows], closest))
     return out

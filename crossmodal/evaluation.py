@@ -42,15 +42,14 @@ def plain_metrics(metrics: dict) -> dict[str, float]:
 
 def word_queries(data: Any, captions: CaptionSet, n_words: int = N_WORD_QUERIES) -> tuple[list[str], np.ndarray]:
     """The split's most frequent caption nouns and which images each is relevant to."""
-    from crossmodal.keywords import load_keyword_tools, nouns_of
+    from crossmodal.keywords import nouns_of
 
-    tools = load_keyword_tools()
     image_index = {n: i for i, n in enumerate(data.image_names)}
     nouns_per_image: list[set[str]] = [set() for _ in data.image_names]
     for cap in captions.captions:
         j = image_index.get(cap.image)
         if j is not None:
-            nouns_per_image[j].update(nouns_of(cap.text, tools))
+            nouns_per_image[j].update(nouns_of(cap.text))
     counts = Counter(w for s in nouns_per_image for w in s)
     # Ties in count go alphabetically: set iteration order changes with each process's string hash
     # seed, and most_common() alone then picked different words at the cutoff from run to run.

@@ -14,7 +14,7 @@ lowercased; digits, single letters and ``NAME_STOPWORDS`` dropped. A chunk of he
 is an id (Flickr's ``693b08cb0e``, a UUID's ``3f2a9c1e``) and dropped whole when it has six or more
 characters mixing digits and letters, or eight or more letters; the few words spelt with a-f only
 lose their number with it (``cafe2019``). Plurals match singulars: both sides go through the
-keyword stage's rule lemmatiser (dogs, puppies, children -> dog, puppy, child).
+keyword stage's lemmatiser (dogs, puppies, children -> dog, puppy, child).
 """
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ import re
 from typing import Sequence
 
 from crossmodal.fusion import RRF_K, rrf_fuse
-from crossmodal.keywords.rule_tagger import ENGLISH_STOPWORDS, rule_noun_lemma
+from crossmodal.keywords.lemmas import noun_lemma
+from crossmodal.keywords.words import ENGLISH_STOPWORDS
 
 # Words cameras, phones and apps put in file names (IMG_1234, DSC01234, PXL_..._MP, GOPR0001,
 # FB_IMG_..., IMG-...-WA0001) and words naming a file rather than its subject.
@@ -52,7 +53,7 @@ def _keep(word: str) -> str | None:
     word = word.lower()
     if len(word) < 2 or word in NAME_STOPWORDS:
         return None
-    lemma = rule_noun_lemma(word)
+    lemma = noun_lemma(word)
     return None if lemma in NAME_STOPWORDS else lemma
 
 

@@ -6,7 +6,7 @@ scheduler, random state and the image bank (used only to rank captions for a pho
 never does). The result loads with ``torch.load(weights_only=True)`` like any checkpoint.
 
 ``shipped_checkpoint`` finds it under ``MODELS_DIR/pretrained/``; scripts that need a checkpoint
-use it when none was trained (``cli.load_retriever``).
+use it when none was trained (``cli.resolve_checkpoint``).
 """
 from __future__ import annotations
 

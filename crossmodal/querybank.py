@@ -78,7 +78,7 @@ def querybank_bias(gallery: torch.Tensor | np.ndarray, bank: torch.Tensor, beta:
     starts = range(0, n, BIAS_BLOCK)
     for s in tqdm(starts, desc="querybank bias", unit="block", disable=not progress or n <= BIAS_BLOCK):
         g = gallery[s : s + BIAS_BLOCK]  # a memmap block is read here, one block at a time
-        g = (g if torch.is_tensor(g) else torch.from_numpy(np.asarray(g))).float()
+        g = g.float() if torch.is_tensor(g) else torch.from_numpy(np.asarray(g, dtype=np.float32))
         out[s : s + len(g)] = (torch.logsumexp(beta * (g @ bank.T), dim=1) / beta).numpy()
     return out
 

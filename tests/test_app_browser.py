@@ -129,7 +129,7 @@ def served(tmp_path_factory):
 
 
 @needs_chromium
-def test_query_in_the_browser_shows_five_results(served):
+def test_query_in_the_browser_shows_a_page_of_results(served):
     from playwright.sync_api import expect
 
     url, _ = served
@@ -141,14 +141,18 @@ def test_query_in_the_browser_shows_five_results(served):
         box.fill("a large red circle on a striped background")
         box.press("Enter")
         results = page.locator("#results img")
-        expect(results).to_have_count(5, timeout=20_000)
-        for i in range(5):  # every thumbnail actually loaded, from the app's photo route
+        expect(results).to_have_count(10, timeout=20_000)  # the page's 10 results per page
+        for i in range(10):  # every thumbnail actually loaded, from the app's photo route
             assert results.nth(i).get_attribute("src").startswith(f"{url}photo/demo_")
             page.wait_for_function("img => img.complete && img.naturalWidth > 0",
                                    arg=results.nth(i).element_handle(),
                                    timeout=10_000)
-        expect(page.locator("#timing")).to_contain_text("results in", timeout=10_000)
+        expect(page.locator("#status")).to_contain_text(f"Showing 10 of {N_IMAGES} photos", timeout=10_000)
         expect(page.locator("#results")).to_contain_text("#1 ·")
+        # the first line is for a person; the index and the models are under Details
+        expect(page.locator("#index-info")).not_to_contain_text("exact")
+        page.locator("#details").get_by_text("Details").click()
+        expect(page.locator("#details")).to_contain_text("resnet18 + bert-base-uncased")
         page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
 
@@ -163,12 +167,12 @@ def test_photo_search_in_the_browser_finds_the_photo(served):
         page.get_by_role("tab", name="Search with a photo").click()
         page.locator("#photo input[type=file]").set_input_files(str(photo))  # the upload runs the search
         results = page.locator("#photo-results img")
-        expect(results).to_have_count(5, timeout=30_000)
+        expect(results).to_have_count(10, timeout=30_000)  # the page's 10 results per page
         page.wait_for_function("img => img.complete && img.naturalWidth > 0",
                                arg=results.nth(0).element_handle(), timeout=10_000)
         expect(page.locator("#photo-results")).to_contain_text("#1 · ")
         expect(page.locator("#photo-results")).to_contain_text(photo.name)
-        expect(page.locator("#photo-timing")).to_contain_text("results in", timeout=10_000)
+        expect(page.locator("#photo-status")).to_contain_text(f"of {N_IMAGES} photos", timeout=10_000)
 
 
 def test_api_endpoint_returns_json_hits(served):
@@ -178,7 +182,9 @@ def test_api_endpoint_returns_json_hits(served):
     client = Client(url, verbose=False)
     hits = client.predict(query="a small blue square", k=3, api_name="/search")
     assert [h["rank"] for h in hits] == [1, 2, 3]
-    assert all(set(h) == {"rank", "image_path", "name", "score", "captions", "confidence"} for h in hits)
+    assert all(set(h) == {"rank", "image_path", "name", "score", "captions", "confidence", "confident", "folder",
+                          "taken_at", "camera", "matched"} for h in hits)
+    assert all(h["taken_at"] is None and h["folder"] == "" for h in hits)  # a dataset: no dates, no folders
     assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
     assert all(Path(h["image_path"]).parent == paths["images"].resolve() and h["captions"] for h in hits)
     with pytest.raises(Exception, match="empty query"):
@@ -299,9 +305,9 @@ def test_malformed_requests_get_4xx_or_an_error_event_never_500(served):
             status = post_status(f"{url}gradio_api/{endpoint}", body)
             assert status < 500, (endpoint, body, status)
     # the page's own events: a refused value comes back as an error event with the reason
-    failed = page_event(url, fns["run_text"], ["a red circle", 2.5])
+    failed = page_event(url, fns["search_text"], ["a red circle", "", "", "", "Best match first", 2.5])
     assert failed["success"] is False and "k must be a whole number" in failed["output"]["error"]
-    failed = page_event(url, fns["run_image"], [None, 3])
+    failed = page_event(url, fns["search_with_photo"], [None, "", 3])
     assert failed["success"] is False and "no image" in failed["output"]["error"]
     assert len(Client(url, verbose=False).predict(query="a red circle", k=2, api_name="/search")) == 2  # still up
 
@@ -356,7 +362,7 @@ def test_oversized_upload_is_refused_within_a_memory_bound_and_uploads_are_delet
     # a file on the server that was not uploaded is neither opened nor deleted
     kept = paths["images"] / photo.name
     for value in ({"path": str(kept)}, {"path": str(kept), "meta": {"_type": "gradio.FileData"}}):
-        event, data = api_call(url, "search_photo", [value, 3])
+        event, data = api_call(url, "search_photo", [value, 3, ""])
         assert event == "error" and ("not an uploaded file" in data or "not uploaded by a user" in data), data
     assert kept.is_file()
 
@@ -382,13 +388,13 @@ def test_photos_that_are_not_a_folder_exit_2_at_once(tmp_path):
     assert proc.returncode == 2 and f"no such folder: {tmp_path / 'nowhere'}" in proc.stderr
 
 
-def test_lean_process_keeps_triton_out_and_text_search_working(tmp_path):
-    """app.lean_process hides Triton (loaded by transformers' BERT code through torch._dynamo,
-    never used by the page); a BERT still loads and encodes, and torch reports no Triton."""
+def test_a_serving_process_keeps_triton_out_and_text_search_working(tmp_path):
+    """cli.prepare_process(serving=True) hides Triton (loaded by transformers' BERT code through
+    torch._dynamo, never used by the page); a BERT still loads and encodes, and torch reports no Triton."""
 
     folder = save_tiny_bert(tmp_path / "bert-base-uncased")
     code = (
-        "import sys, app; app.lean_process()\n"
+        "import sys; from crossmodal import cli; cli.prepare_process(serving=True)\n"
         "import torch, torch.utils._triton as t\nfrom crossmodal import backbones\n"
         f"bb = backbones.create_text_backbone('bert-base-uncased', {str(folder)!r})\n"
         "v = bb.encode(['a dog runs'])\n"
@@ -420,9 +426,9 @@ def photos_served(tmp_path_factory):
     """app.py --photos over synthetic photos, indexing them in its background thread; a checkpoint
     with a calibration curve placed between two queries' best scores, so one query has confident
     hits and the other none. Yields (url, info)."""
-    from crossmodal.photos import image_backbone_for, index_photos
-    from crossmodal.photos.search import search_photos
-    from crossmodal.photos.serving import PhotoSearch
+    from crossmodal.engine import SearchEngine, load_image_backbone
+    from crossmodal.photos import PhotoCollection, index_photos
+    from crossmodal.search import search
 
     from model import load_checkpoint
 
@@ -447,16 +453,16 @@ def photos_served(tmp_path_factory):
     # The best score of each query, as the page's search computes it, over a scratch index; the
     # calibration's 0.5 point goes midway between the highest and the lowest best score.
     model, state = load_checkpoint(checkpoint)
-    index_photos(base / "scratch_index", [folder], image_backbone_for(state, resnet), device="cpu", workers=0,
-                 progress=False)
-    engine = PhotoSearch(base / "scratch_index", checkpoint, model, state, roots=[folder], device="cpu",
-                         text_weights=bert, image_weights=resnet)
-    best = {q: search_photos(engine, q, k=1).hits[0].score for q in PHOTO_QUERIES}
+    index_photos(base / "scratch_index", [folder], load_image_backbone(state["backbones"]["image"], resnet),
+                 device="cpu", workers=0, progress=False)
+    engine = SearchEngine(PhotoCollection.open(base / "scratch_index", [folder]), model, state, checkpoint,
+                          device="cpu", text_weights=bert, image_weights=resnet)
+    best = {q: search(engine, q, k=1).hits[0].score for q in PHOTO_QUERIES}
     good, weak = max(best, key=best.get), min(best, key=best.get)
     assert best[good] - best[weak] > 1e-3, best
     middle = (best[good] + best[weak]) / 2
     # the photos the good query will match (confidence over 0.5), as the page names them
-    matching_good = {"/photo/" + quote(h.name) for h in search_photos(engine, good, k=len(PHOTO_LAYOUT)).hits
+    matching_good = {"/photo/" + quote(h.name) for h in search(engine, good, k=len(PHOTO_LAYOUT)).hits
                      if h.score > middle}
     engine.close()
     slope = 40.0 / (best[good] - best[weak])  # confidence ~1 at the good query's best, ~0 at the weak one's
@@ -514,7 +520,8 @@ def test_photos_page_filters_more_like_this_and_weak_matches(photos_served):
             box.fill(query)
             page.locator("#search-button").click()
             expect(page.locator("#status code")).to_have_text(understood or query, timeout=20_000)
-            expect(page.locator("#status")).to_contain_text(f"{expected} photos match")
+            filtered = " that pass the filters" if any(filters.values()) else ""
+            expect(page.locator("#status")).to_contain_text(f"of {expected} photos{filtered} (")
             expect(page.locator("#results img")).to_have_count(min(PAGE, expected), timeout=20_000)
             return gallery_state(page)
 
@@ -553,7 +560,7 @@ def test_photos_page_filters_more_like_this_and_weak_matches(photos_served):
         liked = shown[2][0]
         page.locator("#more-like").click()
         expect(page.locator("#status")).to_contain_text(f"Photos like {liked.rsplit('/', 1)[1]}", timeout=20_000)
-        expect(page.locator("#status")).to_contain_text(f"{n - 1} photos match")  # all but itself
+        expect(page.locator("#status")).to_contain_text(f"of {n - 1} photos (")  # all but itself
         expect(page.locator("#more-like")).to_be_disabled()
         expect(page.locator("#results img")).to_have_count(PAGE)
         assert liked not in [path for path, _ in gallery_state(page)]
@@ -573,8 +580,9 @@ def test_photos_page_filters_more_like_this_and_weak_matches(photos_served):
             f" · {group['closest'][i - 2][1]:.2f} to {group['closest'][i - 2][0] + 1}." if i > 1 else ""))
             for g, group in enumerate(groups, start=1) for i, name in enumerate(group["names"], start=1)]
         page.get_by_role("tab", name="Duplicates").click()
-        page.locator("#threshold input[type=number]").fill("0.99")
-        page.locator("#threshold input[type=number]").press("Enter")
+        threshold = page.locator("#threshold input[type=number]")
+        threshold.fill("0.99")
+        expect(threshold).to_have_value("0.99")
         page.locator("#duplicates-button").click()
         expect(page.locator("#duplicates-status")).to_contain_text(
             f"{len(groups)} group(s) of near-duplicate photos, {len(expected)} photos, above a similarity of 0.99",

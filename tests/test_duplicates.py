@@ -10,9 +10,10 @@ import pytest
 from helpers import random_photo, save_random_models
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_retrieval import WORDS, jpeg
+from test_engine import WORDS, jpeg
 
-from crossmodal.duplicates import find_duplicate_groups, photo_duplicates, similar_pairs
+from crossmodal.duplicates import duplicate_groups, find_duplicate_groups, similar_pairs
+from crossmodal.photos import PhotoCollection
 
 
 def unit(v: np.ndarray) -> np.ndarray:
@@ -118,8 +119,10 @@ def test_index_folder_lists_exact_copies(heads, tmp_path, capsys):
         "  1.000  c3.jpg  ~ c.jpg",
         "  1.000  sub/c2.jpg  ~ c.jpg",
     ]
-    groups = photo_duplicates(out, [folder], 0.99999)
-    assert [g.paths for g in groups] == [["a.jpg", "sub/a copy.jpg"], ["c.jpg", "c3.jpg", "sub/c2.jpg"]]
+    collection = PhotoCollection.open(out, [folder])
+    groups = duplicate_groups(collection, 0.99999)
+    collection.close()
+    assert [g.names for g in groups] == [["a.jpg", "sub/a copy.jpg"], ["c.jpg", "c3.jpg", "sub/c2.jpg"]]
     assert all(sim > 0.99999 for g in groups for _, sim in g.closest)
     # on the existing index nothing is embedded (or decoded) again, and the groups are the same
     assert index_folder.main(argv) == 0

@@ -30,7 +30,7 @@ from crossmodal.atomic_io import NotEnoughSpaceError, WriteError, atomic_open, a
 from crossmodal.backbones import create_image_backbone, create_text_backbone
 from crossmodal.captions import read_captions
 from crossmodal.features.cache import FEATURES_FILE, IDS_FILE, MANIFEST_FILE, PARTIAL_DIR
-from crossmodal.keywords import load_keyword_tools, make_keyword_file
+from crossmodal.keywords import make_keyword_file
 from crossmodal.photos.store import PhotoStore
 from crossmodal.resumable import FLUSH_ENV
 
@@ -180,19 +180,16 @@ def index_args(folder: Path, out: Path, checkpoint: Path, resnet_file: Path) -> 
 
 def test_sentence_augment_killed_then_rerun_is_identical(tmp_path):
     captions = random_captions(tmp_path / "captions.token", 4000, seed=1)
-    nltk_data = tmp_path / "no_nltk_data"  # the same (rule) method in every run
-    nltk_data.mkdir()
 
     def run(out: Path) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, str(ROOT / "sentence_augment.py"), "--captions", str(captions),
-                               "--out", str(out), "--no-download"], cwd=ROOT, env=script_env(NLTK_DATA=str(nltk_data)),
-                              capture_output=True, text=True, timeout=300)
+                               "--out", str(out)], cwd=ROOT, env=script_env(), capture_output=True, text=True,
+                              timeout=300)
 
     assert run(tmp_path / "ref.txt").returncode == 0
     out = tmp_path / "keywords.txt"
     partial = tmp_path / ".keywords.txt.partial"
-    kill_after_first_chunk("sentence_augment.py", ["--captions", str(captions), "--out", str(out), "--no-download"],
-                           partial)
+    kill_after_first_chunk("sentence_augment.py", ["--captions", str(captions), "--out", str(out)], partial)
     assert not out.exists()
     rerun = run(out)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
@@ -278,7 +275,7 @@ def test_free_space_is_checked_before_any_work(tmp_path, demo, resnet_file, monk
 
     with pytest.raises(NotEnoughSpaceError, match="keyword samples: about"):
         make_keyword_file(tmp_path / "kw.txt", read_captions(random_captions(tmp_path / "c.token", 5000)),
-                          load_keyword_tools(allow_download=False), progress=False)
+                          progress=False)
 
 
 def _can_mount_tmpfs(where: Path) -> bool:
@@ -379,7 +376,7 @@ def test_photo_vectors_check_free_space_and_name_the_file_on_write_errors(tmp_pa
     with monkeypatch.context() as m:
         m.setattr(atomic_io.shutil, "disk_usage", lambda p: usage._replace(free=1000))
         decoded = []
-        m.setattr("crossmodal.photos.indexer.PhotoFiles.__getitem__", lambda ds, i: decoded.append(i))
+        m.setattr("crossmodal.photos.indexer.PhotoFileDataset.__getitem__", lambda ds, i: decoded.append(i))
         with caplog.at_level(logging.ERROR):
             assert index_folder_script.main(index_args(folder, out, checkpoint, resnet_file)) == 2
         assert decoded == []  # refused before any photo was read

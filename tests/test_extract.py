@@ -224,8 +224,8 @@ def test_device_decode_pipeline_matches_per_image(tmp_path, resnet, threads):
     names[3:3] = ["pic.png"]
     names[9:9] = ["corrupt.jpg", "missing.jpg"]
     batches = [list(range(i, min(i + 5, len(names)))) for i in range(0, len(names), 5)]
-    byte_batches = gpu_decode._byte_batches([tmp_path / n for n in names], batches, num_workers=min(threads, 1))
-    got = list(gpu_decode._gpu_decoded_batches(byte_batches, resnet, torch.device("cpu"), threads))
+    byte_batches = gpu_decode.byte_batches([tmp_path / n for n in names], batches, num_workers=min(threads, 1))
+    got = list(gpu_decode.gpu_decoded_batches(byte_batches, resnet, torch.device("cpu"), threads))
     assert [len(x) for x, _ in got] == [len(b) for b in batches]
     x = torch.cat([x for x, _ in got])
     errors = [e for _, es in got for e in es]

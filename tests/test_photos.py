@@ -23,13 +23,14 @@ import pytest
 import torch
 from helpers import random_photo, save_random_models, save_random_resnet18
 from PIL import Image
-from test_retrieval import EMBED, WORDS
+from test_engine import EMBED, WORDS
 
-from crossmodal import images, photos
+from crossmodal import images, photos, projection
 from crossmodal.backbones import create_image_backbone
-from crossmodal.photos import indexer, serving, store
+from crossmodal.engine import EngineError, SearchEngine, load_image_backbone
+from crossmodal.photos import PhotoCollection, indexer, store
 from crossmodal.photos.store import PhotoStore
-from crossmodal.retrieval import RetrieverError
+from crossmodal.search import search as search_query
 
 from model import load_checkpoint
 
@@ -43,7 +44,7 @@ def models(tmp_path_factory):
     m = save_random_models(tmp_path_factory.mktemp("photo_models"), WORDS)
     model, state = load_checkpoint(m["checkpoint"])
     return dict(resnet=m["resnet"], bert=m["bert"], checkpoint=m["checkpoint"], model=model, state=state,
-                backbone=photos.image_backbone_for(state, m["resnet"]))
+                backbone=load_image_backbone(state["backbones"]["image"], m["resnet"]))
 
 
 def photo_folder(tmp_path: Path, n: int, seed: int, name: str = "{i}.png") -> tuple[Path, Path, np.random.Generator]:
@@ -55,6 +56,12 @@ def photo_folder(tmp_path: Path, n: int, seed: int, name: str = "{i}.png") -> tu
     for i in range(n):
         random_photo(rng).save(folder / name.format(i=i))
     return folder, tmp_path / "index", rng
+
+
+def open_engine(models, index, roots=None, state=None) -> SearchEngine:
+    """A SearchEngine over the photo index (under ``roots``, else every indexed folder)."""
+    return SearchEngine(PhotoCollection.open(index, roots), models["model"], state or models["state"],
+                        models["checkpoint"], device="cpu", text_weights=models["bert"], image_weights=models["resnet"])
 
 
 def run(models, index, roots, **kw):
@@ -339,8 +346,8 @@ def test_formats_orientation_and_problem_files(models, tmp_path, monkeypatch, ca
     assert rec["p0.webp"].ocr_text is None
 
     calls = []
-    original = indexer.PhotoFiles.__getitem__
-    monkeypatch.setattr(indexer.PhotoFiles, "__getitem__", lambda ds, i: calls.append(i) or original(ds, i))
+    original = indexer.PhotoFileDataset.__getitem__
+    monkeypatch.setattr(indexer.PhotoFileDataset, "__getitem__", lambda ds, i: calls.append(i) or original(ds, i))
     again = run(models, index, folder)  # refused and undecodable files are not retried until they change
     assert calls == [] and again.kept == 7 and len(again.problems) == 3
 
@@ -388,16 +395,15 @@ def test_exif_date_and_camera_else_mtime(models, tmp_path):
 def test_reader_sees_consistent_snapshots_while_indexing(models, tmp_path, monkeypatch):
     folder, index, rng = photo_folder(tmp_path, 12, seed=6, name="{i:02d}.png")
     monkeypatch.setattr(indexer, "COMMIT_SECONDS", 0)
-    original = indexer.PhotoFiles.__getitem__
+    original = indexer.PhotoFileDataset.__getitem__
 
     def slow(ds, i):
         time.sleep(0.05)
         return original(ds, i)
 
-    monkeypatch.setattr(indexer.PhotoFiles, "__getitem__", slow)
-    search = photos.PhotoSearch(index, models["checkpoint"], models["model"], models["state"], device="cpu",
-                                text_weights=models["bert"], image_weights=models["resnet"])
-    assert len(search) == 0 and search.search_text("a dog", k=3) == []
+    monkeypatch.setattr(indexer.PhotoFileDataset, "__getitem__", slow)
+    engine = open_engine(models, index, [folder])
+    assert len(engine.current()) == 0 and search_query(engine, "a dog", k=3).hits == []
     writer = threading.Thread(target=run, args=(models, index, folder), kwargs={"batch_size": 2})
     seen, sizes = [], []
     reader = PhotoStore(index)
@@ -406,8 +412,7 @@ def test_reader_sees_consistent_snapshots_while_indexing(models, tmp_path, monke
         snap = reader.snapshot()
         assert len(snap.ids) == len(snap.paths) == len(snap.vectors) == len(snap.rows)
         seen.append((snap.generation, dict(zip(snap.paths, np.asarray(snap.vectors, np.float32)))))
-        search.refresh()
-        sizes.append(len(search))
+        sizes.append(len(engine.current()))
         time.sleep(0.02)
     writer.join()
     final = vectors_by_path(index)
@@ -420,7 +425,7 @@ def test_reader_sees_consistent_snapshots_while_indexing(models, tmp_path, monke
         for p, v in vectors.items():
             np.testing.assert_array_equal(v, final[p])
     assert sizes == sorted(sizes) and any(0 < n < 12 for n in sizes)
-    hits = search.search_text("a dog on the grass", k=20)
+    hits = search_query(engine, "a dog on the grass", k=20).hits
     assert len(hits) == 12 and {h.path for h in hits} == set(final)
     reader.close()
 
@@ -428,8 +433,8 @@ def test_reader_sees_consistent_snapshots_while_indexing(models, tmp_path, monke
 def test_background_indexing_stops_after_a_commit_and_resumes(models, tmp_path, monkeypatch):
     folder, index, rng = photo_folder(tmp_path, 8, seed=10)
     monkeypatch.setattr(indexer, "COMMIT_SECONDS", 3600)  # only stop() makes it commit before the end
-    original = indexer.PhotoFiles.__getitem__
-    monkeypatch.setattr(indexer.PhotoFiles, "__getitem__", lambda ds, i: time.sleep(0.1) or original(ds, i))
+    original = indexer.PhotoFileDataset.__getitem__
+    monkeypatch.setattr(indexer.PhotoFileDataset, "__getitem__", lambda ds, i: time.sleep(0.1) or original(ds, i))
     thread = photos.IndexingThread(index, [folder], models["backbone"], device="cpu", workers=0, batch_size=2)
     thread.start()
     while thread.done < 2:
@@ -448,28 +453,26 @@ def test_projection_is_extended_only_for_new_rows(models, tmp_path, monkeypatch)
     folder, index, rng = photo_folder(tmp_path, 3, seed=7)
     run(models, index, folder)
     projected = []
-    original = serving.ProjectedRows._project
-    monkeypatch.setattr(serving.ProjectedRows, "_project",
-                        lambda self, v: projected.append(len(v)) or original(self, v))
+    original = projection.ProjectionCache._project
+    monkeypatch.setattr(projection.ProjectionCache, "_project",
+                        lambda self, c, start, stop: projected.append(stop - start) or original(self, c, start, stop))
 
-    def open_search():
-        return photos.PhotoSearch(index, models["checkpoint"], models["model"], models["state"], device="cpu",
-                                  text_weights=models["bert"], image_weights=models["resnet"])
-
-    search = open_search()
+    engine = open_engine(models, index)
     assert projected == [3]
+    first = engine.current()
     for i in range(3, 5):
         random_photo(rng).save(folder / f"{i}.png")
     run(models, index, folder)
-    assert search.refresh() and projected == [3, 2] and len(search) == 5
-    assert not search.refresh()
-    open_search()  # a restart reads the projections from disk
+    view = engine.current()
+    assert view is not first and projected == [3, 2] and len(view) == 5
+    assert engine.current() is view  # nothing new: the same generation
+    open_engine(models, index)  # a restart reads the projections from disk
     assert projected == [3, 2]
     with torch.inference_mode():
         want = models["model"].encode_image(torch.tensor(np.stack(list(vectors_by_path(index).values())))).numpy()
-    got = np.asarray(search._retriever.embeddings, dtype=np.float32)
+    got = np.asarray(view.embeddings, dtype=np.float32)
     np.testing.assert_allclose(got, want, atol=2e-3)  # (sorted by path in both)
-    hit = search.search_image(Image.open(folder / "3.png"), k=1)[0]
+    hit = search_query(engine, photo=Image.open(folder / "3.png"), k=1).hits[0]
     assert hit.name == "3.png" and hit.path == str(folder / "3.png") and hit.score == pytest.approx(1, abs=1e-2)
 
 
@@ -482,18 +485,17 @@ def test_querybank_biases_are_extended_with_the_projections(models, tmp_path):
     g = torch.Generator().manual_seed(3)
     bank = lambda n: torch.nn.functional.normalize(torch.randn(n, EMBED, generator=g), dim=1).half()  # noqa: E731
     state["querybank"] = {"text": bank(40), "keywords": bank(30), "image": bank(40), "beta": 8.0}
-    search = photos.PhotoSearch(index, models["checkpoint"], models["model"], state, device="cpu",
-                                text_weights=models["bert"], image_weights=models["resnet"])
+    engine = open_engine(models, index, state=state)
     for i in range(3, 6):
         random_photo(rng).save(folder / f"{i}.png")
     run(models, index, folder)
-    assert search.refresh() and len(search) == 6
-    retriever = search._retriever
-    want = image_biases(state["querybank"], np.asarray(retriever.embeddings))  # all rows at once
-    assert set(retriever.biases) == {"text", "keywords"}
+    view = engine.current()
+    assert len(view) == 6
+    want = image_biases(state["querybank"], np.asarray(view.embeddings))  # all rows at once
+    assert set(view.biases) == {"text", "keywords"}
     for b in want:
-        np.testing.assert_allclose(retriever.biases[b], want[b], rtol=1e-5, atol=1e-6)
-    assert "querybank normalisation" in search.describe()
+        np.testing.assert_allclose(view.biases[b], want[b], rtol=1e-5, atol=1e-6)
+    assert engine.details()["querybank normalisation"] == "text, keywords"
 
 
 def test_search_is_restricted_to_the_given_folders(models, tmp_path, capsys):
@@ -511,10 +513,9 @@ def test_search_is_restricted_to_the_given_folders(models, tmp_path, capsys):
         assert s.roots() == [str(a), str(a_other), str(b)]
         assert [Path(p).relative_to(tmp_path).as_posix() for p in s.snapshot([a]).paths] == ["A/one.png",
                                                                                             "A/sub/two.png"]
-    only_a = photos.PhotoSearch(index, models["checkpoint"], models["model"], models["state"], roots=[a],
-                                device="cpu", text_weights=models["bert"], image_weights=models["resnet"])
-    hits = only_a.search_text("a dog", k=10)
-    assert sorted(h.name for h in hits) == ["one.png", "sub/two.png"] and only_a.images_root == a
+    only_a = open_engine(models, index, [a])
+    hits = search_query(only_a, "a dog", k=10).hits
+    assert sorted(h.name for h in hits) == ["one.png", "sub/two.png"] and only_a.collection.root == a
 
     common = ["--collection", str(index), "--checkpoint", str(models["checkpoint"]), "--image-weights",
               str(models["resnet"]), "--text-weights", str(models["bert"]), "--workers", "0", "--device", "cpu",
@@ -540,9 +541,8 @@ def test_another_backbone_reembeds_and_is_refused_by_search(models, tmp_path, ca
     assert [r.message for r in caplog.records if "embedding every photo again" in r.message] != []
     after = vectors_by_path(index)
     assert all(np.abs(after[p] - before[p]).max() > 0.1 for p in before)
-    with pytest.raises(RetrieverError, match="holds vectors of resnet18"):
-        photos.PhotoSearch(index, models["checkpoint"], models["model"], models["state"], device="cpu",
-                           text_weights=models["bert"], image_weights=models["resnet"])
+    with pytest.raises(EngineError, match="its vectors are resnet18 .* index the folders again"):
+        open_engine(models, index)
 
 
 def test_one_writer_at_a_time(models, tmp_path):
@@ -582,7 +582,7 @@ def test_image_checks_read_only_the_header(tmp_path):
 
 
 def test_photo_hits_carry_confidences_and_the_allow_list_follows_the_index(models, tmp_path):
-    from crossmodal.serving import PhotoFiles
+    from crossmodal.web import ServedPhotos
 
     folder, index, rng = photo_folder(tmp_path, 2, seed=12)
     (folder / "beside.png").write_bytes(b"\x89PNG\r\n\x1a\n not indexed: undecodable")
@@ -590,14 +590,13 @@ def test_photo_hits_carry_confidences_and_the_allow_list_follows_the_index(model
     state = dict(models["state"])
     curve = {"method": "platt", "slope": 9.0, "intercept": 1.0}
     state["calibration"] = {"sentence": curve, "short": curve, "top_k": 10}
-    search = photos.PhotoSearch(index, models["checkpoint"], models["model"], state, roots=[folder], device="cpu",
-                                text_weights=models["bert"], image_weights=models["resnet"])
-    hits = search.search_text("a dog runs on the grass", k=5)
+    engine = open_engine(models, index, [folder], state=state)
+    hits = search_query(engine, "a dog runs on the grass", k=5).hits
     assert len(hits) == 2
     for h in hits:
         assert h.confidence == pytest.approx(1 / (1 + np.exp(-(9.0 * h.score + 1.0))), abs=1e-4)
 
-    served = PhotoFiles.of(search)
+    served = ServedPhotos(lambda: engine.current().collection)
     assert "0.png" in served and "2.png" not in served and "beside.png" not in served and len(served) == 2
     random_photo(rng).save(folder / "2.png")
     assert "2.png" not in served  # on disk, not indexed yet

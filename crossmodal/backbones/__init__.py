@@ -12,32 +12,36 @@ layer's alone (earlier layers keep word-level detail the sentence-similarity tra
 ``auto`` picks the original pair (ResNet18 + BERT) where their weights are present, else the
 offline pair, and logs one line saying which and why.
 
-One module per concept: ``registry`` (the tables, ``auto`` and the factories), ``views`` (the views
-of an image), ``image`` (``ImageBackbone`` and the image entries) and ``text`` (``TextBackbone`` and
-the text entries). Importing the package imports ``image`` and ``text``, whose entries register
-themselves; every name is importable from ``crossmodal.backbones``.
+One module per concept, imported in one direction: ``registry`` (the tables entries register in; it
+imports no sibling), ``views`` (the views of an image), ``image`` (``ImageBackbone`` and the image
+entries) and ``text`` (``TextBackbone`` and the text entries), which register themselves in it, and
+``factory`` above them all (``create_image_backbone``, ``create_text_backbone``, ``auto``). Every name is
+importable from ``crossmodal.backbones``.
 """
+from crossmodal.backbones.factory import (
+    OFFLINE_PAIR,
+    ORIGINAL_PAIR,
+    create_image_backbone,
+    create_text_backbone,
+    resolve_names,
+)
 from crossmodal.backbones.image import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     RESNET18_FILE,
     ImageBackbone,
     Normalize,
+    combine,
     resnet18,
 )
 from crossmodal.backbones.registry import (
     IMAGE_BACKBONES,
-    OFFLINE_PAIR,
-    ORIGINAL_PAIR,
     TEXT_BACKBONES,
     BackboneUnavailable,
-    create_image_backbone,
-    create_text_backbone,
     file_digest,
     register_image,
     register_text,
     resolve_device,
-    resolve_names,
 )
 from crossmodal.backbones.text import (
     BERT_FOLDER,
@@ -51,14 +55,14 @@ from crossmodal.backbones.text import (
 from crossmodal.backbones.views import IMAGE_VIEWS, ONE_VIEW, first_views, make_view, views_mismatch, views_of
 
 __all__ = [
-    # registry
+    # registry and factory
     "IMAGE_BACKBONES", "TEXT_BACKBONES", "register_image", "register_text", "ORIGINAL_PAIR", "OFFLINE_PAIR",
     "resolve_names", "create_image_backbone", "create_text_backbone", "BackboneUnavailable", "resolve_device",
     "file_digest",
     # views
     "IMAGE_VIEWS", "ONE_VIEW", "first_views", "views_of", "views_mismatch", "make_view",
     # image
-    "IMAGENET_MEAN", "IMAGENET_STD", "RESNET18_FILE", "ImageBackbone", "Normalize", "resnet18",
+    "IMAGENET_MEAN", "IMAGENET_STD", "RESNET18_FILE", "ImageBackbone", "Normalize", "combine", "resnet18",
     # text
     "TEXT_MAX_LENGTH", "TEXT_BATCH_SIZE", "BERT_FOLDER", "LAST_LAYERS", "TextBackbone", "bert_base_uncased",
     "minilm",

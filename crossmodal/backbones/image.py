@@ -1,6 +1,6 @@
 """Image entries of the registry: ``ImageBackbone`` (a frozen CNN with its preprocessing and weights
 identity), the in-model ``Normalize``, the pooled wrappers that pool one or several views, ``"a+b"``
-combinations (``_combine``) and the ``resnet18`` and ``efficientnet_lite0/1/2`` entries.
+combinations (``combine``) and the ``resnet18`` and ``efficientnet_lite0/1/2`` entries.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 
-from crossmodal.backbones.registry import BackboneUnavailable, _local, file_digest, register_image
+from crossmodal.backbones.registry import BackboneUnavailable, file_digest, local_file, register_image
 from crossmodal.backbones.views import IMAGE_VIEWS, ONE_VIEW, make_view
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -141,7 +141,7 @@ class _ConcatBackbone(_PooledBackbone):
         return torch.cat(feats, dim=1)
 
 
-def _combine(backbones: Sequence[ImageBackbone]) -> ImageBackbone:
+def combine(backbones: Sequence[ImageBackbone]) -> ImageBackbone:
     """One ImageBackbone whose features are the members' pooled features side by side."""
     if any(b.members for b in backbones):
         raise ValueError("combine plain backbones only, e.g. efficientnet_lite0+efficientnet_lite2")
@@ -182,7 +182,7 @@ def _torchvision_resnet18_cache() -> Path:
 
 
 def _resnet18_present(models_dir: Path | None) -> bool:
-    local = _local(models_dir, RESNET18_FILE)
+    local = local_file(models_dir, RESNET18_FILE)
     return (local is not None and local.is_file()) or _torchvision_resnet18_cache().is_file()
 
 
@@ -193,7 +193,7 @@ def resnet18(weights: str | os.PathLike | None = None, models_dir: str | os.Path
     from torchvision.models import resnet18 as tv_resnet18
 
     net = tv_resnet18(weights=None)
-    path = Path(weights) if weights else _local(models_dir, RESNET18_FILE)
+    path = Path(weights) if weights else local_file(models_dir, RESNET18_FILE)
     if path is not None and path.is_file():
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     elif weights:

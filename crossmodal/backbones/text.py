@@ -15,11 +15,10 @@ import torch
 import torch.nn as nn
 
 from crossmodal.backbones.registry import (
-    _TEXT_PRESENT,
     TEXT_BACKBONES,
     BackboneUnavailable,
-    _local,
     file_digest,
+    local_file,
     register_text,
     resolve_device,
 )
@@ -150,7 +149,7 @@ def _load_transformers(name: str, source: str | Path, pooling: str, weights_id: 
 
 
 def _bert_present(models_dir: Path | None) -> bool:
-    local = _local(models_dir, BERT_FOLDER)
+    local = local_file(models_dir, BERT_FOLDER)
     return local is not None and (local / "config.json").is_file()
 
 
@@ -158,7 +157,7 @@ def _bert_present(models_dir: Path | None) -> bool:
 def bert_base_uncased(weights: str | os.PathLike | None = None,
                       models_dir: str | os.PathLike | None = None) -> TextBackbone:
     """BERT base: a local folder (MODELS_DIR/bert-base-uncased/), else the hub id when online."""
-    folder = Path(weights) if weights else _local(models_dir, BERT_FOLDER)
+    folder = Path(weights) if weights else local_file(models_dir, BERT_FOLDER)
     if folder is not None and (folder / "config.json").is_file():
         return _load_transformers("bert-base-uncased", folder, "mean",
                                   f"{folder.name}/{_folder_digest(folder)}", local_only=True)
@@ -204,7 +203,7 @@ LAST_LAYERS = 3  # the "-last3" entries: mean pools of the last 3 layers (docs/r
 
 def _with_last_layers(base: str, layers: int) -> Callable[..., TextBackbone]:
     def build(weights: str | os.PathLike | None = None, models_dir: str | os.PathLike | None = None) -> TextBackbone:
-        backbone = TEXT_BACKBONES[base](weights, models_dir)
+        backbone = TEXT_BACKBONES[base].build(weights, models_dir)
         backbone.name, backbone.layers, backbone.dim = f"{base}-last{layers}", layers, backbone.dim * layers
         return backbone
     build.__doc__ = f"{base}, with the mean pools of its last {layers} layers concatenated ({layers}x its width)."
@@ -212,4 +211,5 @@ def _with_last_layers(base: str, layers: int) -> Callable[..., TextBackbone]:
 
 
 for _base in ("bert-base-uncased", "minilm"):
-    register_text(f"{_base}-last{LAST_LAYERS}", present=_TEXT_PRESENT[_base])(_with_last_layers(_base, LAST_LAYERS))
+    register_text(f"{_base}-last{LAST_LAYERS}", present=TEXT_BACKBONES[_base].present)(
+        _with_last_layers(_base, LAST_LAYERS))

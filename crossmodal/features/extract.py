@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from crossmodal.backbones import ONE_VIEW, TEXT_BATCH_SIZE, ImageBackbone, TextBackbone, resolve_device
 from crossmodal.captions import CaptionSet, list_hash
 from crossmodal.features.cache import FeatureCache, build_cache
-from crossmodal.features.gpu_decode import GPU_DECODE_THREADS, _byte_batches, _gpu_decoded_batches
+from crossmodal.features.gpu_decode import GPU_DECODE_THREADS, byte_batches, gpu_decoded_batches
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,38 @@ def default_num_workers(decode: str) -> int:
     return NUM_WORKERS if decode == "cpu" else min(GPU_READ_WORKERS, os.cpu_count() or 1)
 
 
+class ImageEmbedder:
+    """A frozen image backbone on a device, embedding batches of uint8 images: the one loop body of
+    every image path (dataset extraction, the photo indexer). channels_last, ``inference_mode``, and
+    bf16 autocast where asked ("auto": on a GPU)."""
+
+    def __init__(self, backbone: ImageBackbone, device: str | torch.device | None = None, precision: str = "auto"):
+        if precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
+        self.device = resolve_device(device)
+        self.model = backbone.model.to(self.device).eval().to(memory_format=torch.channels_last)
+        self.bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
+
+    def __call__(self, x: torch.Tensor, zero_rows: Sequence[int] = ()) -> torch.Tensor:
+        """(B, 3, S, S) uint8 -> (B, dim) float32 features, on the device; ``zero_rows`` (failed
+        decodes) hold zeros."""
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            f = self.model(x).float()
+            if zero_rows:  # inside inference_mode: an inference tensor cannot be changed outside it
+                f[list(zero_rows)] = 0.0
+        return f
+
+
+def image_loader(dataset: Dataset, batches: list[list[int]], num_workers: int, device: torch.device,
+                 collate_fn: Callable) -> DataLoader:
+    """The DataLoader every image path decodes with: fixed batches, ``num_workers`` decoding
+    processes, pinned memory for a GPU."""
+    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate_fn,
+                      pin_memory=device.type == "cuda", prefetch_factor=4 if num_workers else None,
+                      persistent_workers=False)
+
+
 def extract_image_features(
     backbone: ImageBackbone,
     images_dir: str | os.PathLike,
@@ -97,9 +129,8 @@ def extract_image_features(
     (bf16 is much faster on a CPU with AMX; the cache records the precision).
     ``decode_threads``: with ``decode="gpu"``, threads that decode and resize beside the model.
     """
-    if precision not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
-    device = resolve_device(device)
+    embed = ImageEmbedder(backbone, device, precision)
+    device = embed.device
     if decode == "gpu" and device.type != "cuda":
         raise ValueError("--decode gpu needs a CUDA device")
     if batch_size is None:
@@ -108,8 +139,6 @@ def extract_image_features(
     paths = [images_dir / n for n in names]
     stack_views = stack_views and views != ONE_VIEW
     backbone.set_views(views, stack=stack_views)
-    model = backbone.model.to(device).eval().to(memory_format=torch.channels_last)
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     cpu_transform = backbone.pil_transform()
 
     # One unit of the resumable build is one batch: a resumed run computes exactly the batches of
@@ -119,30 +148,21 @@ def extract_image_features(
         if not batches:
             return
         if decode == "gpu":
-            batch_iter = _gpu_decoded_batches(_byte_batches(paths, batches, num_workers), backbone, device,
+            batch_iter = gpu_decoded_batches(byte_batches(paths, batches, num_workers), backbone, device,
                                               decode_threads)
         else:
-            loader = DataLoader(
-                ImageFileDataset(paths, cpu_transform, backbone.image_size), batch_sampler=batches,
-                num_workers=num_workers, collate_fn=_collate, pin_memory=device.type == "cuda",
-                prefetch_factor=4 if num_workers else None, persistent_workers=False,
-            )
-            batch_iter = iter(loader)
+            batch_iter = iter(image_loader(ImageFileDataset(paths, cpu_transform, backbone.image_size), batches,
+                                           num_workers, device, _collate))
         for rows in batches:
-            data, errors = next(batch_iter)
-            x = data.to(device, non_blocking=True)  # GPU-decoded batches are on the device already
-            x = x.contiguous(memory_format=torch.channels_last)
+            data, errors = next(batch_iter)  # (GPU-decoded batches are on the device already)
             bad = [j for j, e in enumerate(errors) if e]
-            with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                f = model(x).float()
-                if bad:  # inside inference_mode: an inference tensor cannot be changed outside it
-                    f[bad] = 0.0  # failed rows hold zeros and are listed in the manifest
+            f = embed(data, zero_rows=bad)  # failed rows hold zeros and are listed in the manifest
             progress(len(rows))
             # on a GPU the tensor stays there until its chunk is saved: no synchronisation every batch
             yield f, [(names[rows[j]], errors[j]) for j in bad]
 
     preprocess = {**backbone.preprocess, "jpeg_draft": decode == "cpu", "decode": decode}
-    if use_bf16 and device.type == "cpu":  # absent otherwise: earlier caches keep their identity
+    if embed.bf16 and device.type == "cpu":  # absent otherwise: earlier caches keep their identity
         preprocess["autocast"] = "bf16"
     identity = {"kind": "image", "backbone": backbone.name, "weights": backbone.weights,
                 "preprocess": preprocess,

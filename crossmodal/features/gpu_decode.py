@@ -51,7 +51,7 @@ class PackedBytesBatches(Dataset):
         return data, [len(c) for c in chunks], errors
 
 
-def _byte_batches(paths: Sequence[str | os.PathLike], batches: Sequence[Sequence[int]],
+def byte_batches(paths: Sequence[str | os.PathLike], batches: Sequence[Sequence[int]],
                   num_workers: int) -> Iterator[tuple[list[torch.Tensor], list[str]]]:
     """(each file's bytes, errors) per batch, read ahead by DataLoader worker processes."""
     loader = DataLoader(PackedBytesBatches(paths, batches), batch_size=None, num_workers=num_workers,
@@ -93,7 +93,7 @@ def _map_ahead(fn: Callable, items: Iterable, threads: int = 1, ahead: int = 4) 
             yield pending.popleft().result()
 
 
-def _gpu_decoded_batches(byte_batches: Iterable[tuple[list[torch.Tensor], list[str]]], backbone: ImageBackbone,
+def gpu_decoded_batches(file_batches: Iterable[tuple[list[torch.Tensor], list[str]]], backbone: ImageBackbone,
                          device: torch.device, threads: int = GPU_DECODE_THREADS,
                          ahead: int = 2) -> Iterator[tuple[torch.Tensor, list[str]]]:
     """(uint8 batch on the device, errors) for each batch of file bytes.
@@ -104,7 +104,7 @@ def _gpu_decoded_batches(byte_batches: Iterable[tuple[list[torch.Tensor], list[s
     ``threads=0`` decodes inline on the caller's stream.
     """
     if threads <= 0:
-        for data, errors in byte_batches:
+        for data, errors in file_batches:
             yield _decode_on_gpu(data, errors, backbone, device)
         return
     cuda = device.type == "cuda"  # (on a CPU, as in the tests, there are no streams to order)
@@ -120,7 +120,7 @@ def _gpu_decoded_batches(byte_batches: Iterable[tuple[list[torch.Tensor], list[s
             return x, errors, local.stream.record_event()
 
     consumer = torch.cuda.current_stream(device) if cuda else None
-    for x, errors, ready in _map_ahead(prepare, byte_batches, threads, ahead):
+    for x, errors, ready in _map_ahead(prepare, file_batches, threads, ahead):
         if ready is not None:
             consumer.wait_event(ready)
             x.record_stream(consumer)  # allocated on the producer's stream: not reused before the model is done

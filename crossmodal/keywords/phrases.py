@@ -19,6 +19,10 @@ Phrases come out in caption order of their first word, a two-word phrase before 
 phrase starting at the same word ("black dog", "dog"), without duplicates. Besides the stopwords,
 words that name nothing visible are dropped (``CAPTION_STOPWORDS``: numbers, "something",
 "wearing" ...; ``RELATIONAL_OF_NOUNS``: "front" in "in front of", "lot" in "a lot of").
+
+One method, the same on every machine (``METHOD``): NLTK's regular-expression tokeniser, the rule
+tagger (``tagger.RuleTagger``), LemmInflect's lemmas (``lemmas``) and the built-in stopwords. None
+of it needs downloaded data.
 """
 from __future__ import annotations
 
@@ -27,13 +31,16 @@ import os
 import re
 import shutil
 from collections import Counter
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 from crossmodal.atomic_io import check_free_space
 from crossmodal.captions import Caption, CaptionSet, list_hash
-from crossmodal.keywords.nltk_data import KeywordTools
+from crossmodal.keywords.lemmas import noun_lemma, verb_lemma
 from crossmodal.keywords.samples import KeywordSample, write_keyword_samples
+from crossmodal.keywords.tagger import RuleTagger, regexp_tokenize
+from crossmodal.keywords.words import CAPTION_STOPWORDS, ENGLISH_STOPWORDS
 from crossmodal.resumable import ChunkWriter, WorkFolder, flush_interval
 
 log = logging.getLogger(__name__)
@@ -48,6 +55,21 @@ type piece part rest number variety series set sides flight
 """.split())
 
 _PHRASE_WORD = re.compile(r"^[a-z]+(?:-[a-z]+)*$")  # a keyword word: ASCII letters, inner hyphens
+SKIP_WORDS = ENGLISH_STOPWORDS | CAPTION_STOPWORDS  # never in a phrase
+
+
+def method() -> str:
+    """What makes the phrases, versions included: recorded in the keyword file and in a resumable
+    run's plan, so phrases of another method are never mixed in."""
+    from importlib.metadata import version
+
+    return (f"rule tagger (NLTK {version('nltk')} UnigramTagger + RegexpTagger) + LemmInflect "
+            f"{version('lemminflect')} lemmas + built-in stopwords + regexp tokeniser")
+
+
+@lru_cache(maxsize=1)
+def _tagger() -> RuleTagger:
+    return RuleTagger()
 
 _NOUN, _ADJ, _VERB, _MOD, _OTHER = "N", "A", "V", "M", "O"
 
@@ -79,18 +101,18 @@ def _classify(tagged: list[tuple[str, str]], skip: frozenset[str]) -> list[str]:
     return classes
 
 
-def _phrases_with_kind(caption: str, tools: KeywordTools) -> list[tuple[str, str]]:
+def _phrases_with_kind(caption: str) -> list[tuple[str, str]]:
     """(phrase, kind) pairs, kind in noun | verb | adj_noun | compound, in the documented order."""
-    tokens = tools.tokenize(caption)
+    tokens = regexp_tokenize(caption)
     if not tokens:
         return []
-    tagged = [(w.lower(), t) for w, t in tools.tagger.tag(tokens)]
-    classes = _classify(tagged, tools.skip_words)
+    tagged = [(w.lower(), t) for w, t in _tagger().tag(tokens)]
+    classes = _classify(tagged, SKIP_WORDS)
     found: list[tuple[int, int, int, str, str]] = []  # (first word, -words, order, phrase, kind)
 
     def add(start: int, phrase: str, kind: str) -> None:
         words = phrase.split()
-        if all(_PHRASE_WORD.match(p) and p not in tools.skip_words for p in words):
+        if all(_PHRASE_WORD.match(p) and p not in SKIP_WORDS for p in words):
             found.append((start, -len(words), len(found), phrase, kind))
 
     n = len(tagged)
@@ -106,7 +128,7 @@ def _phrases_with_kind(caption: str, tools: KeywordTools) -> list[tuple[str, str
                     and j + 1 < n and classes[j + 1] in (_ADJ, _MOD))
             ):
                 j += 1
-            _chunk_phrases(i, tagged[i:j], classes[i:j], tools, add)
+            _chunk_phrases(i, tagged[i:j], classes[i:j], add)
             i = j
             continue
         if c == _VERB:
@@ -114,7 +136,7 @@ def _phrases_with_kind(caption: str, tools: KeywordTools) -> list[tuple[str, str
             if t == "VBG":
                 add(i, w, "verb")
             elif t != "VBN":
-                add(i, tools.verb_lemma(w), "verb")
+                add(i, verb_lemma(w), "verb")
         i += 1
     found.sort()
     out: dict[str, str] = {}
@@ -124,7 +146,7 @@ def _phrases_with_kind(caption: str, tools: KeywordTools) -> list[tuple[str, str
 
 
 def _chunk_phrases(offset: int, tagged: Sequence[tuple[str, str]], classes: Sequence[str],
-                   tools: KeywordTools, add: Callable[[int, str, str], None]) -> None:
+                   add: Callable[[int, str, str], None]) -> None:
     mods: list[tuple[int, str]] = []
     k = 0
     while k < len(tagged):
@@ -136,9 +158,9 @@ def _chunk_phrases(offset: int, tagged: Sequence[tuple[str, str]], classes: Sequ
             while k < len(tagged) and classes[k] == _NOUN:
                 k += 1
             run = [w for w, _ in tagged[start:k]]
-            head = tools.noun_lemma(run[-1])
+            head = noun_lemma(run[-1])
             for m, word in enumerate(run[:-1]):
-                add(offset + start + m, tools.noun_lemma(word), "noun")
+                add(offset + start + m, noun_lemma(word), "noun")
             add(offset + k - 1, head, "noun")
             if len(run) >= 2:  # the modifying noun as written: "sports car", "tennis ball"
                 add(offset + k - 2, f"{run[-2]} {head}", "compound")
@@ -149,14 +171,14 @@ def _chunk_phrases(offset: int, tagged: Sequence[tuple[str, str]], classes: Sequ
             k += 1
 
 
-def extract_phrases(caption: str, tools: KeywordTools) -> list[str]:
+def extract_phrases(caption: str) -> list[str]:
     """Keywords and short phrases of one caption (see the module docstring for what and in which order)."""
-    return [p for p, _ in _phrases_with_kind(caption, tools)]
+    return [p for p, _ in _phrases_with_kind(caption)]
 
 
-def nouns_of(caption: str, tools: KeywordTools) -> list[str]:
+def nouns_of(caption: str) -> list[str]:
     """The caption's nouns, lemmatised (evaluation's one-word queries)."""
-    return [p for p, kind in _phrases_with_kind(caption, tools) if kind == "noun"]
+    return [p for p, kind in _phrases_with_kind(caption) if kind == "noun"]
 
 
 # --- the samples of a caption set ---------------------------------------------------------------
@@ -167,7 +189,6 @@ def caption_key(caption: Caption) -> str:
 
 def augment_captions(
     captions: CaptionSet,
-    tools: KeywordTools,
     progress: bool | Callable[[Iterable[Caption]], Iterable[Caption]] = False,
     work_dir: str | os.PathLike | None = None,
     *,
@@ -178,7 +199,7 @@ def augment_captions(
     ``progress``: True shows a tqdm bar over the captions, or pass a wrapper of your own.
     ``work_dir``: resumable: the phrases of finished captions are saved there in chunks
     (``crossmodal.resumable``, every ``flush_seconds``), and a rerun for the same captions and
-    tools continues from them. The caller removes it once the samples are saved.
+    method continues from them. The caller removes it once the samples are saved.
     """
     caps = captions.captions
     n_units = (len(caps) + UNIT_CAPTIONS - 1) // UNIT_CAPTIONS
@@ -189,7 +210,7 @@ def augment_captions(
     phrases: dict[int, list[list[str]]] = {}  # unit -> the phrases of each of its captions
     writer = None
     if work_dir is not None:
-        plan = {"captions_sha256": list_hash(f"{c.key}\t{c.text}" for c in caps), "tools": tools.identity,
+        plan = {"captions_sha256": list_hash(f"{c.key}\t{c.text}" for c in caps), "tools": method(),
                 "unit_size": UNIT_CAPTIONS, "format": 1}
         work = WorkFolder(work_dir, plan)
         for chunk in work.chunks():
@@ -220,7 +241,7 @@ def augment_captions(
     try:
         for u in pending:
             n = len(unit_captions(u))
-            phrases[u] = [extract_phrases(next(items).text, tools) for _ in range(n)]
+            phrases[u] = [extract_phrases(next(items).text) for _ in range(n)]
             if writer is not None:
                 writer.add(u, phrases[u], n)
             if bar is not None:
@@ -249,8 +270,7 @@ def keyword_work_dir(out: str | os.PathLike) -> Path:
     return out.parent / f".{out.name}.partial"
 
 
-def make_keyword_file(out: str | os.PathLike, captions: CaptionSet, tools: KeywordTools,
-                      progress: bool = True) -> list[KeywordSample]:
+def make_keyword_file(out: str | os.PathLike, captions: CaptionSet, progress: bool = True) -> list[KeywordSample]:
     """Write the keyword file of ``captions`` to ``out`` (atomically) and return its samples.
 
     Resumable: a killed run continues from the captions it finished (``augment_captions``). It
@@ -261,8 +281,8 @@ def make_keyword_file(out: str | os.PathLike, captions: CaptionSet, tools: Keywo
     text_bytes = sum(len(c.key) + len(c.text) + 2 for c in captions.captions)
     check_free_space(out.parent, 3 * text_bytes, "the keyword samples")
     work = keyword_work_dir(out)
-    samples = augment_captions(captions, tools, progress=progress, work_dir=work)
-    write_keyword_samples(out, samples, method=tools.description)
+    samples = augment_captions(captions, progress=progress, work_dir=work)
+    write_keyword_samples(out, samples, method=method())
     shutil.rmtree(work, ignore_errors=True)
     return samples
 

@@ -2,29 +2,23 @@
 
 ``files`` (which files are photos, content hashes), ``store`` (the SQLite records and the vector
 matrix), ``indexer`` (bringing the index up to date, in the foreground or a background thread) and
-``serving`` (``PhotoSearch``).
-A page uses::
+``collection`` (the index as a searchable ``Collection`` for ``crossmodal.engine``). A page uses::
 
-    from crossmodal.photos import IndexingThread, PhotoSearch, image_backbone_for
+    from crossmodal.engine import SearchEngine, load_image_backbone
+    from crossmodal.photos import IndexingThread, PhotoCollection
 
-    indexer = IndexingThread(index_dir, roots, image_backbone_for(state), checkpoint=checkpoint_path)
+    indexer = IndexingThread(index_dir, roots, load_image_backbone(state["backbones"]["image"]),
+                             checkpoint=checkpoint_path)
     indexer.start()                    # commits every indexer.COMMIT_SECONDS
-    search = PhotoSearch(index_dir, checkpoint_path, heads, state, roots=roots)
-    hits = search.search_text("a dog on the grass")   # what is indexed so far
+    engine = SearchEngine(PhotoCollection.open(index_dir, roots), heads, state, checkpoint_path)
+    result = crossmodal.search.search(engine, "a dog on the grass")   # what is indexed so far
 """
+from crossmodal.photos.collection import PhotoCollection
 from crossmodal.photos.files import EXTENSIONS, content_hash, scan_folder
-from crossmodal.photos.indexer import (
-    IndexingThread,
-    IndexReport,
-    image_backbone_for,
-    index_photos,
-    vector_identity,
-)
-from crossmodal.photos.serving import PhotoSearch
+from crossmodal.photos.indexer import IndexingThread, IndexReport, index_photos, vector_identity
 from crossmodal.photos.store import PhotoRecord, PhotoStore, Snapshot, StoreBusy, StoreError
 
 __all__ = [
-    "EXTENSIONS", "content_hash", "scan_folder", "IndexingThread",
-    "IndexReport", "image_backbone_for", "index_photos", "vector_identity", "PhotoSearch", "PhotoRecord",
-    "PhotoStore", "Snapshot", "StoreBusy", "StoreError",
+    "EXTENSIONS", "content_hash", "scan_folder", "IndexingThread", "IndexReport", "index_photos", "vector_identity",
+    "PhotoCollection", "PhotoRecord", "PhotoStore", "Snapshot", "StoreBusy", "StoreError",
 ]

@@ -25,33 +25,27 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from crossmodal import images
 from crossmodal.atomic_io import check_free_space
-from crossmodal.backbones import ImageBackbone, create_image_backbone, resolve_device, views_of
-from crossmodal.features.extract import IMAGE_BATCH_SIZE_CPU, IMAGE_BATCH_SIZE_GPU, NUM_WORKERS
+from crossmodal.backbones import ImageBackbone
+from crossmodal.features.extract import (
+    IMAGE_BATCH_SIZE_CPU,
+    IMAGE_BATCH_SIZE_GPU,
+    NUM_WORKERS,
+    ImageEmbedder,
+    image_loader,
+)
 from crossmodal.photos.files import FoundFile, content_hash, scan_folder
 from crossmodal.photos.store import NewRecord, PhotoRecord, PhotoStore
-from crossmodal.retrieval import check_identity
 
 log = logging.getLogger(__name__)
 
 COMMIT_SECONDS = 20.0  # results are committed at least this often: what a kill can lose
 PROBLEMS_SHOWN = 20  # problem files a report lists one per line; the rest are counted
 RETRIED_EVERY_RUN = ("unreadable",)  # cheap to try again (a stat or an open), and often fixed outside
-
-
-def image_backbone_for(state: dict, image_weights: str | os.PathLike | None = None,
-                       models_dir: str | os.PathLike | None = None) -> ImageBackbone:
-    """The image backbone a checkpoint (its contents ``state``) was trained on, pooling the mean of
-    its trained views; RetrieverError when the weights found are other ones."""
-    expected = state["backbones"]["image"]
-    backbone = create_image_backbone(expected["backbone"], image_weights, models_dir)
-    check_identity("image", expected, backbone.name, backbone.weights, "found")
-    backbone.set_views(views_of(expected.get("preprocess")))
-    return backbone
 
 
 def vector_identity(backbone: ImageBackbone) -> dict:
@@ -64,8 +58,8 @@ def _local_iso(ns: int) -> str:
     return datetime.fromtimestamp(ns / 1e9).isoformat(timespec="seconds")
 
 
-class PhotoFiles(Dataset):
-    """Each file's record, and its uint8 input tensor when it needs embedding (else None)."""
+class PhotoFileDataset(Dataset):
+    """Each photo file's record, and its uint8 input tensor when it needs embedding (else None)."""
 
     def __init__(self, files: Sequence[FoundFile], transform: Callable, image_size: int, known: set[str]):
         self.files = list(files)
@@ -144,7 +138,7 @@ def index_photos(folder: str | os.PathLike, roots: Sequence[str | os.PathLike], 
                  stop: threading.Event | None = None,
                  read_text: Callable[[str], str] | None = None) -> IndexReport:
     """Bring the store in ``folder`` up to date with the photo folders ``roots``, embedding with
-    ``backbone`` (``image_backbone_for`` builds it from a checkpoint). ``checkpoint`` is recorded
+    ``backbone`` (``engine.load_image_backbone`` builds it from a checkpoint). ``checkpoint`` is recorded
     as the one the index is served with by default. ``on_progress(done, total)`` follows the
     files being embedded; ``stop`` ends the run early after a commit. StoreBusy when another
     process is indexing into ``folder``.
@@ -209,15 +203,12 @@ def index_photos(folder: str | os.PathLike, roots: Sequence[str | os.PathLike], 
 def _embed(store: PhotoStore, todo: list[FoundFile], backbone: ImageBackbone, report: IndexReport, device: str,
            batch_size: int | None, workers: int, progress: bool,
            on_progress: Callable[[int, int], None] | None, stop: threading.Event | None) -> None:
-    device = resolve_device(device)
+    embed = ImageEmbedder(backbone, device)
     if batch_size is None:
-        batch_size = IMAGE_BATCH_SIZE_GPU if device.type == "cuda" else IMAGE_BATCH_SIZE_CPU
-    model = backbone.model.to(device).eval().to(memory_format=torch.channels_last)
-    use_bf16 = device.type == "cuda"
-    dataset = PhotoFiles(todo, backbone.pil_transform(), backbone.image_size, store.known_hashes())
+        batch_size = IMAGE_BATCH_SIZE_GPU if embed.device.type == "cuda" else IMAGE_BATCH_SIZE_CPU
+    dataset = PhotoFileDataset(todo, backbone.pil_transform(), backbone.image_size, store.known_hashes())
     batches = [list(range(i, min(i + batch_size, len(todo)))) for i in range(0, len(todo), batch_size)]
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=list,
-                        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
+    loader = image_loader(dataset, batches, workers, embed.device, collate_fn=list)
     records: list[NewRecord] = []
     vectors: dict = {}
     last_commit = time.monotonic()
@@ -227,10 +218,7 @@ def _embed(store: PhotoStore, todo: list[FoundFile], backbone: ImageBackbone, re
         for batch in loader:
             decoded = [(rec.hash, x) for rec, x in batch if x is not None]
             if decoded:
-                x = torch.stack([x for _, x in decoded]).to(device, non_blocking=True)
-                x = x.contiguous(memory_format=torch.channels_last)
-                with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    feats = model(x).float().cpu().numpy()
+                feats = embed(torch.stack([x for _, x in decoded])).cpu().numpy()
                 for (digest, _), v in zip(decoded, feats):
                     vectors.setdefault(digest, v)
             report.embedded += len(decoded)

@@ -5,7 +5,7 @@ One index (a data folder) holds every indexed folder (root)::
     photos.sqlite3          SQLite in WAL mode: tables meta, roots, photos, vectors
     vectors-<n>.f16         float16 rows of ``dim`` values, one per distinct content hash; append-only
     index.lock              held (flock) by the one process writing
-    projected-*, querybias-*  the serving side's head projections of the rows (``photos.serving``)
+    projected-*, querybias-*  the search engine's head projections of the rows (``crossmodal.projection``)
 
 ``photos`` has one row per file: absolute path, size, mtime_ns, content hash, status ("ok",
 "refused": more pixels than allowed, "undecodable": not a picture Pillow can read, "unreadable":
@@ -143,7 +143,8 @@ class NewRecord:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """The searchable photos at one generation: photo ids, paths and their matrix rows, sorted by path."""
+    """The searchable photos at one generation: photo ids, paths, their matrix rows and details,
+    sorted by path."""
     generation: int
     identity: dict | None
     ids: np.ndarray  # int64
@@ -151,6 +152,8 @@ class Snapshot:
     rows: np.ndarray  # int64 rows of ``matrix``
     matrix: np.ndarray  # (committed rows, dim) float16, memory-mapped; rows never change
     matrix_name: str | None
+    taken_at: list[str | None]  # ISO date-time taken (EXIF), else the file's mtime
+    camera: list[str | None]
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -368,8 +371,9 @@ class PhotoStore:
         for attempt in range(3):
             with self._transaction() as cur:
                 meta = self._meta(cur)
-                found = cur.execute(f"SELECT p.id, p.path, v.row FROM photos p JOIN vectors v ON v.hash = p.hash "
-                                    f"WHERE p.status = 'ok' AND {where} ORDER BY p.path", args).fetchall()
+                found = cur.execute(f"SELECT p.id, p.path, v.row, p.taken_at, p.camera FROM photos p "
+                                    f"JOIN vectors v ON v.hash = p.hash WHERE p.status = 'ok' AND {where} "
+                                    f"ORDER BY p.path", args).fetchall()
             identity = json.loads(meta["identity"]) if "identity" in meta else None
             try:
                 matrix = self._matrix(meta.get("matrix"), int(meta["rows"]), int((identity or {}).get("dim", 0)))
@@ -380,7 +384,7 @@ class PhotoStore:
         ids = np.array([r[0] for r in found], dtype=np.int64)
         rows = np.array([r[2] for r in found], dtype=np.int64)
         return Snapshot(int(meta["generation"]), identity, ids, [r[1] for r in found], rows, matrix,
-                        meta.get("matrix"))
+                        meta.get("matrix"), [r[3] for r in found], [r[4] for r in found])
 
     # ---------------------------------------------------------------------------------------------
     # writing: one process at a time

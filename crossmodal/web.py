@@ -1,18 +1,17 @@
 """The search page's own HTTP pieces beside Gradio's: the one route that serves photos, refusals
 of malformed API requests, and the life of an uploaded file.
 
-Photos (``PhotoFiles``): ``GET /photo/<name>`` serves the photos of the served index and nothing
-else. The allow-list is the index's rows (the Retriever's names; unreadable rows are not among
-them), asked of the engine at each request (``PhotoFiles.of``): a photo index that grows while the
-page runs (``photos.PhotoSearch``) serves each photo once it is searchable, and no other file: a
-URL is looked up in it, never joined to a folder, so ``../``, percent-encoded or absolute forms
-and any file placed beside the photos match nothing. The file must also be an image by extension
-and by its first bytes (``images.image_content_type``); it is sent with that content
-type, ``X-Content-Type-Options: nosniff`` and a sandboxing Content-Security-Policy, so nothing
-served here can run as a page on the app's address. A row that is a symlink is served whatever
-its target: the index owner put it in the index (indexing keeps only files that decode as
-images), and the target must still pass the image check when it is sent. Gradio's own file route
-is given no folder of photos at all.
+Photos (``ServedPhotos``): ``GET /photo/<name>`` serves the photos of the searched collection and
+nothing else. The allow-list is the collection's row names (unreadable photos are not among them),
+asked of the engine at each request: a photo index that grows while the page runs serves each photo
+once it is searchable, and no other file: a URL is looked up in it, never joined to a folder, so
+``../``, percent-encoded or absolute forms and any file placed beside the photos match nothing. The
+file must also be an image by extension and by its first bytes (``images.image_content_type``); it
+is sent with that content type, ``X-Content-Type-Options: nosniff`` and a sandboxing
+Content-Security-Policy, so nothing served here can run as a page on the app's address. A row
+that is a symlink is served whatever its target: the index owner put it in the index (indexing
+keeps only files that decode as images), and the target must still pass the image check when it
+is sent. Gradio's own file route is given no folder of photos at all.
 
 Uploads (``Uploads``): a photo query names a file that Gradio's upload route wrote to its upload
 folder; only such files are opened, and each is deleted soon after its last search (a grace
@@ -31,7 +30,7 @@ import posixpath
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Collection, Iterator, Sequence
+from typing import Any, Callable, Iterator
 from urllib.parse import quote
 
 from starlette.requests import Request
@@ -61,36 +60,26 @@ def _stays_inside(name: str) -> bool:
     return norm != ".." and not norm.startswith("../")
 
 
-class PhotoFiles:
-    """The allow-list of files served over HTTP: the rows of the served index, by name.
+class ServedPhotos:
+    """The allow-list of files served over HTTP: the rows of the searched collection, by name.
 
-    ``PhotoFiles(names, root)`` serves a fixed list; ``PhotoFiles.of(engine)`` asks the engine for
-    its current list at every lookup: ``engine.served_photos()`` returns (root, names), the same
-    objects while its index is unchanged, so the list is checked again only when it changed."""
+    ``collection()`` gives the collection searched now (``SearchEngine.current().collection``, or
+    anything with ``root`` and ``names``); the list is checked again only when that object changed."""
 
-    def __init__(self, names: Sequence[str], root: str | os.PathLike):
-        fixed = (Path(root), frozenset(names))
-        self._source: Callable[[], tuple[str | os.PathLike, Collection[str]]] = lambda: fixed
-        self._seen: tuple[object, object] | None = None  # the engine's (root, names) objects last checked
-        self._root, self._served = Path(root).resolve(), frozenset()
-        self._current()
-
-    @classmethod
-    def of(cls, engine: Any) -> "PhotoFiles":
-        """The photos an engine serves now (``served_photos()``), followed as its index grows."""
-        files = cls((), ".")
-        files._source = engine.served_photos
-        files._seen = None
-        return files
+    def __init__(self, collection: Callable[[], Any]):
+        self._collection = collection
+        self._seen: object | None = None  # the collection last checked
+        self._root, self._served = Path("."), frozenset()
 
     def _current(self) -> tuple[Path, frozenset[str]]:
-        root, names = self._source()
-        if self._seen is None or self._seen[0] is not root or self._seen[1] is not names:
+        collection = self._collection()
+        if collection is not self._seen:
+            names = collection.names
             served = frozenset(n for n in names if _stays_inside(n))
             if len(served) < len(names):
-                log.warning("%d index rows name a path outside %s and are not served", len(names) - len(served),
-                            root)
-            self._root, self._served, self._seen = Path(root).resolve(), served, (root, names)
+                log.warning("%d rows name a path outside %s and are not served", len(names) - len(served),
+                            collection.root)
+            self._root, self._served, self._seen = Path(collection.root).resolve(), served, collection
         return self._root, self._served
 
     @property

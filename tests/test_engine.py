@@ -1,4 +1,4 @@
-"""The search engine and search.py on a tiny image set with random local backbones.
+"""The search engine over a dataset, and search.py, on a tiny image set with random local backbones.
 
 The backbones are a randomly initialised ResNet18 (saved as a local state dict) and a 2-layer BERT;
 the checkpoint's heads are random too. The checks compare the engine with an independent brute-force
@@ -16,11 +16,13 @@ import torch
 from helpers import random_photo, save_checkpoint, save_random_resnet18, save_tiny_bert
 from PIL import Image
 
-from crossmodal import photos, retrieval
+from crossmodal import photos, projection
 from crossmodal.backbones import create_image_backbone, create_text_backbone
+from crossmodal.collection import CollectionError, DatasetCollection
 from crossmodal.demo_data import write_blank_png
+from crossmodal.engine import EngineError, SearchEngine, load_image_backbone
 from crossmodal.features import extract
-from crossmodal.retrieval import Retriever, RetrieverError
+from crossmodal.search import search
 
 from model import RetrievalModel, load_checkpoint
 
@@ -39,7 +41,7 @@ def jpeg(img: Image.Image) -> bytes:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Images (one unreadable), captions, an image feature cache, two random backbones and a checkpoint."""
-    base = tmp_path_factory.mktemp("retrieval")
+    base = tmp_path_factory.mktemp("engine")
     resnet_file = save_random_resnet18(base / "resnet18.pth")
     bert_dir = save_tiny_bert(base / "bert-base-uncased", words=WORDS)
 
@@ -69,20 +71,28 @@ def world(tmp_path_factory):
                 resnet_file=resnet_file, bert_dir=bert_dir, image_bb=image_bb, text_bb=text_bb)
 
 
-def serve(checkpoint, cache, images, captions=None, **kw) -> Retriever:
-    """Retriever.from_checkpoint on the heads loaded from ``checkpoint``, as the app does."""
+def serve(checkpoint, cache, images, captions=None, **kw) -> SearchEngine:
+    """A SearchEngine over the dataset with the heads loaded from ``checkpoint``, as the app opens it."""
     model, state = load_checkpoint(checkpoint)
-    return Retriever.from_checkpoint(checkpoint, model, state, cache, images, captions, **kw)
+    return SearchEngine(DatasetCollection.open(cache, images, captions), model, state, checkpoint, **kw)
 
 
-def open_retriever(world, checkpoint=None, **kw) -> Retriever:
+def open_engine(world, checkpoint=None, **kw) -> SearchEngine:
     return serve(checkpoint or world["checkpoint"], world["cache"], world["images"], world["captions"],
                  device="cpu", text_weights=world["bert_dir"], image_weights=world["resnet_file"], **kw)
 
 
 @pytest.fixture(scope="module")
-def retriever(world) -> Retriever:
-    return open_retriever(world)
+def engine(world) -> SearchEngine:
+    return open_engine(world)
+
+
+def hits_for(engine: SearchEngine, query: str = "", k: int = 5, **kw) -> list:
+    return search(engine, query, k=k, **kw).hits
+
+
+def embeddings(engine: SearchEngine) -> np.ndarray:
+    return np.asarray(engine.current().embeddings)
 
 
 def brute_force(world, query: str, checkpoint=None) -> dict[str, float]:
@@ -106,10 +116,10 @@ def brute_force(world, query: str, checkpoint=None) -> dict[str, float]:
 
 @pytest.mark.parametrize("query", ["a dog runs on the grass", "two children at the beach in the snow",
                                    "red ball"])
-def test_text_ranking_matches_brute_force(world, retriever, query):
+def test_text_ranking_matches_brute_force(world, engine, query):
     expected = brute_force(world, query)
     best = sorted(expected.values(), reverse=True)
-    hits = retriever.search_text(query, k=N_IMAGES)
+    hits = hits_for(engine, query, k=N_IMAGES)
     assert [h.rank for h in hits] == list(range(1, N_IMAGES + 1))
     assert sorted(h.name for h in hits) == sorted(expected)
     for h, b in zip(hits, best):
@@ -117,76 +127,87 @@ def test_text_ranking_matches_brute_force(world, retriever, query):
         assert h.score == pytest.approx(b, abs=3e-3), (h.rank, h.name)
         assert h.score == pytest.approx(expected[h.name], abs=3e-3), h.name
         assert h.path == str(world["images"].resolve() / h.name)
-    top5 = retriever.search_text(query, k=5)
+    top5 = hits_for(engine, query, k=5)
     assert [h.name for h in top5] == [h.name for h in hits[:5]]
+    page2 = search(engine, query, k=5, offset=5)
+    assert [h.name for h in page2.hits] == [h.name for h in hits[5:10]] and page2.total == N_IMAGES
 
 
-def test_hits_carry_captions_and_are_json_friendly(world, retriever):
-    hit = retriever.search_text("a cat", k=1)[0]
+def test_hits_carry_captions_and_are_json_friendly(world, engine):
+    hit = hits_for(engine, "a cat", k=1)[0]
     lines = world["captions"].read_text().splitlines()
     assert hit.captions == [line.split("\t")[1] for line in lines if line.startswith(hit.name + "#")]
     assert json.loads(json.dumps(hit.to_dict()))["name"] == hit.name
 
 
-def test_image_search_finds_the_photo_itself(world, retriever):
+def test_image_search_finds_the_photo_itself(world, engine):
     for name in ("img_00.jpg", "img_07.jpg", "img_15.jpg"):
-        hits = retriever.search_image(Image.open(world["images"] / name), k=3)
+        hits = hits_for(engine, photo=Image.open(world["images"] / name), k=3)
         assert hits[0].name == name
         assert hits[0].score > 0.99
         assert hits[1].score < hits[0].score
         # a file is decoded within the pixel budget (crossmodal.images), to the same result
-        from_file = retriever.search_image(world["images"] / name, k=3)
+        from_file = hits_for(engine, photo=world["images"] / name, k=3)
         assert [(h.name, round(h.score, 4)) for h in from_file] == [(h.name, round(h.score, 4)) for h in hits]
+        # more like this: the stored vector, the photo itself left out
+        like = hits_for(engine, like=name, k=2)
+        assert [h.name for h in like] == [h.name for h in hits[1:3]]
 
 
-def test_image_search_refuses_a_file_over_the_pixel_budget(world, retriever, tmp_path):
+def test_image_search_refuses_a_file_over_the_pixel_budget(world, engine, tmp_path):
     big = write_blank_png(tmp_path / "big.png", 10_000, 10_000)
     with pytest.raises(ValueError, match="10,000 x 10,000 pixels"):
-        retriever.search_image(big, k=3)
+        hits_for(engine, photo=big, k=3)
     (tmp_path / "page.png").write_bytes(b"<html></html>")
     with pytest.raises(ValueError, match="not a readable image"):
-        retriever.search_image(tmp_path / "page.png", k=3)
+        hits_for(engine, photo=tmp_path / "page.png", k=3)
 
 
-def test_unreadable_rows_are_never_returned(retriever):
-    assert "broken.jpg" not in retriever.names
-    assert len(retriever) == N_IMAGES
-    hits = retriever.search_text("a man", k=1000)  # k above the collection size is capped
+def test_unreadable_rows_are_never_returned(engine):
+    collection = engine.current().collection
+    assert "broken.jpg" not in collection.names
+    assert len(collection) == N_IMAGES
+    hits = hits_for(engine, "a man", k=50)  # more than there are
     assert len(hits) == N_IMAGES and "broken.jpg" not in {h.name for h in hits}
 
 
-def test_query_validation(retriever):
+def test_query_validation(engine):
     for bad in ("", "   ", "\n\t"):
         with pytest.raises(ValueError, match="empty query"):
-            retriever.search_text(bad)
+            hits_for(engine, bad)
     with pytest.raises(ValueError, match="too long"):
-        retriever.search_text("dog " * 501)  # 2,004 characters
+        hits_for(engine, "dog " * 501)  # 2,004 characters
     long_ok = ("a dog runs on the grass " * 80)[:2000]
-    assert len(retriever.search_text(long_ok, k=2)) == 2  # truncated by the tokenizer, not refused
-    for bad_k, why in [(0, "at least 1"), (-3, "at least 1"), (2.5, "whole number"), ("3", "whole number"),
-                       (True, "whole number"), (None, "whole number")]:
+    assert len(hits_for(engine, long_ok, k=2)) == 2  # truncated by the tokenizer, not refused
+    for bad_k, why in [(0, "from 1 to 50"), (-3, "from 1 to 50"), (51, "from 1 to 50"), (2.5, "whole number"),
+                       ("3", "whole number"), (True, "whole number"), (None, "whole number")]:
         with pytest.raises(ValueError, match=f"k must be .*{why}|k must be a {why}"):
-            retriever.search_text("a dog", k=bad_k)
-    assert len(retriever.search_text("a dog", k=3.0)) == 3
-    with pytest.raises(ValueError, match="no image"):
-        retriever.search_image(None)
+            hits_for(engine, "a dog", k=bad_k)
+    assert len(hits_for(engine, "a dog", k=3.0)) == 3
+    with pytest.raises(ValueError, match="offset must be a whole number from 0"):
+        search(engine, "a dog", offset=-1)
 
 
-def test_check_k_names_the_value_and_the_range():
-    assert retrieval.check_k(7, most=50) == 7 and retrieval.check_k(50.0, most=50) == 50
-    assert retrieval.check_k(np.int64(4)) == 4
-    for bad, message in [(51, "k must be from 1 to 50, got 51"), (0, "k must be from 1 to 50, got 0"),
-                         (2.5, "k must be a whole number of results, got 2.5"),
-                         ("5", "k must be a whole number of results, got '5'")]:
+def test_check_page_names_the_value_and_the_range():
+    from crossmodal.search import check_page
+
+    assert check_page(7) == (7, 0) and check_page(50.0, 3.0) == (50, 3)
+    assert check_page(np.int64(4), np.int64(2)) == (4, 2)
+    for bad, message in [((51,), "k must be from 1 to 50, got 51"), ((0,), "k must be from 1 to 50, got 0"),
+                         ((2.5,), "k must be a whole number of results, got 2.5"),
+                         (("5",), "k must be a whole number of results, got '5'"),
+                         ((5, 2.5), "offset must be a whole number from 0 to 100,000, got 2.5"),
+                         ((5, True), "offset must be a whole number from 0 to 100,000, got True")]:
         with pytest.raises(ValueError) as err:
-            retrieval.check_k(bad, most=50)
+            check_page(*bad)
         assert str(err.value) == message
 
 
-def test_index_kind_and_description(retriever):
-    assert isinstance(retriever.kind, str) and retriever.kind
-    assert f"{N_IMAGES:,} photos" in retriever.describe()
-    assert retriever.embeddings.dtype == np.float16
+def test_index_kind_and_description(engine):
+    details = engine.details()
+    assert details["index"].startswith("exact") and f"{N_IMAGES:,} photos" in details["collection"]
+    assert f"{N_IMAGES:,} photos" in engine.describe()
+    assert engine.current().embeddings.dtype == np.float16
 
 
 def test_faiss_recall_is_tuned_on_text_queries(world, monkeypatch):
@@ -200,69 +221,71 @@ def test_faiss_recall_is_tuned_on_text_queries(world, monkeypatch):
         return real_build(cls, vectors, kind, **kw)
 
     monkeypatch.setattr(search_index.FaissIndex, "build", classmethod(spy))
-    r = open_retriever(world, index_kind="faiss-ivf")
-    assert r.kind == "faiss-ivf" and r.recall_at_10 is not None
+    e = open_engine(world, index_kind="faiss-ivf")
+    view = e.current()
+    assert view.index.kind == "faiss-ivf" and view.index.recall_at_10 is not None
+    assert "measured recall@10" in e.details()["index"]
     queries = seen["queries"]
-    captions = [c for row in range(len(r)) for c in r.captions_of(row)]
-    assert len(queries) == len(captions) > len(r)  # every caption (fewer than TUNING_QUERIES)
-    np.testing.assert_allclose(queries[0], r.embed_text(captions[0])[0], atol=1e-4)
-    assert seen["biases"] is r.biases  # measured with the querybank the page ranks with
+    captions = [c for row in view.collection.captions for c in row.split("\n")]
+    assert len(queries) == len(captions) > len(view)  # every caption (fewer than TUNING_QUERIES)
+    np.testing.assert_allclose(queries[0], e.embed_text(captions[0]), atol=1e-4)
+    assert seen["biases"] is view.biases  # measured with the querybank the page ranks with
 
-    exact = open_retriever(world)  # small collections stay exact and need no tuning queries
-    assert exact.kind == "exact"
+    exact = open_engine(world)  # small collections stay exact and need no tuning queries
+    assert exact.current().index.kind == "exact"
 
 
 # --------------------------------------------------------------------------------------------------
 # the projected-matrix cache
 
 def projected_files(world) -> list[Path]:
-    return sorted(world["cache"].glob("projected_*.npy"))
+    return sorted(world["cache"].glob("projected-*"))
 
 
-def test_projected_cache_reused_then_rebuilt_when_checkpoint_changes(world, retriever, monkeypatch, tmp_path):
+def test_projected_cache_reused_then_rebuilt_when_checkpoint_changes(world, engine, monkeypatch, tmp_path):
     files = projected_files(world)
     assert len(files) == 1
     first = files[0]
     stamp = first.stat().st_mtime_ns
     with monkeypatch.context() as m:  # a reload must not project again
-        m.setattr(retrieval, "project_cache", lambda *a, **k: pytest.fail("projected again"))
-        again = open_retriever(world)
+        m.setattr(projection.ProjectionCache, "_project", lambda *a, **k: pytest.fail("projected again"))
+        again = open_engine(world)
     assert first.stat().st_mtime_ns == stamp
-    np.testing.assert_array_equal(np.asarray(again.embeddings), np.asarray(retriever.embeddings))
+    np.testing.assert_array_equal(embeddings(again), embeddings(engine))
 
     other = tmp_path / "other.pt"
     save_checkpoint(other, 2, world["image_bb"], world["text_bb"])  # same architecture, other weights
-    changed = open_retriever(world, checkpoint=other)
+    changed = open_engine(world, checkpoint=other)
     files = projected_files(world)
     assert len(files) == 1 and files[0] != first  # the stale projection is replaced
-    assert not np.allclose(np.asarray(changed.embeddings, dtype=np.float32),
-                           np.asarray(retriever.embeddings, dtype=np.float32), atol=1e-2)
+    assert not np.allclose(embeddings(changed).astype(np.float32), embeddings(engine).astype(np.float32), atol=1e-2)
     query = "a girl plays with a ball"
     expected = brute_force(world, query, checkpoint=other)
-    top = changed.search_text(query, k=1)[0]
+    top = hits_for(changed, query, k=1)[0]
     assert top.score == pytest.approx(max(expected.values()), abs=3e-3)
 
     # the same file path rewritten with new weights also invalidates it (the digest is of the bytes)
     save_checkpoint(other, 3, world["image_bb"], world["text_bb"])
-    rewritten = open_retriever(world, checkpoint=other)
+    rewritten = open_engine(world, checkpoint=other)
     assert projected_files(world)[0] != files[0]
-    assert not np.allclose(np.asarray(rewritten.embeddings, dtype=np.float32),
-                           np.asarray(changed.embeddings, dtype=np.float32), atol=1e-2)
-    open_retriever(world)  # leave the module's checkpoint projection in place for the other tests
+    assert not np.allclose(embeddings(rewritten).astype(np.float32), embeddings(changed).astype(np.float32),
+                           atol=1e-2)
+    open_engine(world)  # leave the module's checkpoint projection in place for the other tests
 
 
-def test_damaged_projection_is_recomputed(world, retriever):
+def test_a_torn_projection_is_completed(world, engine):
     path = projected_files(world)[0]
-    np.save(path, np.zeros((3, EMBED), dtype=np.float16))
-    again = open_retriever(world)
-    np.testing.assert_array_equal(np.asarray(again.embeddings), np.asarray(retriever.embeddings))
+    with open(path, "r+b") as f:  # 3 whole rows and half of the next: a write killed halfway
+        f.truncate(3 * EMBED * 2 + EMBED)
+    again = open_engine(world)
+    np.testing.assert_array_equal(embeddings(again), embeddings(engine))
 
 
 def test_refuses_features_or_backbone_of_another_model(world, tmp_path):
     wrong = tmp_path / "wrong_image.pt"
     save_checkpoint(wrong, 1, world["image_bb"], world["text_bb"], image_weights="resnet18.pth:0000000000000000")
-    with pytest.raises(RetrieverError, match="does not match"):
-        open_retriever(world, checkpoint=wrong)
+    with pytest.raises(EngineError, match="was trained on resnet18 .*resnet18.pth:0000000000000000.*extract the image"):
+        open_engine(world, checkpoint=wrong)
 
     other_bert = tmp_path / "bert-base-uncased"
     from transformers import BertConfig, BertModel
@@ -274,18 +297,19 @@ def test_refuses_features_or_backbone_of_another_model(world, tmp_path):
     torch.manual_seed(5)
     BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
                          vocab_size=len(WORDS) + 5, max_position_embeddings=128)).save_pretrained(str(other_bert))
-    with pytest.raises(RetrieverError, match="text backbone"):
-        serve(world["checkpoint"], world["cache"], world["images"], device="cpu", text_weights=other_bert)
+    with pytest.raises(EngineError, match="text backbone"):
+        serve(world["checkpoint"], world["cache"], world["images"], device="cpu",
+              text_weights=other_bert).text_backbone
 
 
-def test_missing_checkpoint_names_the_training_command(world, tmp_path):
+def test_missing_checkpoint_names_the_training_command(world, tmp_path, capsys):
+    import search as search_script
+
     with pytest.raises(FileNotFoundError, match="run_train.py"):
         serve(tmp_path / "nope.pt", world["cache"], world["images"])
-    with pytest.raises(RetrieverError, match="run_train.py --work-dir W"):
-        retrieval.open_retriever(load_checkpoint, checkpoint=tmp_path / "nope.pt", collection=None,
-                                 image_features=world["cache"], images=None, captions=None,
-                                 default_images=world["images"], default_captions_file=None,
-                                 train_hint="python run_train.py --work-dir W")
+    args = ["a dog", "--checkpoint", str(tmp_path / "nope.pt"), "--work-dir", str(tmp_path / "W")]
+    assert search_script.main(args) == 2
+    assert "python run_train.py" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------------
@@ -305,48 +329,50 @@ def test_index_folder_cli_prints_summary(world, tmp_path, capsys):
     assert "embedded 0 new/changed, removed 0, kept 1" in capsys.readouterr().out
     assert index_folder_script.main([str(tmp_path / "absent"), "--checkpoint", str(world["checkpoint"]),
                                      "--out", str(tmp_path / "idx")]) == 2
+    capsys.readouterr()
 
-    served = retrieval.open_retriever(  # what app.py --collection serves
-        load_checkpoint, checkpoint=None, collection=tmp_path / "idx", image_features=tmp_path, images=None,
-        captions=None, default_images=folder, default_captions_file=None, train_hint="", device="cpu",
-        text_weights=world["bert_dir"], image_weights=world["resnet_file"])
-    hit = served.search_image(Image.open(folder / "one.jpg"), k=1)[0]
-    assert (hit.name, hit.path, hit.captions) == ("one.jpg", str(folder / "one.jpg"), [])
-    assert served.images_root == folder and "1 photos" in served.describe()
-    with pytest.raises(RetrieverError, match="no photo index"):
-        retrieval.open_retriever(load_checkpoint, checkpoint=None, collection=tmp_path / "none",
-                                 image_features=tmp_path, images=None, captions=None, default_images=folder,
-                                 default_captions_file=None, train_hint="")
+    import search as search_script  # what app.py --collection serves: the index, with its recorded checkpoint
+
+    collection = ["--collection", str(tmp_path / "idx"), "--text-weights", str(world["bert_dir"]),
+                  "--image-weights", str(world["resnet_file"]), "--device", "cpu", "--json"]
+    assert search_script.main(["--image", str(folder / "one.jpg"), "--k", "1", *collection]) == 0
+    hit = json.loads(capsys.readouterr().out)["hits"][0]
+    assert (hit["name"], hit["path"], hit["captions"], hit["folder"]) == ("one.jpg", str(folder / "one.jpg"), [], "")
+    assert search_script.main(["a dog", "--collection", str(tmp_path / "none")]) == 2
+    assert "no photo index" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------------
 # the command line
 
-def test_search_cli(world, retriever, capsys):
-    import search
+def test_search_cli(world, engine, capsys):
+    import search as search_script
 
     args = ["a dog runs on the grass", "--k", "3", "--checkpoint", str(world["checkpoint"]),
             "--image-features", str(world["cache"]), "--images", str(world["images"]),
             "--text-weights", str(world["bert_dir"])]
-    assert search.main(args) == 0
+    assert search_script.main(args) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    expected = [h for h in retriever.search_text("a dog runs on the grass", k=3)]
+    expected = hits_for(engine, "a dog runs on the grass", k=3)
     assert len(lines) == 3
     for line, h in zip(lines, expected):
-        rank, score, path = line.split(maxsplit=2)
-        assert (int(rank), path) == (h.rank, h.path) and float(score) == pytest.approx(h.score, abs=1e-4)
-    assert search.main(args + ["--json"]) == 0
-    assert [d["name"] for d in json.loads(capsys.readouterr().out)] == [h.name for h in expected]
-    assert search.main(["  "]) == 2
+        rank, score, confidence, path = line.split(maxsplit=3)  # no dates or folders in a dataset
+        assert (int(rank), confidence, path) == (h.rank, "-", h.path)
+        assert float(score) == pytest.approx(h.score, abs=1e-4)
+    assert search_script.main(args + ["--json"]) == 0
+    assert [d["name"] for d in json.loads(capsys.readouterr().out)["hits"]] == [h.name for h in expected]
+    assert search_script.main(["  "]) == 2
     assert "empty query" in capsys.readouterr().err
-    assert search.main(["a dog", "--checkpoint", str(world["base"] / "absent.pt")]) == 2
+    assert search_script.main(["a dog", "--k", "51"]) == 2
+    assert "k must be from 1 to 50" in capsys.readouterr().err
+    assert search_script.main(["a dog", "--checkpoint", str(world["base"] / "absent.pt")]) == 2
     assert "python run_train.py" in capsys.readouterr().err
 
 
 def test_search_never_returns_a_path_outside_the_photos_folder(world, tmp_path, capsys):
     """A caption file naming '../secret/private.jpg' is refused naming its line, and so is an image
     cache holding such a name (written by an older version): no hit ever points there."""
-    import search
+    import search as search_script
     from crossmodal.features.cache import load_cache, write_cache
 
     secret = world["images"].parent / "secret"
@@ -356,7 +382,7 @@ def test_search_never_returns_a_path_outside_the_photos_folder(world, tmp_path, 
             "--text-weights", str(world["bert_dir"])]
     captions = tmp_path / "captions.token"
     captions.write_text("img_00.jpg#0\ta dog\n../secret/private.jpg#0\ta dog\n", encoding="utf-8")
-    assert search.main(args + ["--image-features", str(world["cache"]), "--captions", str(captions)]) == 2
+    assert search_script.main(args + ["--image-features", str(world["cache"]), "--captions", str(captions)]) == 2
     out = capsys.readouterr()
     assert out.out == "" and f"{captions}:2: " in out.err and "outside the images folder" in out.err
 
@@ -365,54 +391,58 @@ def test_search_never_returns_a_path_outside_the_photos_folder(world, tmp_path, 
     old_cache = tmp_path / "old_cache"
     identity = {k: cache.manifest[k] for k in ("backbone", "weights", "preprocess", "dim")}
     write_cache(old_cache, ids, np.asarray(cache.features), identity, cache.manifest["failures"])
-    assert search.main(args + ["--image-features", str(old_cache)]) == 2
+    assert search_script.main(args + ["--image-features", str(old_cache)]) == 2
     out = capsys.readouterr()
     assert out.out == "" and "'../secret/private.jpg', a path outside the photos folder" in out.err
 
 
-def test_retriever_refuses_names_outside_its_folder(tmp_path):
-    model = RetrievalModel(image_dim=8, text_dim=8, embed_dim=EMBED, hidden_dim=16)
-    emb = np.eye(3, EMBED, dtype=np.float16)
-    assert len(Retriever(model, {}, ["a.jpg", "sub/b.jpg", "..c.jpg"], emb, tmp_path)) == 3
-    for bad in ("../private.jpg", "/etc/private.jpg", "sub/../../private.jpg", "C:\\private.jpg"):
-        with pytest.raises(RetrieverError, match="outside the photos folder"):
-            Retriever(model, {}, ["a.jpg", bad, "c.jpg"], emb, tmp_path)
+def test_a_dataset_collection_refuses_names_outside_its_folder(tmp_path):
+    from crossmodal.features.cache import write_cache
+
+    identity = {"backbone": "x", "weights": "-", "preprocess": {}, "dim": 4}
+    write_cache(tmp_path / "ok", ["a.jpg", "sub/b.jpg", "..c.jpg"], np.eye(3, 4, dtype=np.float16), identity, [])
+    assert len(DatasetCollection.open(tmp_path / "ok", tmp_path)) == 3
+    for i, bad in enumerate(("../private.jpg", "/etc/private.jpg", "sub/../../private.jpg", "C:\\private.jpg")):
+        write_cache(tmp_path / f"bad{i}", ["a.jpg", bad, "c.jpg"], np.eye(3, 4, dtype=np.float16), identity, [])
+        with pytest.raises(CollectionError, match="outside the photos folder"):
+            DatasetCollection.open(tmp_path / f"bad{i}", tmp_path)
 
 
-def test_concurrent_queries_match_sequential(retriever):
+def test_concurrent_queries_match_sequential(engine):
     """The app answers requests from several threads at once; results must not change."""
     from concurrent.futures import ThreadPoolExecutor
 
+    def ranked(q: str) -> list:
+        return [(h.name, round(h.score, 5)) for h in hits_for(engine, q, k=4)]
+
     queries = [f"a {w} near the {v}" for w in ("dog", "cat", "man", "girl") for v in ("park", "water", "street")]
-    sequential = [[(h.name, round(h.score, 5)) for h in retriever.search_text(q, k=4)] for q in queries]
+    sequential = [ranked(q) for q in queries]
     with ThreadPoolExecutor(6) as pool:
-        parallel = list(pool.map(lambda q: [(h.name, round(h.score, 5)) for h in retriever.search_text(q, k=4)],
-                                 queries * 3))
+        parallel = list(pool.map(ranked, queries * 3))
     assert parallel == sequential * 3
 
 
 def test_views_checkpoint_searches_the_mean_of_views_everywhere(world, tmp_path, monkeypatch):
     from crossmodal.backbones import first_views
-    from crossmodal.retrieval import pooled_rows
 
     views = first_views(2)
     image_bb = create_image_backbone("resnet18", world["resnet_file"])
     image_bb.set_views(views)
     checkpoint = tmp_path / "views.pt"
     save_checkpoint(checkpoint, 1, image_bb, world["text_bb"])
-    with pytest.raises(RetrieverError, match="views"):  # a one-view cache for a views checkpoint
-        open_retriever(world, checkpoint=checkpoint)
+    with pytest.raises(EngineError, match="views"):  # a one-view cache for a views checkpoint
+        open_engine(world, checkpoint=checkpoint)
 
     cache_dir = tmp_path / "image_embeddings"
     cache = extract.extract_image_features(image_bb, world["images"], world["names"], cache_dir, views=views,
                                            num_workers=0, batch_size=8, chunk_size=8, device="cpu")
     stacked = np.asarray(cache.features, dtype=np.float32).reshape(len(world["names"]), 2, -1)
-    rows = np.arange(len(world["names"]))
-    np.testing.assert_allclose(pooled_rows(cache, rows).numpy(), stacked.mean(1), rtol=1e-6)
+    collection = DatasetCollection.open(cache_dir, world["images"])
+    np.testing.assert_allclose(collection.pooled(0, len(world["names"])), stacked.mean(1), rtol=1e-6)
     r = serve(checkpoint, cache_dir, world["images"], device="cpu", text_weights=world["bert_dir"],
               image_weights=world["resnet_file"])
     photo_name = world["names"][0]
-    hit = r.search_image(Image.open(world["images"] / photo_name), k=1)[0]
+    hit = hits_for(r, photo=Image.open(world["images"] / photo_name), k=1)[0]
     assert hit.name == photo_name and hit.score == pytest.approx(1.0, abs=1e-3)  # the query also takes the mean
 
     folder, index = tmp_path / "photos", tmp_path / "index"
@@ -421,9 +451,11 @@ def test_views_checkpoint_searches_the_mean_of_views_everywhere(world, tmp_path,
         (folder / n).write_bytes((world["images"] / n).read_bytes())
     kw = dict(device="cpu", workers=0, batch_size=4, progress=False)
     _, one_view_state = load_checkpoint(world["checkpoint"])
-    photos.index_photos(index, [folder], photos.image_backbone_for(one_view_state, world["resnet_file"]), **kw)
+    photos.index_photos(index, [folder], load_image_backbone(one_view_state["backbones"]["image"],
+                                                             world["resnet_file"]), **kw)
     _, views_state = load_checkpoint(checkpoint)
-    result = photos.index_photos(index, [folder], photos.image_backbone_for(views_state, world["resnet_file"]), **kw)
+    result = photos.index_photos(index, [folder], load_image_backbone(views_state["backbones"]["image"],
+                                                                      world["resnet_file"]), **kw)
     assert result.embedded == 3 and result.kept == 0  # other views: nothing reused
     with photos.PhotoStore(index) as store:
         identity, snap = store.identity(), store.snapshot()
@@ -435,7 +467,7 @@ def test_querybank_checkpoint_ranks_by_normalised_score_and_reports_cosines(worl
     import shutil
 
     cache = tmp_path / "cache"
-    shutil.copytree(world["cache"], cache, ignore=shutil.ignore_patterns("projected_*", "querybias_*"))
+    shutil.copytree(world["cache"], cache, ignore=shutil.ignore_patterns("projected-*", "querybias-*"))
     ckpt = tmp_path / "qb.pt"
     save_checkpoint(ckpt, 1, world["image_bb"], world["text_bb"])
     state = torch.load(ckpt, weights_only=True)
@@ -450,16 +482,16 @@ def test_querybank_checkpoint_ranks_by_normalised_score_and_reports_cosines(worl
                      text_weights=world["bert_dir"], image_weights=world["resnet_file"])
 
     r = open_qb()
-    assert "querybank normalisation (text, keywords)" in r.describe()
-    assert len(list(cache.glob("querybias_*.npy"))) == 1
+    assert r.details()["querybank normalisation"] == "text, keywords"
+    assert len(list(cache.glob("querybias-*"))) == 1
     query = "a dog runs on the grass"
     cosine = brute_force(world, query, checkpoint=ckpt)
     ids = [n for n in (cache / "ids.txt").read_text().splitlines() if n != "broken.jpg"]
-    emb = np.asarray(r.embeddings, dtype=np.float32)
+    emb = embeddings(r).astype(np.float32)
     bias = np.log(np.exp(8.0 * emb @ bank.float().numpy().T).sum(1)) / 8.0  # by the formula, per row
-    row_of = {n: i for i, n in enumerate(r.names)}
+    row_of = {n: i for i, n in enumerate(r.current().collection.names)}
     normalised = {n: cosine[n] - bias[row_of[n]] for n in ids}
-    hits = r.search_text(query, k=N_IMAGES)
+    hits = hits_for(r, query, k=N_IMAGES)
     want = sorted(normalised.values(), reverse=True)
     for h, w in zip(hits, want):
         assert normalised[h.name] == pytest.approx(w, abs=3e-3), h.rank  # ranked by the normalised score
@@ -470,26 +502,30 @@ def test_querybank_checkpoint_ranks_by_normalised_score_and_reports_cosines(worl
     cos2 = brute_force(world, short, checkpoint=ckpt)
     kw_bias = np.log(np.exp(8.0 * emb @ kw_bank.float().numpy().T).sum(1)) / 8.0
     norm2 = {n: cos2[n] - kw_bias[row_of[n]] for n in ids}
-    for h, w in zip(r.search_text(short, k=N_IMAGES), sorted(norm2.values(), reverse=True)):
+    for h, w in zip(hits_for(r, short, k=N_IMAGES), sorted(norm2.values(), reverse=True)):
         assert norm2[h.name] == pytest.approx(w, abs=3e-3), h.rank
+    # filtered (an exclusion): ranked exactly, over the rows that pass, by the same normalised score
+    filtered = hits_for(r, query + " -zebra", k=N_IMAGES)
+    kept = {h.name for h in filtered}
+    assert len(filtered) == N_IMAGES - 1 and [h.name for h in filtered] == [h.name for h in hits if h.name in kept]
     # photo queries rank by plain similarity (the bank holds captions)
-    img_hits = r.search_image(Image.open(world["images"] / "img_03.jpg"), k=3)
+    img_hits = hits_for(r, photo=Image.open(world["images"] / "img_03.jpg"), k=3)
     assert img_hits[0].name == "img_03.jpg"
     # a reload reuses the bias file
     with monkeypatch.context() as m:
         from crossmodal import querybank
         m.setattr(querybank, "querybank_bias", lambda *a, **k: pytest.fail("bias recomputed"))
-        again = open_qb().biases
+        again = open_qb().current().biases
     assert set(again) == {"text", "keywords"}
     for b in again:
-        np.testing.assert_array_equal(again[b], r.biases[b])
+        np.testing.assert_array_equal(again[b], r.current().biases[b])
 
 
 def test_hits_carry_the_calibrated_confidence_of_their_ranking_score(world, tmp_path):
     import shutil
 
     cache = tmp_path / "cache"
-    shutil.copytree(world["cache"], cache, ignore=shutil.ignore_patterns("projected_*", "querybias_*"))
+    shutil.copytree(world["cache"], cache, ignore=shutil.ignore_patterns("projected-*", "querybias-*"))
     ckpt = tmp_path / "calibrated.pt"
     save_checkpoint(ckpt, 1, world["image_bb"], world["text_bb"])
     state = torch.load(ckpt, weights_only=True)
@@ -501,22 +537,22 @@ def test_hits_carry_the_calibrated_confidence_of_their_ranking_score(world, tmp_
     torch.save(state, ckpt)
     r = serve(ckpt, cache, world["images"], world["captions"], device="cpu", text_weights=world["bert_dir"],
               image_weights=world["resnet_file"])
-    emb = np.asarray(r.embeddings, dtype=np.float32)
+    emb = embeddings(r).astype(np.float32)
     bias = np.log(np.exp(8.0 * emb @ bank.float().numpy().T).sum(1)) / 8.0
-    row_of = {n: i for i, n in enumerate(r.names)}
+    row_of = {n: i for i, n in enumerate(r.current().collection.names)}
 
     def expected(curve, z):
         return 1 / (1 + np.exp(-(curve["slope"] * z + curve["intercept"])))
 
     query = "a dog runs on the grass"
     cosine = brute_force(world, query, checkpoint=ckpt)
-    hits = r.search_text(query, k=10)
+    hits = hits_for(r, query, k=10)
     for h in hits:  # a sentence: its curve, over the querybank-normalised score
         assert h.confidence == pytest.approx(expected(sentence, cosine[h.name] - bias[row_of[h.name]]), abs=2e-2)
         assert h.confident == (h.confidence >= 0.5)
     assert [h.confidence for h in hits] == sorted((h.confidence for h in hits), reverse=True)
     short_cos = brute_force(world, "red ball", checkpoint=ckpt)
-    for h in r.search_text("red ball", k=5):  # a short query: no keyword bank here, so the plain cosine
+    for h in hits_for(r, "red ball", k=5):  # a short query: no keyword bank here, so the plain cosine
         assert h.confidence == pytest.approx(expected(short, short_cos[h.name]), abs=2e-2)
-    assert all(h.confidence is None for h in r.search_image(Image.open(world["images"] / "img_03.jpg"), k=3))
-    assert all(h.confidence is None and not h.confident for h in open_retriever(world).search_text(query, k=3))
+    assert all(h.confidence is None for h in hits_for(r, photo=Image.open(world["images"] / "img_03.jpg"), k=3))
+    assert all(h.confidence is None and not h.confident for h in hits_for(open_engine(world), query, k=3))

@@ -1,10 +1,11 @@
-"""The page's own HTTP pieces (crossmodal.serving) on a bare Starlette app: the photo route's
+"""The page's own HTTP pieces (crossmodal.web) on a bare Starlette app: the photo route's
 allow-list, uploads, and the refusal of malformed API requests. tests/test_app_browser.py checks
 the same on the running app."""
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
@@ -14,9 +15,15 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from crossmodal.serving import PhotoFiles, RefuseMalformedRequests, Uploads, discard_upload, uploaded_file
+from crossmodal.web import RefuseMalformedRequests, ServedPhotos, Uploads, discard_upload, uploaded_file
 
 PAGE = b"<html><script>alert('planted')</script></html>"
+
+
+def served(names: list[str], root: Path) -> ServedPhotos:
+    """The allow-list of a fixed collection: these names below ``root``."""
+    collection = SimpleNamespace(names=names, root=root)
+    return ServedPhotos(lambda: collection)
 
 
 @pytest.fixture()
@@ -40,7 +47,7 @@ def folder(tmp_path) -> dict:
     (root / "planted_link.jpg").symlink_to(outside / "far.webp")
     indexed = ["a.jpg", "trip/b c.png", "link.webp", "retargeted.jpg", "became_page.jpg", "../outside/far.webp",
                "/etc/hostname"]
-    photos = PhotoFiles(indexed, root)
+    photos = served(indexed, root)
     client = TestClient(Starlette(routes=[photos.route()]))
     return dict(root=root, outside=outside, photos=photos, client=client)
 
@@ -187,7 +194,7 @@ def test_photo_urls_round_trip_through_the_route(folder):
     odd = ["100% #1?.jpg", "ünï cødé.jpg", "semi;colon&amp.jpg"]
     for name in odd:
         Image.new("RGB", (4, 4)).save(root / name)
-    photos = PhotoFiles(odd, root)
+    photos = served(odd, root)
     client = TestClient(Starlette(routes=[photos.route()]))
     for name in odd:
         r = client.get(photos.url(name))

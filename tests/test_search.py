@@ -1,6 +1,6 @@
-"""The search pipeline over the photo index (crossmodal/photos/search.py): filters, exclusions,
-sort by date, photo + text, more like this, name and OCR fusion, pagination, good_match, progress,
-and search.py --photos over it.
+"""The query pipeline (crossmodal/search.py) over the photo index: filters, exclusions, sort by date,
+photo + text, more like this, name and OCR fusion, pagination, good_match, the search index and the
+exact path agreeing, and search.py --photos over it.
 
 Backbones are a random ResNet18 and a tiny BERT (tests/helpers.py), so the semantic ranking means
 nothing: every expectation is computed here from the engine's own embeddings and scores, and dates
@@ -19,12 +19,16 @@ import pytest
 from helpers import random_photo
 from test_photos import models, run  # noqa: F401 - the module fixture
 
-from crossmodal import calibration, images, retrieval
+from crossmodal import calibration, images, search
+from crossmodal import engine as engine_module
+from crossmodal.engine import SearchEngine
 from crossmodal.fusion import RRF_K, rrf_fuse
 from crossmodal.name_match import NAME_WEIGHT
-from crossmodal.photos import PhotoSearch, search
-from crossmodal.photos.search import OCR_WEIGHT, search_photos
+from crossmodal.photos import PhotoCollection
 from crossmodal.querybank import bank_for_query
+from crossmodal.search import OCR_WEIGHT
+
+search_photos = search.search
 
 # name, folder, year taken: three folders, dates from 2015 to 2024
 FILES = [("dog_beach.png", "A/2019", 2019), ("b.png", "A/2019", 2019), ("c.png", "A", 2016), ("d.png", "A", 2021),
@@ -49,23 +53,27 @@ def world(models, tmp_path_factory):  # noqa: F811
     return dict(root=root, index=index, **models)
 
 
-def engine(world, calibration_curve=None) -> PhotoSearch:
+def engine(world, calibration_curve=None) -> SearchEngine:
     state = dict(world["state"])
     if calibration_curve is not None:
         state["calibration"] = {"sentence": calibration_curve, "short": calibration_curve, "top_k": 10}
-    return PhotoSearch(world["index"], world["checkpoint"], world["model"], state, roots=[world["root"]],
-                       device="cpu", text_weights=world["bert"], image_weights=world["resnet"])
+    return SearchEngine(PhotoCollection.open(world["index"], [world["root"]]), world["model"], state,
+                        world["checkpoint"], device="cpu", text_weights=world["bert"], image_weights=world["resnet"])
 
 
-def ranking_scores(e: PhotoSearch, text: str) -> dict[str, float]:
-    """name -> the score search ranks by for ``text`` (cosine minus the querybank bias), from the retriever."""
-    r = e.rows().retriever
-    q = r.embed_text(text).reshape(-1)
-    cos = np.asarray(r.embeddings, dtype=np.float32) @ q
-    bank = bank_for_query(text, tuple(r.biases))
+def names(e: SearchEngine) -> list[str]:
+    return list(e.current().collection.names)
+
+
+def ranking_scores(e: SearchEngine, text: str) -> dict[str, float]:
+    """name -> the score search ranks by for ``text`` (cosine minus the querybank bias), from the embeddings."""
+    view = e.current()
+    q = e.embed_text(text)
+    cos = np.asarray(view.embeddings, dtype=np.float32) @ q
+    bank = bank_for_query(text, tuple(view.biases))
     if bank:
-        cos = cos - r.biases[bank]
-    return dict(zip(r.names, cos.tolist()))
+        cos = cos - view.biases[bank]
+    return dict(zip(view.collection.names, cos.tolist()))
 
 
 def splitting_curve(scores: list[float], above: int) -> dict:
@@ -133,47 +141,46 @@ def test_sort_by_date_orders_the_confident_matches_then_the_rest(world):
 
 def test_more_like_this_uses_the_stored_vector_and_decodes_nothing(world, monkeypatch):
     e = engine(world)
-    r = e.rows().retriever
-    emb = np.asarray(r.embeddings, dtype=np.float32)
+    rows = names(e)
+    emb = np.asarray(e.current().embeddings, dtype=np.float32)
     decodes = []
     for module, name in ((images, "open_image"), (images, "load_image"), (images, "upright_rgb"),
-                         (retrieval, "load_image")):
+                         (engine_module, "load_image")):
         original = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *a, _o=original, **kw: decodes.append(a) or _o(*a, **kw))
-    r.embed_image(world["root"] / "h.png")  # (what counting sees when a photo is decoded)
+    e.embed_image(world["root"] / "h.png")  # (what counting sees when a photo is decoded)
     assert decodes != []
     decodes.clear()
     source = world["root"] / "B" / "zebra.png"
     res = search_photos(e, "", like=str(source), k=50)
     assert decodes == []
-    row = r.names.index("B/zebra.png")
+    row = rows.index("B/zebra.png")
     sims = emb @ (emb[row] / np.linalg.norm(emb[row]))
-    want = [r.names[i] for i in np.argsort(-sims, kind="stable") if i != row]
+    want = [rows[i] for i in np.argsort(-sims, kind="stable") if i != row]
     assert [h.name for h in res.hits] == want and res.total == len(FILES) - 1  # the photo itself left out
     assert [h.score for h in res.hits] == pytest.approx(sorted(np.delete(sims, row), reverse=True), abs=1e-5)
     assert all(h.confidence is None for h in res.hits) and res.good_match
     # by its name below the root, with a filter
     assert {h.name for h in search_photos(e, "in:A", like="B/zebra.png", k=50).hits} == \
-        {n for n in r.names if n.startswith("A/")}
+        {n for n in rows if n.startswith("A/")}
     with pytest.raises(ValueError, match="not an indexed photo"):
         search_photos(e, "", like=str(world["root"] / "nope.png"))
 
 
 def test_photo_plus_text_is_the_normalised_sum(world, tmp_path):
     e = engine(world)
-    r = e.rows().retriever
+    rows, emb = names(e), np.asarray(e.current().embeddings, np.float32)
     query_photo = tmp_path / "q.png"
     random_photo(np.random.default_rng(99)).save(query_photo)
-    img = r.embed_image(query_photo).reshape(-1)
+    img = e.embed_image(query_photo)
     img = img / np.linalg.norm(img)
-    txt = r.embed_text("a man at night on the grass").reshape(-1)
+    txt = e.embed_text("a man at night on the grass")
     vec = (img + txt) / np.linalg.norm(img + txt)
-    sims = np.asarray(r.embeddings, dtype=np.float32) @ vec
+    sims = emb @ vec
     res = search_photos(e, "a man at night on the grass", photo=query_photo, k=50)
-    assert [h.name for h in res.hits] == [r.names[i] for i in np.argsort(-sims, kind="stable")]
+    assert [h.name for h in res.hits] == [rows[i] for i in np.argsort(-sims, kind="stable")]
     alone = search_photos(e, "", photo=query_photo, k=50)
-    assert [h.score for h in alone.hits] == pytest.approx(sorted(np.asarray(r.embeddings, np.float32) @ img,
-                                                                 reverse=True), abs=1e-4)
+    assert [h.score for h in alone.hits] == pytest.approx(sorted(emb @ img, reverse=True), abs=1e-4)
     assert [h.name for h in res.hits] != [h.name for h in alone.hits] or len(FILES) < 3
 
 
@@ -184,9 +191,9 @@ def test_file_names_and_text_in_photos_are_fused(world):
     plain = sorted(scores, key=scores.get, reverse=True)
     zebra = next(h for h in semantic.hits if h.name == "B/zebra.png")
     assert zebra.matched == ["semantic", "file name: zebra"]
-    row = {n: i for i, n in enumerate(e.rows().retriever.names)}
+    row = {n: i for i, n in enumerate(names(e))}
     fused = rrf_fuse([[row[n] for n in plain], [[row["B/zebra.png"]]]], RRF_K, [1.0, NAME_WEIGHT])
-    assert [h.name for h in semantic.hits] == [e.rows().retriever.names[i] for i in fused]
+    assert [h.name for h in semantic.hits] == [names(e)[i] for i in fused]
     moved = [zebra.rank < plain.index("B/zebra.png") + 1]
     # text read in a photo: an FTS5 match, fused; the words found are shown
     res = search_photos(e, "stop street", k=50)
@@ -198,19 +205,20 @@ def test_file_names_and_text_in_photos_are_fused(world):
     ranks = ranking_scores(e, "happy birthday")
     plain = sorted(ranks, key=ranks.get, reverse=True)
     fused = rrf_fuse([[row[n] for n in plain], [], [row["A/d.png"]]], RRF_K, [1.0, NAME_WEIGHT, OCR_WEIGHT])
-    assert [h.name for h in res.hits] == [e.rows().retriever.names[i] for i in fused]
+    assert [h.name for h in res.hits] == [names(e)[i] for i in fused]
     moved.append(d.rank < plain.index("A/d.png") + 1)
     assert any(moved)  # the constructed data lets fusion change an order
 
 
-def test_pagination_good_match_and_progress(world):
+def test_pagination_and_good_match(world):
     e = engine(world)
     query = "a dog on the beach"
     full = search_photos(e, query, k=50)
     page = search_photos(e, query, k=3, offset=3)
     assert [h.rank for h in page.hits] == [4, 5, 6] and page.total == full.total == len(FILES)
     assert [h.name for h in page.hits] == [h.name for h in full.hits[3:6]]
-    assert search_photos(e, query, k=3, offset=9).hits[0].rank == 10 and search_photos(e, query, offset=10).hits == []
+    assert search_photos(e, query, k=3, offset=9).hits[0].rank == 10
+    assert search_photos(e, query, offset=10).hits == []
     assert full.good_match and all(h.confidence is None for h in full.hits)  # uncalibrated: nothing called weak
     scores = ranking_scores(e, query)
     nothing = engine(world, {"method": "platt", "slope": 1.0, "intercept": -50.0})
@@ -222,15 +230,30 @@ def test_pagination_good_match_and_progress(world):
         with pytest.raises(ValueError):
             search_photos(e, bad, **kw)
 
-    class Thread:
-        done, total = 3, 8
 
-        def is_alive(self) -> bool:
-            return True
+def test_an_unfiltered_query_goes_through_the_search_index_and_agrees_with_exact_scoring(world, monkeypatch):
+    """Nothing filters, nothing is fused: the index answers (asked for offset + k rows); a filter that
+    passes every photo takes the exact path; both give the same page."""
+    e = engine(world)
+    view = e.current()
+    asked = []
+    real = type(view.index).search
 
-    assert search_photos(e, query).indexing is None
-    e.indexing = Thread()
-    assert search_photos(e, query).indexing == {"done": 3, "total": 8}
+    def spy(index, queries, k, bank=None):
+        asked.append(k)
+        return real(index, queries, k, bank)
+
+    monkeypatch.setattr(type(view.index), "search", spy)
+    query = "a cat on a red bike"  # no word of any file name, no text read in a photo
+    by_index = search_photos(e, query, k=3, offset=2)
+    assert asked == [5]
+    everything = search_photos(e, query + " after:1900", k=3, offset=2)  # passes every photo: exact scoring
+    assert asked == [5] and everything.understood.endswith("after:1900-01-01")
+    assert [(h.name, round(h.score, 5)) for h in by_index.hits] == [(h.name, round(h.score, 5))
+                                                                      for h in everything.hits]
+    assert by_index.total == everything.total == len(FILES)
+    search_photos(e, "", like="B/zebra.png", k=2)  # more like this: the index, one more row for the photo itself
+    assert asked == [5, 3]
 
 
 def test_ocr_is_resumable_and_follows_changes(world, tmp_path, models):  # noqa: F811
