@@ -37,6 +37,7 @@ def main(argv=None) -> int:
     p.add_argument("--backbone", default="minilm")
     p.add_argument("--captions-per-image", type=int, default=5)
     p.add_argument("--port", type=int, default=7899)
+    p.add_argument("--no-querybank", action="store_true", help="no querybank (the shipped model has one)")
     p.add_argument("--as-before", action="store_true",
                    help="skip cli.prepare_process(serving=True) (malloc arenas, Triton hidden), to measure what it "
                         "saves")
@@ -65,7 +66,7 @@ def main(argv=None) -> int:
         "import sys; from pathlib import Path; from bench._common import write_synthetic_cache; "
         "write_synthetic_cache(Path(sys.argv[1]), int(sys.argv[2]), captions_per_image=int(sys.argv[3]))"),
         str(tmp), str(args.images), str(args.captions_per_image)], check=True, cwd=C.ROOT)
-    engine = C.synthetic_engine(tmp, backbone)
+    engine = C.synthetic_engine(tmp, backbone, querybank=not args.no_querybank)
     cli.release_free_memory()  # as cli.open_engine does
     steps.append((f"engine over {args.images:,} photos ({engine.current().index.kind})", status_mb("VmRSS")))
     demo = serve(engine, "127.0.0.1", args.port, block=False, quiet=True)

@@ -386,7 +386,7 @@ class FaissIndex(SearchIndex):
 
 
 # --------------------------------------------------------------------------------------------------
-# choosing, saving, loading
+# choosing
 
 def build_index(vectors: np.ndarray, kind: str = "auto", exact_max: int = EXACT_SEARCH_MAX,
                 target_recall: float = 0.95, tuning_queries: Callable[[], np.ndarray] | None = None,
