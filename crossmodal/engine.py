@@ -361,10 +361,6 @@ class SearchEngine:
         return Query(self.embed_text(text), bank_for_query(text, self.banks),
                      self.curves.get("short" if is_short_query(text) else "sentence"))
 
-    def image_query(self, image: Image.Image | str | os.PathLike) -> Query:
-        """A photo as a query (ranked by cosine; no confidence: the curves are fitted on text queries)."""
-        return Query(self.embed_image(image))
-
     # ---------------------------------------------------------------------------------------------
     # what the page and the logs say
 
