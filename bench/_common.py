@@ -148,8 +148,9 @@ def synthetic_engine(folder: Path, text_backbone, index_kind: str = "auto", seed
         def encode_image(self, x: torch.Tensor) -> torch.Tensor:
             return F.normalize(x.float(), dim=-1)
 
-    torch.manual_seed(seed)
     model = IdentityImageHead(image_dim=SYNTHETIC_DIM, text_dim=text_backbone.dim, embed_dim=SYNTHETIC_DIM).eval()
+    torch.manual_seed(seed)  # the random text head the benches have always drawn (a Lite0-width model's)
+    model.text_head.load_state_dict(RetrievalModel(image_dim=1280, text_dim=text_backbone.dim).text_head.state_dict())
     state = {"backbones": {"image": {"backbone": "synthetic", "weights": "clustered", "preprocess": {}},
                            "text": {"backbone": text_backbone.name, "weights": text_backbone.weights}}}
     if querybank:

@@ -91,7 +91,8 @@ def indexing_line(indexer: Any, searched: int) -> str:
 def summary(result: SearchResult, ms: float, shown: int, like: str | None = None,
             indexing: dict | None = None) -> str:
     """The line above the results: how many photos pass, how many are shown, whether any is a good match."""
-    filtered = bool(result.understood and parse_query(result.understood).has_filters)
+    query = parse_query(result.understood or "")
+    filtered = query.has_filters or bool(query.excludes)
     if not result.total:
         text = "No photo passes the filters." if filtered else "No photos indexed yet."
     else:
@@ -402,7 +403,9 @@ class Page:
                 for trigger in (photo.upload, button2.click):
                     trigger(self.search_with_photo, [photo, photo_text, k2], [gallery2, status2],
                             api_visibility="private", preprocess=False)
-            with gr.Tab("Duplicates"):
+            # render_children: the threshold box is on the page from the start, not mounted at the moment the
+            # tab opens, when a value typed into it could race the props Gradio hands a new component
+            with gr.Tab("Duplicates", render_children=True):
                 with gr.Row():
                     threshold = gr.Number(value=DUPLICATE_THRESHOLD, minimum=0.5, maximum=0.99, step=0.01,
                                           label="Similarity threshold, 0.5 to 0.99 (higher: only closer copies)",
