@@ -5,14 +5,17 @@ opening a photo safely: within a pixel budget, first frame, orientation applied.
 Serving: a file is an image when its extension is one of ``IMAGE_TYPES`` and its first bytes are
 that format's signature (``image_content_type``); the content type sent is the one both agree on.
 
-Decoding (``load_image``): an uploaded file can claim any size, and a 315 KB PNG can hold 100
-million pixels (300 MB once decoded, more on the way to a tensor). The size is read from the
-file header (PIL opens lazily) before anything is decoded; JPEGs decode at 1/2, 1/4 or 1/8 scale
-(draft mode) when the result stays larger than the caller needs; what would still decode to more
-than ``MAX_DECODE_PIXELS`` is refused with a message naming the size and the limit; and at most
-``MAX_CONCURRENT_DECODES`` files decode at once in the process. The photo index has its own,
-larger budget (``INDEX_MAX_PIXELS``): its photos are the owner's, decoded by at most a few
-workers, and a camera's full-size photo must not be refused.
+Decoding: a file can claim any size, and a 315 KB PNG can hold 100 million pixels (300 MB once
+decoded, more on the way to a tensor). A ``DecodeBudget`` bounds what a file may cost, read from
+its header (PIL opens lazily) before anything is decoded: the pixels it decodes to (JPEGs decode at
+1/2, 1/4 or 1/8 scale, draft mode, when the result stays larger than the caller needs), and its
+shape: a backbone resizes the shorter side to its input size, so a 100000 x 1 strip would grow to
+22 million pixels wide; no photo wider or taller than ``MAX_ASPECT`` to 1 is decoded, which bounds
+the resized image at ``size`` x ``size`` x ``MAX_ASPECT`` pixels. What is refused gets a message
+naming its size and the one limit it passes. Uploads have ``UPLOAD_BUDGET``; the photo index (its
+embedding and its OCR) ``INDEX_BUDGET``, larger: its photos are the owner's, decoded by at most a
+few workers, and a camera's full-size photo must not be refused. At most
+``MAX_CONCURRENT_DECODES`` files decode at once in ``load_image``.
 
 ``open_image`` reads the header only and refuses before any pixel is decoded; ``photo_info``
 reads EXIF (date taken, camera) and the displayed size; ``upright_rgb`` decodes the first frame
@@ -32,6 +35,9 @@ MAX_DECODE_PIXELS = 25_000_000  # uploads: a 6000 x 4000 photo; 75-100 MB decode
 # The photo index: above any camera phone and most DSLRs (a 61 MP full-frame photo passes); an RGB
 # decode of this size takes 300 MB, and two decoding workers may hold one each.
 INDEX_MAX_PIXELS = 100_000_000
+# Wider or taller than this is no photo a caption describes (a 360-degree panorama is about 8 to 1):
+# at a 224-pixel input, the resized image is at most 224 x 5,600 pixels (3.8 MB).
+MAX_ASPECT = 25
 DATE_TAKEN_TAG = 36867  # DateTimeOriginal, in the Exif IFD
 MAKE_TAG, MODEL_TAG, ORIENTATION_TAG = 271, 272, 274  # in IFD0
 EXIF_DATE_FORMAT = "%Y:%m:%d %H:%M:%S"
@@ -61,7 +67,31 @@ class ImageRefused(ValueError):
 
 
 class ImageTooLarge(ImageRefused):
-    """A file that would decode to more pixels than the budget (a decompression bomb, or a huge photo)."""
+    """A file over the decode budget: too many pixels (a decompression bomb, or a huge photo), or too
+    long and thin a shape."""
+
+
+@dataclass(frozen=True)
+class DecodeBudget:
+    """What decoding one file may cost: at most ``max_pixels`` decoded pixels, and no side longer
+    than ``max_aspect`` times the other (which bounds the image a backbone resizes it to)."""
+    max_pixels: int
+    max_aspect: float = MAX_ASPECT
+
+    def check(self, width: int, height: int, decoded: int | None = None) -> None:
+        """ImageTooLarge, naming the size and the limit passed, for a ``width`` x ``height`` image that
+        decodes to ``decoded`` pixels (default: all of them)."""
+        long, short = max(width, height), max(min(width, height), 1)
+        if long > self.max_aspect * short:
+            raise ImageTooLarge(f"the photo is {width:,} x {height:,} pixels, {long / short:,.0f} times longer than "
+                                f"wide; photos up to {self.max_aspect:g} to 1 are decoded")
+        if (width * height if decoded is None else decoded) > self.max_pixels:
+            raise ImageTooLarge(f"the photo is {width:,} x {height:,} pixels ({megapixels(width * height)}); "
+                                f"photos up to {megapixels(self.max_pixels)} are decoded")
+
+
+UPLOAD_BUDGET = DecodeBudget(MAX_DECODE_PIXELS)
+INDEX_BUDGET = DecodeBudget(INDEX_MAX_PIXELS)
 
 
 def _starts_as(head: bytes, content_type: str) -> bool:
@@ -88,26 +118,27 @@ def megapixels(n: int) -> str:
     return f"{n / 1e6:,.0f} megapixels" if n >= 1e7 else f"{n / 1e6:,.1f} megapixels"
 
 
-def open_image(path: str | os.PathLike, max_pixels: int, size: int | None = None) -> Image.Image:
+def open_image(path: str | os.PathLike, budget: DecodeBudget, size: int | None = None) -> Image.Image:
     """The image opened lazily (header read, nothing decoded); with ``size`` (the shorter side the
-    caller needs) a JPEG is set to decode at reduced scale (draft mode). ImageTooLarge when it would
-    still decode to more than ``max_pixels`` pixels; Pillow's own errors (not an image, a missing
-    file) pass through. Close it (a ``with`` block) when done."""
+    caller needs) a JPEG is set to decode at reduced scale (draft mode). ImageTooLarge when it is
+    over ``budget``; Pillow's own errors (not an image, a missing file) pass through. Close it (a
+    ``with`` block) when done."""
     with warnings.catch_warnings():
         # PIL warns above 89 million pixels and refuses above 179 million; the budget here is checked below
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             img = Image.open(path)  # reads the header only
         except Image.DecompressionBombError as err:
-            raise ImageTooLarge(f"the photo is too large: {err}; at most {megapixels(max_pixels)} are decoded") \
-                from err
+            raise ImageTooLarge(f"the photo has more than {megapixels(2 * Image.MAX_IMAGE_PIXELS)}; photos up to "
+                                f"{megapixels(budget.max_pixels)} are decoded") from err
     width, height = img.size
     if size:
         img.draft("RGB", (size, size))  # JPEG: decode at reduced scale; other formats ignore it
-    if img.width * img.height > max_pixels:
+    try:
+        budget.check(width, height, img.width * img.height)
+    except ImageTooLarge:
         img.close()
-        raise ImageTooLarge(f"the photo is {width:,} x {height:,} pixels ({megapixels(width * height)}); photos up "
-                            f"to {megapixels(max_pixels)} are decoded")
+        raise
     return img
 
 
@@ -123,21 +154,20 @@ def upright_rgb(img: Image.Image, size: int | None = None) -> Image.Image:
     return rgb.transpose(_ORIENTATION[orientation]) if orientation in _ORIENTATION else rgb
 
 
-def load_image(path: str | os.PathLike, size: int | None = None, max_pixels: int = MAX_DECODE_PIXELS) -> Image.Image:
-    """An RGB image from a file that may be hostile, decoded within ``max_pixels``.
+def load_image(path: str | os.PathLike, size: int | None = None, budget: DecodeBudget = UPLOAD_BUDGET) -> Image.Image:
+    """An RGB image from a file that may be hostile, decoded within ``budget``.
 
     ``size``: the shorter side the caller needs (a backbone's input). JPEGs then decode in draft
     mode, and the decoded image is reduced (box filter, by a whole factor) to a shorter side
     between ``size`` and ``2 * size``, so that little stays in memory. EXIF orientation is applied.
-    Raises ImageRefused for a file that is not a readable image, or that would decode to more
-    than ``max_pixels`` pixels (the message names its size and the limit).
+    Raises ImageRefused for a file that is not a readable image, and ImageTooLarge (an ImageRefused)
+    for one over the budget (the message names its size and the limit).
     """
     with _decode_slots:
         try:
-            img = open_image(path, max_pixels, size)
-        except ImageTooLarge as err:
-            raise ImageRefused(f"{err} (JPEGs larger, as they decode at reduced size); send a smaller version") \
-                from err
+            img = open_image(path, budget, size)
+        except ImageTooLarge:
+            raise
         except FileNotFoundError as err:
             raise ImageRefused("the photo's file is gone") from err
         except (UnidentifiedImageError, OSError, ValueError) as err:

@@ -16,7 +16,7 @@ import os
 import threading
 from typing import Any
 
-from crossmodal.images import ImageRefused, load_image
+from crossmodal.images import INDEX_BUDGET, ImageRefused, load_image
 
 MAX_SIDE = 1600  # longest side fed to the detector, in pixels
 # Recognised lines scoring below this are dropped. The engine's own cut is 0.5; the lines between
@@ -73,7 +73,7 @@ def read_text(path: str | os.PathLike) -> str:
     """
     # load_image's size is the shorter side it keeps at least: half of MAX_SIDE lets JPEGs decode
     # at reduced scale while leaving a longest side of at least MAX_SIDE for most aspect ratios.
-    img = load_image(path, size=MAX_SIDE // 2)
+    img = load_image(path, size=MAX_SIDE // 2, budget=INDEX_BUDGET)  # an indexed photo: the index's budget
     if max(img.size) > MAX_SIDE:
         img.thumbnail((MAX_SIDE, MAX_SIDE))
     with _engine_lock:

@@ -161,6 +161,9 @@ def test_image_search_refuses_a_file_over_the_pixel_budget(world, engine, tmp_pa
     (tmp_path / "page.png").write_bytes(b"<html></html>")
     with pytest.raises(ValueError, match="not a readable image"):
         hits_for(engine, photo=tmp_path / "page.png", k=3)
+    tall = write_blank_png(tmp_path / "tall.png", 1, 100_000)  # few pixels, but a shape no photo has
+    with pytest.raises(ValueError, match="1 x 100,000 pixels, 100,000 times longer than wide; photos up to 25 to 1"):
+        hits_for(engine, photo=tall, k=3)
 
 
 def test_unreadable_rows_are_never_returned(engine):

@@ -23,16 +23,51 @@ def test_a_huge_png_is_refused_from_its_header_naming_size_and_limit(tmp_path, m
     assert decoded == []  # refused before any pixel was decoded
 
 
+@pytest.mark.parametrize("width, height", [(100_000, 1), (1, 100_000), (65_000, 2)])
+def test_a_long_thin_image_is_refused_naming_its_shape_and_the_limit(tmp_path, width, height):
+    """Far below the pixel limit, but resized to a 224-pixel shorter side it would be millions of
+    pixels long: refused from the header, for uploads and the photo index alike."""
+    strip = write_blank_png(tmp_path / "strip.png", width, height)
+    message = rf"{width:,} x {height:,} pixels, .* times longer than wide; photos up to 25 to 1 are decoded"
+    with pytest.raises(images.ImageTooLarge, match=message):
+        load_image(strip, size=224)
+    with pytest.raises(images.ImageTooLarge, match=message):
+        images.open_image(strip, images.INDEX_BUDGET)
+    square = write_blank_png(tmp_path / "wide.png", 2500, 100)  # 25 to 1 passes
+    assert load_image(square, size=224).size == (2500, 100)
+
+
+def test_a_long_thin_image_costs_no_memory_to_refuse(tmp_path):
+    """The issue's 471-byte PNG, in a fresh process: refused with a small peak (it asked for 15 GB)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    Image.new("RGB", (1, 100_000)).save(tmp_path / "tall.png")
+    Image.new("RGB", (65_000, 2)).save(tmp_path / "wide.jpg")
+    code = ("import sys\nfrom crossmodal.images import ImageRefused, load_image\n"
+            "for path in sys.argv[1:]:\n"
+            "    try:\n        load_image(path, size=224)\n    except ImageRefused as err:\n        print(err)\n"
+            "print(next(int(l.split()[1]) // 1024 for l in open('/proc/self/status') if l.startswith('VmHWM')))\n")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "tall.png"), str(tmp_path / "wide.jpg")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    lines = out.stdout.strip().splitlines()
+    assert out.returncode == 0 and len(lines) == 3, out.stderr[-2000:]
+    assert "1 x 100,000 pixels" in lines[0] and "65,000 x 2 pixels" in lines[1]
+    assert int(lines[2]) < 300  # MB: Python, Pillow and numpy, no pixels
+
+
 def test_a_large_jpeg_decodes_at_reduced_size(tmp_path):
     photo = Image.merge("RGB", [Image.linear_gradient("L").resize((4000, 3000)),
                                 Image.radial_gradient("L").resize((4000, 3000)), Image.new("L", (4000, 3000), 90)])
     photo.save(tmp_path / "big.jpg", quality=90)
     photo.save(tmp_path / "big.png", compress_level=1)
     # 12 megapixels over a 2-megapixel budget: the JPEG decodes at 1/8 scale (500 x 375), the PNG cannot
-    img = load_image(tmp_path / "big.jpg", size=224, max_pixels=2_000_000)
+    img = load_image(tmp_path / "big.jpg", size=224, budget=images.DecodeBudget(2_000_000))
     assert img.mode == "RGB" and img.size == (500, 375)
     with pytest.raises(ImageRefused, match=r"4,000 x 3,000 pixels .*2.0 megapixels"):
-        load_image(tmp_path / "big.png", size=224, max_pixels=2_000_000)
+        load_image(tmp_path / "big.png", size=224, budget=images.DecodeBudget(2_000_000))
     # within the budget, a PNG decodes and is reduced by a whole factor to a shorter side in [size, 2 size)
     reduced = load_image(tmp_path / "big.png", size=224)
     assert reduced.size == (308, 231)  # 4000 x 3000 reduced 13 times (3000 // 224), rounded up

@@ -101,7 +101,7 @@ def records(index: Path) -> list[tuple]:
 def reference_vector(models, path: Path) -> np.ndarray:
     """The backbone vector of one photo computed here: open, turn upright, transform, forward."""
     bb = models["backbone"]
-    with images.open_image(path, images.INDEX_MAX_PIXELS) as im:
+    with images.open_image(path, images.INDEX_BUDGET) as im:
         x = bb.pil_transform()(images.upright_rgb(im, bb.image_size))
     with torch.inference_mode():
         return bb.model(x[None]).float().numpy()[0]
@@ -362,6 +362,30 @@ def test_formats_orientation_and_problem_files(models, tmp_path, monkeypatch, ca
     assert "dangling symbolic link" in out
 
 
+def test_long_thin_images_are_refused_by_indexing_within_a_memory_bound(models, tmp_path):
+    """A 100000 x 1 PNG (471 bytes) and a 65000 x 2 JPEG asked for gigabytes once resized: index_folder.py
+    refuses both from their headers, lists them with the limit, and its peak stays small."""
+    from crossmodal.demo_data import write_blank_png
+
+    folder = tmp_path / "t"
+    folder.mkdir()
+    write_blank_png(folder / "tall.png", 1, 100_000)
+    Image.new("RGB", (65_000, 2), (40, 90, 140)).save(folder / "wide.jpg")
+    random_photo(np.random.default_rng(2)).save(folder / "fine.png")
+    argv = [str(folder), "--checkpoint", str(models["checkpoint"]), "--out", str(tmp_path / "index"),
+            "--image-weights", str(models["resnet"]), "--workers", "2", "--device", "cpu", "--no-progress"]
+    code = ("import sys\nimport index_folder\nrc = index_folder.main(sys.argv[1:])\n"
+            "print(next(int(l.split()[1]) // 1024 for l in open('/proc/self/status') if l.startswith('VmHWM')), rc)\n")
+    out = subprocess.run([sys.executable, "-c", code, *argv], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    peak, rc = out.stdout.strip().splitlines()[-1].split()
+    assert rc == "0", out.stderr[-2000:]
+    assert "2 file(s) cannot be searched" in out.stdout
+    assert "tall.png: refused: the photo is 1 x 100,000 pixels, 100,000 times longer than wide" in out.stdout
+    assert "wide.jpg: refused: the photo is 65,000 x 2 pixels" in out.stdout
+    assert int(peak) < 1500  # MB (the process itself; the decoding workers hold no more than one photo each)
+
+
 def test_exif_date_and_camera_else_mtime(models, tmp_path):
     folder, index = tmp_path / "p", tmp_path / "index"
     folder.mkdir()
@@ -571,10 +595,10 @@ def test_user_data_folder_follows_xdg(monkeypatch, tmp_path):
 
 def test_image_checks_read_only_the_header(tmp_path):
     header_only_png(tmp_path / "big.png", 2000, 1000)  # its pixel data would not even decode
-    with images.open_image(tmp_path / "big.png", images.INDEX_MAX_PIXELS) as im:
+    with images.open_image(tmp_path / "big.png", images.INDEX_BUDGET) as im:
         assert im.size == (2000, 1000)
     with pytest.raises(images.ImageTooLarge, match=r"2,000 x 1,000 pixels \(2.0 megapixels\); photos up to 1.0 mega"):
-        images.open_image(tmp_path / "big.png", max_pixels=1_000_000)
+        images.open_image(tmp_path / "big.png", images.DecodeBudget(1_000_000))
     assert images.camera_name(b"NIKON CORPORATION\x00", "NIKON D750 ") == "NIKON CORPORATION NIKON D750"
     assert images.camera_name("Canon", "Canon EOS 5D") == "Canon EOS 5D" and images.camera_name(None, " ") is None
     assert images.exif_date("2020:02:29 23:59:59\x00") == "2020-02-29T23:59:59"

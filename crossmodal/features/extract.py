@@ -19,13 +19,13 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from crossmodal.backbones import ONE_VIEW, TEXT_BATCH_SIZE, ImageBackbone, TextBackbone, resolve_device
 from crossmodal.captions import CaptionSet, list_hash
 from crossmodal.features.cache import FeatureCache, build_cache
 from crossmodal.features.gpu_decode import GPU_DECODE_THREADS, byte_batches, gpu_decoded_batches
+from crossmodal.images import INDEX_BUDGET, open_image
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,9 @@ class ImageFileDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
         try:
-            with Image.open(self.paths[i]) as im:
-                # JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale when the result stays larger
-                # than the target: large photos decode several times faster.
-                im.draft("RGB", (self.image_size, self.image_size))
+            # Within the photo index's decode budget; JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale
+            # when the result stays larger than the target: large photos decode several times faster.
+            with open_image(self.paths[i], INDEX_BUDGET, self.image_size) as im:
                 return self.transform(im.convert("RGB")), ""
         except Exception as err:  # noqa: BLE001 - corrupt/truncated/non-image files are recorded
             return torch.zeros(3, self.image_size, self.image_size, dtype=torch.uint8), f"{type(err).__name__}: {err}"

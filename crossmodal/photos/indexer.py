@@ -79,7 +79,7 @@ class PhotoFileDataset(Dataset):
             return NewRecord(f.path, f.size, f.mtime_ns, "unreadable", f"cannot read: {err.strerror or err}"), None
         base = {"path": f.path, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "hash": digest}
         try:
-            with images.open_image(f.path, images.INDEX_MAX_PIXELS) as im:
+            with images.open_image(f.path, images.INDEX_BUDGET) as im:
                 info = images.photo_info(im)
                 x = None if digest in self.known else self.transform(images.upright_rgb(im, self.image_size))
         except images.ImageTooLarge as err:
