@@ -26,7 +26,7 @@ cli.prepare_process()
 from crossmodal.backbones import BackboneUnavailable  # noqa: E402
 from crossmodal.duplicates import DuplicateGroup, duplicate_groups  # noqa: E402
 from crossmodal.engine import EngineError  # noqa: E402
-from crossmodal.photos import PhotoCollection, StoreError  # noqa: E402
+from crossmodal.photos import PhotoCollection, StoreBusy, StoreError  # noqa: E402
 
 import config  # noqa: E402
 from model import CheckpointError, load_checkpoint  # noqa: E402
@@ -47,12 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model, state = load_checkpoint(checkpoint)
         report = cli.index_photo_folders(args, state, checkpoint)
+    except StoreBusy:
+        log.error("%s is being indexed by another process; try again when it has finished", cli.photo_index_dir(args))
+        return 3
     except (OSError, BackboneUnavailable, EngineError, CheckpointError, StoreError) as err:
         log.error("%s", err)
         return 2
-    if report is None:
-        log.error("%s is being indexed by another process; try again when it has finished", cli.photo_index_dir(args))
-        return 3
     print(report.summary())
     for line in report.problem_lines():
         print(line)

@@ -326,11 +326,11 @@ class Opened:
 
 def index_photo_folders(args: argparse.Namespace, state: dict, checkpoint: Path, *, background: bool = False) -> Any:
     """Bring the photo index up to date with ``args.photos`` for the checkpoint's image backbone:
-    the IndexReport, or with ``background`` the started IndexingThread; None when another process
-    is indexing the same index (said in a log line: search uses what it has committed)."""
+    the IndexReport, or with ``background`` the started IndexingThread (which waits while another
+    process indexes). StoreBusy when another process is indexing the same index."""
     from crossmodal.engine import load_image_backbone
     from crossmodal.features.extract import NUM_WORKERS
-    from crossmodal.photos import IndexingThread, StoreBusy, index_photos
+    from crossmodal.photos import IndexingThread, index_photos
 
     backbone = load_image_backbone(state["backbones"]["image"], getattr(args, "image_weights", None), args.models_dir)
     kwargs = dict(device=args.device, batch_size=getattr(args, "batch_size", None), checkpoint=checkpoint,
@@ -345,12 +345,8 @@ def index_photo_folders(args: argparse.Namespace, state: dict, checkpoint: Path,
         thread = IndexingThread(photo_index_dir(args), args.photos, backbone, **kwargs)
         thread.start()
         return thread
-    try:
-        return index_photos(photo_index_dir(args), args.photos, backbone,
-                            progress=not getattr(args, "no_progress", False), **kwargs)
-    except StoreBusy as err:
-        logging.getLogger("crossmodal.cli").warning("%s; searching what it has indexed so far", err)
-        return None
+    return index_photos(photo_index_dir(args), args.photos, backbone,
+                        progress=not getattr(args, "no_progress", False), **kwargs)
 
 
 def open_collection(args: argparse.Namespace, config: ModuleType, state: dict | None) -> Any:
@@ -394,7 +390,7 @@ def open_engine(args: argparse.Namespace, config: ModuleType, load_model: Callab
     from crossmodal.backbones import BackboneUnavailable
     from crossmodal.collection import CollectionError
     from crossmodal.engine import EngineError, SearchEngine
-    from crossmodal.photos import StoreError
+    from crossmodal.photos import StoreBusy, StoreError
 
     if getattr(args, "threads", 0):
         torch.set_num_threads(args.threads)
@@ -415,7 +411,10 @@ def open_engine(args: argparse.Namespace, config: ModuleType, load_model: Callab
             raise NotServable(f"no trained checkpoint at {checkpoint}; train one first with: {train_hint(args)}")
         model, state = load_model(checkpoint)
         if args.photos:
-            indexing = index_photo_folders(args, state, checkpoint, background=background)
+            try:
+                indexing = index_photo_folders(args, state, checkpoint, background=background)
+            except StoreBusy as err:
+                logging.getLogger("crossmodal.cli").warning("%s; searching what it has indexed so far", err)
         collection = open_collection(args, config, state)
         try:
             engine = SearchEngine(collection, model, state, checkpoint, device=args.device,

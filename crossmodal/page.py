@@ -80,6 +80,8 @@ def indexing_line(indexer: Any, searched: int) -> str:
         return ""
     if indexer.error is not None:
         return f"Indexing stopped: {indexer.error}"
+    if indexer.is_alive() and getattr(indexer, "waiting", None):
+        return f"Indexing waits: {indexer.waiting}; searching the {searched} photos indexed so far"
     if indexer.is_alive():
         if not indexer.total:
             return "Indexing: looking for new and changed photos…"

@@ -574,12 +574,73 @@ def test_one_writer_at_a_time(models, tmp_path):
     identity = photos.vector_identity(models["backbone"])
     first = PhotoStore(index)
     with first.writing(identity):
-        with pytest.raises(photos.StoreBusy, match="another process is indexing"):
+        with pytest.raises(photos.StoreBusy, match="another thread of this process"):
             with PhotoStore(index).writing(identity):
                 pass
+        code = ("import sys\nfrom crossmodal.photos import PhotoStore, StoreBusy\ntry:\n"
+                "    with PhotoStore(sys.argv[1]).writing({}):\n        print('got it')\n"
+                "except StoreBusy as err:\n    print(err)\n")
+        other = subprocess.run([sys.executable, "-c", code, str(index)], cwd=ROOT, capture_output=True, text=True,
+                               timeout=60)
+        assert other.stdout.strip() == f"another process is indexing into {index}", other.stderr[-2000:]
     with PhotoStore(index).writing(identity):  # released
         pass
     first.close()
+
+
+def test_an_immediate_restart_after_kill_9_indexes_everything(models, tmp_path):
+    """index_folder.py killed with SIGKILL while its decoding workers run: the lock goes with it (the
+    workers neither hold it nor outlive it), so a restart at once indexes every photo."""
+    folder, index, _ = photo_folder(tmp_path, 40, seed=14, name="{i:02d}.png")
+    argv = [sys.executable, str(ROOT / "index_folder.py"), str(folder), "--checkpoint", str(models["checkpoint"]),
+            "--out", str(index), "--image-weights", str(models["resnet"]), "--workers", "2", "--batch-size", "2",
+            "--device", "cpu", "--no-progress"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while "40 photos; 40 to index" not in (line := proc.stderr.readline()):  # it is about to decode
+            assert line or proc.poll() is None, "index_folder.py ended before indexing"
+            assert time.monotonic() < deadline
+        time.sleep(1.0)  # the workers are decoding
+        workers = [int(p) for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == proc.pid]
+        assert workers, "no decoding workers seen"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    rerun = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert len(vectors_by_path(index)) == 40
+    assert not [w for w in workers if os.path.exists(f"/proc/{w}") and _parent(w) not in (None, proc.pid)]
+
+
+def test_a_background_indexer_waits_while_another_process_indexes(models, tmp_path, monkeypatch):
+    folder, index, _ = photo_folder(tmp_path, 3, seed=15)
+    PhotoStore(index).close()
+    monkeypatch.setattr(indexer, "BUSY_RETRY_SECONDS", 0.2)
+    code = ("import sys, time\nfrom crossmodal.photos import PhotoStore\n"
+            "with PhotoStore(sys.argv[1]).writing({'dim': 1}):\n    print('holding', flush=True)\n    time.sleep(2)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(index)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "holding"
+    thread = photos.IndexingThread(index, [folder], models["backbone"], device="cpu", workers=0)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while thread.waiting is None:
+        assert time.monotonic() < deadline and thread.is_alive()
+        time.sleep(0.05)
+    assert "another process is indexing" in thread.waiting
+    holder.wait(30)
+    thread.join(60)
+    assert thread.error is None and thread.report.embedded == 3 and thread.waiting is None
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def test_user_data_folder_follows_xdg(monkeypatch, tmp_path):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -92,13 +93,26 @@ class ImageEmbedder:
         return f
 
 
+def die_with_parent(worker_id: int = 0) -> None:
+    """In a decoding worker: be killed when the process (the thread) that started it dies, so that a
+    killed run leaves no workers behind, decoding on. Linux only; elsewhere nothing."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux/glibc
+        return
+    if os.getppid() == 1:  # the parent died before the call: nobody is left to read the results
+        os._exit(1)
+
+
 def image_loader(dataset: Dataset, batches: list[list[int]], num_workers: int, device: torch.device,
                  collate_fn: Callable) -> DataLoader:
     """The DataLoader every image path decodes with: fixed batches, ``num_workers`` decoding
-    processes, pinned memory for a GPU."""
+    processes (which die with their parent), pinned memory for a GPU."""
     return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate_fn,
                       pin_memory=device.type == "cuda", prefetch_factor=4 if num_workers else None,
-                      persistent_workers=False)
+                      persistent_workers=False, worker_init_fn=die_with_parent if num_workers else None)
 
 
 def extract_image_features(

@@ -39,13 +39,14 @@ from crossmodal.features.extract import (
     image_loader,
 )
 from crossmodal.photos.files import FoundFile, content_hash, scan_folder
-from crossmodal.photos.store import NewRecord, PhotoRecord, PhotoStore
+from crossmodal.photos.store import NewRecord, PhotoRecord, PhotoStore, StoreBusy
 
 log = logging.getLogger(__name__)
 
 COMMIT_SECONDS = 20.0  # results are committed at least this often: what a kill can lose
 PROBLEMS_SHOWN = 20  # problem files a report lists one per line; the rest are counted
 RETRIED_EVERY_RUN = ("unreadable",)  # cheap to try again (a stat or an open), and often fixed outside
+BUSY_RETRY_SECONDS = 2.0  # a background indexer finding the index busy tries again this often
 
 
 def vector_identity(backbone: ImageBackbone) -> dict:
@@ -267,7 +268,9 @@ class IndexingThread(threading.Thread):
     """``index_photos`` in a background thread: a page keeps answering from what is committed.
 
     ``done``/``total`` follow the files being embedded, then those being read (OCR); ``report``
-    (or ``error``) is set at the end; ``stop()`` asks it to commit and end early."""
+    (or ``error``) is set at the end; ``stop()`` asks it to commit and end early. While another
+    process indexes the same index (``StoreBusy``), it waits and tries again every
+    ``BUSY_RETRY_SECONDS`` (``waiting`` says so), until it runs or is stopped."""
 
     def __init__(self, folder: str | os.PathLike, roots: Sequence[str | os.PathLike], backbone: ImageBackbone,
                  **kwargs):
@@ -275,6 +278,7 @@ class IndexingThread(threading.Thread):
         self.done, self.total = 0, 0
         self.report: IndexReport | None = None
         self.error: BaseException | None = None
+        self.waiting: str | None = None  # why it waits to start (another indexer holds the index)
         self._stop_event = threading.Event()
         self._args = (folder, roots, backbone)
         self._kwargs = {"progress": False, **kwargs}
@@ -283,12 +287,21 @@ class IndexingThread(threading.Thread):
         self.done, self.total = done, total
 
     def run(self) -> None:
-        try:
-            self.report = index_photos(*self._args, on_progress=self._progress, stop=self._stop_event,
-                                       **self._kwargs)
-        except BaseException as err:  # noqa: BLE001 - kept for the page to show
-            log.exception("indexing failed")
-            self.error = err
+        while not self._stop_event.is_set():
+            try:
+                self.report = index_photos(*self._args, on_progress=self._progress, stop=self._stop_event,
+                                           **self._kwargs)
+                self.waiting = None
+                return
+            except StoreBusy as err:
+                if self.waiting is None:
+                    log.info("%s; trying again every %g s", err, BUSY_RETRY_SECONDS)
+                self.waiting = str(err)
+                self._stop_event.wait(BUSY_RETRY_SECONDS)
+            except BaseException as err:  # noqa: BLE001 - kept for the page to show
+                log.exception("indexing failed")
+                self.error = err
+                return
 
     def stop(self) -> None:
         self._stop_event.set()

@@ -4,7 +4,7 @@ One index (a data folder) holds every indexed folder (root)::
 
     photos.sqlite3          SQLite in WAL mode: tables meta, roots, photos, vectors
     vectors-<n>.f16         float16 rows of ``dim`` values, one per distinct content hash; append-only
-    index.lock              held (flock) by the one process writing
+    index.lock              held (a POSIX record lock) by the one process writing
     projected-*, querybias-*  the search engine's head projections of the rows (``crossmodal.projection``)
 
 ``photos`` has one row per file: absolute path, size, mtime_ns, content hash, status ("ok",
@@ -62,6 +62,8 @@ COMPACT_MIN_ROWS = 1024
 COMPACT_GARBAGE = 0.5
 COPY_ROWS = 1 << 14  # rows copied at a time during compaction
 STATUSES = ("ok", "refused", "undecodable", "unreadable")
+_WRITERS: set[str] = set()  # lock files this process holds for writing
+_WRITERS_LOCK = threading.Lock()
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -391,7 +393,9 @@ class PhotoStore:
 
     def _release(self) -> None:
         if self._lock_file is not None:
-            self._lock_file.close()  # closing the file releases the flock
+            with _WRITERS_LOCK:
+                _WRITERS.discard(str(self._lock_path))
+            self._lock_file.close()  # closing the file releases the lock
             self._lock_file = None
 
     @contextlib.contextmanager
@@ -404,12 +408,21 @@ class PhotoStore:
         """
         if self._lock_file is not None:
             raise StoreBusy(f"{self.folder} is already open for writing here")
-        lock = open(self.folder / LOCK_FILE, "a+")
+        self._lock_path = (self.folder / LOCK_FILE).resolve()
+        with _WRITERS_LOCK:  # POSIX record locks are per process: two writers of one process are told apart here
+            if str(self._lock_path) in _WRITERS:
+                raise StoreBusy(f"{self.folder} is being indexed by another thread of this process")
+            _WRITERS.add(str(self._lock_path))
+        lock = open(self._lock_path, "a+")
         if fcntl is not None:
             try:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+                # A POSIX record lock (lockf), not flock: a fork does not inherit it, so decoding workers
+                # left behind by a killed indexer do not hold it, and it goes with the process that took it.
+                fcntl.lockf(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
                 lock.close()
+                with _WRITERS_LOCK:
+                    _WRITERS.discard(str(self._lock_path))
                 raise StoreBusy(f"another process is indexing into {self.folder}") from None
         self._lock_file = lock
         try:
