@@ -2,7 +2,7 @@
 """Index folders of your own photos (recursively: jpg, png, webp, tiff, gif, heic) for searching.
 
     python index_folder.py ~/Pictures [MORE_FOLDERS ...] [--checkpoint WORK_DIR/checkpoints/best.pt]
-    python search.py --photos ~/Pictures "a dog in the snow"     # then search them (indexing first)
+    python search.py "a dog in the snow" --photos ~/Pictures     # then search them (indexing first)
     python app.py --collection ~/.local/share/crossmodal/photo_index
     python index_folder.py ~/Pictures --duplicates                # also list near-duplicate photos
     python index_folder.py ~/Pictures --ocr                       # also read the text in the photos
@@ -16,6 +16,7 @@ A killed run loses at most about half a minute of work. crossmodal/photos/ says 
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from crossmodal.backbones import BackboneUnavailable  # noqa: E402
 from crossmodal.duplicates import DuplicateGroup, duplicate_groups  # noqa: E402
 from crossmodal.engine import EngineError  # noqa: E402
 from crossmodal.photos import PhotoCollection, StoreBusy, StoreError  # noqa: E402
+from crossmodal.terminal import printable  # noqa: E402
 
 import config  # noqa: E402
 from model import CheckpointError, load_checkpoint  # noqa: E402
@@ -56,8 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     print(report.summary())
     for line in report.problem_lines():
         print(line)
-    roots = " ".join(f"--photos {r}" for r in report.roots)
-    print(f"index: {cli.photo_index_dir(args)}; search it with: python search.py {roots} \"a description\"")
+    roots = " ".join(shlex.quote(r) for r in report.roots)
+    print(printable(f"index: {cli.photo_index_dir(args)}; search it with: python search.py \"a description\" "
+                    f"--photos {roots}"))
     if args.duplicates:
         collection = PhotoCollection.open(cli.photo_index_dir(args), report.roots)
         try:
@@ -78,8 +81,9 @@ def report_duplicates(groups: list[DuplicateGroup], threshold: float) -> str:
              f"features above {threshold:g})"]
     for n, g in enumerate(groups, start=1):
         lines.append(f"group {n}:")
-        lines.append(f"         {g.names[0]}")
-        lines += [f"  {sim:.3f}  {name}  ~ {g.names[j]}" for name, (j, sim) in zip(g.names[1:], g.closest)]
+        lines.append(f"         {printable(g.names[0])}")
+        lines += [f"  {sim:.3f}  {printable(name)}  ~ {printable(g.names[j])}"
+                  for name, (j, sim) in zip(g.names[1:], g.closest)]
     return "\n".join(lines)
 
 

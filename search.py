@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Search the photos from the command line: rank, score and path of the best matches.
 
-    python search.py --photos ~/Pictures [MORE_FOLDERS ...] "a dog in the snow"   # your own photos
+    python search.py "a dog in the snow" --photos ~/Pictures [MORE_FOLDERS ...]   # your own photos
     python search.py "a dog in the snow" --k 5 --work-dir work/demo                # a dataset's photos
     python search.py "a dog in the snow" --collection ~/.local/share/crossmodal/photo_index --json
 
@@ -10,9 +10,9 @@ deleted files; a progress bar on stderr; nothing to decode when nothing changed)
 under them are searched, with the query language below. Each hit shows its confidence (with a
 calibrated checkpoint), date taken and folder. Files that cannot be searched are listed on stderr.
 
-    python search.py --photos ~/Pictures "a dog on a beach -snow after:2019 in:Holidays sort:date"
+    python search.py "a dog on a beach -snow after:2019 in:Holidays sort:date" --photos ~/Pictures
     python search.py --photos ~/Pictures --like ~/Pictures/rex.jpg          # more like this photo
-    python search.py --photos ~/Pictures --image query.jpg "at night"       # this photo, but at night
+    python search.py --photos ~/Pictures --image query.jpg -- "at night"    # this photo, but at night
 """
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ from crossmodal import cli
 
 cli.prepare_process()
 
+from crossmodal.terminal import printable  # noqa: E402
+
 import config  # noqa: E402
 
 
@@ -32,18 +34,28 @@ def parse(argv: list[str] | None):
     from crossmodal.query import GRAMMAR
 
     p = cli.StageParser(__doc__ + "\n" + GRAMMAR, config)
-    p.add_argument("query", nargs="?", help="a description of the photo")
+    p.add_argument("query", nargs="?", help="a description of the photo (before --photos, or after --)")
+    p.add_argument("--query", dest="query_flag", metavar="TEXT", help="the query, anywhere on the line")
     p.flags("k", "photos", "checkpoint", "collection", "work-dir", "image-features", "models-dir", "text-weights",
             "image-weights", "device", "batch-size", "workers", "no-progress", "json", "like", "image", "ocr")
     p.flags("images", "captions", serving=True)
     args = p.parse(argv)
-    # `--photos DIR [DIR ...] "query"`: the greedy folder list took the query as its last folder.
-    if args.query is None and args.photos and not args.photos[-1].is_dir():
-        args.query = str(args.photos.pop())
+    if args.query_flag is not None:
+        if args.query is not None:
+            p.error("give the query once: as the argument or with --query")
+        args.query = args.query_flag
+    # Every word after --photos is a folder (a word that happens to name one is never taken for the
+    # query): one that is not says where a query goes.
+    missing = [str(d) for d in args.photos or () if not d.is_dir()]
+    if missing:
+        p.error(f"no such folder: {', '.join(missing)} (the words after --photos are folders; a query goes "
+                "before --photos, after --, or in --query)")
     if args.ocr and not args.photos:
         p.error("--ocr reads the text in your photos as they are indexed: name their folders with --photos")
     if args.query is None and not (args.like or args.image):
-        p.error("the query is required")
+        where = (f" (every word after --photos is a folder, here {', '.join(str(d) for d in args.photos)}; a "
+                 "query goes before --photos, after --, or in --query)") if args.photos else ""
+        p.error(f"the query is required{where}")
     if args.photos == []:
         p.error("--photos needs at least one folder")
     return args
@@ -51,16 +63,18 @@ def parse(argv: list[str] | None):
 
 def print_result(result) -> None:
     """The hits of ``crossmodal.search.search``, one a line: rank, score, confidence, then the date and
-    folder where the photo has them, and the path."""
+    folder where the photo has them, and the path (control characters escaped, as ``ls`` does)."""
     if not result.good_match and result.hits:
         print("no good match — nearest photos shown, marked weak")
     for h in result.hits:
         conf = "    -" if h.confidence is None else f"{h.confidence:5.2f}"
         weak = "" if h.confident or h.confidence is None else "  (weak)"
-        where = f"{(h.taken_at or '')[:10] or '?':<10}  {h.folder or '.'}  " if h.taken_at or h.folder else ""
-        print(f"{h.rank:>3}  {h.score:.4f}  {conf}  {where}{h.path}{weak}")
+        where = (f"{(h.taken_at or '')[:10] or '?':<10}  {printable(h.folder or '.')}  "
+                 if h.taken_at or h.folder else "")
+        print(f"{h.rank:>3}  {h.score:.4f}  {conf}  {where}{printable(h.path)}{weak}")
     shown = f"{result.hits[0].rank}-{result.hits[-1].rank} of " if result.hits else ""
-    print(f"{shown}{result.total} photo(s); understood as: {result.understood or '(a photo)'}", file=sys.stderr)
+    print(f"{shown}{result.total} photo(s); understood as: {printable(result.understood) or '(a photo)'}",
+          file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -87,7 +87,7 @@ def app_start(photos: Path, work: Path, log: Path, until_indexed: int | None = N
 
 def cli_start(photos: Path, work: Path) -> float:
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "search.py", "--photos", str(photos), "--work-dir", str(work), QUERY],
+    subprocess.run([sys.executable, "search.py", QUERY, "--photos", str(photos), "--work-dir", str(work)],
                    cwd=C.ROOT, check=True, capture_output=True)
     return time.perf_counter() - t0
 

@@ -2,8 +2,9 @@
 opening a photo safely: within a pixel budget, first frame, orientation applied. Uploads
 (``load_image``) and the photo index (``crossmodal.photos.indexer``) both open photos here.
 
-Serving: a file is an image when its extension is one of ``IMAGE_TYPES`` and its first bytes are
-that format's signature (``image_content_type``); the content type sent is the one both agree on.
+Serving: a file is an image when its extension is a photo's (``PHOTO_EXTENSIONS``) and its first
+bytes are an image format's signature (``image_content_type``); the content type sent is the one its
+bytes show, whatever the extension says (a PNG saved as ".jpg" is served as a PNG).
 
 Decoding: a file can claim any size, and a 315 KB PNG can hold 100 million pixels (300 MB once
 decoded, more on the way to a tensor). A ``DecodeBudget`` bounds what a file may cost, read from
@@ -44,11 +45,8 @@ EXIF_DATE_FORMAT = "%Y:%m:%d %H:%M:%S"
 MAX_CONCURRENT_DECODES = 2  # per process: bounds the memory of simultaneous uploads
 _decode_slots = threading.BoundedSemaphore(MAX_CONCURRENT_DECODES)
 
-# extension -> content type; the only files ever served as photos
-IMAGE_TYPES = {
-    ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
-    ".gif": "image/gif", ".tif": "image/tiff", ".tiff": "image/tiff", ".bmp": "image/bmp",
-}
+# the only files ever served as photos: these extensions, with an image's first bytes
+PHOTO_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp", ".heic", ".heif"})
 _SIGNATURES = {  # content type -> the first bytes a file of that type starts with
     "image/jpeg": (b"\xff\xd8\xff",),
     "image/png": (b"\x89PNG\r\n\x1a\n",),
@@ -56,6 +54,7 @@ _SIGNATURES = {  # content type -> the first bytes a file of that type starts wi
     "image/tiff": (b"II*\x00", b"MM\x00*"),
     "image/bmp": (b"BM",),
 }
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"mif1", b"msf1")  # an ISO media file's brand: HEIC/HEIF
 # EXIF orientation -> the transpose that shows the photo upright (what ImageOps.exif_transpose does)
 _ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
                 4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
@@ -94,24 +93,25 @@ UPLOAD_BUDGET = DecodeBudget(MAX_DECODE_PIXELS)
 INDEX_BUDGET = DecodeBudget(INDEX_MAX_PIXELS)
 
 
-def _starts_as(head: bytes, content_type: str) -> bool:
-    if content_type == "image/webp":
-        return head[:4] == b"RIFF" and head[8:12] == b"WEBP"
-    return any(head.startswith(s) for s in _SIGNATURES[content_type])
+def sniff_content_type(head: bytes) -> str | None:
+    """The image content type a file's first 16 bytes show, None for anything else."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        return "image/heic"
+    return next((t for t, signatures in _SIGNATURES.items() if head.startswith(signatures)), None)
 
 
 def image_content_type(path: str | os.PathLike) -> str | None:
-    """The content type of an image file, from its extension and confirmed by its first bytes;
+    """The content type of a photo file, from its first bytes, for a file with a photo's extension;
     None for anything else (another extension, other content, a missing or unreadable file)."""
-    content_type = IMAGE_TYPES.get(os.path.splitext(os.fspath(path))[1].lower())
-    if content_type is None:
+    if os.path.splitext(os.fspath(path))[1].lower() not in PHOTO_EXTENSIONS:
         return None
     try:
         with open(path, "rb") as f:
-            head = f.read(16)
+            return sniff_content_type(f.read(16))
     except OSError:
         return None
-    return content_type if _starts_as(head, content_type) else None
 
 
 def megapixels(n: int) -> str:

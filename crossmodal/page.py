@@ -17,8 +17,10 @@ and ``/duplicates`` are thin adapters over the one query pipeline (``crossmodal.
 and gr.FileData, which must be objects.)
 """
 import dataclasses
+import html
 import logging
 import os
+import re
 import time
 from typing import Any
 
@@ -90,6 +92,20 @@ def indexing_line(indexer: Any, searched: int) -> str:
     return f"Index up to date: {searched} photos ({report.summary()})" if report is not None else ""
 
 
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]#|~])")  # what could make emphasis, code, links or tables inline
+
+
+def as_text(text: str) -> str:
+    """Markdown that shows ``text`` as it is: HTML escaped, Markdown's punctuation backslashed."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(str(text), quote=False))
+
+
+def as_code(text: str) -> str:
+    """``text`` as a Markdown code span, shown as it is whatever backticks or HTML it holds."""
+    fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    return f"{fence} {text} {fence}" if text.startswith("`") or text.endswith("`") else f"{fence}{text}{fence}"
+
+
 def summary(result: SearchResult, ms: float, shown: int, like: str | None = None,
             indexing: dict | None = None) -> str:
     """The line above the results: how many photos pass, how many are shown, whether any is a good match."""
@@ -103,9 +119,9 @@ def summary(result: SearchResult, ms: float, shown: int, like: str | None = None
         if not result.good_match and any(h.confidence is not None for h in result.hits):
             text = f"**No good match — nearest photos shown, marked weak.** {text}"
     if like:
-        text = f"Photos like {os.path.basename(like)}. {text}"
+        text = f"Photos like {as_text(os.path.basename(like))}. {text}"
     if result.understood:
-        text += f"  \nUnderstood as: `{result.understood}`"
+        text += f"  \nUnderstood as: {as_code(result.understood)}"
     if indexing:
         text += (f"  \nStill indexing ({indexing['done']} / {indexing['total']}): results from the photos "
                  "indexed so far.")
@@ -278,17 +294,17 @@ class Page:
 
     def info(self) -> str:
         """The first line: what is searched."""
-        return f"Searching {self.engine.current().collection.describe()}"
+        return f"Searching {as_text(self.engine.current().collection.describe())}"
 
     def details(self) -> str:
         """What "Details" holds: the index, its recall, the models, the checkpoint."""
-        return "\n".join(f"- **{key}**: {value}" for key, value in self.engine.details().items())
+        return "\n".join(f"- **{key}**: {as_text(value)}" for key, value in self.engine.details().items())
 
     def progress(self):
         """The indexing line, what is searched, and whether to keep looking (the timer's tick)."""
         searched = len(self.engine.current())  # takes up the latest commit, so the counts are the searched photos
         running = self.indexer is not None and self.indexer.is_alive()
-        return indexing_line(self.indexer, searched), self.info(), gr.Timer(active=running)
+        return as_text(indexing_line(self.indexer, searched)), self.info(), gr.Timer(active=running)
 
     # --- the API (gr.api reads the type hints and docstrings)
 
@@ -353,7 +369,7 @@ class Page:
             info = gr.Markdown(self.info, elem_id="index-info")
             with gr.Accordion("Details", open=False, elem_id="details"):
                 gr.Markdown(self.details)
-            indexing = gr.Markdown(lambda: indexing_line(self.indexer, len(self.engine.current())),
+            indexing = gr.Markdown(lambda: as_text(indexing_line(self.indexer, len(self.engine.current()))),
                                    elem_id="indexing")
             results = gr.State(None)
             selected = gr.State(None)

@@ -6,8 +6,8 @@ nothing else. The allow-list is the collection's row names (unreadable photos ar
 asked of the engine at each request: a photo index that grows while the page runs serves each photo
 once it is searchable, and no other file: a URL is looked up in it, never joined to a folder, so
 ``../``, percent-encoded or absolute forms and any file placed beside the photos match nothing. The
-file must also be an image by extension and by its first bytes (``images.image_content_type``); it
-is sent with that content type, ``X-Content-Type-Options: nosniff`` and a sandboxing
+file must also have a photo's extension and an image's first bytes (``images.image_content_type``);
+it is sent with the content type its bytes show, ``X-Content-Type-Options: nosniff`` and a sandboxing
 Content-Security-Policy, so nothing served here can run as a page on the app's address. A row
 that is a symlink is served whatever its target: the index owner put it in the index (indexing
 keeps only files that decode as images), and the target must still pass the image check when it
@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import quote
 
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -53,11 +54,26 @@ UPLOAD_GRACE_S = 60  # an uploaded photo is deleted this long after its last sea
 
 
 def _stays_inside(name: str) -> bool:
-    """A row name that names a file under the images folder (relative, no ``..`` step out)."""
-    if not name or name.startswith(("/", "\\")) or "\\" in name or "\x00" in name:
+    """A row name that names a file under the images folder (relative, no ``..`` step out). A
+    backslash is a separator only where the system says so (elsewhere it is a file name's character)."""
+    if not name or name.startswith("/") or "\x00" in name or (os.sep == "\\" and "\\" in name):
         return False
     norm = posixpath.normpath(name)
     return norm != ".." and not norm.startswith("../")
+
+
+class _AnyPath(Convertor):
+    """A path parameter holding any character a file name may: Starlette's "path" stops at a newline."""
+    regex = "(?s:.*)"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anypath", _AnyPath())
 
 
 class ServedPhotos:
@@ -126,7 +142,7 @@ class ServedPhotos:
         def photo(request: Request) -> Response:  # sync: the file checks run in a worker thread
             return self.response(request.path_params["name"])
 
-        return Route(PHOTO_ROUTE + "/{name:path}", photo, methods=["GET", "HEAD"])
+        return Route(PHOTO_ROUTE + "/{name:anypath}", photo, methods=["GET", "HEAD"])
 
 
 def uploaded_file(payload: Any, upload_dir: str | os.PathLike) -> Path:

@@ -124,7 +124,7 @@ def test_at_most_a_few_decodes_at_once(tmp_path, monkeypatch):
     assert most[0] == images.MAX_CONCURRENT_DECODES
 
 
-def test_content_type_needs_an_image_extension_and_image_bytes(tmp_path):
+def test_content_type_comes_from_the_bytes_of_a_file_with_a_photo_extension(tmp_path):
     jpeg = tmp_path / "a.jpg"
     Image.new("RGB", (8, 8)).save(jpeg)
     png, webp, gif = tmp_path / "a.png", tmp_path / "a.webp", tmp_path / "a.gif"
@@ -134,8 +134,10 @@ def test_content_type_needs_an_image_extension_and_image_bytes(tmp_path):
                                                                         "image/gif"]
     (tmp_path / "upper.JPEG").write_bytes(jpeg.read_bytes())
     assert image_content_type(tmp_path / "upper.JPEG") == "image/jpeg"
+    (tmp_path / "png.jpg").write_bytes(png.read_bytes())  # a PNG named .jpg: served as what it is
+    assert image_content_type(tmp_path / "png.jpg") == "image/png"
     page = b"<html><script>alert(1)</script></html>"
-    for name, content in [("page.html", page), ("fake.jpg", page), ("png.jpg", png.read_bytes()),
+    for name, content in [("page.html", page), ("fake.jpg", page), ("png.txt", png.read_bytes()),
                           ("pic.svg", b"<svg xmlns='http://www.w3.org/2000/svg'/>"), ("notes.txt", b"secret"),
                           (".env", b"KEY=1"), ("photo.jpg.html", jpeg.read_bytes())]:
         (tmp_path / name).write_bytes(content)

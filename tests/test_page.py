@@ -81,7 +81,7 @@ def test_a_search_its_next_page_and_more_like_this(photo_page):
     selected, button = photo_page.select(results, SimpleNamespace(index=1))
     assert selected == results.hits[1].path and button.value == f"More like {os.path.basename(selected)}"
     items, status, liked, _, _ = photo_page.more_like(selected, results, 10, REQUEST)
-    assert status.startswith(f"Photos like {os.path.basename(selected)}. Showing")
+    assert status.startswith(f"Photos like {page.as_text(os.path.basename(selected))}. Showing")
     assert liked.text == "after:2019-01-01" and selected not in {h.path for h in liked.hits}
     assert all(h.taken_at >= "2019" for h in liked.hits)
 
@@ -141,3 +141,14 @@ def test_the_layout_shows_what_the_collection_has(photo_page, world, tmp_path): 
     hits = dataset_page.search("a dog", 2)
     assert hits[0]["captions"] == [f"a photo named {hits[0]['name']}"] and hits[0]["taken_at"] is None
     assert page.hit_label(dataset_page.run("a dog", 1).hits[0]).endswith(f"— a photo named {hits[0]['name']}")
+
+
+def test_names_and_queries_are_shown_as_text():
+    """A photo named with HTML and a query holding HTML and backticks show as written, not as markup."""
+    from crossmodal.search import SearchResult
+
+    result = SearchResult([], 3, True, 'a <b>bold</b> `dog` "x"')
+    text = page.summary(result, 5.0, 0, like="/p/<img src=x onerror=alert(1)>.jpg")
+    assert "Photos like &lt;img src=x onerror=alert(1)&gt;.jpg." in text
+    assert 'Understood as: ``a <b>bold</b> `dog` "x"``' in text  # a code span: HTML inside it is text
+    assert page.as_text("*not bold* [no](link)") == "\\*not bold\\* \\[no\\](link)"

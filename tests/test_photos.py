@@ -544,7 +544,7 @@ def test_search_is_restricted_to_the_given_folders(models, tmp_path, capsys):
     common = ["--collection", str(index), "--checkpoint", str(models["checkpoint"]), "--image-weights",
               str(models["resnet"]), "--text-weights", str(models["bert"]), "--workers", "0", "--device", "cpu",
               "--k", "10"]
-    assert search_script.main(common + ["--photos", str(a), str(b), "a dog runs on the grass"]) == 0
+    assert search_script.main(common + ["--photos", str(a), str(b), "--", "a dog runs on the grass"]) == 0
     paths = [line.split()[-1] for line in capsys.readouterr().out.strip().splitlines()]
     assert sorted(Path(p).relative_to(tmp_path).as_posix() for p in paths) == [
         "A/one.png", "A/sub/two.png", "B/one.png", "B/sub/two.png"]
@@ -691,6 +691,44 @@ def test_photo_hits_carry_confidences_and_the_allow_list_follows_the_index(model
     (folder / "0.png").unlink()
     run(models, index, folder)
     assert "0.png" not in served and len(served) == 2
+
+
+def test_any_name_the_file_system_allows_is_served_and_shown_escaped(models, tmp_path, capsys):
+    """A PNG named .jpg, names holding a newline, a backslash or an escape sequence: indexed, served
+    (by the type their bytes show) and printed with their control characters escaped. A name that is
+    no UTF-8 text cannot be recorded or served: listed with the reason, not indexed."""
+    from starlette.applications import Starlette
+    from starlette.testclient import TestClient
+
+    import search as search_script
+    from crossmodal.web import ServedPhotos
+
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    rng = np.random.default_rng(16)
+    names = ["png.jpg", "new\nline.jpg", "back\\slash.jpg", "evil\x1b[2J.jpg"]
+    for name in names:
+        random_photo(rng).save(folder / name, format="PNG")
+    with open(os.fsencode(folder) + b"/bad\xff.jpg", "wb") as f:  # not UTF-8
+        random_photo(rng).save(f, format="JPEG")
+    report = run(models, tmp_path / "index", folder)
+    assert report.embedded == 4 and report.unnamed == [str(folder) + "/bad\udcff.jpg"]
+    why = "refused: its name is not UTF-8 text; rename it to index it"
+    assert report.problem_lines() == ["1 file(s) cannot be searched:", f"  {folder}/bad\\xff.jpg: {why}"]
+    engine = open_engine(models, tmp_path / "index", [folder])
+    served = ServedPhotos(lambda: engine.current().collection)
+    client = TestClient(Starlette(routes=[served.route()]))
+    for name in names:
+        r = client.get(served.url(name))
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png", name
+        assert r.content == (folder / name).read_bytes()
+    common = ["a dog", "--collection", str(tmp_path / "index"), "--checkpoint", str(models["checkpoint"]),
+              "--image-weights", str(models["resnet"]), "--text-weights", str(models["bert"]), "--device", "cpu",
+              "--k", "10"]
+    assert search_script.main(common) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "new\\nline.jpg" in out and "evil\\e[2J.jpg" in out and "back\\\\slash.jpg" in out
+    assert len(out.strip().splitlines()) == 4  # no forged line
 
 
 def test_a_locked_database_is_retried_until_the_timeout():

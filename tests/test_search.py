@@ -301,7 +301,7 @@ def test_search_script_shows_confidence_date_folder_and_weak_matches(world, caps
     torch.save(state, ckpt)
     common = ["--collection", str(world["index"]), "--image-weights", str(world["resnet"]), "--text-weights",
               str(world["bert"]), "--workers", "0", "--device", "cpu", "--no-progress", "--k", "3"]
-    assert search_script.main(common + ["--checkpoint", str(ckpt), "--photos", str(world["root"]),
+    assert search_script.main(common + ["--checkpoint", str(ckpt), "--photos", str(world["root"]), "--query",
                                         "a dog runs on the grass in:A"]) == 0
     out = capsys.readouterr()
     lines = out.out.strip().splitlines()
@@ -315,8 +315,17 @@ def test_search_script_shows_confidence_date_folder_and_weak_matches(world, caps
                                         "--like", str(world["root"] / "h.png")]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3 and "h.png" not in " ".join(lines) and "no good match" not in lines[0]
-    assert search_script.main(common + ["--photos", str(world["root"]), "after:2019-13"]) == 2
+    assert search_script.main(common + ["after:2019-13", "--photos", str(world["root"])]) == 2
     assert "after:2019-13: not a valid date" in capsys.readouterr().err
+    # a word after --photos is a folder, never the query, said before anything is indexed: here "models"
+    # names a folder of the current directory (the project's own)
+    for words, message in [(["no-such-folder"], "no such folder: no-such-folder (the words after --photos are "
+                                                "folders; a query goes before --photos, after --, or in --query)"),
+                           (["models"], f"the query is required (every word after --photos is a folder, here "
+                                        f"{world['root']}, models; a query goes before --photos")]:
+        with pytest.raises(SystemExit) as exit_:
+            search_script.main(common + ["--photos", str(world["root"]), *words])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_index_folder_ocr_flag_reads_text_and_says_what_to_install(world, tmp_path, monkeypatch, capsys):

@@ -40,6 +40,7 @@ from crossmodal.features.extract import (
 )
 from crossmodal.photos.files import FoundFile, content_hash, scan_folder
 from crossmodal.photos.store import NewRecord, PhotoRecord, PhotoStore, StoreBusy
+from crossmodal.terminal import printable
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,14 @@ def vector_identity(backbone: ImageBackbone) -> dict:
     """What the store records about its vectors; a store refuses to mix vectors of two identities."""
     preprocess = {**backbone.preprocess, "jpeg_draft": True, "exif_transpose": True, "frame": "first"}
     return {"backbone": backbone.name, "weights": backbone.weights, "preprocess": preprocess, "dim": backbone.dim}
+
+
+def _is_text(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # undecodable bytes of the name (surrogateescape)
+        return False
 
 
 def _local_iso(ns: int) -> str:
@@ -106,6 +115,7 @@ class IndexReport:
     stopped: bool = False  # stopped early (``stop`` was set); committed work is kept
     texts_read: int = 0  # photos whose text the OCR pass read this run
     ocr_seconds: float = 0.0
+    unnamed: list[str] = field(default_factory=list)  # files whose names are no text (not UTF-8): not indexed
 
     def summary(self) -> str:
         text = (f"embedded {self.embedded} new/changed, removed {self.removed}, kept {self.kept}, "
@@ -117,13 +127,16 @@ class IndexReport:
         return text
 
     def problem_lines(self, shown: int = PROBLEMS_SHOWN) -> list[str]:
-        """The files that cannot be searched, one line each (the first ``shown``), for a terminal."""
-        if not self.problems:
+        """The files that cannot be searched, one line each (the first ``shown``), for a terminal:
+        control characters in their names escaped (``terminal.printable``)."""
+        problems = [(rec.path, f"{rec.status}: {rec.reason}") for rec in self.problems]
+        problems += [(path, "refused: its name is not UTF-8 text; rename it to index it") for path in self.unnamed]
+        if not problems:
             return []
-        lines = [f"{len(self.problems)} file(s) cannot be searched:"]
-        lines += [f"  {rec.path}: {rec.status}: {rec.reason}" for rec in self.problems[:shown]]
-        if len(self.problems) > shown:
-            lines.append(f"  ... and {len(self.problems) - shown} more")
+        lines = [f"{len(problems)} file(s) cannot be searched:"]
+        lines += [f"  {printable(path)}: {printable(why)}" for path, why in problems[:shown]]
+        if len(problems) > shown:
+            lines.append(f"  ... and {len(problems) - shown} more")
         return lines
 
     @property
@@ -161,6 +174,10 @@ def index_photos(folder: str | os.PathLike, roots: Sequence[str | os.PathLike], 
             found: dict[str, FoundFile] = {}
             for r in resolved:
                 found.update((f.path, f) for f in scan_folder(r, exclude=[store.folder]))
+            # a name that is no text cannot be recorded, served or shown: listed, never indexed
+            report.unnamed = sorted(p for p in found if not _is_text(p))
+            for path in report.unnamed:
+                del found[path]
             stored = store.stored_files(resolved)
             gone = sorted(p for p in stored if p not in found)
             store.remove(gone)
