@@ -6,10 +6,12 @@
     python app.py --collection ~/.local/share/crossmodal/photo_index
     python index_folder.py ~/Pictures --duplicates                # also list near-duplicate photos
     python index_folder.py ~/Pictures --ocr                       # also read the text in the photos
+    python index_folder.py --forget ~/Old                         # drop a folder from the index
 
 One photo index (default: WORK_DIR/photo_index, else ~/.local/share/crossmodal/photo_index; --out
 sets another) holds every folder indexed into it. Incremental: a rerun embeds only new or changed
-files, drops deleted ones, and gives a moved or renamed photo its vector back without decoding it.
+files, drops deleted ones (and indexed folders that are gone), and gives a moved or renamed photo
+its vector back without decoding it.
 A killed run loses at most about half a minute of work. crossmodal/photos/ says how.
 --duplicates reads the stored vectors only, so on an indexed folder it decodes nothing.
 """
@@ -27,7 +29,7 @@ cli.prepare_process()
 from crossmodal.backbones import BackboneUnavailable  # noqa: E402
 from crossmodal.duplicates import DuplicateGroup, duplicate_groups  # noqa: E402
 from crossmodal.engine import EngineError  # noqa: E402
-from crossmodal.photos import PhotoCollection, StoreBusy, StoreError  # noqa: E402
+from crossmodal.photos import PhotoCollection, PhotoStore, StoreBusy, StoreError  # noqa: E402
 from crossmodal.terminal import printable  # noqa: E402
 
 import config  # noqa: E402
@@ -38,12 +40,25 @@ log = logging.getLogger("index_folder")
 
 def main(argv: list[str] | None = None) -> int:
     p = cli.StageParser(__doc__, config)
-    p.add_argument("folders", type=Path, nargs="+", help="photo folders (searched recursively)")
+    p.add_argument("folders", type=Path, nargs="*", help="photo folders (searched recursively)")
+    p.add_argument("--forget", type=Path, nargs="+", metavar="DIR", default=[],
+                   help="drop these folders and the records of their photos from the index (they need not exist)")
     p.flags("work-dir", "checkpoint", "image-weights", "models-dir", "device", "batch-size", "workers", "no-progress",
             "duplicates", "duplicate-threshold", "ocr", "out",
             out_help="the photo index folder (default: WORK_DIR/photo_index, else "
                      "~/.local/share/crossmodal/photo_index)")
     args = p.parse(argv)
+    if not args.folders and not args.forget:
+        p.error("name the photo folders to index (or --forget DIR)")
+    if args.forget:
+        try:
+            forget(cli.photo_index_dir(args), args.forget)
+        except StoreBusy:
+            log.error("%s is being indexed by another process; try again when it has finished",
+                      cli.photo_index_dir(args))
+            return 3
+        if not args.folders:
+            return 0
     args.photos = args.folders
     checkpoint = cli.resolve_checkpoint(args)
     try:
@@ -72,6 +87,16 @@ def main(argv: list[str] | None = None) -> int:
             collection.close()
         print(report_duplicates(groups, args.duplicate_threshold))
     return 0
+
+
+def forget(index: Path, folders: list[Path]) -> None:
+    """Drop folders from the index (``--forget``), saying how many photos went with each."""
+    with PhotoStore(index, repair=True) as store, store.writing(None):
+        for folder in folders:
+            root = str(folder.expanduser().resolve())
+            known = root in store.roots()
+            print(printable(f"forgot {store.forget([root])} photos under {root}"
+                            + ("" if known else " (it was not an indexed folder)")))
 
 
 def report_duplicates(groups: list[DuplicateGroup], threshold: float) -> str:

@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.getLogger().setLevel(logging.WARNING)  # the hits are the output
     from crossmodal import search
+    from crossmodal.photos import StoreError
 
     from model import load_checkpoint
 
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             print(line, file=sys.stderr)
     try:
         result = search.search(opened.engine, args.query or "", k=args.k, like=like, photo=args.image)
-    except ValueError as err:
+    except (ValueError, StoreError) as err:  # a refused query; an index damaged since it was opened
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:

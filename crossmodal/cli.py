@@ -342,6 +342,16 @@ def index_photo_folders(args: argparse.Namespace, state: dict, checkpoint: Path,
             raise OSError(INSTALL_HINT)
         kwargs["read_text"] = read_text
     if background:
+        # A damaged index is repaired before the page opens it (the thread would, but after the page
+        # had read it); skipped while another process indexes, which repairs it then.
+        from crossmodal.photos import PhotoStore, StoreBusy, vector_identity
+
+        with PhotoStore(photo_index_dir(args), repair=True) as store:
+            try:
+                with store.writing(vector_identity(backbone)):
+                    pass
+            except StoreBusy:
+                pass
         thread = IndexingThread(photo_index_dir(args), args.photos, backbone, **kwargs)
         thread.start()
         return thread

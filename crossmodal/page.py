@@ -27,6 +27,8 @@ from typing import Any
 import gradio as gr
 
 from crossmodal.duplicates import DUPLICATE_THRESHOLD
+from crossmodal.engine import EngineError
+from crossmodal.photos.store import StoreError
 from crossmodal.query import GRAMMAR, parse_query
 from crossmodal.search import MAX_K, TOP_K, Hit, SearchResult, search
 from crossmodal.web import UPLOAD_GRACE_S, RefuseMalformedRequests, ServedPhotos, Uploads
@@ -212,6 +214,9 @@ class Page:
         try:
             return search(self.engine, text, k=k, offset=offset, like=like, photo=photo)
         except ValueError as err:  # a query, filter, k or offset the search refuses, an unknown photo
+            raise gr.Error(str(err), print_exception=False)
+        except (StoreError, EngineError) as err:  # the index damaged or re-embedded meanwhile: what to run
+            log.error("%s", err)
             raise gr.Error(str(err), print_exception=False)
 
     def _indexing(self) -> dict | None:

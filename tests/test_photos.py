@@ -6,6 +6,7 @@ independent decode + forward pass, or between runs, so a misaligned row or a ski
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -729,6 +730,102 @@ def test_any_name_the_file_system_allows_is_served_and_shown_escaped(models, tmp
     out = capsys.readouterr().out
     assert "\x1b" not in out and "new\\nline.jpg" in out and "evil\\e[2J.jpg" in out and "back\\\\slash.jpg" in out
     assert len(out.strip().splitlines()) == 4  # no forged line
+
+
+# --------------------------------------------------------------------------------------------------
+# records follow the disk; damage is found and repaired
+
+def index_script(models, index: Path, *folders: Path, extra: tuple = ()) -> subprocess.CompletedProcess:
+    argv = [sys.executable, str(ROOT / "index_folder.py"), *map(str, folders), "--checkpoint",
+            str(models["checkpoint"]), "--out", str(index), "--image-weights", str(models["resnet"]), "--workers", "0",
+            "--device", "cpu", "--no-progress", *extra]
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def search_script(models, index: Path, query: str = "a dog") -> subprocess.CompletedProcess:
+    argv = [sys.executable, str(ROOT / "search.py"), query, "--collection", str(index), "--checkpoint",
+            str(models["checkpoint"]), "--text-weights", str(models["bert"]), "--device", "cpu", "--k", "50", "--json"]
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def test_a_moved_folder_leaves_no_records_behind_and_forget_drops_one(models, tmp_path):
+    folder, index, _ = photo_folder(tmp_path, 4, seed=17)
+    other = tmp_path / "other"
+    shutil.copytree(folder, other)
+    assert index_script(models, index, folder, other).returncode == 0
+    moved = tmp_path / "moved"
+    folder.rename(moved)
+    done = index_script(models, index, moved)
+    assert done.returncode == 0 and "embedded 0 new/changed" in done.stdout  # the vectors come back by hash
+    hits = json.loads(search_script(models, index).stdout)["hits"]
+    assert len(hits) == 8 and all(Path(h["path"]).is_file() for h in hits)  # moved/ and other/, nothing gone
+    with PhotoStore(index) as s:
+        assert s.roots() == [str(moved), str(other)]
+    forgot = index_script(models, index, extra=("--forget", str(other)))
+    assert forgot.returncode == 0 and forgot.stdout.strip() == f"forgot 4 photos under {other}"
+    assert {Path(h["path"]).parent for h in json.loads(search_script(models, index).stdout)["hits"]} == {moved}
+
+
+def test_a_change_that_keeps_size_and_mtime_is_indexed_again(models, tmp_path):
+    """New bytes, the same size, the old mtime put back (what `touch -r` hides): the inode change time
+    still moves, so the file is looked at again."""
+    folder, index, _ = photo_folder(tmp_path, 2, seed=18)
+    run(models, index, folder)
+    photo = folder / "0.png"
+    with PhotoStore(index) as s:
+        old = s.record(photo).hash
+    st = photo.stat()
+    data = bytearray(photo.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    photo.write_bytes(bytes(data))
+    os.utime(photo, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (photo.stat().st_size, photo.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    report = run(models, index, folder)
+    assert report.kept == 1  # the other photo
+    with PhotoStore(index) as s:
+        assert s.record(photo).hash != old
+
+
+def index_state(index: Path) -> tuple[list, dict]:
+    return records(index), vectors_by_path(index)
+
+
+@pytest.mark.parametrize("damage", ["database middle", "database header", "vector rows"])
+def test_damage_is_said_by_readers_and_repaired_by_the_next_indexing(models, tmp_path, damage):
+    """Random bytes in photos.sqlite3 (its middle or its header) or in the vector file (same length):
+    a search says so in one line naming the file and the repair; the next index_folder.py moves the
+    damaged file aside and rebuilds an index equal to a clean one. No traceback anywhere."""
+    folder, index, _ = photo_folder(tmp_path, 24, seed=19)
+    clean = tmp_path / "clean"
+    assert index_script(models, clean, folder).returncode == 0
+    assert index_script(models, index, folder).returncode == 0
+    rng = np.random.default_rng(20)
+    if damage.startswith("database"):
+        db = index / "photos.sqlite3"
+        with open(db, "r+b") as f:
+            f.seek(0 if damage == "database header" else (db.stat().st_size // 2) & ~4095)
+            f.write(rng.integers(0, 256, 8192, dtype=np.uint8).tobytes())
+        damaged = db
+    else:
+        damaged = next(index.glob("vectors-*.f16"))
+        size = damaged.stat().st_size
+        damaged.write_bytes(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
+    said = search_script(models, index)
+    assert said.returncode == 2 and "Traceback" not in said.stderr, said.stderr[-2000:]
+    line = said.stderr.strip().splitlines()[-1]
+    assert str(damaged) in line and "is damaged" in line
+    assert f"python index_folder.py FOLDER [FOLDER ...] --out {index}" in line
+    repaired = index_script(models, index, folder)
+    assert repaired.returncode == 0 and "Traceback" not in repaired.stderr, repaired.stderr[-2000:]
+    assert "is damaged" in repaired.stderr and "moved it" in repaired.stderr
+    assert any(p.name.startswith("damaged-") for p in index.iterdir())  # set aside, never deleted
+    got, want = index_state(index), index_state(clean)
+    assert got[0] == want[0] and list(got[1]) == list(want[1])
+    for path in want[1]:
+        np.testing.assert_allclose(got[1][path], want[1][path], rtol=0, atol=1e-3)
+    assert search_script(models, index).returncode == 0
 
 
 def test_a_locked_database_is_retried_until_the_timeout():

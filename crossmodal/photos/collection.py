@@ -46,6 +46,7 @@ class PhotoCollection:
         self.names = [os.path.relpath(p, root) for p in snapshot.paths]
         self.taken_at = snapshot.taken_at
         self.camera = snapshot.camera
+        self.files = snapshot.files  # (size, mtime_ns, hash) as indexed: what the page may serve
         self.folders = [self._folder(p) for p in snapshot.paths]
 
     @classmethod
@@ -56,7 +57,11 @@ class PhotoCollection:
                                   f"python index_folder.py PHOTO_FOLDER --out {folder}")
         store = PhotoStore(folder)
         resolved = [str(Path(r).expanduser().resolve()) for r in roots] if roots is not None else None
-        return cls(store, resolved, store.snapshot(resolved))
+        try:
+            return cls(store, resolved, store.checked_snapshot(resolved))
+        except BaseException:
+            store.close()
+            raise
 
     def _folder(self, path: str) -> str:
         own = next((r for r in self.roots if under(path, r)), str(self.root))
@@ -86,7 +91,7 @@ class PhotoCollection:
     def latest(self) -> "PhotoCollection":
         if self.store.generation() == self.generation:
             return self
-        return PhotoCollection(self.store, self._filter, self.store.snapshot(self._filter))
+        return PhotoCollection(self.store, self._filter, self.store.checked_snapshot(self._filter))
 
     def describe(self) -> str:
         where = ", ".join(self.roots) or str(self.store.folder)

@@ -24,6 +24,7 @@ class FoundFile:
     size: int
     mtime_ns: int
     error: str | None = None  # why the file cannot be read (then size and mtime are the link's own)
+    ctime_ns: int | None = None  # the inode change time (a change that keeps size and mtime moves it)
 
 
 def is_photo_name(name: str) -> bool:
@@ -65,7 +66,7 @@ def scan_folder(root: str | os.PathLike, exclude: Iterable[str | os.PathLike] = 
             except OSError as err:
                 found.append(_problem(path, err))
                 continue
-            found.append(FoundFile(path, st.st_size, st.st_mtime_ns))
+            found.append(FoundFile(path, st.st_size, st.st_mtime_ns, ctime_ns=st.st_ctime_ns))
     return sorted(found, key=lambda f: f.path)
 
 

@@ -1,12 +1,12 @@
 """Incremental indexing of photo folders into a ``PhotoStore``.
 
-A run scans the folders, drops the records of files that are gone, and hands every new or changed
-file (a different size or mtime than recorded), and every file whose vector is missing, to
-DataLoader workers. A worker hashes the file's bytes, reads its header and EXIF, and decodes it
-only when no stored vector has that content hash yet: a renamed, moved or copied photo gets its
-vector back without being decoded. Refused and undecodable files are recorded with their reason
-and not retried until they change; unreadable ones (dangling symlinks, permissions) are listed on
-every run.
+A run scans the folders, drops the records of files that are gone (and of indexed folders that are
+gone), and hands every new or changed file (a different size, mtime or inode change time than
+recorded), and every file whose vector is missing, to DataLoader workers. A worker hashes the
+file's bytes, reads its header and EXIF, and decodes it only when no stored vector has that content
+hash yet: a renamed, moved or copied photo gets its vector back without being decoded. Refused and
+undecodable files are recorded with their reason and not retried until they change; unreadable
+ones (dangling symlinks, permissions) are listed on every run.
 
 Results are committed about every ``COMMIT_SECONDS`` (vectors fsynced, then one SQLite
 transaction), so a killed run loses at most that much work and a rerun continues from there; a
@@ -87,7 +87,8 @@ class PhotoFileDataset(Dataset):
             digest, st = content_hash(f.path)
         except OSError as err:
             return NewRecord(f.path, f.size, f.mtime_ns, "unreadable", f"cannot read: {err.strerror or err}"), None
-        base = {"path": f.path, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "hash": digest}
+        base = {"path": f.path, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+                "hash": digest}
         try:
             with images.open_image(f.path, images.INDEX_BUDGET) as im:
                 info = images.photo_info(im)
@@ -109,6 +110,7 @@ class IndexReport:
     reused: int = 0  # new or changed files whose content already had a vector (moved, renamed, copied)
     kept: int = 0  # unchanged since the last run
     removed: int = 0  # records dropped: their file is gone
+    forgotten: list[str] = field(default_factory=list)  # indexed folders that are gone: their records dropped
     problems: list[PhotoRecord] = field(default_factory=list)  # files that cannot be searched, with reasons
     seconds: float = 0.0
     embed_seconds: float = 0.0  # of which hashing, decoding and embedding
@@ -167,9 +169,14 @@ def index_photos(folder: str | os.PathLike, roots: Sequence[str | os.PathLike], 
         if not Path(r).is_dir():
             raise FileNotFoundError(f"no such folder: {r}")
     report = IndexReport(resolved)
-    store = PhotoStore(folder)
+    store = PhotoStore(folder, repair=True)  # a damaged index is moved aside and indexed anew
     try:
         with store.writing(vector_identity(backbone), str(Path(checkpoint).resolve()) if checkpoint else None):
+            # folders indexed before that are gone (moved, renamed, deleted): their records go too
+            report.forgotten = [r for r in store.roots() if r not in resolved and not Path(r).is_dir()]
+            if report.forgotten:
+                forgotten = store.forget(report.forgotten)
+                log.info("forgot %d photos of folders that are gone: %s", forgotten, ", ".join(report.forgotten))
             store.add_roots(resolved)
             found: dict[str, FoundFile] = {}
             for r in resolved:
@@ -184,11 +191,11 @@ def index_photos(folder: str | os.PathLike, roots: Sequence[str | os.PathLike], 
             unreadable, todo = [], []
             for f in found.values():
                 old = stored.get(f.path)
-                same = old is not None and old[:2] == (f.size, f.mtime_ns)
+                same = old is not None and old[:3] == (f.size, f.mtime_ns, f.ctime_ns)
                 if f.error:
-                    if not (same and old[2] == "unreadable"):
+                    if not (old is not None and old[:2] == (f.size, f.mtime_ns) and old[3] == "unreadable"):
                         unreadable.append(NewRecord(f.path, f.size, f.mtime_ns, "unreadable", f.error))
-                elif same and (old[3] or old[2] not in ("ok", *RETRIED_EVERY_RUN)):
+                elif same and (old[4] or old[3] not in ("ok", *RETRIED_EVERY_RUN)):
                     report.kept += 1
                 else:
                     todo.append(f)

@@ -30,12 +30,14 @@ matrix is mostly such garbage: then ``compact`` rewrites it into a new file.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
 import sqlite3
 import threading
 import time
+import zlib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -81,11 +83,15 @@ CREATE TABLE IF NOT EXISTS photos (
     taken_at TEXT,
     taken_from TEXT,
     camera TEXT,
-    ocr_text TEXT
+    ocr_text TEXT,
+    ctime_ns INTEGER
 );
 CREATE INDEX IF NOT EXISTS photos_hash ON photos (hash);
 CREATE TABLE IF NOT EXISTS vectors (hash TEXT PRIMARY KEY, row INTEGER NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS vector_blocks (start INTEGER PRIMARY KEY, stop INTEGER NOT NULL, crc INTEGER NOT NULL);
 """
+# Added to indexes made before them (``PhotoStore._ensure_schema``): column -> its declaration.
+ADDED_COLUMNS = {"ctime_ns": "ctime_ns INTEGER"}
 # The OCR text's full-text index (SQLite FTS5, over photos.ocr_text), kept in sync by triggers, so
 # every change of a record (new, re-recorded, OCR read, deleted) updates it in the same transaction.
 OCR_SCHEMA = [
@@ -108,6 +114,15 @@ class StoreError(RuntimeError):
     """An index this code cannot use (another format); the message says what to do."""
 
 
+class StoreDamaged(StoreError):
+    """A damaged index file; the message names it and the command that rebuilds the index."""
+
+
+def _damaged(err: BaseException) -> bool:
+    """Whether an SQLite error says the file is damaged (not merely busy)."""
+    return isinstance(err, sqlite3.DatabaseError) and "locked" not in str(err) and "busy" not in str(err)
+
+
 @dataclass(frozen=True)
 class PhotoRecord:
     """One file's row of ``photos`` (``row``: its vector's row in the matrix, None without one)."""
@@ -124,6 +139,7 @@ class PhotoRecord:
     taken_from: str | None
     camera: str | None
     ocr_text: str | None
+    ctime_ns: int | None
     row: int | None
 
 
@@ -141,6 +157,7 @@ class NewRecord:
     taken_at: str | None = None
     taken_from: str | None = None
     camera: str | None = None
+    ctime_ns: int | None = None  # the inode change time: a change that keeps size and mtime still moves it
 
 
 @dataclass(frozen=True)
@@ -156,6 +173,7 @@ class Snapshot:
     matrix_name: str | None
     taken_at: list[str | None]  # ISO date-time taken (EXIF), else the file's mtime
     camera: list[str | None]
+    files: list[tuple[int, int, str]]  # (size, mtime_ns, content hash) as indexed: what may be served
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -178,6 +196,34 @@ def _prefix_range(root: str) -> tuple[str, str]:
     """[low, high) bounds of the paths inside folder ``root`` under SQLite's byte-wise text order."""
     prefix = root if root.endswith(os.sep) else root + os.sep
     return prefix, prefix[:-1] + chr(ord(os.sep) + 1)
+
+
+def _reads(method: Callable) -> Callable:
+    """A reading method whose SQLite errors of damage become StoreDamaged (the file, the repair)."""
+    @functools.wraps(method)
+    def read(self: "PhotoStore", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as err:
+            if not _damaged(err):
+                raise
+            raise self.damage(DB_FILE, err) from None
+    return read
+
+
+def _file_crc(path: Path, start: int, stop: int, block: int = 1 << 22) -> int:
+    """CRC-32 of the bytes ``start:stop`` of a file."""
+    crc = 0
+    with open(path, "rb") as f:
+        f.seek(start)
+        left = stop - start
+        while left > 0:
+            data = f.read(min(block, left))
+            if not data:
+                return -1  # shorter than that: not the bytes a checksum was taken of
+            crc = zlib.crc32(data, crc)
+            left -= len(data)
+    return crc
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -204,10 +250,30 @@ class PhotoStore:
     """One photo index (a data folder). Every method may be called from any thread (one connection,
     guarded by a lock); writing methods need ``writing()`` held (one writer process at a time)."""
 
-    def __init__(self, folder: str | os.PathLike):
+    def __init__(self, folder: str | os.PathLike, repair: bool = False):
+        """Open (or create) the index in ``folder``. A damaged database file raises StoreDamaged, or
+        with ``repair`` (a writer, which will index the photos again) is moved aside and started anew."""
         self.folder = Path(folder).expanduser()
         self.folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        self._lock_file = None
+        self._verified: tuple[str | None, int] = (None, 0)  # (matrix file, rows) whose checksums were checked
+        try:
+            self._open()
+        except sqlite3.DatabaseError as err:
+            if not _damaged(err):
+                raise
+            if not repair:
+                raise self.damage(DB_FILE, err) from None
+            self._set_aside(DB_FILE, err)
+            self._open()
+
+    def damage(self, name: str, why: object) -> StoreDamaged:
+        """The error a reader gives for a damaged file of the index: the file and the repair command."""
+        return StoreDamaged(f"the photo index file {self.folder / name} is damaged ({why}); index its folders "
+                            f"again to rebuild it: python index_folder.py FOLDER [FOLDER ...] --out {self.folder}")
+
+    def _open(self) -> None:
         self._conn = sqlite3.connect(self.folder / DB_FILE, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                      check_same_thread=False)
         # Switching a file to WAL can answer "database is locked" at once, without the busy timeout,
@@ -216,7 +282,6 @@ class PhotoStore:
         retry_while_locked(lambda: self._conn.execute("PRAGMA journal_mode=WAL"))
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
-        self._lock_file = None
         fmt = self._format()
         if fmt is None:  # a new index (a write: only then, so opening never waits for a writer)
             with self._transaction(immediate=True) as c:
@@ -230,7 +295,51 @@ class PhotoStore:
         if fmt != str(FORMAT):
             raise StoreError(f"{self.folder} holds a photo index of format {fmt}; this version reads "
                              f"format {FORMAT}: index into another folder, or delete it to start again")
+        self._ensure_schema()
         self._ensure_ocr_index()
+
+    def _set_aside(self, name: str, why: object) -> Path:
+        """Move the database (with its journal) and every vector and projection file into a folder
+        ``damaged-<time>`` beside them, never deleting them; the index starts anew."""
+        with self._lock:
+            conn = getattr(self, "_conn", None)
+            if conn is not None:
+                conn.close()
+                self._conn = None
+            aside = self.folder / f"damaged-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+            aside.mkdir()
+            for path in sorted(self.folder.iterdir()):
+                if path.is_file() and path.name != LOCK_FILE:
+                    path.rename(aside / path.name)
+            _fsync_dir(self.folder)
+        log.warning("the photo index file %s is damaged (%s); moved it and the files beside it to %s; every "
+                    "photo is indexed again", self.folder / name, why, aside)
+        self._verified = (None, 0)
+        return aside
+
+    def _ensure_schema(self) -> None:
+        """Add what indexes made before them lack: columns (``ADDED_COLUMNS``) and the vector checksums
+        (their committed rows taken as they are, one block)."""
+        columns = {r[1] for r in self._conn.execute("PRAGMA table_info(photos)")}
+        has_blocks = self._conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'vector_blocks'").fetchone()
+        if set(ADDED_COLUMNS) <= columns and has_blocks:
+            return
+        try:
+            with self._transaction(immediate=True) as c:
+                for column, declaration in ADDED_COLUMNS.items():
+                    if column not in columns:
+                        c.execute(f"ALTER TABLE photos ADD COLUMN {declaration}")
+                if not has_blocks:
+                    c.execute("CREATE TABLE IF NOT EXISTS vector_blocks "
+                              "(start INTEGER PRIMARY KEY, stop INTEGER NOT NULL, crc INTEGER NOT NULL)")
+                    meta = self._meta(c)
+                    rows, name = int(meta["rows"]), meta.get("matrix")
+                    if rows and name and (self.folder / name).is_file():
+                        dim = int(json.loads(meta["identity"])["dim"])
+                        c.execute("INSERT INTO vector_blocks VALUES (0, ?, ?)",
+                                  (rows, _file_crc(self.folder / name, 0, rows * dim * 2)))
+        except sqlite3.OperationalError as err:  # a read-only index: searched as it is
+            log.warning("cannot update the photo index in %s to this version: %s", self.folder, err)
 
     def _ensure_ocr_index(self) -> None:
         """Add the OCR full-text index to an index made before it existed (filled from the records)."""
@@ -282,23 +391,27 @@ class PhotoStore:
     # ---------------------------------------------------------------------------------------------
     # reading (any thread, any process, while a writer adds photos)
 
+    @_reads
     def generation(self) -> int:
         """Incremented by every commit: a cheap check for whether a new snapshot is worth taking."""
         with self._lock:
             return int(self._conn.execute("SELECT value FROM meta WHERE key='generation'").fetchone()[0])
 
+    @_reads
     def identity(self) -> dict | None:
         """What produced the vectors (backbone, weights, preprocess, dim), None before any."""
         with self._lock:
             row = self._conn.execute("SELECT value FROM meta WHERE key='identity'").fetchone()
         return json.loads(row[0]) if row else None
 
+    @_reads
     def checkpoint(self) -> str | None:
         """The checkpoint the last indexing run was started for (what ``--collection`` serves by default)."""
         with self._lock:
             row = self._conn.execute("SELECT value FROM meta WHERE key='checkpoint'").fetchone()
         return row[0] if row else None
 
+    @_reads
     def roots(self) -> list[str]:
         """Every folder ever indexed into this store."""
         with self._lock:
@@ -317,6 +430,7 @@ class PhotoStore:
             args += [low, high]
         return "(" + " OR ".join(parts) + ")", args
 
+    @_reads
     def records(self, roots: Sequence[str | os.PathLike] | None = None,
                 statuses: Iterable[str] = STATUSES) -> list[PhotoRecord]:
         """Every file's record under ``roots`` (all when None) with one of ``statuses``, by path."""
@@ -328,6 +442,7 @@ class PhotoStore:
         with self._lock:
             return [PhotoRecord(*r) for r in self._conn.execute(sql, args + statuses)]
 
+    @_reads
     def record(self, path: str | os.PathLike) -> PhotoRecord | None:
         """The record of one file (an absolute path, as indexed), None when it is not indexed."""
         cols = ", ".join(f"p.{c}" for c in _RECORD_COLUMNS)
@@ -350,6 +465,7 @@ class PhotoStore:
             except sqlite3.OperationalError:  # no OCR index (a read-only index made before it)
                 return []
 
+    @_reads
     def ocr_pending(self, roots: Sequence[str | os.PathLike] | None = None) -> list[tuple[int, str]]:
         """(id, path) of the searchable photos under ``roots`` whose text has not been read yet."""
         where, args = self._where(roots)
@@ -366,6 +482,7 @@ class PhotoStore:
             return np.zeros((0, dim), dtype=np.float16)
         return np.memmap(self.folder / name, dtype=np.float16, mode="r", shape=(rows, dim))
 
+    @_reads
     def snapshot(self, roots: Sequence[str | os.PathLike] | None = None) -> Snapshot:
         """The searchable photos (status ok, with a vector) under ``roots`` (all when None), consistent
         with one commit."""
@@ -373,9 +490,9 @@ class PhotoStore:
         for attempt in range(3):
             with self._transaction() as cur:
                 meta = self._meta(cur)
-                found = cur.execute(f"SELECT p.id, p.path, v.row, p.taken_at, p.camera FROM photos p "
-                                    f"JOIN vectors v ON v.hash = p.hash WHERE p.status = 'ok' AND {where} "
-                                    f"ORDER BY p.path", args).fetchall()
+                found = cur.execute(f"SELECT p.id, p.path, v.row, p.taken_at, p.camera, p.size, p.mtime_ns, "
+                                    f"p.hash FROM photos p JOIN vectors v ON v.hash = p.hash "
+                                    f"WHERE p.status = 'ok' AND {where} ORDER BY p.path", args).fetchall()
             identity = json.loads(meta["identity"]) if "identity" in meta else None
             try:
                 matrix = self._matrix(meta.get("matrix"), int(meta["rows"]), int((identity or {}).get("dim", 0)))
@@ -386,7 +503,8 @@ class PhotoStore:
         ids = np.array([r[0] for r in found], dtype=np.int64)
         rows = np.array([r[2] for r in found], dtype=np.int64)
         return Snapshot(int(meta["generation"]), identity, ids, [r[1] for r in found], rows, matrix,
-                        meta.get("matrix"), [r[3] for r in found], [r[4] for r in found])
+                        meta.get("matrix"), [r[3] for r in found], [r[4] for r in found],
+                        [(r[5], r[6], r[7]) for r in found])
 
     # ---------------------------------------------------------------------------------------------
     # writing: one process at a time
@@ -399,12 +517,15 @@ class PhotoStore:
             self._lock_file = None
 
     @contextlib.contextmanager
-    def writing(self, identity: dict, checkpoint: str | None = None) -> Iterator["PhotoStore"]:
+    def writing(self, identity: dict | None, checkpoint: str | None = None) -> Iterator["PhotoStore"]:
         """Hold the index for writing vectors of ``identity``: StoreBusy when another process holds it.
 
-        Leftovers of a killed run are cleaned first (matrix rows past the committed count, matrix
-        files no commit names). Vectors of another identity are dropped, with one log line: every
-        photo is embedded again with this model into a new matrix.
+        The database is checked first (SQLite's ``quick_check``; a damaged one is moved aside and the
+        index starts anew), then the vector file against the checksums of its commits (a damaged one
+        is moved aside and every photo embedded again). Leftovers of a killed run are cleaned (matrix
+        rows past the committed count, matrix files no commit names). Vectors of another identity
+        are dropped, with one log line: every photo is embedded again with this model into a new
+        matrix. ``identity`` None: records only (forgetting folders), the vectors as they are.
         """
         if self._lock_file is not None:
             raise StoreBusy(f"{self.folder} is already open for writing here")
@@ -426,10 +547,25 @@ class PhotoStore:
                 raise StoreBusy(f"another process is indexing into {self.folder}") from None
         self._lock_file = lock
         try:
-            self._recover(identity, checkpoint)
+            self._check_database()
+            if identity is not None:
+                self._recover(identity, checkpoint)
             yield self
         finally:
             self._release()
+
+    def _check_database(self) -> None:
+        """SQLite's own check of the database; a damaged one is moved aside and started anew."""
+        try:
+            with self._lock:
+                result = self._conn.execute("PRAGMA quick_check").fetchone()[0]
+        except sqlite3.DatabaseError as err:
+            if not _damaged(err):
+                raise
+            result = str(err)
+        if result != "ok":
+            self._set_aside(DB_FILE, result)
+            self._open()
 
     def _recover(self, identity: dict, checkpoint: str | None) -> None:
         with self._transaction(immediate=True) as cur:
@@ -437,12 +573,17 @@ class PhotoStore:
             old = json.loads(meta["identity"]) if "identity" in meta else None
             name, rows = meta.get("matrix"), int(meta["rows"])
             path = self.folder / name if name else None
-            expected = rows * int((old or {}).get("dim", 0)) * 2
-            damaged = path is not None and (not path.is_file() or path.stat().st_size < expected)
-            if old != identity or name is None or damaged:
-                if damaged:
-                    log.warning("the vector file %s is shorter than its %d committed rows; embedding every "
-                                "photo again", path, rows)
+            dim = int((old or {}).get("dim", 0))
+            damage = None
+            if path is not None and (not path.is_file() or path.stat().st_size < rows * dim * 2):
+                damage = f"shorter than its {rows} committed rows"
+            elif path is not None and old == identity:
+                damage = self._bad_rows(cur, path, dim, 0, rows)
+            if old != identity or name is None or damage:
+                if damage:
+                    aside = self._move_aside(path)
+                    log.warning("the vector file %s is damaged (%s); moved it to %s; embedding every photo again",
+                                path, damage, aside)
                 elif old is not None and old != identity:
                     log.warning("the photo index in %s holds vectors of %s (%s); embedding every photo again "
                                 "with %s (%s)", self.folder, old.get("backbone"), old.get("weights"),
@@ -452,11 +593,13 @@ class PhotoStore:
                 open(self.folder / name, "wb").close()
                 _fsync_dir(self.folder)
                 cur.execute("DELETE FROM vectors")
+                cur.execute("DELETE FROM vector_blocks")
                 self._set(cur, identity=json.dumps(identity, sort_keys=True), matrix=name, rows=0,
                           matrix_seq=seq, generation=int(meta["generation"]) + 1)
                 rows = 0
             if checkpoint is not None:
                 self._set(cur, checkpoint=checkpoint)
+        self._verified = (name, rows)
         # Rows written by a run killed before its commit, and files of a killed reset or compaction.
         size = rows * identity["dim"] * 2
         if (self.folder / name).stat().st_size > size:
@@ -465,6 +608,47 @@ class PhotoStore:
         for stray in self.folder.glob(f"{MATRIX_PREFIX}*{MATRIX_SUFFIX}"):
             if stray.name != name:
                 stray.unlink()
+
+    def _move_aside(self, path: Path) -> Path:
+        aside = self.folder / f"damaged-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        aside.mkdir(exist_ok=True)
+        path.rename(aside / path.name)
+        return aside / path.name
+
+    def _bad_rows(self, cur: sqlite3.Cursor, path: Path, dim: int, start: int, stop: int) -> str | None:
+        """What in rows ``start:stop`` of the vector file no longer matches the checksums of its commits
+        ("rows a-b ..."), None when they all do."""
+        blocks = cur.execute("SELECT start, stop, crc FROM vector_blocks WHERE stop > ? AND start < ? ORDER BY start",
+                             (start, stop)).fetchall()
+        for a, b, crc in blocks:
+            if _file_crc(path, a * dim * 2, b * dim * 2) != crc:
+                return f"rows {a}-{b - 1} do not match the checksum of their commit"
+        return None
+
+    def checked_snapshot(self, roots: Sequence[str | os.PathLike] | None = None) -> Snapshot:
+        """``snapshot``, its vector rows checked against their checksums (``verify_vectors``)."""
+        snap = self.snapshot(roots)
+        self.verify_vectors(snap)
+        return snap
+
+    @_reads
+    def verify_vectors(self, snapshot: "Snapshot") -> None:
+        """StoreDamaged, naming the vector file and the repair, when rows of a snapshot's matrix no
+        longer match the checksums of their commits (rows checked before are not read again)."""
+        name, rows = snapshot.matrix_name, len(snapshot.matrix)
+        if name is None or not rows:
+            return
+        done = self._verified[1] if self._verified[0] == name else 0
+        if done >= rows:
+            return
+        try:
+            with self._lock:
+                bad = self._bad_rows(self._conn.cursor(), self.folder / name, snapshot.dim, done, rows)
+        except FileNotFoundError:  # compaction replaced the file since: the next snapshot reads the new one
+            return
+        if bad:
+            raise self.damage(name, bad)
+        self._verified = (name, rows)
 
     @staticmethod
     def _set(cur: sqlite3.Cursor, **values: object) -> None:
@@ -475,13 +659,13 @@ class PhotoStore:
         if self._lock_file is None:
             raise RuntimeError("open the store with writing() first")
 
-    def stored_files(self, roots: Sequence[str | os.PathLike]) -> dict[str, tuple[int, int, str, bool]]:
-        """path -> (size, mtime_ns, status, has a vector) of every record under ``roots``."""
+    def stored_files(self, roots: Sequence[str | os.PathLike]) -> dict[str, tuple[int, int, int | None, str, bool]]:
+        """path -> (size, mtime_ns, ctime_ns, status, has a vector) of every record under ``roots``."""
         where, args = self._where(roots)
-        sql = (f"SELECT p.path, p.size, p.mtime_ns, p.status, v.row IS NOT NULL FROM photos p "
+        sql = (f"SELECT p.path, p.size, p.mtime_ns, p.ctime_ns, p.status, v.row IS NOT NULL FROM photos p "
                f"LEFT JOIN vectors v ON v.hash = p.hash WHERE {where}")
         with self._lock:
-            return {r[0]: (r[1], r[2], r[3], bool(r[4])) for r in self._conn.execute(sql, args)}
+            return {r[0]: (r[1], r[2], r[3], r[4], bool(r[5])) for r in self._conn.execute(sql, args)}
 
     def known_hashes(self) -> set[str]:
         """Content hashes that have a vector (referenced or not): their files need no decoding."""
@@ -504,6 +688,17 @@ class PhotoStore:
         with self._transaction(immediate=True) as cur:
             cur.executemany("DELETE FROM photos WHERE path = ?", [(p,) for p in paths])
             self._set(cur, generation=int(self._meta(cur)["generation"]) + 1)
+
+    def forget(self, roots: Sequence[str]) -> int:
+        """Drop the folders ``roots`` (absolute) and the records of every file under them; how many
+        records. Their vectors stay until compaction (a folder indexed again soon reuses them)."""
+        self._check_writing()
+        where, args = self._where(roots, column="path")
+        with self._transaction(immediate=True) as cur:
+            forgotten = cur.execute(f"DELETE FROM photos WHERE {where}", args).rowcount
+            cur.executemany("DELETE FROM roots WHERE path = ?", [(str(r),) for r in roots])
+            self._set(cur, generation=int(self._meta(cur)["generation"]) + 1)
+        return forgotten
 
     def add_roots(self, roots: Sequence[str]) -> None:
         """Record folders being indexed (before their photos arrive, so a reader knows them)."""
@@ -552,6 +747,9 @@ class PhotoStore:
                 with self._transaction(immediate=True) as cur:
                     cur.executemany("INSERT INTO vectors VALUES (?, ?)",
                                     [(h, rows + i) for i, h in enumerate(new)])
+                    if new:  # the checksum of the rows, committed with them
+                        cur.execute("INSERT INTO vector_blocks VALUES (?, ?, ?)",
+                                    (rows, rows + len(new), zlib.crc32(block.tobytes())))
                     cols = ", ".join(_NEW_COLUMNS)
                     updates = ", ".join(f"{c} = excluded.{c}" for c in _NEW_COLUMNS if c != "path")
                     cur.executemany(
@@ -600,9 +798,12 @@ class PhotoStore:
         seq = int(meta["matrix_seq"]) + 1
         name = f"{MATRIX_PREFIX}{seq}{MATRIX_SUFFIX}"
         src = np.array([r for _, r in keep], dtype=np.int64)
+        crc = 0
         with open(self.folder / name, "wb") as f:
             for start in range(0, len(src), COPY_ROWS):
-                f.write(np.ascontiguousarray(old[src[start:start + COPY_ROWS]]).tobytes())
+                data = np.ascontiguousarray(old[src[start:start + COPY_ROWS]]).tobytes()
+                crc = zlib.crc32(data, crc)
+                f.write(data)
             f.flush()
             os.fsync(f.fileno())
         _fsync_dir(self.folder)
@@ -614,6 +815,9 @@ class PhotoStore:
             # Ascending old rows get rows 0, 1, ...: each new row is at most its old one, so no
             # update collides with a row not yet moved.
             cur.executemany("UPDATE vectors SET row = ? WHERE hash = ?", [(i, h) for i, (h, _) in enumerate(keep)])
+            cur.execute("DELETE FROM vector_blocks")
+            if keep:
+                cur.execute("INSERT INTO vector_blocks VALUES (0, ?, ?)", (len(keep), crc))
             self._set(cur, matrix=name, rows=len(keep), matrix_seq=seq, generation=int(meta["generation"]) + 1)
         (self.folder / old_name).unlink(missing_ok=True)
         log.info("compacted the vector matrix: %d rows kept, %d unreferenced dropped", len(keep), rows - len(keep))
