@@ -26,6 +26,7 @@ Programmatic use (JSON-friendly results, one dict per hit; k a whole number from
 """
 import logging
 import os
+import signal
 import sys
 import time
 
@@ -41,7 +42,7 @@ log = logging.getLogger("app")
 def parse_args(argv: list[str] | None = None):
     p = cli.StageParser(__doc__, config)
     p.flags("photos", "checkpoint", "collection", "work-dir", "image-features", "models-dir", "text-weights",
-            "image-weights", "device", "host", "port", "threads", "upload-grace")
+            "image-weights", "device", "host", "port", "threads", "upload-grace", "rescan-seconds")
     p.flags("images", "captions", serving=True)
     return p.parse(argv)
 
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from crossmodal.page import serve
 
+    # SIGTERM ends the page as Ctrl-C does, so what it holds (its upload folder) is removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     serve(opened.engine, args.host, args.port, indexer=opened.indexing, upload_grace=args.upload_grace)
     return 0
 

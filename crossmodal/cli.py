@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import importlib
 import logging
 import os
 import shlex
+import sqlite3
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -34,11 +36,35 @@ def prepare_process(serving: bool = False) -> None:
     # machine, as fast as 1 thread with passive waiting. A value set by the user wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if serving:
+        _private_upload_folder()
         _tune_malloc()
         # transformers' BERT code imports torch._dynamo, which loads Triton, a GPU kernel compiler
         # (75 MB resident), though the page never compiles a kernel; with None in sys.modules the
         # import fails and torch treats Triton as absent.
         sys.modules.setdefault("triton", None)
+
+
+UPLOAD_FOLDER_PREFIX = "crossmodal-uploads-"
+
+
+def _private_upload_folder() -> None:
+    """The page's uploads in a folder of its own (GRADIO_TEMP_DIR, read when Gradio loads), removed at
+    exit; those of earlier pages killed before they could remove theirs go now. A folder set by the
+    user is left to them."""
+    if os.environ.get("GRADIO_TEMP_DIR"):
+        return
+    import atexit
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.gettempdir())
+    for stale in base.glob(f"{UPLOAD_FOLDER_PREFIX}*"):
+        pid = stale.name[len(UPLOAD_FOLDER_PREFIX):].split("-")[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists() and os.name == "posix":
+            shutil.rmtree(stale, ignore_errors=True)
+    folder = tempfile.mkdtemp(prefix=f"{UPLOAD_FOLDER_PREFIX}{os.getpid()}-")
+    os.environ["GRADIO_TEMP_DIR"] = folder
+    atexit.register(shutil.rmtree, folder, True)
 
 
 def _libc() -> Any:
@@ -187,6 +213,9 @@ FLAGS: dict[str, Flag] = {
                   "(\"this photo, but at night\")", Path),
     "ocr": Flag(lambda: __import__("crossmodal.ocr", fromlist=["HELP"]).HELP, None,
                 options={"action": "store_true"}),
+    "rescan-seconds": Flag("with --photos: look at the folders again this often, so new, moved and deleted photos "
+                           "show without a restart (0: only at start)", float,
+                           _library_default("crossmodal.photos.indexer", "RESCAN_SECONDS")),
     "upload-grace": Flag("seconds an uploaded photo stays on the server after its last search (a search of it again "
                          "meanwhile reuses it)", float, _library_default("crossmodal.web", "UPLOAD_GRACE_S")),
     # own-photo folders
@@ -352,7 +381,8 @@ def index_photo_folders(args: argparse.Namespace, state: dict, checkpoint: Path,
                     pass
             except StoreBusy:
                 pass
-        thread = IndexingThread(photo_index_dir(args), args.photos, backbone, **kwargs)
+        every = getattr(args, "rescan_seconds", 0) or None
+        thread = IndexingThread(photo_index_dir(args), args.photos, backbone, every=every, **kwargs)
         thread.start()
         return thread
     return index_photos(photo_index_dir(args), args.photos, backbone,
@@ -425,6 +455,12 @@ def open_engine(args: argparse.Namespace, config: ModuleType, load_model: Callab
                 indexing = index_photo_folders(args, state, checkpoint, background=background)
             except StoreBusy as err:
                 logging.getLogger("crossmodal.cli").warning("%s; searching what it has indexed so far", err)
+            except (OSError, sqlite3.OperationalError) as err:
+                if not _read_only(err):
+                    raise
+                logging.getLogger("crossmodal.cli").warning(
+                    "cannot update the photo index in %s (%s): searching it as it is", photo_index_dir(args),
+                    getattr(err, "strerror", None) or err)
         collection = open_collection(args, config, state)
         try:
             engine = SearchEngine(collection, model, state, checkpoint, device=args.device,
@@ -442,6 +478,13 @@ def open_engine(args: argparse.Namespace, config: ModuleType, load_model: Callab
         if background and indexing is not None:
             indexing.stop()
         raise NotServable(str(err)) from err
+
+
+def _read_only(err: BaseException) -> bool:
+    """An error of writing where one may only read (a read-only file system or folder)."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+    return "readonly" in str(err) or "read-only" in str(err)
 
 
 def resolve_checkpoint(args: argparse.Namespace) -> Path:

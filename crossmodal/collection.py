@@ -49,6 +49,7 @@ class Collection(Protocol):
     taken_at: Sequence[str | None] | None  # ISO date-time the photo was taken
     camera: Sequence[str | None] | None
     folders: Sequence[str] | None  # the folder below its indexed root ("" for the root itself)
+    folder_paths: Sequence[str]  # the path an in: filter looks at: below an indexed folder, its own name first
 
     def __len__(self) -> int: ...
 
@@ -130,6 +131,7 @@ class DatasetCollection:
         # memory for Flickr30K's 155,000 captions (caption lines never contain a newline).
         self.captions = ["\n".join(captions.get(n, ())) for n in self.names] if captions else None
         self.folders = [folder_of_name(n) for n in self.names]
+        self.folder_paths = self.names
 
     @classmethod
     def open(cls, image_features: str | os.PathLike, images_root: str | os.PathLike | None = None,

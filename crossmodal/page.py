@@ -31,7 +31,7 @@ from crossmodal.engine import EngineError
 from crossmodal.photos.store import StoreError
 from crossmodal.query import GRAMMAR, parse_query
 from crossmodal.search import MAX_K, TOP_K, Hit, SearchResult, search
-from crossmodal.web import UPLOAD_GRACE_S, RefuseMalformedRequests, ServedPhotos, Uploads
+from crossmodal.web import UPLOAD_GRACE_S, LimitUploads, RefuseMalformedRequests, ServedPhotos, Uploads
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ SORTS = {"Best match first": "", "Oldest first": "sort:date", "Newest first": "s
 MORE_LIKE = "More like the selected photo"
 MAX_DUPLICATE_GROUPS = 100  # groups the page shows; index_folder.py --duplicates lists them all
 REFRESH_SECONDS = 1.0  # how often the page looks at the indexing progress while it runs
+IDLE_REFRESH_SECONDS = 5.0  # and between runs (a periodic look at the folders starts one)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -84,14 +85,17 @@ def indexing_line(indexer: Any, searched: int) -> str:
         return ""
     if indexer.error is not None:
         return f"Indexing stopped: {indexer.error}"
-    if indexer.is_alive() and getattr(indexer, "waiting", None):
+    if indexer.waiting:
         return f"Indexing waits: {indexer.waiting}; searching the {searched} photos indexed so far"
-    if indexer.is_alive():
+    if indexer.running:
         if not indexer.total:
             return "Indexing: looking for new and changed photos…"
         return f"Indexing: {indexer.done} / {indexer.total} photos (searching the {searched} indexed so far)"
     report = indexer.report
-    return f"Index up to date: {searched} photos ({report.summary()})" if report is not None else ""
+    if report is None:
+        return ""
+    again = f"; looking at the folders again every {indexer.every:g} s" if indexer.every else ""
+    return f"Index up to date: {searched} photos ({report.summary()}){again}"
 
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]#|~])")  # what could make emphasis, code, links or tables inline
@@ -193,6 +197,7 @@ class Results:
     like: str | None
     hits: list[Hit]
     total: int
+    next_offset: int = 0  # where "load more" continues
 
 
 # --------------------------------------------------------------------------------------------------
@@ -221,7 +226,7 @@ class Page:
 
     def _indexing(self) -> dict | None:
         thread = self.indexer
-        if thread is None or not thread.is_alive():
+        if thread is None or not thread.running:
             return None
         return {"done": int(thread.done), "total": int(thread.total)}
 
@@ -236,9 +241,9 @@ class Page:
         result = self.run(text, k, offset, like)
         ms = (time.perf_counter() - t0) * 1000
         hits = (before.hits if before else []) + result.hits
-        results = Results(text, int(k), like, hits, result.total)
+        results = Results(text, int(k), like, hits, result.total, result.next_offset)
         return (self.gallery(hits, request), summary(result, ms, len(hits), like, self._indexing()), results,
-                gr.Button(visible=len(hits) < result.total),
+                gr.Button(visible=result.next_offset < result.total),
                 gr.Button(MORE_LIKE, interactive=False))  # until a photo of these results is selected
 
     def search_text(self, text: str, after: str, before: str, folder: str, sort: str, k: float,
@@ -252,7 +257,7 @@ class Page:
     def load_more(self, results: Results | None, request: gr.Request):
         if not results:
             raise gr.Error("search first", print_exception=False)
-        return self._answer(request, results.text, results.k, len(results.hits), results.like, before=results)
+        return self._answer(request, results.text, results.k, results.next_offset, results.like, before=results)
 
     def select(self, results: Results | None, evt: gr.SelectData):
         if not results or not isinstance(evt.index, int) or not 0 <= evt.index < len(results.hits):
@@ -306,10 +311,18 @@ class Page:
         return "\n".join(f"- **{key}**: {as_text(value)}" for key, value in self.engine.details().items())
 
     def progress(self):
-        """The indexing line, what is searched, and whether to keep looking (the timer's tick)."""
+        """The indexing line, what is searched, and how soon to look again (the timer's tick)."""
         searched = len(self.engine.current())  # takes up the latest commit, so the counts are the searched photos
-        running = self.indexer is not None and self.indexer.is_alive()
-        return as_text(indexing_line(self.indexer, searched)), self.info(), gr.Timer(active=running)
+        running = self.indexer is not None and self.indexer.running
+        return (as_text(indexing_line(self.indexer, searched)), self.info(),
+                gr.Timer(REFRESH_SECONDS if running else IDLE_REFRESH_SECONDS, active=self.indexer is not None))
+
+    def look_again(self) -> str:
+        """The "Look at the folders again" button: the indexer runs now, not at the end of its period."""
+        if self.indexer is None:
+            raise gr.Error("this page searches no photo folders", print_exception=False)
+        self.indexer.look_again()
+        return as_text("Indexing: looking for new and changed photos…")
 
     # --- the API (gr.api reads the type hints and docstrings)
 
@@ -330,15 +343,16 @@ class Page:
         query: description and operators (may be only operators); k: 1 to 50; offset: hits to skip
         (the next page: offset + k); like: an indexed photo's path or name, for photos like it (the
         query's operators still filter). Returns {"hits": [as /search], "total": photos passing the
-        filters, "good_match": any confident hit, "understood": the query as parsed, "indexing":
-        {"done", "total"} while the collection is being indexed, else null}.
+        filters, "next_offset": the offset of the next page, "good_match": any confident hit,
+        "understood": the query as parsed, "indexing": {"done", "total"} while the collection is being
+        indexed, else null}.
         """
         if not isinstance(like, str):
             raise gr.Error(f"like: the path or name of an indexed photo, not {type(like).__name__}",
                            print_exception=False)
         result = self.run(query, k, offset, like or None)
-        return {"hits": [api_hit(h) for h in result.hits], "total": result.total, "good_match": result.good_match,
-                "understood": result.understood, "indexing": self._indexing()}
+        return {"hits": [api_hit(h) for h in result.hits], "total": result.total, "next_offset": result.next_offset,
+                "good_match": result.good_match, "understood": result.understood, "indexing": self._indexing()}
 
     def search_photo(self, photo: gr.FileData, k: int = TOP_K, query: str = "") -> list[dict]:
         """Image-to-image search: the k photos most similar to an uploaded one, best first; ``query``
@@ -374,8 +388,12 @@ class Page:
             info = gr.Markdown(self.info, elem_id="index-info")
             with gr.Accordion("Details", open=False, elem_id="details"):
                 gr.Markdown(self.details)
-            indexing = gr.Markdown(lambda: as_text(indexing_line(self.indexer, len(self.engine.current()))),
-                                   elem_id="indexing")
+            with gr.Row():
+                indexing = gr.Markdown(lambda: as_text(indexing_line(self.indexer, len(self.engine.current()))),
+                                       elem_id="indexing")
+                look_again = gr.Button("Look at the folders again", size="sm", scale=0, elem_id="look-again",
+                                       visible=self.indexer is not None)
+            look_again.click(self.look_again, None, [indexing], api_visibility="private")
             results = gr.State(None)
             selected = gr.State(None)
             with gr.Tab("Describe a photo"):
@@ -440,7 +458,7 @@ class Page:
                                       object_fit="contain", elem_id="duplicates")
                 for trigger in (threshold.submit, button3.click):
                     trigger(self.show_duplicates, [threshold], [gallery3, status3], api_visibility="private")
-            timer = gr.Timer(REFRESH_SECONDS, active=self.indexer is not None)
+            timer = gr.Timer(REFRESH_SECONDS, active=self.indexer is not None)  # (progress() sets its period)
             timer.tick(self.progress, None, [indexing, info, timer], api_visibility="private",
                        show_progress="hidden")
             gr.api(self.search, api_name="search")
@@ -463,7 +481,7 @@ def serve(engine: Any, host: str, port: int, *, indexer: Any = None, block: bool
     seconds an uploaded photo is kept after its last search (default ``web.UPLOAD_GRACE_S``)."""
     from starlette.middleware import Middleware
 
-    uploads = Uploads(_upload_folder(), UPLOAD_GRACE_S if upload_grace is None else upload_grace)
+    uploads = Uploads(_upload_folder(), UPLOAD_GRACE_S if upload_grace is None else upload_grace).start()
     page = Page(engine, indexer, uploads)
     demo = page.blocks()
     # api_open=False: every call goes through the queue and its concurrency limit (the direct
@@ -473,5 +491,7 @@ def serve(engine: Any, host: str, port: int, *, indexer: Any = None, block: bool
     # reaches none of them.
     demo.launch(server_name=host, server_port=port, share=False, ssr_mode=False, show_error=True, quiet=quiet,
                 max_file_size=MAX_UPLOAD_BYTES, prevent_thread_lock=not block,
-                app_kwargs={"routes": [page.photos.route()], "middleware": [Middleware(RefuseMalformedRequests)]})
+                app_kwargs={"routes": [page.photos.route()],
+                            "middleware": [Middleware(RefuseMalformedRequests),
+                                           Middleware(LimitUploads, uploads=uploads)]})
     return demo

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Literal
 
 GRAMMAR = """\
@@ -77,9 +77,10 @@ class Query:
         return (self.after is None or day >= self.after) and (self.before is None or day < self.before)
 
     def in_folders(self, rel_path: str) -> bool:
-        """Whether the photo at ``rel_path`` (relative to the collection, "/" or "\\" separated) is in
-        one of the folders: the folder's names are consecutive folder names of the path, compared
-        case-insensitively (and with runs of spaces as one). True without folder operators."""
+        """Whether the photo at ``rel_path`` ("/" or "\\" separated, with the folder names it may be
+        found by: below an indexed folder, that folder's own name first) is in one of the folders:
+        the folder's names are consecutive folder names of the path, compared case-insensitively (and
+        with runs of spaces as one). True without folder operators."""
         if not self.folders:
             return True
         parents = [_name_key(p) for p in re.split(r"[/\\]+", rel_path.strip("/\\"))[:-1]]
@@ -109,22 +110,32 @@ def _name_key(name: str) -> str:
     return " ".join(name.split()).casefold()
 
 
-def _period(value: str, token: str) -> tuple[date, date]:
-    """The first day of the period a YYYY, YYYY-MM or YYYY-MM-DD value names, and the first day after it."""
+def _period(value: str, token: str) -> tuple[date, date | None]:
+    """The first day of the period a YYYY, YYYY-MM or YYYY-MM-DD value names, and the first day after
+    it (None after the last day there is, 9999-12-31: the period runs to the end of time)."""
     m = _DATE.fullmatch(value)
     if not m:
         raise ValueError(f"{token}: expected a date as YYYY, YYYY-MM or YYYY-MM-DD")
     year, month, day = int(m[1]), m[2], m[3]
+    if not 1 <= year <= 9999:
+        raise ValueError(f"{token}: a year from 1 to 9999")
     try:
         if day is not None:
             start = date(year, int(month), int(day))
-            return start, date.fromordinal(start.toordinal() + 1)
-        if month is not None:
+        elif month is not None:
             start = date(year, int(month), 1)
-            return start, date(year + (start.month == 12), start.month % 12 + 1, 1)
-        return date(year, 1, 1), date(year + 1, 1, 1)
-    except (ValueError, OverflowError) as err:  # month 13, 31 February, year 0 or 9999's end
-        raise ValueError(f"{token}: not a valid date ({err})") from None
+        else:
+            start = date(year, 1, 1)
+    except ValueError:  # month 13, 31 February
+        raise ValueError(f"{token}: not a valid date (YYYY-MM-DD, months 1 to 12, days as the month has)") from None
+    if day is not None:
+        last = start
+    elif month is not None:
+        last = date(year + (start.month == 12), start.month % 12 + 1, 1) - timedelta(days=1) \
+            if (year, start.month) != (9999, 12) else date.max
+    else:
+        last = date(year, 12, 31)
+    return start, (last + timedelta(days=1)) if last < date.max else None
 
 
 def _folder(value: str, token: str) -> str:
@@ -168,7 +179,8 @@ def parse_query(text: str) -> Query:
                     after = start if after is None else max(after, start)
                 if key in ("before", "date"):
                     bound = start if key == "before" else end
-                    before = bound if before is None else min(before, bound)
+                    if bound is not None:  # (none: the period runs to the end of time)
+                        before = bound if before is None else min(before, bound)
             elif key in FOLDER_KEYS:
                 folder = _folder(value, token)
                 if folder not in folders:

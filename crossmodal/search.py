@@ -17,7 +17,8 @@
    folder names (``crossmodal.name_match``, weight ``NAME_WEIGHT``) and the text read in the photos
    (OCR, SQLite FTS5 ranked by bm25, weight ``OCR_WEIGHT``);
 5. ``order``: ``sort:date`` / ``sort:-date`` put the matching photos in date order, then the rest by rank;
-6. ``page``: ``k`` hits from ``offset``; ``total``, the photos that pass the filters; ``good_match``.
+6. ``page``: ``k`` hits from ``offset``, leaving out photos whose file is gone since it was indexed
+   (``next_offset`` continues after them); ``total``, the photos that pass the filters; ``good_match``.
 
 Every collection answers alike; one without some metadata simply has none (a dataset's photos have no
 date, so a date filter passes none of them, and no text read in them).
@@ -25,6 +26,7 @@ date, so a date filter passes none of them, and no text read in them).
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -51,6 +53,7 @@ MATCH_TOP_MIN = 1
 # what the photo shows, and a larger weight would lift every photo with a common word in it).
 OCR_WEIGHT = NAME_WEIGHT
 OCR_MATCHES = 1000  # OCR hits fused at most (bm25 order)
+GONE_MARGIN = 2  # the search index is asked for this many times k more rows, for hits whose file is gone
 
 
 @dataclass
@@ -77,6 +80,7 @@ class SearchResult:
     total: int  # how many photos pass the filters and exclusions in all
     good_match: bool  # some hit (over all pages) is confident; True when confidence is unknown
     understood: str  # the query as parsed (``Query.describe``)
+    next_offset: int = 0  # where the next page starts (past the photos left out because their file is gone)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "hits": [h.to_dict() for h in self.hits]}
@@ -131,7 +135,7 @@ def search(engine: SearchEngine, text: str = "", *, k: int = TOP_K, offset: int 
     request = parse(text, k, offset, like, photo)
     view = engine.current()
     if not len(view):
-        return SearchResult([], 0, True, request.query.describe())
+        return SearchResult([], 0, True, request.query.describe(), request.offset)
     keep = filter_rows(engine, view, request)
     ranked = score(engine, view, request, keep)
     fuse(view, request, ranked)
@@ -158,6 +162,8 @@ def parse(text: Any, k: Any, offset: Any, like: str | None, photo: Any) -> Reque
     k, offset = check_page(k, offset)
     if like is not None and not isinstance(like, str):
         raise ValueError(f"like: the path or name of an indexed photo, not {type(like).__name__}")
+    if like is not None and ("\x00" in like or len(like) > MAX_QUERY_CHARS):
+        raise ValueError(f"{like[:200]!r} is not an indexed photo of this search; name one of its results")
     like = like or None
     if not (query.text or query.has_filters or query.excludes or like or photo is not None):
         raise ValueError("empty query: type a few words describing the photo you are looking for "
@@ -191,7 +197,7 @@ def filter_rows(engine: SearchEngine, view: IndexedCollection, request: Request)
         days = view.days or [None] * len(view)
         keep &= np.array([d is not None and q.in_date_range(d) for d in days], dtype=bool)
     if q.folders:
-        keep &= np.array([q.in_folders(name) for name in view.collection.names], dtype=bool)
+        keep &= np.array([q.in_folders(path) for path in view.collection.folder_paths], dtype=bool)
     for term in q.excludes:
         keep &= ~matching(view.scores(engine.text_query(term)))
     return keep
@@ -238,7 +244,7 @@ def score(engine: SearchEngine, view: IndexedCollection, request: Request, keep:
         newest = np.array([-(days[r].toordinal()) if days[r] else 0 for r in rows], dtype=np.int64)
         return Ranked(rows[np.argsort(newest, kind="stable")], len(rows), None, None)
     if keep is None and not names and not ocr and request.query.sort == "relevance":
-        rows, scores = view.nearest(query, request.offset + request.k + (source is not None))
+        rows, scores = view.nearest(query, request.offset + GONE_MARGIN * request.k + (source is not None))
         best = float(scores.ranking[0]) if len(rows) else None
         if source is not None:  # more like this: the photo itself is not a result
             best = float(scores.ranking[rows != source][0]) if (rows != source).any() else None
@@ -307,9 +313,17 @@ def order_by_date(view: IndexedCollection, request: Request, ranked: Ranked) -> 
 # 6. page
 
 def page(view: IndexedCollection, request: Request, ranked: Ranked) -> SearchResult:
-    """The hits from ``offset``, ``k`` of them, with their scores, details and why they rank."""
+    """The hits from ``offset``, ``k`` of them, with their scores, details and why they rank; a photo
+    whose file is gone (deleted or moved since it was indexed) is left out, never shown broken."""
     c = view.collection
-    rows = np.asarray(ranked.order[request.offset:request.offset + request.k], dtype=np.int64)
+    rows, consumed = [], 0
+    for row in ranked.order[request.offset:].tolist():
+        if len(rows) == request.k:
+            break
+        consumed += 1
+        if os.path.isfile(path_of(c, row)):
+            rows.append(row)
+    rows = np.asarray(rows, dtype=np.int64)
     if ranked.query is None:
         scores = Scores(np.zeros(len(rows), np.float32), np.zeros(len(rows), np.float32), None)
     else:
@@ -329,5 +343,4 @@ def page(view: IndexedCollection, request: Request, ranked: Ranked) -> SearchRes
     # Without confidences (a photo query, an uncalibrated checkpoint) no hit can be called weak.
     curve = ranked.query.curve if ranked.query is not None else None
     good = True if curve is None or ranked.best is None else bool(curve.confidence(ranked.best) >= CONFIDENT)
-    return SearchResult(hits, ranked.total, good, request.query.describe())
-
+    return SearchResult(hits, ranked.total, good, request.query.describe(), request.offset + consumed)

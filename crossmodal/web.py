@@ -13,9 +13,11 @@ that is a symlink is served whatever its target: the index owner put it in the i
 keeps only files that decode as images), and the target must still pass the image check when it
 is sent. Gradio's own file route is given no folder of photos at all.
 
-Uploads (``Uploads``): a photo query names a file that Gradio's upload route wrote to its upload
-folder; only such files are opened, and each is deleted soon after its last search (a grace
-period, as Gradio stores identical uploads as one file, which another search may be about to use).
+Uploads (``Uploads``, ``LimitUploads``): a photo query names a file that Gradio's upload route wrote
+to its upload folder; only such files are opened, and each is deleted soon after its last search (a
+grace period, as Gradio stores identical uploads as one file, which another search may be about to
+use); a file no search uses is deleted a bounded time after it arrives, and the bytes held at once
+have a limit.
 
 Malformed requests (``RefuseMalformedRequests``): some of Gradio's API routes raise on requests
 they cannot parse (an unknown endpoint or function index, missing or unknown arguments), or
@@ -40,6 +42,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from crossmodal.images import image_content_type
+from crossmodal.photos.files import content_hash
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,9 @@ PHOTO_HEADERS = {
 }
 API_PREFIX = "/gradio_api/"
 UPLOAD_GRACE_S = 60  # an uploaded photo is deleted this long after its last search
+UPLOAD_MAX_AGE_S = 120  # and any upload no search uses, this long after it arrived
+MAX_HELD_UPLOAD_BYTES = 256 << 20  # uploads held at once, all together
+UPLOAD_ROUTES = ("/gradio_api/upload", "/upload")
 
 
 def _stays_inside(name: str) -> bool:
@@ -85,13 +91,15 @@ class ServedPhotos:
     def __init__(self, collection: Callable[[], Any]):
         self._collection = collection
         self._seen: object | None = None  # the collection last checked
-        self._root, self._served = Path("."), frozenset()
+        self._root: Path = Path(".")
+        self._served: dict[str, tuple[int, int, str] | None] = {}  # name -> (size, mtime_ns, hash) as indexed
 
-    def _current(self) -> tuple[Path, frozenset[str]]:
+    def _current(self) -> tuple[Path, dict[str, tuple[int, int, str] | None]]:
         collection = self._collection()
         if collection is not self._seen:
             names = collection.names
-            served = frozenset(n for n in names if _stays_inside(n))
+            files = getattr(collection, "files", None) or [None] * len(names)
+            served = {n: f for n, f in zip(names, files) if _stays_inside(n)}
             if len(served) < len(names):
                 log.warning("%d rows name a path outside %s and are not served", len(names) - len(served),
                             collection.root)
@@ -113,8 +121,10 @@ class ServedPhotos:
         return f"{root_url}{PHOTO_ROUTE}/{quote(name, safe='/')}"
 
     def file_of(self, name: str) -> tuple[Path, str, os.stat_result] | None:
-        """(path, content type, stat) of a served photo; None when ``name`` is not an indexed row or its
-        file is gone or is not an image by extension and content."""
+        """(path, content type, stat) of a served photo; None when ``name`` is not an indexed row, its
+        file is gone, is no image by extension and content, or is no longer what was indexed (its size
+        and mtime, else its content hash, differ from the record: a file replaced, a symlink
+        re-pointed)."""
         root, served = self._current()
         if name not in served:
             return None
@@ -126,7 +136,16 @@ class ServedPhotos:
             st = path.stat()
         except OSError:
             return None
-        return (path, content_type, st) if os.path.isfile(path) else None
+        if not os.path.isfile(path):
+            return None
+        indexed = served[name]
+        if indexed is not None and (st.st_size, st.st_mtime_ns) != indexed[:2]:
+            try:
+                if content_hash(path)[0] != indexed[2]:
+                    return None
+            except OSError:
+                return None
+        return path, content_type, st
 
     def response(self, name: str) -> Response:
         found = self.file_of(name)
@@ -179,15 +198,38 @@ class Uploads:
     """The uploaded files that photo searches use, each deleted ``grace_s`` seconds after its last
     search ends (by a sweeper thread): a search of the same photo again (another k, or another client
     that uploaded the same bytes, which Gradio stores as the same file) finds it meanwhile. A file
-    replaced by a newer upload since is left to that upload's searches."""
+    replaced by a newer upload since is left to that upload's searches. Any file in the upload folder
+    that no search uses is deleted ``max_age_s`` seconds after it arrived, searched or not: a client
+    cannot fill the disk with uploads it never searches (``LimitUploads`` bounds what is held at once)."""
 
-    def __init__(self, folder: str | os.PathLike, grace_s: float = UPLOAD_GRACE_S):
+    def __init__(self, folder: str | os.PathLike, grace_s: float = UPLOAD_GRACE_S,
+                 max_age_s: float = UPLOAD_MAX_AGE_S):
         self.folder = Path(os.path.realpath(folder))
         self.grace_s = grace_s
+        self.max_age_s = max_age_s
         self._uses: dict[Path, int] = {}  # file -> searches using it now
         self._expiring: dict[Path, tuple[float, int]] = {}  # file -> (when to delete, its inode then)
         self._lock = threading.Lock()
         self._sweeper: threading.Thread | None = None
+
+    def start(self) -> "Uploads":
+        """Start the sweeper (a page's uploads are swept from the start, searched or not)."""
+        with self._lock:
+            if self._sweeper is None:
+                self._sweeper = threading.Thread(target=self._sweep_forever, name="upload-sweeper", daemon=True)
+                self._sweeper.start()
+        return self
+
+    def held_bytes(self) -> int:
+        """The bytes of the files in the upload folder now."""
+        total = 0
+        for dirpath, _, files in os.walk(self.folder):
+            for name in files:
+                try:
+                    total += os.stat(os.path.join(dirpath, name)).st_size
+                except OSError:  # deleted meanwhile
+                    pass
+        return total
 
     @contextlib.contextmanager
     def using(self, payload: Any) -> Iterator[Path]:
@@ -208,13 +250,11 @@ class Uploads:
                         self._expiring[path] = (time.monotonic() + self.grace_s, path.stat().st_ino)
                     except OSError:  # already gone
                         pass
-                    if self._sweeper is None:
-                        self._sweeper = threading.Thread(target=self._sweep_forever, name="upload-sweeper",
-                                                         daemon=True)
-                        self._sweeper.start()
+            self.start()
 
     def sweep(self, now: float | None = None) -> int:
-        """Delete the files whose time has come (unless a newer upload replaced them); how many."""
+        """Delete the files whose time has come (unless a newer upload replaced them), and every file no
+        search uses that arrived ``max_age_s`` seconds ago or more; how many."""
         now = time.monotonic() if now is None else now
         deleted = 0
         with self._lock:
@@ -229,12 +269,54 @@ class Uploads:
                     continue
                 discard_upload(path, self.folder)
                 deleted += 1
+            oldest = time.time() - self.max_age_s
+            for dirpath, _, files in os.walk(self.folder):
+                for name in files:
+                    path = Path(dirpath) / name
+                    try:
+                        arrived = path.stat().st_ctime
+                    except OSError:
+                        continue
+                    if arrived <= oldest and path not in self._uses:
+                        self._expiring.pop(path, None)
+                        discard_upload(path, self.folder)
+                        deleted += 1
         return deleted
 
     def _sweep_forever(self) -> None:
         while True:
-            time.sleep(min(1.0, max(self.grace_s, 0.05)))
-            self.sweep()
+            time.sleep(min(1.0, max(min(self.grace_s, self.max_age_s), 0.05)))
+            try:
+                self.sweep()
+            except OSError as err:  # the folder gone (the server stopping): nothing left to sweep
+                log.debug("upload sweep: %s", err)
+
+
+class LimitUploads:
+    """ASGI middleware over Gradio's upload route: an upload that would bring the files held in the
+    upload folder over ``max_bytes`` is refused (HTTP 413, with the reason) before it is read."""
+
+    def __init__(self, app: ASGIApp, uploads: Uploads, max_bytes: int = MAX_HELD_UPLOAD_BYTES):
+        self.app = app
+        self.uploads = uploads
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        upload = scope["type"] == "http" and scope.get("method") == "POST" \
+            and scope.get("path", "").rstrip("/") in UPLOAD_ROUTES
+        if upload:
+            try:
+                length = int(dict(scope.get("headers") or []).get(b"content-length", b"0") or 0)
+            except ValueError:
+                length = 0
+            held = self.uploads.held_bytes()
+            if held + length > self.max_bytes:
+                log.info("upload refused: %d bytes held, %d more asked, at most %d", held, length, self.max_bytes)
+                message = (f"too many uploads held at once (at most {self.max_bytes // (1 << 20)} MB, each kept "
+                           f"{self.uploads.max_age_s:g} s at most); try again in a minute")
+                await JSONResponse({"detail": message}, status_code=413)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class RefuseMalformedRequests:

@@ -34,11 +34,11 @@ def test_filter_controls_become_query_operators_that_parse_back():
 
 
 class Indexer:
-    def __init__(self, alive, done=0, total=0, error=None, report=None):
-        self.alive, self.done, self.total, self.error, self.report = alive, done, total, error, report
+    """What the page reads of an IndexingThread."""
 
-    def is_alive(self):
-        return self.alive
+    def __init__(self, running, done=0, total=0, error=None, report=None, waiting=None, every=None):
+        self.running, self.done, self.total, self.error, self.report = running, done, total, error, report
+        self.waiting, self.every = waiting, every
 
 
 class Report:
@@ -53,7 +53,11 @@ def test_indexing_line_follows_the_background_thread():
     assert line.startswith("Indexing: 150 / 200 photos (searching the 120")
     assert page.indexing_line(Indexer(False, report=Report()), 120) == \
         "Index up to date: 120 photos (embedded 200 new/changed)"
+    assert page.indexing_line(Indexer(False, report=Report(), every=300), 120) == \
+        "Index up to date: 120 photos (embedded 200 new/changed); looking at the folders again every 300 s"
     assert page.indexing_line(Indexer(False, error=OSError("disk full")), 120) == "Indexing stopped: disk full"
+    assert page.indexing_line(Indexer(False, waiting="another process is indexing into X"), 120) == \
+        "Indexing waits: another process is indexing into X; searching the 120 photos indexed so far"
 
 
 @pytest.fixture()

@@ -788,6 +788,38 @@ def test_a_change_that_keeps_size_and_mtime_is_indexed_again(models, tmp_path):
         assert s.record(photo).hash != old
 
 
+def test_a_running_engine_never_returns_a_gone_photo_and_a_periodic_look_adds_new_ones(models, tmp_path):
+    """A photo deleted while the page runs leaves the results at once (its file is looked at); a new
+    one appears after the indexer's next look at the folders, with no restart."""
+    folder, index, rng = photo_folder(tmp_path, 6, seed=21)
+    thread = photos.IndexingThread(index, [folder], models["backbone"], every=0.3, device="cpu", workers=0)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while thread.report is None:
+            assert time.monotonic() < deadline and thread.error is None
+            time.sleep(0.05)
+        engine = open_engine(models, index, [folder])
+        first = search_query(engine, "a dog", k=10)
+        assert len(first.hits) == 6 and first.next_offset == 6
+        (folder / "3.png").unlink()
+        now = search_query(engine, "a dog", k=10)
+        assert "3.png" not in {h.name for h in now.hits} and len(now.hits) == 5
+        page = search_query(engine, "a dog", k=2, offset=0)
+        assert len(page.hits) == 2 and page.next_offset >= 2
+        rest = search_query(engine, "a dog", k=10, offset=page.next_offset)  # the next page: no repeats
+        assert not {h.name for h in page.hits} & {h.name for h in rest.hits} and len(rest.hits) == 3
+        random_photo(rng).save(folder / "new.png")
+        deadline = time.monotonic() + 60
+        while "new.png" not in {h.name for h in search_query(engine, "a dog", k=10).hits}:
+            assert time.monotonic() < deadline, "the new photo never appeared"
+            time.sleep(0.1)
+        assert len(engine.current()) == 6  # 3.png's record went with the look that found new.png
+    finally:
+        thread.stop()
+        thread.join(30)
+
+
 def index_state(index: Path) -> tuple[list, dict]:
     return records(index), vectors_by_path(index)
 

@@ -232,8 +232,9 @@ def test_pagination_and_good_match(world):
 
 
 def test_an_unfiltered_query_goes_through_the_search_index_and_agrees_with_exact_scoring(world, monkeypatch):
-    """Nothing filters, nothing is fused: the index answers (asked for offset + k rows); a filter that
-    passes every photo takes the exact path; both give the same page."""
+    """Nothing filters, nothing is fused: the index answers (asked for offset + 2 k rows: k more, for
+    hits whose file is gone); a filter that passes every photo takes the exact path; both give the same
+    page."""
     e = engine(world)
     view = e.current()
     asked = []
@@ -246,14 +247,14 @@ def test_an_unfiltered_query_goes_through_the_search_index_and_agrees_with_exact
     monkeypatch.setattr(type(view.index), "search", spy)
     query = "a cat on a red bike"  # no word of any file name, no text read in a photo
     by_index = search_photos(e, query, k=3, offset=2)
-    assert asked == [5]
+    assert asked == [8]
     everything = search_photos(e, query + " after:1900", k=3, offset=2)  # passes every photo: exact scoring
-    assert asked == [5] and everything.understood.endswith("after:1900-01-01")
+    assert asked == [8] and everything.understood.endswith("after:1900-01-01")
     assert [(h.name, round(h.score, 5)) for h in by_index.hits] == [(h.name, round(h.score, 5))
                                                                       for h in everything.hits]
     assert by_index.total == everything.total == len(FILES)
     search_photos(e, "", like="B/zebra.png", k=2)  # more like this: the index, one more row for the photo itself
-    assert asked == [5, 3]
+    assert asked == [8, 5]
 
 
 def test_ocr_is_resumable_and_follows_changes(world, tmp_path, models):  # noqa: F811
@@ -348,3 +349,36 @@ def test_index_folder_ocr_flag_reads_text_and_says_what_to_install(world, tmp_pa
 
     with PhotoStore(tmp_path / "index") as s:
         assert [t for _, t in s.ocr_matches(["open"])] == ["OPEN"]
+
+
+def test_a_read_only_index_is_searched_with_a_one_line_warning(world, monkeypatch, capsys, caplog):
+    import errno
+    import logging
+
+    import search as search_script
+    from crossmodal.photos.store import PhotoStore
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(self.folder / "index.lock"))
+
+    monkeypatch.setattr(PhotoStore, "writing", read_only)
+    argv = ["a dog", "--photos", str(world["root"]), "--collection", str(world["index"]), "--checkpoint",
+            str(world["checkpoint"]), "--image-weights", str(world["resnet"]), "--text-weights", str(world["bert"]),
+            "--device", "cpu", "--workers", "0", "--no-progress", "--k", "3"]
+    with caplog.at_level(logging.WARNING):
+        assert search_script.main(argv) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 3
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == [f"cannot update the photo index in {world['index']} (Read-only file system): searching it "
+                        "as it is"]
+
+
+def test_dates_reach_the_last_year_and_folders_their_own_name(world):
+    e = engine(world)
+    assert search_photos(e, "date:9999", k=5).understood == "after:9999-01-01"  # no photo, no error
+    assert search_photos(e, "date:9999", k=5).total == 0
+    everything = search_photos(e, "in:photos", k=50)  # the indexed folder's own name
+    assert everything.total == len(FILES)
+    assert search_photos(e, "in:photos/A", k=50).total == 4
+    with pytest.raises(ValueError, match="is not an indexed photo"):
+        search_photos(e, "", like="nowhere\x00.jpg")

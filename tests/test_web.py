@@ -3,6 +3,7 @@ allow-list, uploads, and the refusal of malformed API requests. tests/test_app_b
 the same on the running app."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,7 +16,14 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from crossmodal.web import RefuseMalformedRequests, ServedPhotos, Uploads, discard_upload, uploaded_file
+from crossmodal.web import (
+    LimitUploads,
+    RefuseMalformedRequests,
+    ServedPhotos,
+    Uploads,
+    discard_upload,
+    uploaded_file,
+)
 
 PAGE = b"<html><script>alert('planted')</script></html>"
 
@@ -199,3 +207,92 @@ def test_photo_urls_round_trip_through_the_route(folder):
     for name in odd:
         r = client.get(photos.url(name))
         assert r.status_code == 200 and r.content == Path(root / name).read_bytes(), name
+
+
+def test_what_is_served_is_what_was_indexed(tmp_path):
+    """A file whose size and mtime differ from its record is served only when its content hash is still
+    the indexed one: a symlink re-pointed at another photo, or a photo replaced, is not served."""
+    from crossmodal.photos.files import content_hash
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    Image.new("RGB", (16, 12), (200, 0, 0)).save(root / "a.jpg")
+    Image.new("RGB", (16, 12), (0, 200, 0)).save(tmp_path / "b.jpg")
+    Image.new("RGB", (40, 30), (0, 0, 200)).save(tmp_path / "other.jpg")
+    (root / "link.jpg").symlink_to(tmp_path / "b.jpg")
+
+    def record(path: Path) -> tuple[int, int, str]:
+        st = path.stat()
+        return st.st_size, st.st_mtime_ns, content_hash(path)[0]
+
+    collection = SimpleNamespace(names=["a.jpg", "link.jpg"], root=root,
+                                 files=[record(root / "a.jpg"), record(root / "link.jpg")])
+    photos = ServedPhotos(lambda: collection)
+    client = TestClient(Starlette(routes=[photos.route()]))
+    assert [client.get(photos.url(n)).status_code for n in collection.names] == [200, 200]
+    st = (root / "a.jpg").stat()
+    os.utime(root / "a.jpg", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: the same content
+    assert client.get(photos.url("a.jpg")).status_code == 200
+    Image.new("RGB", (16, 12), (0, 0, 0)).save(root / "a.jpg")  # replaced
+    (root / "link.jpg").unlink()
+    (root / "link.jpg").symlink_to(tmp_path / "other.jpg")  # re-pointed
+    assert [client.get(photos.url(n)).status_code for n in collection.names] == [404, 404]
+
+
+def test_an_upload_no_search_uses_is_deleted_a_bounded_time_after_it_arrives(tmp_path):
+    folder = tmp_path / "uploads"
+    (folder / "a1").mkdir(parents=True)
+    (folder / "a1" / "never_searched.png").write_bytes(b"\x89PNG" + b"\0" * 100)
+    uploads = Uploads(folder, grace_s=60, max_age_s=0.2)
+    assert uploads.sweep() == 0 and (folder / "a1" / "never_searched.png").is_file()  # too young
+    time.sleep(0.3)
+    in_use = folder / "b2" / "searching.png"
+    in_use.parent.mkdir()
+    in_use.write_bytes(b"x")
+    os.utime(in_use, (time.time() - 60, time.time() - 60))
+    with uploads.using({"path": str(in_use)}):
+        time.sleep(0.3)
+        assert uploads.sweep() == 1  # the old unused one; not the one a search uses
+        assert not (folder / "a1").exists() and in_use.is_file()
+
+
+def test_the_bytes_of_uploads_held_at_once_have_a_limit(tmp_path):
+    folder = tmp_path / "uploads"
+    folder.mkdir()
+    uploads = Uploads(folder)
+
+    async def upload(request):
+        body = await request.body()
+        (folder / f"{len(list(folder.iterdir()))}.bin").write_bytes(body)
+        return JSONResponse(["ok"])
+
+    app = Starlette(routes=[Route("/gradio_api/upload", upload, methods=["POST"])],
+                    middleware=[Middleware(LimitUploads, uploads=uploads, max_bytes=1000)])
+    client = TestClient(app)
+    assert client.post("/gradio_api/upload", content=b"x" * 600).status_code == 200
+    refused = client.post("/gradio_api/upload", content=b"x" * 600)
+    assert refused.status_code == 413 and "too many uploads held at once" in refused.json()["detail"]
+    assert uploads.held_bytes() == 600
+    assert client.post("/gradio_api/upload", content=b"x" * 300).status_code == 200
+
+
+def test_a_page_process_keeps_its_uploads_in_a_folder_it_removes(tmp_path):
+    """cli.prepare_process(serving=True): a private upload folder, gone when the process ends, and the
+    folders of killed pages before it removed."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    stale = tmp_path / "crossmodal-uploads-999999999-x"
+    stale.mkdir()
+    (stale / "left.png").write_bytes(b"x")
+    code = ("import os\nfrom crossmodal import cli\ncli.prepare_process(serving=True)\n"
+            "folder = os.environ['GRADIO_TEMP_DIR']\nopen(os.path.join(folder, 'u.png'), 'wb').write(b'x')\n"
+            "print(folder)\n")
+    env = {k: v for k, v in os.environ.items() if k != "GRADIO_TEMP_DIR"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env={**env, "TMPDIR": str(tmp_path)})
+    folder = Path(out.stdout.strip())
+    assert out.returncode == 0 and folder.parent == tmp_path and folder.name.startswith("crossmodal-uploads-")
+    assert not folder.exists() and not stale.exists()

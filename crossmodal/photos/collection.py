@@ -48,6 +48,7 @@ class PhotoCollection:
         self.camera = snapshot.camera
         self.files = snapshot.files  # (size, mtime_ns, hash) as indexed: what the page may serve
         self.folders = [self._folder(p) for p in snapshot.paths]
+        self.folder_paths = [self._below_parent(p) for p in snapshot.paths]
 
     @classmethod
     def open(cls, folder: str | os.PathLike, roots: Sequence[str | os.PathLike] | None = None) -> "PhotoCollection":
@@ -63,10 +64,16 @@ class PhotoCollection:
             store.close()
             raise
 
+    def _own_root(self, path: str) -> str:
+        return next((r for r in self.roots if under(path, r)), str(self.root))
+
     def _folder(self, path: str) -> str:
-        own = next((r for r in self.roots if under(path, r)), str(self.root))
-        folder = os.path.relpath(os.path.dirname(path), own)
+        folder = os.path.relpath(os.path.dirname(path), self._own_root(path))
         return "" if folder == "." else folder
+
+    def _below_parent(self, path: str) -> str:
+        """The path below the folder holding its indexed folder: in:Holidays finds ~/Holidays/x.jpg."""
+        return os.path.relpath(path, os.path.dirname(self._own_root(path)))
 
     def __len__(self) -> int:
         return len(self.names)

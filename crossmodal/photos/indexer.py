@@ -48,6 +48,7 @@ COMMIT_SECONDS = 20.0  # results are committed at least this often: what a kill 
 PROBLEMS_SHOWN = 20  # problem files a report lists one per line; the rest are counted
 RETRIED_EVERY_RUN = ("unreadable",)  # cheap to try again (a stat or an open), and often fixed outside
 BUSY_RETRY_SECONDS = 2.0  # a background indexer finding the index busy tries again this often
+RESCAN_SECONDS = 300.0  # a page looks at its folders again this often (app.py --rescan-seconds)
 
 
 def vector_identity(backbone: ImageBackbone) -> dict:
@@ -291,19 +292,24 @@ def _read_texts(store: PhotoStore, roots: list[str], read_text: Callable[[str], 
 class IndexingThread(threading.Thread):
     """``index_photos`` in a background thread: a page keeps answering from what is committed.
 
-    ``done``/``total`` follow the files being embedded, then those being read (OCR); ``report``
-    (or ``error``) is set at the end; ``stop()`` asks it to commit and end early. While another
-    process indexes the same index (``StoreBusy``), it waits and tries again every
-    ``BUSY_RETRY_SECONDS`` (``waiting`` says so), until it runs or is stopped."""
+    ``done``/``total`` follow the files being embedded, then those being read (OCR); ``running`` is
+    True while a run goes on; ``report`` (or ``error``) is set when one ends; ``stop()`` asks it to
+    commit and end early. With ``every`` (seconds) it looks at the folders again that often, and at
+    once on ``look_again()``, so new, changed, moved and deleted photos are taken up while the page
+    runs. While another process indexes the same index (``StoreBusy``), it waits and tries again
+    every ``BUSY_RETRY_SECONDS`` (``waiting`` says so), until it runs or is stopped."""
 
     def __init__(self, folder: str | os.PathLike, roots: Sequence[str | os.PathLike], backbone: ImageBackbone,
-                 **kwargs):
+                 every: float | None = None, **kwargs):
         super().__init__(name="photo-indexer", daemon=True)
         self.done, self.total = 0, 0
+        self.running = False
+        self.every = every
         self.report: IndexReport | None = None
         self.error: BaseException | None = None
         self.waiting: str | None = None  # why it waits to start (another indexer holds the index)
         self._stop_event = threading.Event()
+        self._wake = threading.Event()
         self._args = (folder, roots, backbone)
         self._kwargs = {"progress": False, **kwargs}
 
@@ -313,19 +319,28 @@ class IndexingThread(threading.Thread):
     def run(self) -> None:
         while not self._stop_event.is_set():
             try:
+                self.running, self.done, self.total = True, 0, 0
                 self.report = index_photos(*self._args, on_progress=self._progress, stop=self._stop_event,
                                            **self._kwargs)
-                self.waiting = None
-                return
+                self.waiting, self.error, self.running = None, None, False
             except StoreBusy as err:
                 if self.waiting is None:
                     log.info("%s; trying again every %g s", err, BUSY_RETRY_SECONDS)
-                self.waiting = str(err)
+                self.waiting, self.running = str(err), False
                 self._stop_event.wait(BUSY_RETRY_SECONDS)
+                continue
             except BaseException as err:  # noqa: BLE001 - kept for the page to show
                 log.exception("indexing failed")
-                self.error = err
+                self.error, self.running = err, False
+            if self.every is None or self._stop_event.is_set():
                 return
+            self._wake.wait(self.every)
+            self._wake.clear()
+
+    def look_again(self) -> None:
+        """Look at the folders now rather than at the end of the period."""
+        self._wake.set()
 
     def stop(self) -> None:
         self._stop_event.set()
+        self._wake.set()
