@@ -83,10 +83,10 @@ class DecodeBudget:
         long, short = max(width, height), max(min(width, height), 1)
         if long > self.max_aspect * short:
             raise ImageTooLarge(f"the photo is {width:,} x {height:,} pixels, {long / short:,.0f} times longer than "
-                                f"wide; photos up to {self.max_aspect:g} to 1 are decoded")
+                                f"wide; photos up to {self.max_aspect:g} to 1 are decoded: crop it to search it")
         if (width * height if decoded is None else decoded) > self.max_pixels:
             raise ImageTooLarge(f"the photo is {width:,} x {height:,} pixels ({megapixels(width * height)}); "
-                                f"photos up to {megapixels(self.max_pixels)} are decoded")
+                                f"photos up to {megapixels(self.max_pixels)} are decoded: resize it to search it")
 
 
 UPLOAD_BUDGET = DecodeBudget(MAX_DECODE_PIXELS)
@@ -130,7 +130,7 @@ def open_image(path: str | os.PathLike, budget: DecodeBudget, size: int | None =
             img = Image.open(path)  # reads the header only
         except Image.DecompressionBombError as err:
             raise ImageTooLarge(f"the photo has more than {megapixels(2 * Image.MAX_IMAGE_PIXELS)}; photos up to "
-                                f"{megapixels(budget.max_pixels)} are decoded") from err
+                                f"{megapixels(budget.max_pixels)} are decoded: resize it to search it") from err
     width, height = img.size
     if size:
         img.draft("RGB", (size, size))  # JPEG: decode at reduced scale; other formats ignore it
