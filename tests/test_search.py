@@ -318,6 +318,9 @@ def test_search_script_shows_confidence_date_folder_and_weak_matches(world, caps
     assert len(lines) == 3 and "h.png" not in " ".join(lines) and "no good match" not in lines[0]
     assert search_script.main(common + ["after:2019-13", "--photos", str(world["root"])]) == 2
     assert "after:2019-13: not a valid date" in capsys.readouterr().err
+    fresh = tmp_path / "fresh_index"  # a refused query indexes nothing first
+    assert search_script.main([*common[2:], "--collection", str(fresh), "   ", "--photos", str(world["root"])]) == 2
+    assert "empty query" in capsys.readouterr().err and not fresh.exists()
     # a word after --photos is a folder, never the query, said before anything is indexed: here "models"
     # names a folder of the current directory (the project's own)
     for words, message in [(["no-such-folder"], "no such folder: no-such-folder (the words after --photos are "
