@@ -9,7 +9,8 @@ so its result is kept beside the matrix it was made from (the collection's ``cac
 one row per matrix row, in matrix order. The files only ever grow, like the photo index's matrix:
 whichever process needs more rows appends them under a file lock, cutting a torn tail first, so a
 restart projects only the photos added since. Files made for other matrices or checkpoints are
-removed. A folder that cannot be written (a read-only index) costs a projection in memory instead.
+removed, and so are files found damaged (a value that is no number): they are made again. A folder
+that cannot be written (a read-only index) costs a projection in memory instead.
 """
 from __future__ import annotations
 
@@ -59,6 +60,10 @@ def _append(path: Path, rows: int, row_bytes: int, data: np.ndarray) -> None:
         os.fsync(f.fileno())
 
 
+def _finite(matrix: np.ndarray, block: int = 1 << 16) -> bool:
+    return all(np.isfinite(matrix[start:start + block]).all() for start in range(0, len(matrix), block))
+
+
 class ProjectionCache:
     """One checkpoint's image-head projections (and querybank biases) of collections' matrices."""
 
@@ -83,9 +88,10 @@ class ProjectionCache:
         biases = image_biases(self.querybank, proj, progress=len(proj) > 100_000)
         return proj, np.stack([biases[b] for b in self.banks], axis=1).astype(np.float32)
 
-    def matrix(self, collection: Collection) -> tuple[np.ndarray, np.ndarray]:
+    def matrix(self, collection: Collection, again: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """((matrix rows, embed_dim) float16 projections, (matrix rows, banks) float32 biases) of
-        every row of the collection's matrix, projecting the rows not projected yet."""
+        every row of the collection's matrix, projecting the rows not projected yet (``again``: and
+        all of them once more when the kept ones are found damaged)."""
         n = collection.matrix_size()
         if n == 0:
             return np.zeros((0, self.embed_dim), np.float16), np.zeros((0, len(self.banks)), np.float32)
@@ -112,6 +118,12 @@ class ProjectionCache:
             proj = np.memmap(proj_path, dtype=np.float16, mode="r", shape=(n, self.embed_dim))
             bias = (np.memmap(bias_path, dtype=np.float32, mode="r", shape=(n, len(self.banks))) if self.banks
                     else np.zeros((n, 0), np.float32))
+            if again and not (_finite(proj) and _finite(bias)):  # damaged (no projection is NaN or infinite)
+                log.warning("the projections in %s are damaged; projecting the photos again", proj_path)
+                del proj, bias
+                proj_path.unlink(missing_ok=True)
+                bias_path.unlink(missing_ok=True)
+                return self.matrix(collection, again=False)
             return proj, bias
         except OSError as err:  # a read-only folder: projected in memory, kept for this process only
             log.warning("cannot keep projections in %s (%s); projecting in memory", folder, err)

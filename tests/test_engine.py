@@ -276,6 +276,13 @@ def test_projected_cache_reused_then_rebuilt_when_checkpoint_changes(world, engi
     open_engine(world)  # leave the module's checkpoint projection in place for the other tests
 
 
+def test_a_damaged_projection_is_made_again(world, engine):
+    path = projected_files(world)[0]
+    path.write_bytes(np.random.default_rng(4).integers(0, 256, path.stat().st_size, dtype=np.uint8).tobytes())
+    again = open_engine(world)
+    np.testing.assert_array_equal(embeddings(again), embeddings(engine))
+
+
 def test_a_torn_projection_is_completed(world, engine):
     path = projected_files(world)[0]
     with open(path, "r+b") as f:  # 3 whole rows and half of the next: a write killed halfway
