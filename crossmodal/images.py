@@ -166,7 +166,7 @@ def load_image(path: str | os.PathLike, size: int | None = None, budget: DecodeB
     with _decode_slots:
         try:
             img = open_image(path, budget, size)
-        except ImageTooLarge:
+        except ImageTooLarge:  # (a ValueError: passed on as it is, not wrapped below)
             raise
         except FileNotFoundError as err:
             raise ImageRefused("the photo's file is gone") from err

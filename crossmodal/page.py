@@ -347,10 +347,7 @@ class Page:
         "understood": the query as parsed, "indexing": {"done", "total"} while the collection is being
         indexed, else null}.
         """
-        if not isinstance(like, str):
-            raise gr.Error(f"like: the path or name of an indexed photo, not {type(like).__name__}",
-                           print_exception=False)
-        result = self.run(query, k, offset, like or None)
+        result = self.run(query, k, offset, like)  # (like "": none; the search checks its type)
         return {"hits": [api_hit(h) for h in result.hits], "total": result.total, "next_offset": result.next_offset,
                 "good_match": result.good_match, "understood": result.understood, "indexing": self._indexing()}
 

@@ -29,6 +29,7 @@ import contextlib
 import logging
 import os
 import posixpath
+import stat
 import threading
 import time
 from pathlib import Path
@@ -136,7 +137,7 @@ class ServedPhotos:
             st = path.stat()
         except OSError:
             return None
-        if not os.path.isfile(path):
+        if not stat.S_ISREG(st.st_mode):
             return None
         indexed = served[name]
         if indexed is not None and (st.st_size, st.st_mtime_ns) != indexed[:2]:

@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import sqlite3
+import tempfile
 import threading
 import time
 import zlib
@@ -306,8 +307,7 @@ class PhotoStore:
             if conn is not None:
                 conn.close()
                 self._conn = None
-            aside = self.folder / f"damaged-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-            aside.mkdir()
+            aside = self._damaged_folder()
             for path in sorted(self.folder.iterdir()):
                 if path.is_file() and path.name != LOCK_FILE:
                     path.rename(aside / path.name)
@@ -609,11 +609,15 @@ class PhotoStore:
             if stray.name != name:
                 stray.unlink()
 
+    def _damaged_folder(self) -> Path:
+        """A new folder ``damaged-<time>-<unique>`` beside the index, for files set aside (never one that
+        already holds files set aside earlier)."""
+        return Path(tempfile.mkdtemp(prefix=f"damaged-{time.strftime('%Y%m%d-%H%M%S')}-", dir=self.folder))
+
     def _move_aside(self, path: Path) -> Path:
-        aside = self.folder / f"damaged-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-        aside.mkdir(exist_ok=True)
-        path.rename(aside / path.name)
-        return aside / path.name
+        aside = self._damaged_folder() / path.name
+        path.rename(aside)
+        return aside
 
     def _bad_rows(self, cur: sqlite3.Cursor, path: Path, dim: int, start: int, stop: int) -> str | None:
         """What in rows ``start:stop`` of the vector file no longer matches the checksums of its commits
