@@ -15,8 +15,9 @@ import numpy as np
 import torch
 
 from crossmodal.backbones import views_mismatch
-from crossmodal.captions import image_of_row_id
+from crossmodal.captions import CaptionSet, DatasetError, image_of_row_id, load_splits, read_captions
 from crossmodal.features.cache import FeatureCache, StaleCacheError, load_cache
+from crossmodal.paths import Layout
 
 log = logging.getLogger(__name__)
 
@@ -161,3 +162,44 @@ def split_data(caches: Caches, image_names: Sequence[str], use_keywords: bool = 
         data.keyword_features = torch.from_numpy(np.ascontiguousarray(caches.keywords.features[kw_rows]))
         data.keyword_image = kw_owner
     return data
+
+
+def concat_splits(parts: Sequence[SplitData], sources: Sequence[str]) -> SplitData:
+    """One training split of several sources' splits (image names prefixed ``<source>:`` where a
+    source is named, so two sources' ``1.jpg`` stay two images)."""
+    if len({p.image_features.shape[1] for p in parts}) != 1 or len({p.caption_features.shape[1] for p in parts}) != 1:
+        raise StaleCacheError("the training sources' features have different widths: extract them all with the "
+                              "same backbones and --views")
+    offsets = np.cumsum([0] + [len(p.image_names) for p in parts])
+    names = [f"{source}:{n}" if source else n for p, source in zip(parts, sources) for n in p.image_names]
+    views = [p.image_views for p in parts]
+    keywords = [p for p in parts if p.keyword_features is not None]
+    return SplitData(
+        names, torch.cat([p.image_features for p in parts]), torch.cat([p.caption_features for p in parts]),
+        np.concatenate([p.caption_image + off for p, off in zip(parts, offsets)]),
+        keyword_features=torch.cat([p.keyword_features for p in keywords]) if keywords else None,
+        keyword_image=(np.concatenate([p.keyword_image + off for p, off in zip(parts, offsets)
+                                       if p.keyword_features is not None]) if keywords else None),
+        image_views=torch.cat(views) if all(v is not None for v in views) else None)
+
+
+def open_source(work_dir: Path, backbones: dict, use_keywords: bool) -> tuple[SplitData, SplitData, CaptionSet]:
+    """The train and validation splits of another dataset whose extraction stages wrote ``work_dir``
+    (its split lists in ``work_dir/splits``), and the validation split's captions; refused unless
+    its features come from ``backbones``."""
+    lay = Layout(Path(work_dir))
+    caches = open_caches(lay.image_features, lay.text_features, lay.aug_text_features if use_keywords else None,
+                         rerun_hint=f"--work-dir {work_dir}")
+    if caches.backbones != backbones:
+        raise StaleCacheError(f"{work_dir}: its features come from {caches.backbones['image']['backbone']} + "
+                              f"{caches.backbones['text']['backbone']} ({caches.backbones}), the training data's from "
+                              f"{backbones}; extract every source with the same backbones and --views")
+    captions_file = caches.images.manifest.get("captions_file")
+    if not captions_file:
+        raise StaleCacheError(f"{lay.image_features} records no caption file; rerun batch_image_feature_extract.py")
+    captions = read_captions(captions_file)
+    splits = load_splits(captions, lay.default_splits())
+    if not splits["train"] or not splits["val"]:
+        raise DatasetError(f"{lay.default_splits()}: need non-empty train and val (or dev) splits")
+    val = split_data(caches, splits["val"], False)
+    return split_data(caches, splits["train"], use_keywords), val, captions.subset(val.image_names)

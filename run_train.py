@@ -20,7 +20,7 @@ from crossmodal.captions import DatasetError, load_splits, read_captions  # noqa
 from crossmodal.features.cache import StaleCacheError  # noqa: E402
 
 import config  # noqa: E402
-from data_loader import open_caches, split_data  # noqa: E402
+from data_loader import concat_splits, open_caches, open_source, split_data  # noqa: E402
 from model import CheckpointError  # noqa: E402
 from train import (  # noqa: E402
     CHECKPOINT_SECONDS,
@@ -34,12 +34,24 @@ from train import (  # noqa: E402
 log = logging.getLogger("run_train")
 
 
+def source_name(work_dir: Path, taken: list[str]) -> str:
+    """A short name for a further training source: its work dir's name, numbered if taken."""
+    name, n = Path(work_dir).resolve().name or "source", 2
+    while name in taken:
+        name, n = f"{Path(work_dir).resolve().name}{n}", n + 1
+    return name
+
+
 def main(argv: list[str] | None = None) -> int:
     p = cli.StageParser(__doc__, config)
     p.flags("images", "captions", "splits", "work-dir", "ensemble", "querybank-size", "no-keywords", "resume",
             "checkpoint-seconds", "models-dir", "text-weights", "out",
             out_help="checkpoint folder (default: WORK_DIR/checkpoints)",
             defaults={"checkpoint-seconds": CHECKPOINT_SECONDS})
+    p.add_argument("--add-source", type=Path, nargs="+", action="extend", default=[], metavar="WORK_DIR",
+                   help="train on another dataset too: a work dir its extraction stages (and keyword stages, "
+                        "unless --no-keywords) wrote, with split lists in WORK_DIR/splits; features from the same "
+                        "backbones. Its validation split is reported, and the best epoch is the best mean rsum")
     p.dataclass_flags(TrainConfig, TrainConfig())
     args = p.parse(argv)
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
@@ -56,6 +68,16 @@ def main(argv: list[str] | None = None) -> int:
                              rerun_hint=cli.data_flags(args))
         train_data = split_data(caches, splits["train"], use_keywords=cfg.caption_ratio > 0)
         val_data = split_data(caches, splits["val"], use_keywords=False)
+        other_val, other_captions = {}, {}
+        if args.add_source:
+            parts, sources = [train_data], [""]
+            for work_dir in args.add_source:
+                name = source_name(work_dir, [*sources, *other_val])
+                source_train, other_val[name], other_captions[name] = open_source(work_dir, caches.backbones,
+                                                                                   cfg.caption_ratio > 0)
+                parts.append(source_train)
+                sources.append(name)
+            train_data = concat_splits(parts, sources)
     except (DatasetError, StaleCacheError) as err:
         log.error("%s", err)
         return 2
@@ -63,11 +85,15 @@ def main(argv: list[str] | None = None) -> int:
              len(train_data.image_names), train_data.n_captions,
              0 if train_data.keyword_features is None else len(train_data.keyword_image),
              len(val_data.image_names), val_data.n_captions)
+    for name, data in other_val.items():
+        log.info("validation of the source %s: %d images, %d captions", name, len(data.image_names), data.n_captions)
     out = Path(args.out or lay.checkpoints)
     try:
         best = train_ensemble(cfg, train_data, val_data, out, caches.backbones, members=args.ensemble,
-                              resume=args.resume, extra={"captions_file": str(args.captions)},
-                              data_identity=caches.identity, checkpoint_seconds=args.checkpoint_seconds)
+                              resume=args.resume, extra={"captions_file": str(args.captions),
+                                                         "sources": [str(w) for w in args.add_source]},
+                              data_identity=caches.identity, checkpoint_seconds=args.checkpoint_seconds,
+                              other_val=other_val)
     except (ResumeError, CheckpointError) as err:
         log.error("%s", err)
         return 2
@@ -75,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     try:  # short dev queries are encoded by the text backbone the features came from
         text_backbone = create_text_backbone(caches.backbones["text"]["backbone"], args.text_weights,
                                              args.models_dir)
-        calibration = add_calibration(out / "best.pt", val_data, captions.subset(val_data.image_names),
-                                      lambda words: text_backbone.encode(words))
+        sets = [(val_data, captions.subset(val_data.image_names))]
+        sets += [(other_val[name], other_captions[name]) for name in other_val]
+        calibration = add_calibration(out / "best.pt", sets, lambda words: text_backbone.encode(words))
     except (ValueError, BackboneUnavailable) as err:  # e.g. a dev split without both matches and misses
         log.warning("no match-confidence calibration in the checkpoint: %s", err)
         calibration = None
@@ -86,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{m['t2i_r10']:.1f}, image→text R@1/5/10 {m['i2t_r1']:.1f}/{m['i2t_r5']:.1f}/{m['i2t_r10']:.1f}")
 
     print(f"best epoch {best['epoch']}: {recalls(best['metrics'])}; checkpoint {out}/best.pt")
+    for name in other_val:
+        print(f"  source {name}: " + recalls({k.removeprefix(f'{name}_'): v for k, v in best["metrics"].items()
+                                              if k.startswith(f"{name}_")}))
     if qb is not None:
         print(f"with querybank normalisation: {recalls(qb)}")
     if calibration is not None:

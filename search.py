@@ -73,7 +73,7 @@ def print_result(result) -> None:
                  if h.taken_at or h.folder else "")
         print(f"{h.rank:>3}  {h.score:.4f}  {conf}  {where}{printable(h.path)}{weak}")
     shown = f"{result.hits[0].rank}-{result.hits[-1].rank} of " if result.hits else ""
-    print(f"{shown}{result.total} photo(s); understood as: {printable(result.understood) or '(a photo)'}",
+    print(f"{shown}{result.total} photo(s) searched; understood as: {printable(result.understood) or '(a photo)'}",
           file=sys.stderr)
 
 

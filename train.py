@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from crossmodal.atomic_io import atomic_open, atomic_save_with, atomic_write_json
-from crossmodal.calibration import calibrate_split
+from crossmodal.calibration import calibrate_dev
 from crossmodal.captions import CaptionSet, list_hash
 from crossmodal.evaluation import embed_split, encode_rows, plain_metrics
 from crossmodal.metrics import retrieval_metrics
@@ -142,9 +142,25 @@ def lr_lambda(step: int, warmup_steps: int, total_steps: int) -> float:
 
 
 @torch.inference_mode()
-def validate(model: RetrievalModel, data: SplitData) -> dict:
+def validate(model: RetrievalModel, data: SplitData, others: dict[str, SplitData] | None = None) -> dict:
+    """Recall on the validation split; with ``others`` (the validation splits of further sources) also
+    theirs, as ``<name>_<metric>``, and ``selection_rsum``, the mean rsum of all, which then selects."""
     img, txt = embed_split(model, data)
-    return plain_metrics(retrieval_metrics(img, txt, data.caption_image))
+    metrics = plain_metrics(retrieval_metrics(img, txt, data.caption_image))
+    if others:
+        rsums = [metrics["rsum"]]
+        for name, other in others.items():
+            other_img, other_txt = embed_split(model, other)
+            found = plain_metrics(retrieval_metrics(other_img, other_txt, other.caption_image))
+            metrics.update({f"{name}_{key}": value for key, value in found.items()})
+            rsums.append(found["rsum"])
+        metrics["selection_rsum"] = float(np.mean(rsums))
+    return metrics
+
+
+def selection_rsum(metrics: dict) -> float:
+    """What selects the best epoch: the validation rsum, or with several sources their mean."""
+    return float(metrics.get("selection_rsum", metrics["rsum"]))
 
 
 def _param_groups(model: torch.nn.Module, loss: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -217,13 +233,16 @@ def train(
     extra: dict | None = None,
     data_identity: dict | None = None,
     checkpoint_seconds: float = CHECKPOINT_SECONDS,
+    other_val: dict[str, SplitData] | None = None,
 ) -> dict:
     """Train, writing best.pt / last.pt, log.csv and log.json into ``out_dir`` after every epoch,
     last.pt also every ``checkpoint_seconds`` within an epoch, and curves.png when training ends.
 
     ``data_identity`` (plain strings, e.g. the caches' id hashes) is recorded with the hashes of
     the two splits' image lists; ``resume`` refuses a last.pt made from other backbones, data or
-    settings (``check_resume``). Returns the best checkpoint's validation metrics.
+    settings (``check_resume``). ``other_val``: validation splits of further training sources, by
+    name; the best epoch is then the best mean rsum (``validate``). Returns the best checkpoint's
+    validation metrics.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -246,7 +265,8 @@ def train(
     warmup = max(1, int(cfg.warmup_epochs * steps_per_epoch))
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_lambda(s, warmup, total))
     identity = {"train_images_sha256": list_hash(train_data.image_names),
-                "val_images_sha256": list_hash(val_data.image_names), **(data_identity or {})}
+                "val_images_sha256": list_hash(val_data.image_names), **(data_identity or {}),
+                **{f"{name}_val_images_sha256": list_hash(d.image_names) for name, d in (other_val or {}).items()}}
 
     history: list[dict] = []
     best = {"val_rsum": -1.0, "epoch": 0}
@@ -314,14 +334,14 @@ def train(
                 atomic_save_with(last_path, lambda f: torch.save(state, f))
                 saved_at = time.monotonic()
         train_time = seconds_before + time.perf_counter() - t0
-        metrics = validate(model, val_data)
+        metrics = validate(model, val_data, other_val)
         row = {"epoch": epoch, "train_loss": total_loss / max(n, 1), "temperature": loss_fn.temperature,
                "lr": sched.get_last_lr()[0], "epoch_seconds": round(train_time, 2),
                **{f"val_{k}": float(v) for k, v in metrics.items()}}
         history.append(row)
-        improved = metrics["rsum"] > best["val_rsum"]
+        improved = selection_rsum(metrics) > best["val_rsum"]
         if improved:
-            best = {"val_rsum": metrics["rsum"], "epoch": epoch, "metrics": metrics}
+            best = {"val_rsum": selection_rsum(metrics), "epoch": epoch, "metrics": metrics}
             stale = 0
         else:
             stale += 1
@@ -330,8 +350,9 @@ def train(
             atomic_save_with(out_dir / BEST, lambda f: torch.save(state, f))
         atomic_save_with(last_path, lambda f: torch.save(state, f))
         _write_logs(history, out_dir)
-        log.info("epoch %d: loss %.4f  T %.4f  val R@1 %.1f/%.1f  rsum %.1f%s  (%.1f s)", epoch, row["train_loss"],
-                 row["temperature"], metrics["t2i_r1"], metrics["i2t_r1"], metrics["rsum"],
+        others = "".join(f", {name} {metrics[f'{name}_rsum']:.1f}" for name in other_val or {})
+        log.info("epoch %d: loss %.4f  T %.4f  val R@1 %.1f/%.1f  rsum %.1f%s%s  (%.1f s)", epoch, row["train_loss"],
+                 row["temperature"], metrics["t2i_r1"], metrics["i2t_r1"], metrics["rsum"], others,
                  "  *best*" if improved else "", train_time)
     if stale >= cfg.patience:
         log.info("early stop: no better validation rsum for %d epochs (best %.1f at epoch %d)",
@@ -352,6 +373,7 @@ def train_ensemble(
     extra: dict | None = None,
     data_identity: dict | None = None,
     checkpoint_seconds: float = CHECKPOINT_SECONDS,
+    other_val: dict[str, SplitData] | None = None,
 ) -> dict:
     """``members`` head pairs trained one after another (seeds seed, seed+1, ...) into
     ``out_dir/member<i>/`` and joined into ``out_dir/best.pt`` as one ``EnsembleModel``; with one
@@ -360,18 +382,19 @@ def train_ensemble(
     if members < 1:
         raise ValueError(f"--ensemble must be at least 1, got {members}")
     if members == 1:
-        return train(cfg, train_data, val_data, out_dir, backbones, resume, extra, data_identity, checkpoint_seconds)
+        return train(cfg, train_data, val_data, out_dir, backbones, resume, extra, data_identity, checkpoint_seconds,
+                     other_val)
     states = []
     for i in range(members):
         member_cfg = TrainConfig(**{**asdict(cfg), "seed": cfg.seed + i})
         log.info("ensemble member %d of %d (seed %d)", i + 1, members, member_cfg.seed)
         train(member_cfg, train_data, val_data, out_dir / f"member{i}", backbones, resume, extra, data_identity,
-              checkpoint_seconds)
+              checkpoint_seconds, other_val)
         states.append(read_checkpoint(out_dir / f"member{i}" / BEST))
     model = EnsembleModel([st["model_config"] for st in states])
     for member, st in zip(model.members, states):
         member.load_state_dict(st["model"])
-    metrics = validate(model.eval(), val_data)
+    metrics = validate(model.eval(), val_data, other_val)
     state = {"model_config": model.config_dict(), "model": model.state_dict(),
              "temperature": float(np.mean([st["temperature"] for st in states])),
              "epoch": "+".join(str(st["epoch"]) for st in states), "metrics": metrics,
@@ -381,7 +404,7 @@ def train_ensemble(
     atomic_save_with(out_dir / BEST, lambda f: torch.save(state, f))
     log.info("ensemble of %d: val rsum %.1f (members %s)", members, metrics["rsum"],
              ", ".join(f"{st['metrics']['rsum']:.1f}" for st in states))
-    return {"val_rsum": float(metrics["rsum"]), "epoch": state["epoch"], "metrics": metrics}
+    return {"val_rsum": selection_rsum(metrics), "epoch": state["epoch"], "metrics": metrics}
 
 
 def add_querybank(checkpoint: str | Path, train_data: SplitData, val_data: SplitData,
@@ -405,13 +428,13 @@ def add_querybank(checkpoint: str | Path, train_data: SplitData, val_data: Split
     return metrics
 
 
-def add_calibration(checkpoint: str | Path, val_data: SplitData, captions: CaptionSet,
+def add_calibration(checkpoint: str | Path, sets: list[tuple[SplitData, CaptionSet]],
                     encode_words: Callable[[list[str]], np.ndarray]) -> dict:
-    """Fit the match-confidence curves (``crossmodal.calibration``) on half of the dev split, scored
-    as search scores (with the checkpoint's querybank), store them in ``checkpoint`` and return
-    them with their quality on the other half."""
+    """Fit the match-confidence curves (``crossmodal.calibration``) on half of each dev split in
+    ``sets`` ((split, its captions) per dataset), scored as search scores (with the checkpoint's
+    querybank), store them in ``checkpoint`` and return them with their quality on the other half."""
     model, state = load_checkpoint(checkpoint)
-    report = calibrate_split(model, val_data, captions, encode_words, state.get("querybank"))
+    report = calibrate_dev(model, sets, encode_words, state.get("querybank"))
     state["calibration"] = report
     atomic_save_with(Path(checkpoint), lambda f: torch.save(state, f))
     return report

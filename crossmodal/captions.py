@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+from crossmodal import webdataset
 from crossmodal.atomic_io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -201,8 +202,12 @@ def read_captions(path: str | os.PathLike) -> CaptionSet:
     """Parse a Flickr30K-format caption file: lines ``<image>#<n><TAB><caption>``, blank lines
     skipped, runs of whitespace in a caption collapsed to one space. The image name is checked by
     ``image_name_problem``; a malformed line (another column count, a bad name or number, an empty
-    or repeated caption, see also ``dataset_lines``) raises DatasetError naming the file and line."""
+    or repeated caption, see also ``dataset_lines``) raises DatasetError naming the file and line.
+
+    ``path`` may also be a folder of img2dataset output (``read_img2dataset``)."""
     path = Path(path)
+    if path.is_dir():
+        return read_img2dataset(path)
     if not path.is_file():
         raise DatasetError(f"caption file not found: {path}")
     captions: list[Caption] = []
@@ -231,6 +236,39 @@ def read_captions(path: str | os.PathLike) -> CaptionSet:
         captions.append(Caption(image, n, text))
     if not captions:
         raise DatasetError(f"{path}: no captions found")
+    return CaptionSet(captions)
+
+
+def read_img2dataset(root: str | os.PathLike) -> CaptionSet:
+    """The captions of a folder of img2dataset output (``crossmodal.webdataset``): one per image,
+    its ``KEY.txt``, keyed ``<shard>/KEY.jpg#0`` (``<shard>.tar/KEY.jpg#0`` in a tar shard).
+
+    An image without a caption (no ``.txt``, or an empty one) is left out, counted in a warning
+    that names the first. A caption that is not UTF-8 text raises DatasetError naming its file."""
+    root = Path(root)
+    if not webdataset.is_img2dataset(root):
+        raise DatasetError(f"{root}: a folder, but not img2dataset output (numbered shard folders "
+                           "00000/ or .tar shards of KEY.jpg + KEY.txt); pass a caption file or such a folder")
+    captions: list[Caption] = []
+    uncaptioned: list[str] = []
+    try:
+        for name, text, where in webdataset.samples(root):
+            check_image_name(name, str(root))
+            text = " ".join((text or "").split())
+            if not text:
+                uncaptioned.append(where)
+                continue
+            bad = _TEXT_BAD_CHAR.search(text)
+            if bad:
+                raise DatasetError(f"{where}: {_describe_char(bad.group())} in the caption")
+            captions.append(Caption(name, 0, text))
+    except webdataset.ShardError as err:
+        raise DatasetError(str(err)) from err
+    if uncaptioned:
+        log.warning("%d image(s) in %s have no caption and are left out (e.g. %s)", len(uncaptioned), root,
+                    uncaptioned[0])
+    if not captions:
+        raise DatasetError(f"{root}: no captioned images found")
     return CaptionSet(captions)
 
 
@@ -327,7 +365,7 @@ def missing_images(images_dir: str | os.PathLike, names: Iterable[str]) -> list[
     looked up one by one; the usual flat folder is listed once)."""
     images_dir = Path(images_dir)
     present = {e.name for e in os.scandir(images_dir) if e.is_file()} if images_dir.is_dir() else set()
-    return [n for n in names if n not in present and ("/" not in n or not (images_dir / n).is_file())]
+    return [n for n in names if n not in present and ("/" not in n or not webdataset.exists(images_dir / n))]
 
 
 def list_hash(names: Sequence[str]) -> str:

@@ -153,8 +153,10 @@ def _library_default(module: str, name: str) -> Callable[[ModuleType], Any]:
 # Every flag of every stage script. A script may reword ``--out``'s help (what it writes differs).
 FLAGS: dict[str, Flag] = {
     # data
-    "images": Flag("folder of photos", Path, _config_default("IMAGES_DIR")),
-    "captions": Flag("caption file, lines 'name.jpg#n<TAB>caption'", Path, _config_default("CAPTIONS_FILE")),
+    "images": Flag("folder of photos (default with an img2dataset --captions folder: that folder)", Path,
+                   _config_default("IMAGES_DIR")),
+    "captions": Flag("caption file, lines 'name.jpg#n<TAB>caption', or a folder of img2dataset output (shard "
+                     "folders 00000/ or .tar shards of KEY.jpg + KEY.txt)", Path, _config_default("CAPTIONS_FILE")),
     "splits": Flag("folder of split lists train.txt, val.txt (or dev.txt), test.txt; default: config.SPLITS_DIR, "
                    "or WORK_DIR/splits; a seeded split is written there if absent", Path),
     "work-dir": Flag("where generated files go; default: the original layout, data/ and checkpoints/", Path,
@@ -293,6 +295,10 @@ class StageParser(argparse.ArgumentParser):
         """Parse, set up logging (debug with --verbose), and attach ``args.layout`` (where generated files go)."""
         args = self.parse_args(argv)
         setup_logging(getattr(args, "verbose", False))
+        captions = getattr(args, "captions", None)
+        if (captions is not None and getattr(args, "images", None) == self.get_default("images")
+                and Path(captions).is_dir()):
+            args.images = captions  # img2dataset output: the images are in the captions' folder
         args.layout = Layout(getattr(args, "work_dir", None), Path(self.config.DATA_DIR),
                              Path(self.config.ROOT), Path(self.config.SPLITS_DIR))
         return args

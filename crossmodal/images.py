@@ -32,6 +32,8 @@ from datetime import datetime
 
 from PIL import ExifTags, Image, UnidentifiedImageError
 
+from crossmodal import webdataset
+
 MAX_DECODE_PIXELS = 25_000_000  # uploads: a 6000 x 4000 photo; 75-100 MB decoded
 # The photo index: above any camera phone and most DSLRs (a 61 MP full-frame photo passes); an RGB
 # decode of this size takes 300 MB, and two decoding workers may hold one each.
@@ -127,7 +129,7 @@ def open_image(path: str | os.PathLike, budget: DecodeBudget, size: int | None =
         # PIL warns above 89 million pixels and refuses above 179 million; the budget here is checked below
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            img = Image.open(path)  # reads the header only
+            img = Image.open(webdataset.open_source(path))  # reads the header only (or a shard member)
         except Image.DecompressionBombError as err:
             raise ImageTooLarge(f"the photo has more than {megapixels(2 * Image.MAX_IMAGE_PIXELS)}; photos up to "
                                 f"{megapixels(budget.max_pixels)} are decoded: resize it to search it") from err

@@ -120,7 +120,7 @@ def summary(result: SearchResult, ms: float, shown: int, like: str | None = None
     if not result.total:
         text = "No photo passes the filters." if filtered else "No photos indexed yet."
     else:
-        text = (f"Showing {shown} of {result.total} photos{' that pass the filters' if filtered else ''} "
+        text = (f"{result.total} photos {'pass the filters' if filtered else 'searched'}; showing {shown} "
                 f"({ms:.0f} ms).")
         if not result.good_match and any(h.confidence is not None for h in result.hits):
             text = f"**No good match — nearest photos shown, marked weak.** {text}"

@@ -42,7 +42,8 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from crossmodal.images import image_content_type
+from crossmodal import webdataset
+from crossmodal.images import image_content_type, sniff_content_type
 from crossmodal.photos.files import content_hash
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,23 @@ class ServedPhotos:
                 return None
         return path, content_type, st
 
+    def member_bytes(self, name: str) -> tuple[bytes, str] | None:
+        """(bytes, content type) of a served photo inside a tar shard (``crossmodal.webdataset``); None
+        for any other name, or when the shard no longer holds it as an image."""
+        root, served = self._current()
+        if name not in served or webdataset.split_member(root / name) is None:
+            return None
+        try:
+            data = webdataset.read_bytes(root / name)
+        except OSError:
+            return None
+        content_type = sniff_content_type(data[:16])
+        return None if content_type is None else (data, content_type)
+
     def response(self, name: str) -> Response:
+        member = self.member_bytes(name)
+        if member is not None:
+            return Response(member[0], media_type=member[1], headers=PHOTO_HEADERS)
         found = self.file_of(name)
         if found is None:
             return PlainTextResponse("not found", status_code=404, headers={"X-Content-Type-Options": "nosniff"})

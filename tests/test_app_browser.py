@@ -147,7 +147,7 @@ def test_query_in_the_browser_shows_a_page_of_results(served):
             page.wait_for_function("img => img.complete && img.naturalWidth > 0",
                                    arg=results.nth(i).element_handle(),
                                    timeout=10_000)
-        expect(page.locator("#status")).to_contain_text(f"Showing 10 of {N_IMAGES} photos", timeout=10_000)
+        expect(page.locator("#status")).to_contain_text(f"{N_IMAGES} photos searched; showing 10", timeout=10_000)
         expect(page.locator("#results")).to_contain_text("#1 ·")
         # the first line is for a person; the index and the models are under Details
         expect(page.locator("#index-info")).not_to_contain_text("exact")
@@ -172,7 +172,7 @@ def test_photo_search_in_the_browser_finds_the_photo(served):
                                arg=results.nth(0).element_handle(), timeout=10_000)
         expect(page.locator("#photo-results")).to_contain_text("#1 · ")
         expect(page.locator("#photo-results")).to_contain_text(photo.name)
-        expect(page.locator("#photo-status")).to_contain_text(f"of {N_IMAGES} photos", timeout=10_000)
+        expect(page.locator("#photo-status")).to_contain_text(f"{N_IMAGES} photos searched", timeout=10_000)
 
 
 def test_api_endpoint_returns_json_hits(served):
@@ -520,8 +520,8 @@ def test_photos_page_filters_more_like_this_and_weak_matches(photos_served):
             box.fill(query)
             page.locator("#search-button").click()
             expect(page.locator("#status code")).to_have_text(understood or query, timeout=20_000)
-            filtered = " that pass the filters" if any(filters.values()) or " -" in f" {query}" else ""
-            expect(page.locator("#status")).to_contain_text(f"of {expected} photos{filtered} (")
+            filtered = "pass the filters" if any(filters.values()) or " -" in f" {query}" else "searched"
+            expect(page.locator("#status")).to_contain_text(f"{expected} photos {filtered}; showing")
             expect(page.locator("#results img")).to_have_count(min(PAGE, expected), timeout=20_000)
             return gallery_state(page)
 
@@ -560,7 +560,7 @@ def test_photos_page_filters_more_like_this_and_weak_matches(photos_served):
         liked = shown[2][0]
         page.locator("#more-like").click()
         expect(page.locator("#status")).to_contain_text(f"Photos like {liked.rsplit('/', 1)[1]}", timeout=20_000)
-        expect(page.locator("#status")).to_contain_text(f"of {n - 1} photos (")  # all but itself
+        expect(page.locator("#status")).to_contain_text(f"{n - 1} photos searched; showing")  # all but itself
         expect(page.locator("#more-like")).to_be_disabled()
         expect(page.locator("#results img")).to_have_count(PAGE)
         assert liked not in [path for path, _ in gallery_state(page)]

@@ -90,22 +90,29 @@ def test_fit_and_report_measures_on_the_held_out_hits():
     assert cal.curves_of(report)["sentence"].slope == pytest.approx(20, rel=0.15)
 
 
-def test_a_caption_matches_its_photo_and_photos_described_with_all_its_nouns():
+def test_a_caption_matches_its_photo_and_photos_with_a_caption_close_in_meaning():
     from types import SimpleNamespace
 
-    from crossmodal.captions import Caption, CaptionSet
+    t = cal.LABEL_SIMILARITY["sentence"]
+    angle = np.arccos(t)
 
-    captions = CaptionSet([Caption("a.jpg", 0, "A dog runs on the grass ."),
-                           Caption("a.jpg", 1, "A brown dog in a field ."),
-                           Caption("b.jpg", 0, "Two dogs play on green grass ."),
-                           Caption("c.jpg", 0, "A dog jumps into a lake ."),
-                           Caption("d.jpg", 0, "Someone is smiling .")])
-    data = SimpleNamespace(image_names=["a.jpg", "b.jpg", "c.jpg", "d.jpg"], caption_image=np.array([0, 0, 1, 2, 3]))
-    rel = cal.sentence_relevance(data, captions)
+    def unit(a: float) -> list[float]:  # a vector at angle a from (1, 0, 0)
+        return [np.cos(a), np.sin(a), 0.0]
+
+    # captions 0-1 of photo a, 2 of b, 3 of c, 4 of d; caption 0 and 2 just closer than the threshold,
+    # caption 3 just farther, caption 4 orthogonal to all
+    feats = np.array([unit(0), unit(-0.3), unit(angle - 0.01), unit(angle + 0.01), [0, 0, 1]], dtype=np.float32)
+    data = SimpleNamespace(image_names=["a.jpg", "b.jpg", "c.jpg", "d.jpg"], caption_image=np.array([0, 0, 1, 2, 3]),
+                           caption_features=torch.tensor(feats, dtype=torch.float16))
+    rel = cal.sentence_relevance(data)
     assert rel.shape == (5, 4)
-    assert rel[0].tolist() == [True, True, False, False]  # dog + grass: a.jpg, and b.jpg ("dogs", "grass")
-    assert rel[3].tolist() == [False, False, True, False]  # dog + lake: only its own photo
-    assert rel[4].tolist() == [False, False, False, True]  # no noun: only its own photo
-    with pytest.raises(ValueError, match="do not match"):
-        cal.sentence_relevance(SimpleNamespace(image_names=data.image_names, caption_image=np.array([0, 1, 1, 2, 3])),
-                               captions)
+    assert rel[0].tolist() == [True, True, False, False]  # its own photo, and b (close enough), not c
+    assert rel[4].tolist() == [False, False, False, True]  # like nothing else: its own photo only
+    assert rel[3].tolist() == [False, True, True, False]  # its own, and b's caption beside it; a's is too far
+    # a short query: a photo whose captions name it, or one with a close caption
+    words = np.array([unit(0)], dtype=np.float32)
+    short = cal.short_relevance(words, np.array([[False, False, False, True]]), data)
+    assert short.tolist() == [[True, cal.LABEL_SIMILARITY["short"] <= np.cos(angle - 0.01),
+                               cal.LABEL_SIMILARITY["short"] <= np.cos(angle + 0.01), True]]
+    sims = cal.best_caption_similarity(feats[:1], feats, data.caption_image, 4)
+    assert sims[0].tolist() == pytest.approx([1.0, np.cos(angle - 0.01), np.cos(angle + 0.01), 0.0], abs=1e-5)

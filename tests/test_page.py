@@ -69,7 +69,7 @@ def test_a_search_its_next_page_and_more_like_this(photo_page):
     n = len(FILES)
     items, status, results, more, like = photo_page.search_text("a dog", "", "", "", "", 4, REQUEST)
     assert len(items) == 4 and all(url.startswith("http://photos.example:7860/photo/") for url, _ in items)
-    assert status.startswith(f"Showing 4 of {n} photos (") and "Understood as: `a dog`" in status
+    assert status.startswith(f"{n} photos searched; showing 4 (") and "Understood as: `a dog`" in status
     assert more.visible is True and like.interactive is False
     assert [h.rank for h in results.hits] == [1, 2, 3, 4]
     # a caption: rank, score, then the date and folder the photo has
@@ -77,7 +77,7 @@ def test_a_search_its_next_page_and_more_like_this(photo_page):
     assert items[0][1] == page.hit_label(first) and first.taken_at[:10] in items[0][1]
     items2, status2, results2, more2, _ = photo_page.load_more(results, REQUEST)
     assert items2[:4] == items and len(items2) == 8 and [h.rank for h in results2.hits] == list(range(1, 9))
-    assert status2.startswith(f"Showing 8 of {n} photos")
+    assert status2.startswith(f"{n} photos searched; showing 8")
     *_, results3, more3, _ = photo_page.load_more(results2, REQUEST)
     assert len(results3.hits) == n and more3.visible is False
     # select the third hit, then more like it: the date filter is kept, the photo itself left out
@@ -85,7 +85,7 @@ def test_a_search_its_next_page_and_more_like_this(photo_page):
     selected, button = photo_page.select(results, SimpleNamespace(index=1))
     assert selected == results.hits[1].path and button.value == f"More like {os.path.basename(selected)}"
     items, status, liked, _, _ = photo_page.more_like(selected, results, 10, REQUEST)
-    assert status.startswith(f"Photos like {page.as_text(os.path.basename(selected))}. Showing")
+    assert status.startswith(f"Photos like {page.as_text(os.path.basename(selected))}. ")
     assert liked.text == "after:2019-01-01" and selected not in {h.path for h in liked.hits}
     assert all(h.taken_at >= "2019" for h in liked.hits)
 

@@ -311,7 +311,7 @@ def test_search_script_shows_confidence_date_folder_and_weak_matches(world, caps
     rank, score, conf, day, folder, path, _ = lines[1].split()
     assert rank == "1" and float(conf) < 0.5 and folder.startswith("A") and Path(path).is_file()
     assert datetime.fromisoformat(day).year in (2016, 2019, 2021)
-    assert "of 4 photo(s); understood as: a dog runs on the grass in:A" in out.err
+    assert "of 4 photo(s) searched; understood as: a dog runs on the grass in:A" in out.err
     assert search_script.main(common + ["--checkpoint", str(world["checkpoint"]), "--photos", str(world["root"]),
                                         "--like", str(world["root"] / "h.png")]) == 0
     lines = capsys.readouterr().out.strip().splitlines()

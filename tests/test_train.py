@@ -68,11 +68,11 @@ def test_resume_continues_exactly(tmp_path):
     calls = {"n": 0}
     real_validate = train_module.validate
 
-    def validate_then_stop(model, data):
+    def validate_then_stop(model, data, others=None):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt  # the kill arrives during epoch 3's validation
-        return real_validate(model, data)
+        return real_validate(model, data, others)
 
     train_module.validate = validate_then_stop
     try:
@@ -328,7 +328,8 @@ def write_tiny_dataset(root, n_images: int = 48) -> list[str]:
     proj = g.normal(size=(24, 16))
     text = {"backbone": "fake-txt", "weights": "w2", "dim": 16, "preprocess": {}}
     write_cache(root / "image_embeddings", names, img.astype(np.float16),
-                {"backbone": "fake-img", "weights": "w1", "dim": 24, "preprocess": {}})
+                {"backbone": "fake-img", "weights": "w1", "dim": 24, "preprocess": {}},
+                extra={"captions_file": str(root / "captions.token")})
     caps = img[np.repeat(np.arange(n_images), 3)] @ proj + 0.5 * g.normal(size=(len(keys), 16))
     write_cache(root / "text_embeddings", keys, caps.astype(np.float16), text)
     write_cache(root / "aug_text_embeddings", [f"{n}#0::word" for n in names], (img @ proj).astype(np.float16), text)
@@ -391,3 +392,42 @@ def test_run_train_resume_refusals_are_one_line(tmp_path, caplog):
     assert len(errors) == 1 and "--lr 0.003 there, 0.001 here" in errors[0] and "\n" not in errors[0]
     assert run_train.main(args + ["--resume", "--epochs", "2"]) == 0  # another --epochs continues the run
     assert torch.load(tmp_path / "out" / LAST, weights_only=True)["epoch"] == 2
+
+
+def test_run_train_on_two_sources_validates_both_and_selects_on_their_mean(tmp_path, caplog):
+    import run_train
+
+    from data_loader import concat_splits
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "web").mkdir()
+    args = write_tiny_dataset(tmp_path / "a") + ["--epochs", "2", "--out", str(tmp_path / "out")]
+    write_tiny_dataset(tmp_path / "web", n_images=40)
+    assert run_train.main(args + ["--add-source", str(tmp_path / "web")]) == 0
+    state = torch.load(tmp_path / "out" / BEST, weights_only=True)
+    metrics = state["metrics"]
+    assert metrics["selection_rsum"] == pytest.approx((metrics["rsum"] + metrics["web_rsum"]) / 2)
+    history = json.load(open(tmp_path / "out" / "log.json"))
+    assert max(h["val_selection_rsum"] for h in history) == pytest.approx(metrics["selection_rsum"])
+    assert state["data_identity"]["web_val_images_sha256"] and state["sources"] == [str(tmp_path / "web")]
+
+    # the concatenation keeps each source's pairs, its images renamed apart
+    a, b = make_split(5, 0, with_keywords=True), make_split(3, 1)
+    both = concat_splits([a, b], ["", "web"])
+    assert both.image_names == a.image_names + [f"web:{n}" for n in b.image_names]
+    assert torch.equal(both.caption_features[a.n_captions:], b.caption_features)
+    assert list(both.caption_image[a.n_captions:]) == list(b.caption_image + 5)
+    assert torch.equal(both.image_features[both.caption_image[-1]], b.image_features[b.caption_image[-1]])
+    assert len(both.keyword_image) == len(a.keyword_image)
+
+    # a source extracted with other backbones is refused, naming it
+    from crossmodal.features.cache import write_cache
+
+    write_cache(tmp_path / "web" / "image_embeddings", [f"{i:03d}.jpg" for i in range(40)],
+                np.zeros((40, 24), np.float16), {"backbone": "other-img", "weights": "w9", "dim": 24,
+                                                 "preprocess": {}},
+                extra={"captions_file": str(tmp_path / "web" / "captions.token")})
+    caplog.clear()
+    assert run_train.main(args + ["--add-source", str(tmp_path / "web"), "--out", str(tmp_path / "out2")]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "other-img" in errors[0] and str(tmp_path / "web") in errors[0]

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from crossmodal.backbones import ImageBackbone
+from crossmodal.webdataset import read_bytes
 
 GPU_DECODE_THREADS = 3  # decode="gpu": threads running nvJPEG + resize beside the model (0 = inline)
 
@@ -40,8 +41,7 @@ class PackedBytesBatches(Dataset):
         chunks, errors = [], []
         for i in self.batches[b]:
             try:
-                with open(self.paths[i], "rb") as f:
-                    chunks.append(f.read())
+                chunks.append(read_bytes(self.paths[i]))
                 errors.append("")
             except OSError as err:
                 chunks.append(b"")

@@ -1,0 +1,91 @@
+#!/usr/bin/env python
+"""The match confidence against people's judgments: a checkpoint's calibrated confidence for each
+judged query–photo pair of bench/judgments/ that was not used to choose the labelling rule.
+
+Each pair is scored through the search engine over its dataset's split, as the page scores it
+(querybank, query kind, curve). It prints, per query kind and overall: the expected calibration
+error against the judgments, how many judged matches are marked confident (>= 0.5) and the
+precision of that mark, the score's ROC AUC, and how many queries would say "No good match" while
+people judged one of their hits a match.
+
+    python -m bench.judged_confidence --checkpoint models/pretrained/model.pt \\
+        --set bench/judgments/flickr8k_dev.tsv ../shared/data/flickr8k/flickr8k.token \\
+              ../shared/data/flickr8k/splits work/kw/default \\
+        --set bench/judgments/web_dev.tsv ~/webdata/tune work/kw/web/splits work/kw/web
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from bench import _common as C  # first: it sets what torch reads when it loads
+
+# isort: split
+import numpy as np  # noqa: E402
+
+from bench.judge_sheets import split_engine  # noqa: E402
+from bench.label_rule import in_fit_half, read_judged  # noqa: E402
+from crossmodal.calibration import CONFIDENT, expected_calibration_error  # noqa: E402
+
+
+def judged_scores(path: Path, captions: Path, splits: Path, work_dir: Path, checkpoint: Path) -> dict[str, list]:
+    rows = read_judged(path)
+    fit_half = in_fit_half(rows)
+    rows = [r for r in rows if not fit_half[r["sheet"]]]
+    out = {k: [] for k in ("sheet", "short", "match", "score", "confidence")}
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = split_engine(work_dir, captions, splits, "dev", checkpoint, tmp)
+        view = engine.current()
+        row_of = {name: i for i, name in enumerate(view.collection.names)}
+        for r in rows:
+            query = engine.text_query(r["query"])
+            scores = view.scores(query, np.asarray([row_of[r["photo"]]]))
+            if scores.confidence is None:
+                raise SystemExit(f"{checkpoint} has no match-confidence curve for {r['kind']} queries")
+            out["sheet"].append(f"{path.name}:{r['sheet']}")
+            out["short"].append(r["kind"] == "short")
+            out["match"].append(r["match"] == "1")
+            out["score"].append(float(scores.ranking[0]))
+            out["confidence"].append(float(scores.confidence[0]))
+    return out
+
+
+def auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The probability that a judged match outscores a judged miss (ties count half)."""
+    pos, neg = scores[labels], scores[~labels]
+    if not len(pos) or not len(neg):
+        return float("nan")
+    return float(((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum())
+                 / (len(pos) * len(neg)))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--set", nargs=4, action="append", required=True,
+                   metavar=("JUDGED", "CAPTIONS", "SPLITS", "WORK_DIR"),
+                   help="judged pairs, the dataset's captions, its split lists, its work dir (image_embeddings/)")
+    args = p.parse_args(argv)
+    parts = [judged_scores(Path(j), Path(c), Path(s), Path(w), args.checkpoint) for j, c, s, w in args.set]
+    d = {k: np.concatenate([np.asarray(part[k]) for part in parts]) for k in parts[0]}
+    rows = []
+    for name, sel in (("sentence", ~d["short"]), ("short", d["short"]), ("all", np.ones(len(d["short"]), bool))):
+        conf, match = d["confidence"][sel], d["match"][sel]
+        called = conf >= CONFIDENT
+        sheets = sorted(set(d["sheet"][sel]))
+        no_good = sum(1 for s in sheets if not (called & (d["sheet"][sel] == s)).any()
+                      and (match & (d["sheet"][sel] == s)).any())
+        rows.append([name, len(conf), int(match.sum()), f"{expected_calibration_error(conf, match):.3f}",
+                     f"{conf[match].mean():.2f}", f"{called[match].mean():.2f}",
+                     f"{match[called].mean():.2f}" if called.any() else "-", f"{auc(d['score'][sel], match):.3f}",
+                     f"{no_good} of {len(sheets)}"])
+    print(f"{args.checkpoint}: judged pairs not used to choose the labelling rule")
+    print(C.table(["queries", "pairs", "judged matches", "ECE", "mean confidence of judged matches",
+                   "judged matches marked confident", "precision of confident", "score AUC",
+                   "queries with a judged match but 'No good match'"], rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
