@@ -29,10 +29,13 @@ from bench.label_rule import in_fit_half, read_judged  # noqa: E402
 from crossmodal.calibration import CONFIDENT, expected_calibration_error  # noqa: E402
 
 
-def judged_scores(path: Path, captions: Path, splits: Path, work_dir: Path, checkpoint: Path) -> dict[str, list]:
+def judged_scores(path: Path, captions: Path, splits: Path, work_dir: Path, checkpoint: Path,
+                  half: str = "measure") -> dict[str, list]:
+    """Each judged pair of one half ("measure": the pairs not used to choose the labelling rule, or
+    "fit") with its ranking score and confidence as search computes them."""
     rows = read_judged(path)
     fit_half = in_fit_half(rows)
-    rows = [r for r in rows if not fit_half[r["sheet"]]]
+    rows = [r for r in rows if fit_half[r["sheet"]] == (half == "fit")]
     out = {k: [] for k in ("sheet", "short", "match", "score", "confidence")}
     with tempfile.TemporaryDirectory() as tmp:
         engine = split_engine(work_dir, captions, splits, "dev", checkpoint, tmp)

@@ -105,22 +105,28 @@ def main(argv=None) -> int:
     d = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
     print(f"{len(d['match'])} judged pairs, {int(d['match'].sum())} judged matches; "
           f"threshold chosen on {int(d['fit'].sum())} pairs, rules measured on the other {int((~d['fit']).sum())}")
-    table, chosen = [], {}
+    table, chosen = [], {}  # chosen: kind -> (fit-half agreement, rule, threshold) of the best rule
     for kind, is_short in (("sentence", False), ("short", True)):
         sel = d["short"] == is_short
         fit, held = sel & d["fit"], sel & ~d["fit"]
-        rules = {"nouns": lambda t: d["own"] | d["nouns"],
-                 "similar": lambda t: d["own"] | (d["similarity"] >= t),
-                 "nouns or similar": lambda t: d["own"] | d["nouns"] | (d["similarity"] >= t)}
+        rules = {"similar": lambda t: d["own"] | (d["similarity"] >= t),  # first: it wins a tie
+                 "nouns or similar": lambda t: d["own"] | d["nouns"] | (d["similarity"] >= t),
+                 "nouns": lambda t: d["own"] | d["nouns"]}
         for name, rule in rules.items():
             scores = [agreement(rule(t)[fit], d["match"][fit])[0] for t in THRESHOLDS]
             t = float(THRESHOLDS[int(np.argmax(scores))]) if name != "nouns" else float("nan")
+            fit_agreement = agreement(rule(t)[fit], d["match"][fit])[0]
             acc, recall, precision = agreement(rule(t)[held], d["match"][held])
-            chosen[(kind, name)] = t
-            table.append([kind, name, "-" if name == "nouns" else f"{t:.2f}", int(held.sum()),
+            if kind not in chosen or fit_agreement > chosen[kind][0]:
+                chosen[kind] = (fit_agreement, name, t)
+            table.append([kind, name, "-" if name == "nouns" else f"{t:.2f}", f"{fit_agreement:.3f}", int(held.sum()),
                           f"{d['match'][held].mean():.2f}", f"{acc:.3f}", f"{recall:.2f}", f"{precision:.2f}"])
-    print(C.table(["queries", "rule", "threshold (fit half)", "measured pairs", "judged match rate",
-                   "agreement", "judged matches labelled match", "labelled matches judged match"], table))
+    print(C.table(["queries", "rule", "threshold (fit half)", "agreement (fit half)", "measured pairs",
+                   "judged match rate", "agreement", "judged matches labelled match",
+                   "labelled matches judged match"], table))
+    for kind, (_, name, t) in chosen.items():
+        print(f"{kind} queries: the best rule on the fit half is {name!r}" + ("" if name == "nouns" else
+                                                                              f" at threshold {t:.2f}"))
     return 0
 
 

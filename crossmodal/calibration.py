@@ -36,7 +36,7 @@ QUERY_KINDS = ("sentence", "short")  # calibrated separately: a short query's sc
 # The labelling rule: a photo matches a query when one of its captions is this close in meaning to
 # the query (cosine of the text backbone's features). Chosen for the best agreement with half of the
 # judged pairs of bench/judgments/ (python -m bench.label_rule); the other half measures it.
-LABEL_SIMILARITY = {"sentence": 0.59, "short": 0.22}
+LABEL_SIMILARITY = {"sentence": 0.75, "short": 0.25}
 
 
 @dataclass(frozen=True)
