@@ -5,8 +5,9 @@ judged query–photo pair of bench/judgments/ that was not used to choose the la
 Each pair is scored through the search engine over its dataset's split, as the page scores it
 (querybank, query kind, curve). It prints, per query kind and overall: the expected calibration
 error against the judgments, how many judged matches are marked confident (>= 0.5) and the
-precision of that mark, the score's ROC AUC, and how many queries would say "No good match" while
-people judged one of their hits a match.
+precision of that mark, the score's ROC AUC, and how many queries would say "No good match"
+while people judged one of their hits a match; queries as people type them apart from web
+alt-texts used as queries.
 
     python -m bench.judged_confidence --checkpoint models/pretrained/model.pt \\
         --set bench/judgments/flickr8k_dev.tsv ../shared/data/flickr8k/flickr8k.token \\
@@ -36,7 +37,7 @@ def judged_scores(path: Path, captions: Path, splits: Path, work_dir: Path, chec
     rows = read_judged(path)
     fit_half = in_fit_half(rows)
     rows = [r for r in rows if fit_half[r["sheet"]] == (half == "fit")]
-    out = {k: [] for k in ("sheet", "short", "match", "score", "confidence")}
+    out = {k: [] for k in ("sheet", "short", "alt_text", "match", "score", "confidence")}
     with tempfile.TemporaryDirectory() as tmp:
         engine = split_engine(work_dir, captions, splits, "dev", checkpoint, tmp)
         view = engine.current()
@@ -48,6 +49,7 @@ def judged_scores(path: Path, captions: Path, splits: Path, work_dir: Path, chec
                 raise SystemExit(f"{checkpoint} has no match-confidence curve for {r['kind']} queries")
             out["sheet"].append(f"{path.name}:{r['sheet']}")
             out["short"].append(r["kind"] == "short")
+            out["alt_text"].append(r["query_from"] == "alt-text")
             out["match"].append(r["match"] == "1")
             out["score"].append(float(scores.ranking[0]))
             out["confidence"].append(float(scores.confidence[0]))
@@ -73,7 +75,9 @@ def main(argv=None) -> int:
     parts = [judged_scores(Path(j), Path(c), Path(s), Path(w), args.checkpoint) for j, c, s, w in args.set]
     d = {k: np.concatenate([np.asarray(part[k]) for part in parts]) for k in parts[0]}
     rows = []
-    for name, sel in (("sentence", ~d["short"]), ("short", d["short"]), ("all", np.ones(len(d["short"]), bool))):
+    typed = ~d["alt_text"]  # what people type: descriptions and words, not web pages' alt-texts
+    for name, sel in (("sentences and phrases", ~d["short"] & typed), ("one or two words", d["short"]),
+                      ("all typed queries", typed), ("web alt-texts as queries", d["alt_text"])):
         conf, match = d["confidence"][sel], d["match"][sel]
         called = conf >= CONFIDENT
         sheets = sorted(set(d["sheet"][sel]))

@@ -4,9 +4,10 @@ that the confidence curves fitted on the rule's labels agree best with people's 
 
 For each threshold of a grid, it labels every dev top hit by the rule, fits the curves as training
 does (``calibration.calibrate_dev``), and measures the expected calibration error against the
-judged pairs of the fit half (``bench/label_rule.py``'s split). It prints the error per threshold
-and query kind and the best threshold of each kind; ``bench.judged_confidence`` then measures the
-curves on the other half.
+judged pairs of the fit half (``bench/label_rule.py``'s split) whose queries are what people
+type: dev captions, typed phrases and words, not web alt-texts (which read like page metadata).
+It prints the error per threshold and query kind and the best threshold of each kind;
+``bench.judged_confidence`` then measures the curves on the other half.
 
     python -m bench.label_threshold --checkpoint work/mix/checkpoints/best.pt \\
         --source work/kw/new --source work/kw/web \\
@@ -53,7 +54,7 @@ def main(argv=None) -> int:
         curves = calibration.curves_of(calibration.calibrate_dev(model, sets, text.encode, state.get("querybank")))
         row = [f"{t:.2f}"]
         for kind, is_short in (("sentence", False), ("short", True)):
-            sel = judged["short"] == is_short
+            sel = (judged["short"] == is_short) & ~judged["alt_text"]
             conf = curves[kind].confidence(judged["score"][sel])
             ece = calibration.expected_calibration_error(conf, judged["match"][sel])
             row += [f"{ece:.3f}", f"{conf.mean():.2f}"]
@@ -63,8 +64,10 @@ def main(argv=None) -> int:
         print(" | ".join(row), flush=True)
     print(C.table(["threshold", "sentence ECE (judged fit half)", "mean confidence", "short ECE", "mean confidence"],
                   rows))
-    print(f"judged match rate (fit half): sentence {judged['match'][~judged['short']].mean():.2f}, "
-          f"short {judged['match'][judged['short']].mean():.2f}")
+    typed = ~judged["alt_text"]
+    rate = {kind: judged["match"][(judged["short"] == short) & typed].mean() for kind, short in
+            (("sentence", False), ("short", True))}
+    print(f"judged match rate (fit half, typed queries): sentence {rate['sentence']:.2f}, short {rate['short']:.2f}")
     for kind, (ece, t) in best.items():
         print(f"{kind} queries: threshold {t:.2f} (fit-half ECE {ece:.3f})")
     return 0
