@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     if qb is not None:
         print(f"with querybank normalisation: {recalls(qb)}")
     if calibration is not None:
-        for kind in ("sentence", "short"):
+        for kind in ("sentence", "phrase", "short"):
             held = calibration[kind]["held_out"]
             print(f"match confidence, {kind} queries (held-out dev half, top {calibration['top_k']} hits): "
                   f"ECE {held['ece']:.3f}; confidence >= {calibration['threshold']}: precision "

@@ -50,11 +50,11 @@ def main(argv=None) -> int:
     judged = {k: np.concatenate([np.asarray(part[k]) for part in parts]) for k in parts[0]}
     rows, best = [], {}
     for t in THRESHOLDS:
-        calibration.LABEL_SIMILARITY.update(sentence=float(t), short=float(t))
+        calibration.LABEL_SIMILARITY.update({kind: float(t) for kind in calibration.QUERY_KINDS})
         curves = calibration.curves_of(calibration.calibrate_dev(model, sets, text.encode, state.get("querybank")))
         row = [f"{t:.2f}"]
-        for kind, is_short in (("sentence", False), ("short", True)):
-            sel = (judged["short"] == is_short) & ~judged["alt_text"]
+        for kind in calibration.QUERY_KINDS:
+            sel = (judged["kind"] == kind) & ~judged["alt_text"]
             conf = curves[kind].confidence(judged["score"][sel])
             ece = calibration.expected_calibration_error(conf, judged["match"][sel])
             row += [f"{ece:.3f}", f"{conf.mean():.2f}"]
@@ -62,12 +62,13 @@ def main(argv=None) -> int:
                 best[kind] = (ece, float(t))
         rows.append(row)
         print(" | ".join(row), flush=True)
-    print(C.table(["threshold", "sentence ECE (judged fit half)", "mean confidence", "short ECE", "mean confidence"],
-                  rows))
+    print(C.table(["threshold"] + [f"{kind} {what}" for kind in calibration.QUERY_KINDS
+                                   for what in ("ECE (judged fit half)", "mean confidence")], rows))
     typed = ~judged["alt_text"]
-    rate = {kind: judged["match"][(judged["short"] == short) & typed].mean() for kind, short in
-            (("sentence", False), ("short", True))}
-    print(f"judged match rate (fit half, typed queries): sentence {rate['sentence']:.2f}, short {rate['short']:.2f}")
+    rate = {kind: judged["match"][(judged["kind"] == kind) & typed].mean() for kind in calibration.QUERY_KINDS}
+    pairs = {kind: int(((judged["kind"] == kind) & typed).sum()) for kind in rate}
+    print("judged match rate (fit half, typed queries): "
+          + ", ".join(f"{kind} {value:.2f} ({pairs[kind]} pairs)" for kind, value in rate.items()))
     for kind, (ece, t) in best.items():
         print(f"{kind} queries: threshold {t:.2f} (fit-half ECE {ece:.3f})")
     return 0

@@ -5,14 +5,17 @@ after training a logistic curve (Platt scaling) maps the score search ranks by (
 the querybank bias, when the checkpoint has a querybank) to a probability, fitted on held-out dev
 pairs and stored in the checkpoint as plain numbers.
 
-The population is what a person sees: the top ``CALIBRATION_TOP_K`` hits of each dev query, the
-dev captions as sentence queries and the dev captions' most frequent nouns as short ones, each
-scored as search scores its kind. Every hit is labelled by a rule from the photo's captions
-(``sentence_relevance``, ``short_relevance``): its own photo, or a photo with a caption close in
-meaning to the query. The rule's threshold was chosen, and its agreement measured, on query–photo
-pairs people judged by looking at the photos (``bench/judgments/``): counting only a caption's own
-photo as a match calls most fitting photos misses, and the curve then says "weak" to hits people
-call good.
+The population is what a person sees: the top ``CALIBRATION_TOP_K`` hits of each dev query of
+three kinds (``querybank.query_kind``), each scored as search scores its kind: the dev captions
+of nine words or more as sentences, the captions' leading words ("a man climbing a rock" of
+"A man climbing a rock face .") as phrases, and the dev captions' most frequent nouns as one-word
+queries. A phrase fits many photos
+where a sentence fits one or a few, so the same score means a likelier match for a phrase. Every
+hit is labelled by a rule from the photo's captions: its own photo, or a photo with a caption
+close in meaning to the query (``LABEL_SIMILARITY``), or for a word one whose captions name it.
+The thresholds were chosen on query–photo pairs people judged by looking at the photos
+(``bench/judgments/``): counting only a caption's own photo as a match calls most fitting photos
+misses, and the curve then says "weak" to hits people call good.
 
 Dev images are split in two by a seeded shuffle: the curve is fitted on one half (its images as the
 gallery, their captions as queries) and its expected calibration error, and the precision and
@@ -32,12 +35,12 @@ CONFIDENT = 0.5  # a hit at or above this confidence is a good match; below it t
 ECE_BINS = 10  # equal-width probability bins of the expected calibration error
 FIT_FRACTION = 0.5  # share of dev images the curve is fitted on; the rest measure it
 SEED = 0
-QUERY_KINDS = ("sentence", "short")  # calibrated separately: a short query's scores sit lower
+QUERY_KINDS = ("sentence", "phrase", "short")  # calibrated apart (querybank.query_kind)
 # The labelling rule: a photo matches a query when one of its captions is this close in meaning to
 # the query (cosine of the text backbone's features). Chosen so that the curves fitted on the labels
 # agree best with half of the judged pairs of bench/judgments/ (python -m bench.label_threshold);
 # the other half measures them (python -m bench.judged_confidence).
-LABEL_SIMILARITY = {"sentence": 0.70, "short": 0.25}
+LABEL_SIMILARITY = {"sentence": 0.95, "phrase": 0.55, "short": 0.25}
 
 
 @dataclass(frozen=True)
@@ -173,10 +176,11 @@ def calibrate_dev(model: Any, sets: list[tuple[Any, Any]], encode_words: Any,
     query kind is scored as search scores it (``querybank.bank_for_query``) and labelled by its rule;
     the hits of every dataset's two halves are pooled."""
     from crossmodal.evaluation import embed_split, word_queries
-    from crossmodal.querybank import image_biases
+    from crossmodal.keywords import leading_phrase
+    from crossmodal.querybank import image_biases, query_kind
 
-    populations: dict[str, list] = {"sentence": [[], []], "short": [[], []]}
-    described = {"dev_images": [], "short_queries": []}
+    populations: dict[str, list] = {kind: [[], []] for kind in QUERY_KINDS}
+    described = {"dev_images": [], "short_queries": [], "phrase_queries": []}
     for data, captions in sets:
         with torch.inference_mode():
             img, txt = embed_split(model, data)
@@ -187,9 +191,31 @@ def calibrate_dev(model: Any, sets: list[tuple[Any, Any]], encode_words: Any,
         biases = image_biases(querybank, img) if querybank is not None else {}
         caption_relevance = sentence_relevance(data)
         word_relevance = short_relevance(word_feats, noun_relevance, data)
+        # phrases: each caption's leading words ("a man climbing a rock"), a match for its own photo and
+        # for photos with a caption close to it
+        image_index = {n: i for i, n in enumerate(data.image_names)}
+        if [image_index.get(c.image) for c in captions.captions] != list(np.asarray(data.caption_image)):
+            raise ValueError("the captions do not match the split's caption rows")
+        is_sentence = np.array([query_kind(c.text) == "sentence" for c in captions.captions], dtype=bool)
+        phrase_of = [leading_phrase(c.text) for c in captions.captions]
+        texts = sorted({p for p in phrase_of if p})
+        row_of = {t: i for i, t in enumerate(texts)}
+        phrase_feats = np.asarray(encode_words(texts), dtype=np.float32).reshape(len(texts), -1)
+        with torch.inference_mode():
+            phrase_emb = model.encode_text(torch.as_tensor(phrase_feats))
+        phrase_relevance = best_caption_similarity(phrase_feats, data.caption_features, data.caption_image,
+                                                   len(img)) >= LABEL_SIMILARITY["phrase"]
+        for phrase, owner in zip(phrase_of, np.asarray(data.caption_image)):
+            if phrase:
+                phrase_relevance[row_of[phrase], owner] = True
+        phrase_owner = np.full(len(texts), -1)
+        for phrase, owner in zip(phrase_of, np.asarray(data.caption_image)):
+            if phrase and phrase_owner[row_of[phrase]] < 0:
+                phrase_owner[row_of[phrase]] = owner
         halves = split_images(len(img))
         for h, half in enumerate(halves):
-            own = np.isin(np.asarray(data.caption_image), half)  # this half's captions query this half's images
+            # this half's captions of a sentence's length query this half's images
+            own = np.isin(np.asarray(data.caption_image), half) & is_sentence
             cols = torch.as_tensor(half)
 
             def bias_of(bank: str, cols: torch.Tensor = cols) -> np.ndarray | None:
@@ -199,8 +225,12 @@ def calibrate_dev(model: Any, sets: list[tuple[Any, Any]], encode_words: Any,
                                                        caption_relevance[own][:, half], bias_of("text")))
             populations["short"][h].append(top_hits(word_emb, img[cols], word_relevance[:, half],
                                                     bias_of("keywords")))
+            mine = np.isin(phrase_owner, half)  # phrases of this half's captions
+            populations["phrase"][h].append(top_hits(phrase_emb[torch.as_tensor(mine)], img[cols],
+                                                     phrase_relevance[mine][:, half], bias_of("text")))
         described["dev_images"].append([len(h) for h in halves])
         described["short_queries"].append(len(words))
+        described["phrase_queries"].append(len(texts))
 
     def pooled(parts: list) -> tuple[np.ndarray, np.ndarray]:
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

@@ -48,7 +48,7 @@ from crossmodal.images import load_image
 from crossmodal.index import SearchIndex, build_index
 from crossmodal.name_match import NameIndex
 from crossmodal.projection import ProjectionCache
-from crossmodal.querybank import bank_for_query, is_short_query
+from crossmodal.querybank import bank_for_query, query_kind
 
 log = logging.getLogger(__name__)
 
@@ -358,8 +358,9 @@ class SearchEngine:
 
     def text_query(self, text: str) -> Query:
         """A description as a query: its vector, the querybank of its kind and that kind's curve."""
+        kind = query_kind(text)  # a checkpoint calibrated before phrases had their own curve: the sentences'
         return Query(self.embed_text(text), bank_for_query(text, self.banks),
-                     self.curves.get("short" if is_short_query(text) else "sentence"))
+                     self.curves.get(kind) or (self.curves.get("sentence") if kind == "phrase" else None))
 
     # ---------------------------------------------------------------------------------------------
     # what the page and the logs say

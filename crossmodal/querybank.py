@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 KEYWORD_QUERY_MAX_WORDS = 2  # queries this short are keyword-like ("dog", "black dog"): keyword bank
+PHRASE_QUERY_MAX_WORDS = 8  # longer ones up to this many words are phrases ("a man climbing a rock")
 TEXT_BANKS = ("text", "keywords")  # the banks of text queries, in the order their biases are stored
 BANK_SIZE = 30_000  # training captions (and images) kept per bank (run_train.py --querybank-size)
 BIAS_BLOCK = 4096  # gallery rows per block: bounds the (block, bank) score matrix
@@ -59,6 +60,13 @@ def text_banks(querybank: dict | None) -> tuple[str, ...]:
 def is_short_query(query: str) -> bool:
     """A keyword-like query ("dog", "black dog") rather than a sentence."""
     return len(query.split()) <= KEYWORD_QUERY_MAX_WORDS
+
+
+def query_kind(query: str) -> str:
+    """"short" (one or two words), "phrase" (up to ``PHRASE_QUERY_MAX_WORDS``) or "sentence": the
+    kinds the match confidence is calibrated apart (a phrase fits many photos, a sentence few)."""
+    words = len(query.split())
+    return "short" if words <= KEYWORD_QUERY_MAX_WORDS else "phrase" if words <= PHRASE_QUERY_MAX_WORDS else "sentence"
 
 
 def bank_for_query(query: str, banks: tuple[str, ...]) -> str | None:

@@ -78,7 +78,7 @@ class Hit:
 class SearchResult:
     hits: list[Hit]  # this page of hits
     total: int  # how many photos pass the filters and exclusions in all
-    good_match: bool  # some hit (over all pages) is confident; True when confidence is unknown
+    good_match: bool  # a page of the best hits likely holds a match (``likely_match``); True when unknown
     understood: str  # the query as parsed (``Query.describe``)
     next_offset: int = 0  # where the next page starts (past the photos left out because their file is gone)
 
@@ -120,7 +120,7 @@ class Ranked:
     order: np.ndarray  # rows, best first (the index path: only the best ones)
     total: int  # rows that pass
     query: Query | None  # None for a filters-only query
-    best: float | None  # the best ranking score among the rows that pass
+    best: np.ndarray | None  # the ranking scores of the best rows that pass, a page's worth (k)
     all: Scores | None = None  # every row's scores (the exact path)
     names: list[list[int]] = field(default_factory=list)  # the file-name ranking (``fused_signals``)
     ocr: list[tuple[int, str]] = field(default_factory=list)  # the OCR matches (``fused_signals``)
@@ -173,6 +173,14 @@ def parse(text: Any, k: Any, offset: Any, like: str | None, photo: Any) -> Reque
 
 # --------------------------------------------------------------------------------------------------
 # 2. filter
+
+def likely_match(confidences: np.ndarray) -> bool:
+    """Whether a page of hits with these match confidences likely holds at least one match: the
+    chance that none matches, taking them as independent, is under one half. Three hits at 0.3
+    each likely hold one (0.66), though none is likely on its own; a page where every hit is far
+    below, as for something the photos do not show, does not, and the page says "No good match"."""
+    return bool(len(confidences)) and float(np.prod(1.0 - np.asarray(confidences, dtype=np.float64))) < 1 - CONFIDENT
+
 
 def matching(scores: Scores) -> np.ndarray:
     """Which photos a term matches (a bool mask over the rows scored): its confidence is confident
@@ -245,9 +253,9 @@ def score(engine: SearchEngine, view: IndexedCollection, request: Request, keep:
         return Ranked(rows[np.argsort(newest, kind="stable")], len(rows), None, None)
     if keep is None and not names and not ocr and request.query.sort == "relevance":
         rows, scores = view.nearest(query, request.offset + GONE_MARGIN * request.k + (source is not None))
-        best = float(scores.ranking[0]) if len(rows) else None
+        best = scores.ranking[:request.k]
         if source is not None:  # more like this: the photo itself is not a result
-            best = float(scores.ranking[rows != source][0]) if (rows != source).any() else None
+            best = scores.ranking[rows != source][:request.k]
             rows = rows[rows != source]
         return Ranked(rows, len(view) - (source is not None), query, best)
     keep = np.ones(len(view), dtype=bool) if keep is None else keep.copy()
@@ -256,8 +264,7 @@ def score(engine: SearchEngine, view: IndexedCollection, request: Request, keep:
     scores = view.scores(query)
     rows = np.flatnonzero(keep)
     order = rows[np.argsort(-scores.ranking[rows], kind="stable")]
-    best = float(scores.ranking[order[0]]) if len(order) else None
-    return Ranked(order, len(order), query, best, scores, names, ocr)
+    return Ranked(order, len(order), query, scores.ranking[order[:request.k]], scores, names, ocr)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -342,5 +349,5 @@ def page(view: IndexedCollection, request: Request, ranked: Ranked) -> SearchRes
             matched=[base] + ranked.why.get(row, [])))
     # Without confidences (a photo query, an uncalibrated checkpoint) no hit can be called weak.
     curve = ranked.query.curve if ranked.query is not None else None
-    good = True if curve is None or ranked.best is None else bool(curve.confidence(ranked.best) >= CONFIDENT)
+    good = True if curve is None or ranked.best is None else likely_match(curve.confidence(ranked.best))
     return SearchResult(hits, ranked.total, good, request.query.describe(), request.offset + consumed)

@@ -116,3 +116,25 @@ def test_a_caption_matches_its_photo_and_photos_with_a_caption_close_in_meaning(
                                cal.LABEL_SIMILARITY["short"] <= np.cos(angle + 0.01), True]]
     sims = cal.best_caption_similarity(feats[:1], feats, data.caption_image, 4)
     assert sims[0].tolist() == pytest.approx([1.0, np.cos(angle - 0.01), np.cos(angle + 0.01), 0.0], abs=1e-5)
+
+
+def test_query_kinds_and_the_phrases_dev_captions_lead_with():
+    from crossmodal.keywords import leading_phrase
+    from crossmodal.querybank import query_kind
+
+    assert [query_kind(q) for q in ("dog", "black dog", "a man climbing a rock",
+                                    "a man in a red shirt climbs a rock face near the sea")] == [
+        "short", "short", "phrase", "sentence"]
+    assert leading_phrase("A man climbing a rock face .") == "a man climbing a rock"
+    assert leading_phrase("A girl in a pink dress is jumping on the bed .") == "a girl in a pink dress"
+    assert leading_phrase("A dog runs .") is None  # one noun: no phrase of its own
+    assert leading_phrase("The black and white dog runs through the tall green grass .") is None  # too long
+
+
+def test_a_page_likely_holds_a_match_when_its_hits_together_likely_do():
+    from crossmodal.search import likely_match
+
+    assert likely_match(np.array([0.3, 0.3, 0.3]))  # none is likely alone; one of them is (0.66)
+    assert likely_match(np.array([0.55]))
+    assert not likely_match(np.array([0.1, 0.05, 0.05, 0.02]))  # 0.19: "No good match"
+    assert not likely_match(np.array([]))

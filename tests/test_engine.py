@@ -557,7 +557,8 @@ def test_hits_carry_the_calibrated_confidence_of_their_ranking_score(world, tmp_
     query = "a dog runs on the grass"
     cosine = brute_force(world, query, checkpoint=ckpt)
     hits = hits_for(r, query, k=10)
-    for h in hits:  # a sentence: its curve, over the querybank-normalised score
+    for h in hits:  # a phrase, calibrated before phrases had a curve: the sentences' curve, over the
+        # querybank-normalised score
         assert h.confidence == pytest.approx(expected(sentence, cosine[h.name] - bias[row_of[h.name]]), abs=2e-2)
         assert h.confident == (h.confidence >= 0.5)
     assert [h.confidence for h in hits] == sorted((h.confidence for h in hits), reverse=True)
@@ -565,4 +566,15 @@ def test_hits_carry_the_calibrated_confidence_of_their_ranking_score(world, tmp_
     for h in hits_for(r, "red ball", k=5):  # a short query: no keyword bank here, so the plain cosine
         assert h.confidence == pytest.approx(expected(short, short_cos[h.name]), abs=2e-2)
     assert all(h.confidence is None for h in hits_for(r, photo=Image.open(world["images"] / "img_03.jpg"), k=3))
+    phrase = {"method": "platt", "slope": 2.0, "intercept": 0.3}
+    state["calibration"]["phrase"] = phrase
+    torch.save(state, tmp_path / "phrases.pt")
+    r2 = serve(tmp_path / "phrases.pt", cache, world["images"], world["captions"], device="cpu",
+               text_weights=world["bert_dir"], image_weights=world["resnet_file"])
+    for h in hits_for(r2, query, k=5):  # with its own curve, a phrase uses it
+        assert h.confidence == pytest.approx(expected(phrase, cosine[h.name] - bias[row_of[h.name]]), abs=2e-2)
+    long_query = "a dog runs on the grass near a red ball in the park"
+    long_cos = brute_force(world, long_query, checkpoint=ckpt)
+    for h in hits_for(r2, long_query, k=3):  # a sentence keeps the sentences' curve
+        assert h.confidence == pytest.approx(expected(sentence, long_cos[h.name] - bias[row_of[h.name]]), abs=2e-2)
     assert all(h.confidence is None and not h.confident for h in hits_for(open_engine(world), query, k=3))

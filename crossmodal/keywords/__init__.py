@@ -15,6 +15,7 @@ from crossmodal.keywords.phrases import (
     caption_key,
     extract_phrases,
     keyword_work_dir,
+    leading_phrase,
     make_keyword_file,
     method,
     nouns_of,
@@ -40,7 +41,8 @@ from crossmodal.keywords.words import (
 
 __all__ = [
     # phrases
-    "extract_phrases", "nouns_of", "augment_captions", "phrase_counts", "caption_key", "RELATIONAL_OF_NOUNS",
+    "extract_phrases", "leading_phrase", "nouns_of", "augment_captions", "phrase_counts", "caption_key",
+    "RELATIONAL_OF_NOUNS",
     "SKIP_WORDS", "make_keyword_file", "keyword_work_dir", "method",
     # tagger and lemmas
     "RuleTagger", "regexp_tokenize", "noun_lemma", "verb_lemma",

@@ -41,6 +41,7 @@ from crossmodal.keywords.lemmas import noun_lemma, verb_lemma
 from crossmodal.keywords.samples import KeywordSample, write_keyword_samples
 from crossmodal.keywords.tagger import RuleTagger, regexp_tokenize
 from crossmodal.keywords.words import CAPTION_STOPWORDS, ENGLISH_STOPWORDS
+from crossmodal.querybank import query_kind
 from crossmodal.resumable import ChunkWriter, WorkFolder, flush_interval
 
 log = logging.getLogger(__name__)
@@ -179,6 +180,23 @@ def extract_phrases(caption: str) -> list[str]:
 def nouns_of(caption: str) -> list[str]:
     """The caption's nouns, lemmatised (evaluation's one-word queries)."""
     return [p for p, kind in _phrases_with_kind(caption) if kind == "noun"]
+
+
+
+
+def leading_phrase(caption: str) -> str | None:
+    """The caption's first words up to and including its second noun ("a man climbing a rock" of
+    "A man climbing a rock face ."), lowercased: a description as people type one into a search box.
+    None when that is not a phrase query's length (``querybank.query_kind``)."""
+    tokens = regexp_tokenize(caption)
+    nouns = 0
+    for i, (_, tag) in enumerate(_tagger().tag(tokens)):
+        if tag.startswith("NN"):
+            nouns += 1
+            if nouns == 2:
+                words = [w.lower() for w in tokens[: i + 1] if any(ch.isalnum() for ch in w)]
+                return " ".join(words) if query_kind(" ".join(words)) == "phrase" else None
+    return None
 
 
 # --- the samples of a caption set ---------------------------------------------------------------
