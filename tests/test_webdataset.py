@@ -9,8 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import torchvision
+from helpers import save_random_resnet18
 from PIL import Image
 
 import batch_image_feature_extract
@@ -130,10 +129,7 @@ def test_a_changed_shard_is_indexed_again(tars):
 
 @pytest.fixture(scope="module")
 def resnet_file(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("resnet") / "resnet18.pth"
-    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
-    return path
+    return save_random_resnet18(tmp_path_factory.mktemp("resnet") / "resnet18.pth")
 
 
 def test_tar_shards_extract_the_rows_of_folders(tmp_path, folders, tars, resnet_file):
