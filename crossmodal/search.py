@@ -26,7 +26,6 @@ date, so a date filter passes none of them, and no text read in them).
 from __future__ import annotations
 
 import math
-import os
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from crossmodal import query as query_language
+from crossmodal import webdataset
 from crossmodal.calibration import CONFIDENT
 from crossmodal.collection import path_of
 from crossmodal.engine import IndexedCollection, Query, Scores, SearchEngine
@@ -328,7 +328,7 @@ def page(view: IndexedCollection, request: Request, ranked: Ranked) -> SearchRes
         if len(rows) == request.k:
             break
         consumed += 1
-        if os.path.isfile(path_of(c, row)):
+        if webdataset.exists(path_of(c, row)):  # a file, or a member of a tar shard
             rows.append(row)
     rows = np.asarray(rows, dtype=np.int64)
     if ranked.query is None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import save_random_resnet18
+from helpers import WORDS, save_random_models, save_random_resnet18
 from PIL import Image
 
 import batch_image_feature_extract
@@ -151,6 +151,27 @@ def test_stage_script_reads_tar_shards_with_images_beside_captions(tmp_path, tar
     cache = load_cache(work / "image_embeddings")
     assert cache.ids == read_captions(tars).images and not cache.manifest["failures"]
     assert cache.manifest["images_dir"] == str(tars.resolve())
+
+
+def test_a_dataset_of_tar_shards_is_searched_and_its_hits_shown(tmp_path, tars):
+    from crossmodal.collection import DatasetCollection
+    from crossmodal.engine import SearchEngine
+    from crossmodal.search import search
+
+    from model import load_checkpoint
+
+    (tmp_path / "models").mkdir()
+    m = save_random_models(tmp_path / "models", WORDS)
+    work = tmp_path / "work"
+    assert batch_image_feature_extract.main([
+        "--captions", str(tars), "--work-dir", str(work), "--image-backbone", "resnet18",
+        "--image-weights", str(m["resnet"]), "--workers", "0", "--device", "cpu"]) == 0
+    model, state = load_checkpoint(m["checkpoint"])
+    engine = SearchEngine(DatasetCollection.open(work / "image_embeddings"), model, state, m["checkpoint"],
+                          device="cpu", text_weights=m["bert"], image_weights=m["resnet"])
+    hits = search(engine, "a dog on the beach", k=3).hits
+    # every photo is a member of a shard, none a file of its own: each is still there, so each is shown
+    assert len(hits) == 3 and all(webdataset.split_member(h.path) for h in hits)
 
 
 def test_a_served_collection_serves_photos_inside_tar_shards(tars):
