@@ -9,10 +9,10 @@ The population is what a person sees: the top ``CALIBRATION_TOP_K`` hits of each
 three kinds (``querybank.query_kind``), each scored as search scores its kind: the dev captions
 of nine words or more as sentences, the captions' leading words ("a man climbing a rock" of
 "A man climbing a rock face .") as phrases, and the dev captions' most frequent nouns as one-word
-queries. A phrase fits many photos
-where a sentence fits one or a few, so the same score means a likelier match for a phrase. Every
-hit is labelled by a rule from the photo's captions: its own photo, or a photo with a caption
-close in meaning to the query (``LABEL_SIMILARITY``), or for a word one whose captions name it.
+queries. A phrase fits many photos where a sentence fits one or a few, so the same score means a
+likelier match for a phrase. Every hit is labelled by a rule from the photo's captions: its own
+photo, or a photo with a caption close in meaning to the query (``LABEL_SIMILARITY``), or for a
+word one whose captions name it.
 The thresholds were chosen on query–photo pairs people judged by looking at the photos
 (``bench/judgments/``): counting only a caption's own photo as a match calls most fitting photos
 misses, and the curve then says "weak" to hits people call good.
@@ -194,7 +194,8 @@ def calibrate_dev(model: Any, sets: list[tuple[Any, Any]], encode_words: Any,
         # phrases: each caption's leading words ("a man climbing a rock"), a match for its own photo and
         # for photos with a caption close to it
         image_index = {n: i for i, n in enumerate(data.image_names)}
-        if [image_index.get(c.image) for c in captions.captions] != list(np.asarray(data.caption_image)):
+        caption_image = np.asarray(data.caption_image)
+        if [image_index.get(c.image) for c in captions.captions] != caption_image.tolist():
             raise ValueError("the captions do not match the split's caption rows")
         is_sentence = np.array([query_kind(c.text) == "sentence" for c in captions.captions], dtype=bool)
         phrase_of = [leading_phrase(c.text) for c in captions.captions]
@@ -205,17 +206,16 @@ def calibrate_dev(model: Any, sets: list[tuple[Any, Any]], encode_words: Any,
             phrase_emb = model.encode_text(torch.as_tensor(phrase_feats))
         phrase_relevance = best_caption_similarity(phrase_feats, data.caption_features, data.caption_image,
                                                    len(img)) >= LABEL_SIMILARITY["phrase"]
-        for phrase, owner in zip(phrase_of, np.asarray(data.caption_image)):
+        phrase_owner = np.full(len(texts), -1)  # the photo of a phrase's first caption: its half
+        for phrase, owner in zip(phrase_of, caption_image):
             if phrase:
                 phrase_relevance[row_of[phrase], owner] = True
-        phrase_owner = np.full(len(texts), -1)
-        for phrase, owner in zip(phrase_of, np.asarray(data.caption_image)):
-            if phrase and phrase_owner[row_of[phrase]] < 0:
-                phrase_owner[row_of[phrase]] = owner
+                if phrase_owner[row_of[phrase]] < 0:
+                    phrase_owner[row_of[phrase]] = owner
         halves = split_images(len(img))
         for h, half in enumerate(halves):
             # this half's captions of a sentence's length query this half's images
-            own = np.isin(np.asarray(data.caption_image), half) & is_sentence
+            own = np.isin(caption_image, half) & is_sentence
             cols = torch.as_tensor(half)
 
             def bias_of(bank: str, cols: torch.Tensor = cols) -> np.ndarray | None:

@@ -174,14 +174,6 @@ def parse(text: Any, k: Any, offset: Any, like: str | None, photo: Any) -> Reque
 # --------------------------------------------------------------------------------------------------
 # 2. filter
 
-def likely_match(confidences: np.ndarray) -> bool:
-    """Whether a page of hits with these match confidences likely holds at least one match: the
-    chance that none matches, taking them as independent, is under one half. Three hits at 0.3
-    each likely hold one (0.66), though none is likely on its own; a page where every hit is far
-    below, as for something the photos do not show, does not, and the page says "No good match"."""
-    return bool(len(confidences)) and float(np.prod(1.0 - np.asarray(confidences, dtype=np.float64))) < 1 - CONFIDENT
-
-
 def matching(scores: Scores) -> np.ndarray:
     """Which photos a term matches (a bool mask over the rows scored): its confidence is confident
     (``CONFIDENT``) when the checkpoint is calibrated, else its score ranks it in the term's top
@@ -318,6 +310,14 @@ def order_by_date(view: IndexedCollection, request: Request, ranked: Ranked) -> 
 
 # --------------------------------------------------------------------------------------------------
 # 6. page
+
+def likely_match(confidences: np.ndarray) -> bool:
+    """Whether a page of hits with these match confidences likely holds at least one match: the
+    chance that none matches, taking them as independent, is under one half. Three hits at 0.3
+    each likely hold one (0.66), though none is likely on its own; a page where every hit is far
+    below, as for something the photos do not show, does not, and the page says "No good match"."""
+    return bool(len(confidences)) and float(np.prod(1.0 - np.asarray(confidences, dtype=np.float64))) < 1 - CONFIDENT
+
 
 def page(view: IndexedCollection, request: Request, ranked: Ranked) -> SearchResult:
     """The hits from ``offset``, ``k`` of them, with their scores, details and why they rank; a photo

@@ -182,8 +182,6 @@ def nouns_of(caption: str) -> list[str]:
     return [p for p, kind in _phrases_with_kind(caption) if kind == "noun"]
 
 
-
-
 def leading_phrase(caption: str) -> str | None:
     """The caption's first words up to and including its second noun ("a man climbing a rock" of
     "A man climbing a rock face ."), lowercased: a description as people type one into a search box.
