@@ -2,7 +2,8 @@
 """Stage 2: cache one feature vector per caption (never averaged), with its caption key.
 
 Row ids are caption keys "image.jpg#n", which map every row to its image. Batches are sorted by
-length with dynamic padding. Resumable like the image stage.
+length with dynamic padding. Resumable like the image stage. With --text-top-layers N it also caches
+each caption's token states before the encoder's last N layers, which training then runs itself.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from crossmodal.backbones import BackboneUnavailable, create_text_backbone, reso
 from crossmodal.captions import DatasetError, read_captions  # noqa: E402
 from crossmodal.features.cache import StaleCacheError  # noqa: E402
 from crossmodal.features.extract import extract_caption_features  # noqa: E402
+from crossmodal.features.states import extract_text_states, states_dir  # noqa: E402
 
 import config  # noqa: E402
 
@@ -26,7 +28,7 @@ log = logging.getLogger("batch_text_feature_extract")
 def main(argv: list[str] | None = None) -> int:
     p = cli.StageParser(__doc__, config)
     p.flags("captions", "work-dir", "text-backbone", "text-weights", "models-dir", "device", "batch-size",
-            "force", "out", out_help="output folder (default: WORK_DIR/text_embeddings)")
+            "text-top-layers", "force", "out", out_help="output folder (default: WORK_DIR/text_embeddings)")
     args = p.parse(argv)
     try:
         captions = read_captions(args.captions)
@@ -36,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         kwargs = {"batch_size": args.batch_size} if args.batch_size else {}
         cache = extract_caption_features(backbone, captions, args.captions, out, device=args.device,
                                          force=args.force, **kwargs)
+        if args.text_top_layers:
+            states = extract_text_states(backbone, captions.texts, captions.keys,
+                                         states_dir(out, args.text_top_layers), args.text_top_layers,
+                                         kind="caption", device=args.device, force=args.force, **kwargs)
+            print(f"caption token states before the last {args.text_top_layers} layer(s) in {states}")
     except (DatasetError, BackboneUnavailable, StaleCacheError, ValueError, OSError) as err:
         log.error("%s", err)
         return 2

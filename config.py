@@ -42,6 +42,8 @@ EARLY_STOP_PATIENCE = 3  # epochs without a better validation rsum
 TRAIN_BF16 = "auto"  # bf16 autocast in training: auto (on where the CPU has AMX) | on | off
 SEED = 0
 ENSEMBLE = 1  # independently trained head pairs served as one (run_train.py --ensemble)
+TEXT_TOP_LAYERS = 0  # the text encoder's last layers trained with the heads, from cached states; 0 = frozen
+TOP_LR_SCALE = 0.1  # their learning rate, as a share of LEARNING_RATE
 QUERYBANK_SIZE = 30_000  # training captions (and images) kept for querybank normalisation; 0 = off
 
 # --- search page --------------------------------------------------------------------------------

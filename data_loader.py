@@ -2,7 +2,8 @@
 
 The original design read one ``.npy`` per sample; here each cache is memory-mapped once, copied
 into a tensor, and a batch is one fancy-index per matrix. Caches are checked against each other
-(same image list, same backbones) before anything is trained on them.
+(same image list, same backbones) before anything is trained on them. Training a text top
+(``--text-top-layers``) reads the texts' cached token states beside their pooled features.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch
 from crossmodal.backbones import views_mismatch
 from crossmodal.captions import CaptionSet, DatasetError, image_of_row_id, load_splits, read_captions
 from crossmodal.features.cache import FeatureCache, StaleCacheError, load_cache
+from crossmodal.features.states import TextStates, load_text_states, states_dir
 from crossmodal.paths import Layout
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,8 @@ class Caches:
     images: FeatureCache
     captions: FeatureCache
     keywords: FeatureCache | None = None
+    caption_states: TextStates | None = None  # with a text top: the captions' token states, row for row
+    keyword_states: TextStates | None = None
 
     @property
     def backbones(self) -> dict:
@@ -47,8 +51,10 @@ class Caches:
 
 
 def open_caches(image_dir: Path, text_dir: Path, keyword_dir: Path | None = None,
-                rerun_hint: str = "", expected_backbones: dict | None = None, rebuild: str | None = None) -> Caches:
-    """Load the caches, refusing ones that do not belong together or to the expected backbones.
+                rerun_hint: str = "", expected_backbones: dict | None = None, rebuild: str | None = None,
+                text_top_layers: int = 0) -> Caches:
+    """Load the caches, refusing ones that do not belong together or to the expected backbones;
+    with ``text_top_layers``, the texts' token states for a top of that many layers too.
 
     An error names the command that rebuilds the cache: its extraction stage with the data flags
     ``rerun_hint``, or ``rebuild`` when given (one command for all three).
@@ -77,7 +83,17 @@ def open_caches(image_dir: Path, text_dir: Path, keyword_dir: Path | None = None
         raise StaleCacheError(
             f"{text_dir} was extracted from a caption file whose image list differs from the images "
             f"cached in {image_dir}; rerun both extraction stages on the same --captions")
-    return Caches(images, captions, keywords)
+    found = Caches(images, captions, keywords)
+    if text_top_layers:
+        def states_of(cache: FeatureCache, stage: str) -> TextStates:
+            expected = {k: cache.manifest[k] for k in ("backbone", "weights", "rows", "ids_sha256")}
+            return load_text_states(states_dir(cache.directory, text_top_layers),
+                                    {**expected, "top_layers": text_top_layers},
+                                    f"python {stage} {rerun_hint} --text-top-layers {text_top_layers}".strip())
+        found.caption_states = states_of(captions, "batch_text_feature_extract.py")
+        if keywords is not None:
+            found.keyword_states = states_of(keywords, "extract_aug_text_features.py")
+    return found
 
 
 @dataclass
@@ -91,10 +107,32 @@ class SplitData:
     keyword_features: torch.Tensor | None = None  # (n_keywords, D_txt)
     keyword_image: np.ndarray | None = None
     image_views: torch.Tensor | None = None  # (n_images, V, D_img) from a --views cache, else None
+    caption_states: TextStates | None = None  # with a text top: token states, row for row with the features
+    keyword_states: TextStates | None = None
 
     @property
     def n_captions(self) -> int:
         return len(self.caption_image)
+
+    def pool_text(self, top: torch.nn.Module) -> None:
+        """Make the text features the trained top's output for the cached token states (what
+        validation, the querybank and calibration then read)."""
+        if self.caption_states is not None:
+            self.caption_features = self.caption_states.pooled(top)
+        if self.keyword_states is not None and self.keyword_features is not None:
+            self.keyword_features = self.keyword_states.pooled(top)
+
+    def text_states(self, sample_index: Sequence[int] | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token states of sampler indices (captions, then keywords, as ``gather``): (B, T, D) and mask."""
+        idx = np.asarray(sample_index)
+        is_cap = idx < self.n_captions
+        if is_cap.all():
+            return self.caption_states.batch(idx)
+        parts = [self.caption_states.subset(idx[is_cap]), self.keyword_states.subset(idx[~is_cap] - self.n_captions)]
+        joined = TextStates.concat(parts)
+        order = np.concatenate([np.flatnonzero(is_cap), np.flatnonzero(~is_cap)])
+        hidden, mask = joined.batch(np.argsort(order))
+        return hidden, mask
 
     def gather(self, sample_index: Sequence[int] | np.ndarray,
                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -157,10 +195,14 @@ def split_data(caches: Caches, image_names: Sequence[str], use_keywords: bool = 
     data = SplitData(names, image_features,
                      torch.from_numpy(np.ascontiguousarray(caches.captions.features[cap_rows])),
                      cap_owner, image_views=view_rows)
+    if caches.caption_states is not None:
+        data.caption_states = caches.caption_states.subset(cap_rows)
     if use_keywords and caches.keywords is not None:
         kw_rows, kw_owner = rows_for(caches.keywords)
         data.keyword_features = torch.from_numpy(np.ascontiguousarray(caches.keywords.features[kw_rows]))
         data.keyword_image = kw_owner
+        if caches.keyword_states is not None:
+            data.keyword_states = caches.keyword_states.subset(kw_rows)
     return data
 
 
@@ -174,22 +216,30 @@ def concat_splits(parts: Sequence[SplitData], sources: Sequence[str]) -> SplitDa
     names = [f"{source}:{n}" if source else n for p, source in zip(parts, sources) for n in p.image_names]
     views = [p.image_views for p in parts]
     keywords = [p for p in parts if p.keyword_features is not None]
+    if len({p.caption_states is None for p in parts}) != 1 or len({p.keyword_states is None for p in keywords}) > 1:
+        raise StaleCacheError("some training sources have text states and others not: extract them all with the "
+                              "same --text-top-layers")
     return SplitData(
         names, torch.cat([p.image_features for p in parts]), torch.cat([p.caption_features for p in parts]),
         np.concatenate([p.caption_image + off for p, off in zip(parts, offsets)]),
         keyword_features=torch.cat([p.keyword_features for p in keywords]) if keywords else None,
         keyword_image=(np.concatenate([p.keyword_image + off for p, off in zip(parts, offsets)
                                        if p.keyword_features is not None]) if keywords else None),
-        image_views=torch.cat(views) if all(v is not None for v in views) else None)
+        image_views=torch.cat(views) if all(v is not None for v in views) else None,
+        caption_states=(TextStates.concat([p.caption_states for p in parts])
+                        if parts[0].caption_states is not None else None),
+        keyword_states=(TextStates.concat([p.keyword_states for p in keywords])
+                        if keywords and keywords[0].keyword_states is not None else None))
 
 
-def open_source(work_dir: Path, backbones: dict, use_keywords: bool) -> tuple[SplitData, SplitData, CaptionSet]:
+def open_source(work_dir: Path, backbones: dict, use_keywords: bool,
+                text_top_layers: int = 0) -> tuple[SplitData, SplitData, CaptionSet]:
     """The train and validation splits of another dataset whose extraction stages wrote ``work_dir``
     (its split lists in ``work_dir/splits``), and the validation split's captions; refused unless
     its features come from ``backbones``."""
     lay = Layout(Path(work_dir))
     caches = open_caches(lay.image_features, lay.text_features, lay.aug_text_features if use_keywords else None,
-                         rerun_hint=f"--work-dir {work_dir}")
+                         rerun_hint=f"--work-dir {work_dir}", text_top_layers=text_top_layers)
     if caches.backbones != backbones:
         raise StaleCacheError(f"{work_dir}: its features come from {caches.backbones['image']['backbone']} + "
                               f"{caches.backbones['text']['backbone']} ({caches.backbones}), the training data's from "

@@ -23,7 +23,8 @@ import torch  # noqa: E402
 
 from crossmodal.atomic_io import atomic_write_json, atomic_write_text  # noqa: E402
 from crossmodal.backbones import BackboneUnavailable, create_image_backbone, create_text_backbone, views_of  # noqa: E402
-from crossmodal.captions import DatasetError, load_splits, read_captions  # noqa: E402
+from crossmodal.captions import DatasetError, image_of_row_id, load_splits, read_captions  # noqa: E402
+from crossmodal.engine import load_text_backbone  # noqa: E402
 from crossmodal.evaluation import evaluate_model, markdown_table, word_queries  # noqa: E402
 from crossmodal.features.cache import StaleCacheError, read_manifest  # noqa: E402
 from crossmodal.features.extract import extract_caption_features, extract_dataset_images  # noqa: E402
@@ -86,10 +87,17 @@ def main(argv: list[str] | None = None) -> int:
             raise DatasetError(f"split {args.split!r} is empty or missing in {cli.splits_dir(args)}")
         caches = ensure_caches(args, captions, state["backbones"], ckpt_path)
         data = split_data(caches, splits[split], use_keywords=False)
+        text_top = getattr(model, "text_top", None)
+        if text_top is not None or args.word_queries:  # queries are encoded as search encodes them
+            text_backbone = load_text_backbone(state["backbones"]["text"], None, args.models_dir, "cpu", text_top)
+        if text_top is not None:  # the cached caption features are the frozen encoder's: re-encoded
+            text_of = dict(zip(captions.keys, captions.texts))
+            in_split = set(data.image_names)
+            texts = [text_of[key] for key in caches.captions.ids if image_of_row_id(key) in in_split]
+            data.caption_features = torch.from_numpy(text_backbone.encode(texts, device=args.device)).half()
         word_feats = relevance = words = None
         if args.word_queries:
             words, relevance = word_queries(data, captions.subset(data.image_names), args.word_queries)
-            text_backbone = create_text_backbone(state["backbones"]["text"]["backbone"], models_dir=args.models_dir)
             word_feats = torch.from_numpy(text_backbone.encode(words, device=args.device))
     except (DatasetError, StaleCacheError, BackboneUnavailable, CheckpointError, FileNotFoundError) as err:
         log.error("%s", err)

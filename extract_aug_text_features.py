@@ -2,7 +2,8 @@
 """Stage 4: cache one text vector per keyword sample (never overwritten, never merged).
 
 Reads the keyword file written by sentence_augment.py and encodes every phrase through the same
-text encoder as batch_text_feature_extract.py. Row ids are "<image>#<n>::<phrase>".
+text encoder as batch_text_feature_extract.py. Row ids are "<image>#<n>::<phrase>". With
+--text-top-layers N, also their token states before the encoder's last N layers (as stage 2).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from crossmodal.backbones import BackboneUnavailable, create_text_backbone  # no
 from crossmodal.captions import DatasetError, keyword_row_id  # noqa: E402
 from crossmodal.features.cache import StaleCacheError, load_cache  # noqa: E402
 from crossmodal.features.extract import extract_text_features  # noqa: E402
+from crossmodal.features.states import extract_text_states, states_dir  # noqa: E402
 from crossmodal.keywords import read_keyword_samples  # noqa: E402
 
 import config  # noqa: E402
@@ -26,7 +28,7 @@ log = logging.getLogger("extract_aug_text_features")
 
 def main(argv: list[str] | None = None) -> int:
     p = cli.StageParser(__doc__, config)
-    p.flags("captions", "work-dir", "keywords", "text-weights", "models-dir", "device", "force")
+    p.flags("captions", "work-dir", "keywords", "text-weights", "models-dir", "device", "text-top-layers", "force")
     args = p.parse(argv)
     lay = args.layout
     keywords_file = args.keywords or lay.keywords_file
@@ -44,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         cache = extract_text_features(backbone, [s.phrase for s in samples], ids, lay.aug_text_features,
                                       kind="keyword", device=args.device, force=args.force,
                                       extra={"keywords_file": str(keywords_file)})
+        if args.text_top_layers:
+            extract_text_states(backbone, [s.phrase for s in samples], ids,
+                                states_dir(lay.aug_text_features, args.text_top_layers), args.text_top_layers,
+                                kind="keyword", device=args.device, force=args.force)
     except (DatasetError, BackboneUnavailable, StaleCacheError, OSError) as err:
         log.error("%s", err)
         return 2

@@ -1,7 +1,8 @@
 """The trainable part: two small projection heads mapping frozen backbone features to one space.
 
-The backbones are frozen and their features cached, so the model is only these heads; the
-contrastive temperature lives in the loss (``loss.InfoNCELoss``), not here.
+The backbones are frozen and their features cached, so the model is these heads, and optionally the
+text encoder's last layers (``text_top``, a ``crossmodal.backbones.TextTop``) trained with them on
+cached token states; the contrastive temperature lives in the loss (``loss.InfoNCELoss``), not here.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from crossmodal.backbones import TextTop
 
 import config
 
@@ -118,12 +121,16 @@ class RetrievalModel(nn.Module):
         embed_dim: int = config.EMBED_DIM,  # shared embedding size
         hidden_dim: int = config.HEAD_HIDDEN_DIM,  # MLP width of both heads
         dropout: float = config.HEAD_DROPOUT,  # dropout of both heads
+        text_top: TextTop | dict | None = None,  # trained last text layers, or their config_dict()
     ) -> None:
         super().__init__()
         self._config = {"image_dim": int(image_dim), "text_dim": int(text_dim), "embed_dim": int(embed_dim),
                         "hidden_dim": int(hidden_dim), "dropout": float(dropout)}
         self.image_head = ProjectionHead(image_dim, embed_dim, hidden_dim, dropout)
         self.text_head = ProjectionHead(text_dim, embed_dim, hidden_dim, dropout)
+        self.text_top = TextTop.from_config(text_top) if isinstance(text_top, dict) else text_top
+        if self.text_top is not None:  # absent otherwise: checkpoints without a top keep their config
+            self._config["text_top"] = self.text_top.config_dict()
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         """(n, image_dim) float16/float32 features -> (n, embed_dim) unit vectors."""
@@ -157,6 +164,8 @@ class EnsembleModel(nn.Module):
         super().__init__()
         if not members:
             raise ValueError("an ensemble needs at least one member")
+        if any(m.get("text_top") for m in members):
+            raise ValueError("an ensemble of models with trained text tops cannot share one text encoder")
         self.members = nn.ModuleList(RetrievalModel(**_head_config(m)) for m in members)
         self.scale = len(members) ** -0.5
 

@@ -15,13 +15,13 @@ from crossmodal import cli
 
 cli.prepare_process()
 
-from crossmodal.backbones import BackboneUnavailable, create_text_backbone  # noqa: E402
+from crossmodal.backbones import BackboneUnavailable, TextTop, create_text_backbone  # noqa: E402
 from crossmodal.captions import DatasetError, load_splits, read_captions  # noqa: E402
 from crossmodal.features.cache import StaleCacheError  # noqa: E402
 
 import config  # noqa: E402
 from data_loader import concat_splits, open_caches, open_source, split_data  # noqa: E402
-from model import CheckpointError  # noqa: E402
+from model import CheckpointError, load_checkpoint  # noqa: E402
 from train import (  # noqa: E402
     CHECKPOINT_SECONDS,
     ResumeError,
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             raise DatasetError(f"{cli.splits_dir(args)}: need non-empty train and val (or dev) splits")
         caches = open_caches(lay.image_features, lay.text_features,
                              None if cfg.caption_ratio == 0 else lay.aug_text_features,
-                             rerun_hint=cli.data_flags(args))
+                             rerun_hint=cli.data_flags(args), text_top_layers=cfg.text_top_layers)
         train_data = split_data(caches, splits["train"], use_keywords=cfg.caption_ratio > 0)
         val_data = split_data(caches, splits["val"], use_keywords=False)
         other_val, other_captions = {}, {}
@@ -73,12 +73,17 @@ def main(argv: list[str] | None = None) -> int:
             parts, sources = [train_data], [""]
             for work_dir in args.add_source:
                 name = source_name(work_dir, [*sources, *other_val])
-                source_train, other_val[name], other_captions[name] = open_source(work_dir, caches.backbones,
-                                                                                   cfg.caption_ratio > 0)
+                source_train, other_val[name], other_captions[name] = open_source(
+                    work_dir, caches.backbones, cfg.caption_ratio > 0, cfg.text_top_layers)
                 parts.append(source_train)
                 sources.append(name)
             train_data = concat_splits(parts, sources)
-    except (DatasetError, StaleCacheError) as err:
+        text_backbone = text_top = None
+        if cfg.text_top_layers:  # the layers to train start as the text encoder's own
+            text_backbone = create_text_backbone(caches.backbones["text"]["backbone"], args.text_weights,
+                                                 args.models_dir)
+            text_top = TextTop.from_backbone(text_backbone, cfg.text_top_layers)
+    except (DatasetError, StaleCacheError, BackboneUnavailable, ValueError) as err:
         log.error("%s", err)
         return 2
     log.info("train: %d images, %d captions, %s keyword samples; val: %d images, %d captions",
@@ -93,14 +98,18 @@ def main(argv: list[str] | None = None) -> int:
                               resume=args.resume, extra={"captions_file": str(args.captions),
                                                          "sources": [str(w) for w in args.add_source]},
                               data_identity=caches.identity, checkpoint_seconds=args.checkpoint_seconds,
-                              other_val=other_val)
-    except (ResumeError, CheckpointError) as err:
+                              other_val=other_val, text_top=text_top)
+    except (ResumeError, CheckpointError, ValueError) as err:
         log.error("%s", err)
         return 2
     qb = add_querybank(out / "best.pt", train_data, val_data, args.querybank_size)
-    try:  # short dev queries are encoded by the text backbone the features came from
-        text_backbone = create_text_backbone(caches.backbones["text"]["backbone"], args.text_weights,
-                                             args.models_dir)
+    try:  # short dev queries are encoded by the text backbone the features came from, with the trained top
+        if text_backbone is None:
+            text_backbone = create_text_backbone(caches.backbones["text"]["backbone"], args.text_weights,
+                                                 args.models_dir)
+        best_model, _ = load_checkpoint(out / "best.pt")
+        if getattr(best_model, "text_top", None) is not None:
+            text_backbone.set_top(best_model.text_top)
         sets = [(val_data, captions.subset(val_data.image_names))]
         sets += [(other_val[name], other_captions[name]) for name in other_val]
         calibration = add_calibration(out / "best.pt", sets, lambda words: text_backbone.encode(words))

@@ -13,6 +13,7 @@ heads' products (docs/performance.md has the figures).
 """
 from __future__ import annotations
 
+import copy
 import csv
 import logging
 import math
@@ -27,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from crossmodal.atomic_io import atomic_open, atomic_save_with, atomic_write_json
+from crossmodal.backbones import TextTop
 from crossmodal.calibration import calibrate_dev
 from crossmodal.captions import CaptionSet, list_hash
 from crossmodal.evaluation import embed_split, encode_rows, plain_metrics
@@ -74,6 +76,10 @@ class TrainConfig:
     threads: int = _option(0, "torch CPU threads; 0 = torch's default")
     bf16: str = _option(config.TRAIN_BF16, "bf16 autocast of the heads' products: auto (where the CPU has AMX) | "
                                            "on | off")
+    text_top_layers: int = _option(config.TEXT_TOP_LAYERS, "train the text encoder's last N layers with the heads, "
+                                                           "on token states cached by the text stages' "
+                                                           "--text-top-layers N (0 = frozen features)")
+    top_lr_scale: float = _option(config.TOP_LR_SCALE, "learning rate of the text top, as a share of --lr")
 
 
 def set_seed(seed: int) -> None:
@@ -111,15 +117,21 @@ def use_bf16(mode: str) -> bool:
 
 
 def make_optimizer(model: RetrievalModel, loss_fn: InfoNCELoss, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW over the heads and the temperature; fused: one kernel over all parameters, much faster
-    than the per-tensor default on a CPU."""
-    return torch.optim.AdamW(_param_groups(model, loss_fn, cfg.weight_decay), lr=cfg.lr, fused=True)
+    """AdamW over the heads, the temperature and a text top (at ``top_lr_scale`` of the rate: pretrained
+    layers move less than new heads); fused: one kernel over all parameters, much faster than the
+    per-tensor default on a CPU."""
+    return torch.optim.AdamW(_param_groups(model, loss_fn, cfg.weight_decay, cfg.lr * cfg.top_lr_scale),
+                             lr=cfg.lr, fused=True)
 
 
 def training_step(model: RetrievalModel, loss_fn: InfoNCELoss, optim: torch.optim.Optimizer,
                   img: torch.Tensor, txt: torch.Tensor, image_idx: torch.Tensor, cfg: TrainConfig,
                   bf16: bool) -> torch.Tensor:
-    """One optimisation step on a batch of paired features; returns the (detached) loss."""
+    """One optimisation step on a batch of paired features; returns the (detached) loss. ``txt`` is
+    features, or (token states, mask) that the model's text top pools first."""
+    if isinstance(txt, tuple):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            txt = model.text_top(*txt)
     img, txt = img.float(), txt.float()
     if cfg.input_dropout:
         img = dropout(img, cfg.input_dropout)
@@ -144,7 +156,9 @@ def lr_lambda(step: int, warmup_steps: int, total_steps: int) -> float:
 @torch.inference_mode()
 def validate(model: RetrievalModel, data: SplitData, others: dict[str, SplitData] | None = None) -> dict:
     """Recall on the validation split; with ``others`` (the validation splits of further sources) also
-    theirs, as ``<name>_<metric>``, and ``selection_rsum``, the mean rsum of all, which then selects."""
+    theirs, as ``<name>_<metric>``, and ``selection_rsum``, the mean rsum of all, which then selects.
+    With a text top, the splits' text features are made its output first (``SplitData.pool_text``)."""
+    _pool_text(model, [data, *(others or {}).values()])
     img, txt = embed_split(model, data)
     metrics = plain_metrics(retrieval_metrics(img, txt, data.caption_image))
     if others:
@@ -163,13 +177,23 @@ def selection_rsum(metrics: dict) -> float:
     return float(metrics.get("selection_rsum", metrics["rsum"]))
 
 
-def _param_groups(model: torch.nn.Module, loss: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on weight matrices only; biases, LayerNorms and the temperature are exempt."""
-    decay, no_decay = [], []
+def _param_groups(model: torch.nn.Module, loss: torch.nn.Module, weight_decay: float, top_lr: float) -> list[dict]:
+    """Weight decay on weight matrices only; biases, LayerNorms and the temperature are exempt. A text
+    top's parameters learn at ``top_lr``."""
+    top = getattr(model, "text_top", None)
+    top_ids = {id(p) for p in top.parameters()} if top is not None else set()
+    decay, no_decay, top_decay, top_no_decay = [], [], [], []
     for p in model.parameters():
-        (decay if p.ndim >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay + list(loss.parameters()), "weight_decay": 0.0}]
+        if id(p) in top_ids:
+            (top_decay if p.ndim >= 2 else top_no_decay).append(p)
+        else:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": no_decay + list(loss.parameters()), "weight_decay": 0.0}]
+    if top_ids:
+        groups += [{"params": top_decay, "weight_decay": weight_decay, "lr": top_lr},
+                   {"params": top_no_decay, "weight_decay": 0.0, "lr": top_lr}]
+    return groups
 
 
 def _plot(history: list[dict], path: Path) -> None:
@@ -234,6 +258,7 @@ def train(
     data_identity: dict | None = None,
     checkpoint_seconds: float = CHECKPOINT_SECONDS,
     other_val: dict[str, SplitData] | None = None,
+    text_top: TextTop | None = None,
 ) -> dict:
     """Train, writing best.pt / last.pt, log.csv and log.json into ``out_dir`` after every epoch,
     last.pt also every ``checkpoint_seconds`` within an epoch, and curves.png when training ends.
@@ -241,8 +266,9 @@ def train(
     ``data_identity`` (plain strings, e.g. the caches' id hashes) is recorded with the hashes of
     the two splits' image lists; ``resume`` refuses a last.pt made from other backbones, data or
     settings (``check_resume``). ``other_val``: validation splits of further training sources, by
-    name; the best epoch is then the best mean rsum (``validate``). Returns the best checkpoint's
-    validation metrics.
+    name; the best epoch is then the best mean rsum (``validate``). ``text_top``: the text encoder's
+    last ``cfg.text_top_layers`` layers (``TextTop.from_backbone``), trained with the heads on the
+    splits' token states. Returns the best checkpoint's validation metrics.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -252,8 +278,13 @@ def train(
     bf16 = use_bf16(cfg.bf16)
     if bf16:
         log.info("training the heads under bf16 autocast (--bf16 %s)", cfg.bf16)
+    if cfg.text_top_layers and (text_top is None or len(text_top.layers) != cfg.text_top_layers
+                                or train_data.caption_states is None):
+        raise ValueError(f"--text-top-layers {cfg.text_top_layers} needs the text encoder's top and the captions' "
+                         "token states of that many layers")
     model = RetrievalModel(image_dim=train_data.image_features.shape[1], text_dim=train_data.caption_features.shape[1],
-                           embed_dim=cfg.embed_dim, hidden_dim=cfg.hidden_dim, dropout=cfg.dropout)
+                           embed_dim=cfg.embed_dim, hidden_dim=cfg.hidden_dim, dropout=cfg.dropout,
+                           text_top=copy.deepcopy(text_top) if cfg.text_top_layers else None)
     loss_fn = InfoNCELoss(init_temperature=cfg.init_temperature)
     use_kw = cfg.caption_ratio > 0 and train_data.keyword_features is not None
     sampler = UniqueImageBatchSampler(train_data.caption_image, train_data.keyword_image if use_kw else None,
@@ -323,6 +354,8 @@ def train(
                          desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False, dynamic_ncols=True):
             batch = batches[step]
             img, txt, image_idx = train_data.gather(batch)
+            if model.text_top is not None:
+                txt = train_data.text_states(batch)
             loss = training_step(model, loss_fn, optim, img, txt, image_idx, cfg, bf16)
             sched.step()
             total_loss += loss.item() * len(batch)
@@ -374,6 +407,7 @@ def train_ensemble(
     data_identity: dict | None = None,
     checkpoint_seconds: float = CHECKPOINT_SECONDS,
     other_val: dict[str, SplitData] | None = None,
+    text_top: TextTop | None = None,
 ) -> dict:
     """``members`` head pairs trained one after another (seeds seed, seed+1, ...) into
     ``out_dir/member<i>/`` and joined into ``out_dir/best.pt`` as one ``EnsembleModel``; with one
@@ -383,7 +417,9 @@ def train_ensemble(
         raise ValueError(f"--ensemble must be at least 1, got {members}")
     if members == 1:
         return train(cfg, train_data, val_data, out_dir, backbones, resume, extra, data_identity, checkpoint_seconds,
-                     other_val)
+                     other_val, text_top)
+    if cfg.text_top_layers:
+        raise ValueError("--ensemble with --text-top-layers: the members' text tops would need a text encoder each")
     states = []
     for i in range(members):
         member_cfg = TrainConfig(**{**asdict(cfg), "seed": cfg.seed + i})
@@ -414,6 +450,7 @@ def add_querybank(checkpoint: str | Path, train_data: SplitData, val_data: Split
     if size <= 0:
         return None
     model, state = load_checkpoint(checkpoint)
+    _pool_text(model, [train_data, val_data])
     train_img, train_txt = embed_split(model, train_data)
     keywords = None
     if train_data.keyword_features is not None:  # trained with keyword samples: a bank of them too
@@ -434,10 +471,18 @@ def add_calibration(checkpoint: str | Path, sets: list[tuple[SplitData, CaptionS
     ``sets`` ((split, its captions) per dataset), scored as search scores (with the checkpoint's
     querybank), store them in ``checkpoint`` and return them with their quality on the other half."""
     model, state = load_checkpoint(checkpoint)
+    _pool_text(model, [split for split, _ in sets])
     report = calibrate_dev(model, sets, encode_words, state.get("querybank"))
     state["calibration"] = report
     atomic_save_with(Path(checkpoint), lambda f: torch.save(state, f))
     return report
+
+
+def _pool_text(model: torch.nn.Module, splits: list[SplitData]) -> None:
+    """With a text top, make the splits' text features its output (``SplitData.pool_text``)."""
+    if getattr(model, "text_top", None) is not None:
+        for split in splits:
+            split.pool_text(model.text_top)
 
 
 def _write_logs(history: list[dict], out_dir: Path) -> None:

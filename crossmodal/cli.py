@@ -183,6 +183,9 @@ FLAGS: dict[str, Flag] = {
                     int),
     "chunk-size": Flag(_chunk_help, int,
                        _library_default("crossmodal.features.extract", "CHUNK_SIZE")),
+    "text-top-layers": Flag("also cache the input of the text encoder's last N layers, which run_train.py "
+                            "--text-top-layers N trains with the heads (0 = none)", int,
+                            _config_default("TEXT_TOP_LAYERS")),
     # training
     "ensemble": Flag("train N head pairs with seeds seed..seed+N-1 and serve them as one (N x the training time "
                      "and embedding width)", int, _config_default("ENSEMBLE")),

@@ -37,6 +37,7 @@ from crossmodal.atomic_io import file_digest
 from crossmodal.backbones import (
     ImageBackbone,
     TextBackbone,
+    TextTop,
     create_image_backbone,
     create_text_backbone,
     resolve_device,
@@ -90,10 +91,13 @@ def check_identity(kind: str, expected: dict, backbone_name: str, weights: str, 
 
 
 def load_text_backbone(expected: dict, weights: str | os.PathLike | None, models_dir: str | os.PathLike | None,
-                       device: torch.device | str = "cpu") -> TextBackbone:
-    """The text backbone a checkpoint records (``expected``), on ``device``; refuses other weights."""
+                       device: torch.device | str = "cpu", top: TextTop | None = None) -> TextBackbone:
+    """The text backbone a checkpoint records (``expected``), on ``device``, with the checkpoint's
+    trained text ``top`` in place of its last layers; refuses other weights."""
     backbone = create_text_backbone(expected["backbone"], weights, models_dir)
     check_identity("text", expected, backbone.name, backbone.weights, "found")
+    if top is not None:
+        backbone.set_top(top)
     backbone.model.to(device).eval()
     return backbone
 
@@ -224,8 +228,11 @@ class SearchEngine:
         self._weights = {"text": text_weights, "image": image_weights}
         self._models_dir = models_dir
         self._text_backbone: TextBackbone | None = None
+        self._text_top = getattr(self.model, "text_top", None)  # trained last layers of the text encoder
         if text_backbone is not None:
             check_identity("text", backbones["text"], text_backbone.name, text_backbone.weights, "given")
+            if self._text_top is not None:
+                text_backbone.set_top(self._text_top)
             self._text_backbone = text_backbone
         self._image_backbone: ImageBackbone | None = None
         self._lock = threading.Lock()  # the tokenizer and lazy loading are not thread-safe
@@ -311,7 +318,7 @@ class SearchEngine:
             with self._lock:
                 if self._text_backbone is None:
                     self._text_backbone = load_text_backbone(self.backbones["text"], self._weights["text"],
-                                                             self._models_dir, self.device)
+                                                             self._models_dir, self.device, self._text_top)
         return self._text_backbone
 
     @property

@@ -9,6 +9,7 @@ them can pool several views of each image (``IMAGE_VIEWS``, ``ImageBackbone.set_
 Text entries: ``bert-base-uncased`` (local folder or hub), ``minilm`` (offline pip package), and
 ``<name>-last3`` of each: the mean pools of its last three layers concatenated instead of the last
 layer's alone (earlier layers keep word-level detail the sentence-similarity training pooled away).
+``TextTop``: an encoder's last layers with its pooling, trained with the heads and served in place.
 ``auto`` picks the original pair (ResNet18 + BERT) where their weights are present, else the
 offline pair, and logs one line saying which and why.
 
@@ -49,6 +50,7 @@ from crossmodal.backbones.text import (
     TEXT_BATCH_SIZE,
     TEXT_MAX_LENGTH,
     TextBackbone,
+    TextTop,
     bert_base_uncased,
     minilm,
 )
@@ -64,6 +66,6 @@ __all__ = [
     # image
     "IMAGENET_MEAN", "IMAGENET_STD", "RESNET18_FILE", "ImageBackbone", "Normalize", "combine", "resnet18",
     # text
-    "TEXT_MAX_LENGTH", "TEXT_BATCH_SIZE", "BERT_FOLDER", "LAST_LAYERS", "TextBackbone", "bert_base_uncased",
+    "TEXT_MAX_LENGTH", "TEXT_BATCH_SIZE", "BERT_FOLDER", "LAST_LAYERS", "TextBackbone", "TextTop", "bert_base_uncased",
     "minilm",
 ]

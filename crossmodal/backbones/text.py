@@ -1,9 +1,12 @@
 """Text entries of the registry: ``TextBackbone`` (a frozen transformers encoder with its tokenizer,
-its pooling and the batched ``encode`` every text path uses), the transformers loading, and the
-``bert-base-uncased``, ``minilm`` and ``<name>-last3`` entries.
+its pooling and the batched ``encode`` every text path uses), the transformers loading, the
+``bert-base-uncased``, ``minilm`` and ``<name>-last3`` entries, and ``TextTop``: the last layers of an
+encoder with its pooling, trained on cached trunk states (``trunk_states``) and served by loading them
+back into the encoder (``TextBackbone.set_top``), so every query runs trunk, trained top, pooling.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import os
 from dataclasses import dataclass
@@ -35,6 +38,77 @@ def _folder_digest(folder: Path) -> str:
     if not weights:
         raise BackboneUnavailable(f"{folder} holds no model.safetensors or pytorch_model.bin")
     return "+".join(f"{p.name}:{file_digest(str(p))}" for p in weights)
+
+
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The transformer layers of a BERT-like encoder (``model.encoder.layer``)."""
+    layers = getattr(getattr(model, "encoder", None), "layer", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ValueError(f"{type(model).__name__} has no encoder.layer list: its top layers cannot be trained")
+    return layers
+
+
+def run_layers(layers: Sequence[nn.Module], hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, T, D) hidden states through encoder ``layers``; ``mask`` (B, T) 1 for tokens, 0 for padding."""
+    extended = None
+    if mask is not None:  # the additive (B, 1, 1, T) form the layers take
+        extended = (1.0 - mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+    for layer in layers:
+        out = layer(hidden, attention_mask=extended)
+        hidden = out[0] if isinstance(out, tuple) else out
+    return hidden
+
+
+def pool_hidden(hidden: torch.Tensor, mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
+    """(B, T, D) hidden states -> (B, D): the first token (``cls``) or the mean over tokens (``mean``)."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    if mask is None:
+        return hidden.mean(1)
+    mask = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+
+class TextTop(nn.Module):
+    """The last ``layers`` layers of a text encoder and its pooling: (B, T, D) trunk states and their
+    mask -> (B, D) pooled features. Trained with the heads (``run_train.py --text-top-layers``) on states
+    cached once (``features.states``); ``TextBackbone.set_top`` puts the trained layers back into the
+    encoder for serving. ``config_dict`` rebuilds the architecture without the backbone's weights."""
+
+    def __init__(self, layers: nn.ModuleList, pooling: str, encoder_config: dict):
+        super().__init__()
+        self.layers = layers
+        self.pooling = pooling
+        self.encoder_config = dict(encoder_config)
+
+    @classmethod
+    def from_backbone(cls, backbone: "TextBackbone", layers: int) -> "TextTop":
+        """A trainable copy of the backbone's last ``layers`` layers."""
+        if backbone.layers != 1:
+            raise ValueError(f"{backbone.name} pools several layers; train the top of a one-layer entry "
+                             f"(e.g. {backbone.name.rsplit('-last', 1)[0]})")
+        every = encoder_layers(backbone.model)
+        if not 0 < layers < len(every):
+            raise ValueError(f"--text-top-layers must be between 1 and {len(every) - 1} for {backbone.name}, "
+                             f"got {layers}")
+        return cls(copy.deepcopy(every[len(every) - layers:]), backbone.pooling,
+                   backbone.model.config.to_dict()).train()
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "TextTop":
+        """The architecture ``config_dict`` describes, with untrained weights (a checkpoint fills them)."""
+        from transformers import AutoConfig, AutoModel
+
+        encoder = dict(cfg["encoder_config"])
+        model = AutoModel.from_config(AutoConfig.for_model(encoder.pop("model_type"), **encoder))
+        every = encoder_layers(model)
+        return cls(every[len(every) - cfg["layers"]:], cfg["pooling"], cfg["encoder_config"])
+
+    def config_dict(self) -> dict:
+        return {"layers": len(self.layers), "pooling": self.pooling, "encoder_config": self.encoder_config}
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        return pool_hidden(run_layers(self.layers, hidden, mask), mask, self.pooling).float()
 
 
 @dataclass
@@ -83,14 +157,29 @@ class TextBackbone:
         backend.enable_truncation(self.max_length)  # counts the special tokens, as transformers does
         return backend
 
+    top_layers: int = 0  # the last layers replaced by trained ones (``set_top``); 0: as published
+
     def pool(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """(B, T, D) hidden states -> (B, D); ``mask`` None: no padding (every token counts)."""
-        if self.pooling == "cls":
-            return hidden[:, 0]
-        if mask is None:
-            return hidden.mean(1)
-        mask = mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return pool_hidden(hidden, mask, self.pooling)
+
+    def trunk_states(self, batch: dict, top_layers: int) -> torch.Tensor:
+        """Tokenised batch -> (B, T, D) hidden states before the last ``top_layers`` layers: what a
+        ``TextTop`` of that many layers takes (``features.states`` caches them)."""
+        layers = encoder_layers(self.model)
+        hidden = self.model.embeddings(input_ids=batch["input_ids"], token_type_ids=batch.get("token_type_ids"))
+        return run_layers(layers[: len(layers) - top_layers], hidden, batch.get("attention_mask"))
+
+    def set_top(self, top: TextTop) -> None:
+        """Serve with a trained top: its layers' weights replace the encoder's last ones."""
+        if top.pooling != self.pooling:
+            raise ValueError(f"the trained text top pools by {top.pooling}, {self.name} by {self.pooling}")
+        layers = encoder_layers(self.model)
+        n = len(top.layers)
+        with torch.no_grad():
+            for mine, trained in zip(layers[len(layers) - n:], top.layers):
+                mine.load_state_dict(trained.state_dict())
+        self.top_layers = n
 
     def forward_pooled(self, batch: dict) -> torch.Tensor:
         """Tokenised batch -> (B, dim) float32 pooled features: the one forward every text path uses."""
