@@ -100,9 +100,12 @@ class TextTop(nn.Module):
         from transformers import AutoConfig, AutoModel
 
         encoder = dict(cfg["encoder_config"])
-        model = AutoModel.from_config(AutoConfig.for_model(encoder.pop("model_type"), **encoder))
+        with torch.device("meta"):  # the whole encoder's structure, without allocating its weights
+            model = AutoModel.from_config(AutoConfig.for_model(encoder.pop("model_type"), **encoder))
         every = encoder_layers(model)
-        return cls(every[len(every) - cfg["layers"]:], cfg["pooling"], cfg["encoder_config"])
+        layers = every[len(every) - cfg["layers"]:].to_empty(device="cpu")
+        layers.apply(model._init_weights)  # defined values until a checkpoint's are loaded
+        return cls(layers, cfg["pooling"], cfg["encoder_config"])
 
     def config_dict(self) -> dict:
         return {"layers": len(self.layers), "pooling": self.pooling, "encoder_config": self.encoder_config}
