@@ -1,7 +1,7 @@
 """The model that ships with the project: a trained checkpoint cut down to what search needs.
 
-``export_checkpoint`` keeps the heads, the backbones' identities, the temperature, the text
-querybanks and the match-confidence curves, all tensors in float16; it drops the optimizer,
+``export_checkpoint`` keeps the heads (and a trained text top), the backbones' identities, the
+temperature, the text querybanks and the match-confidence curves, all tensors in float16; it drops the optimizer,
 scheduler, random state and the image bank (used only to rank captions for a photo, which search
 never does). The result loads with ``torch.load(weights_only=True)`` like any checkpoint.
 
