@@ -240,8 +240,10 @@ def check_resume(state: dict, path: Path, cfg: TrainConfig, backbones: dict, dat
         raise ResumeError(f"{path} was trained on other data ({'; '.join(diffs)}); resume with the same captions "
                           "and splits, or start a new run in another --out")
     now = asdict(cfg)
-    diffs = [f"--{key.replace('_', '-')} {state['train_config'].get(key)} there, {now[key]} here"
-             for key in now if key != "epochs" and state["train_config"].get(key) != now[key]]
+    # a setting newer than the saved run is missing from it: that run had the setting's default
+    saved = {**asdict(TrainConfig()), **state["train_config"]}
+    diffs = [f"--{key.replace('_', '-')} {saved[key]} there, {now[key]} here"
+             for key in now if key != "epochs" and saved[key] != now[key]]
     if diffs:
         raise ResumeError(f"{path} was trained with another config ({'; '.join(diffs)}); pass the same settings, "
                           "or start a new run in another --out")

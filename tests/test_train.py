@@ -96,6 +96,13 @@ def test_resume_refuses_another_config(tmp_path):
     train(small_cfg(epochs=1), train_data, val_data, tmp_path, BACKBONES)
     with pytest.raises(ResumeError, match=r"another config \(--lr 0\.003 there, 0\.01 here\)"):
         train(small_cfg(epochs=1, lr=1e-2), train_data, val_data, tmp_path, BACKBONES, resume=True)
+    # a run saved before a setting existed had its default: it resumes with it, and not with another
+    state = torch.load(tmp_path / LAST, weights_only=True)
+    del state["train_config"]["text_top_layers"], state["train_config"]["top_lr_scale"]
+    torch.save(state, tmp_path / LAST)
+    train(small_cfg(epochs=2), train_data, val_data, tmp_path, BACKBONES, resume=True)
+    with pytest.raises(ResumeError, match=r"--top-lr-scale 0\.1 there, 0\.5 here"):
+        train(small_cfg(epochs=3, top_lr_scale=0.5), train_data, val_data, tmp_path, BACKBONES, resume=True)
 
 
 def test_resume_refuses_other_features_or_data(tmp_path):
