@@ -592,7 +592,7 @@ def test_one_writer_at_a_time(models, tmp_path):
 def test_an_immediate_restart_after_kill_9_indexes_everything(models, tmp_path):
     """index_folder.py killed with SIGKILL while its decoding workers run: the lock goes with it (the
     workers neither hold it nor outlive it), so a restart at once indexes every photo."""
-    folder, index, _ = photo_folder(tmp_path, 40, seed=14, name="{i:02d}.png")
+    folder, index, _ = photo_folder(tmp_path, 80, seed=14, name="{i:02d}.png")
     argv = [sys.executable, str(ROOT / "index_folder.py"), str(folder), "--checkpoint", str(models["checkpoint"]),
             "--out", str(index), "--image-weights", str(models["resnet"]), "--workers", "2", "--batch-size", "2",
             "--device", "cpu", "--no-progress"]
@@ -600,11 +600,15 @@ def test_an_immediate_restart_after_kill_9_indexes_everything(models, tmp_path):
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
-        while "40 photos; 40 to index" not in (line := proc.stderr.readline()):  # it is about to decode
+        while "80 photos; 80 to index" not in (line := proc.stderr.readline()):  # it is about to decode
             assert line or proc.poll() is None, "index_folder.py ended before indexing"
             assert time.monotonic() < deadline
-        time.sleep(1.0)  # the workers are decoding
-        workers = [int(p) for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == proc.pid]
+        # killed as soon as its decoding workers are seen: a fixed wait missed them on a fast machine,
+        # where the indexing had already ended
+        workers = []
+        while not workers and proc.poll() is None and time.monotonic() < deadline:
+            workers = [int(p) for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == proc.pid]
+            time.sleep(0.01)
         assert workers, "no decoding workers seen"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(30)
@@ -613,7 +617,7 @@ def test_an_immediate_restart_after_kill_9_indexes_everything(models, tmp_path):
             proc.kill()
     rerun = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert len(vectors_by_path(index)) == 40
+    assert len(vectors_by_path(index)) == 80
     assert not [w for w in workers if os.path.exists(f"/proc/{w}") and _parent(w) not in (None, proc.pid)]
 
 
