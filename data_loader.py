@@ -131,8 +131,7 @@ class SplitData:
         parts = [self.caption_states.subset(idx[is_cap]), self.keyword_states.subset(idx[~is_cap] - self.n_captions)]
         joined = TextStates.concat(parts)
         order = np.concatenate([np.flatnonzero(is_cap), np.flatnonzero(~is_cap)])
-        hidden, mask = joined.batch(np.argsort(order))
-        return hidden, mask
+        return joined.batch(np.argsort(order))
 
     def gather(self, sample_index: Sequence[int] | np.ndarray,
                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

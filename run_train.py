@@ -21,7 +21,7 @@ from crossmodal.features.cache import StaleCacheError  # noqa: E402
 
 import config  # noqa: E402
 from data_loader import concat_splits, open_caches, open_source, split_data  # noqa: E402
-from model import CheckpointError, load_checkpoint  # noqa: E402
+from model import CheckpointError  # noqa: E402
 from train import (  # noqa: E402
     CHECKPOINT_SECONDS,
     ResumeError,
@@ -103,16 +103,13 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", err)
         return 2
     qb = add_querybank(out / "best.pt", train_data, val_data, args.querybank_size)
-    try:  # short dev queries are encoded by the text backbone the features came from, with the trained top
+    try:  # short dev queries are encoded by the text backbone the features came from
         if text_backbone is None:
             text_backbone = create_text_backbone(caches.backbones["text"]["backbone"], args.text_weights,
                                                  args.models_dir)
-        best_model, _ = load_checkpoint(out / "best.pt")
-        if getattr(best_model, "text_top", None) is not None:
-            text_backbone.set_top(best_model.text_top)
         sets = [(val_data, captions.subset(val_data.image_names))]
         sets += [(other_val[name], other_captions[name]) for name in other_val]
-        calibration = add_calibration(out / "best.pt", sets, lambda words: text_backbone.encode(words))
+        calibration = add_calibration(out / "best.pt", sets, text_backbone)
     except (ValueError, BackboneUnavailable) as err:  # e.g. a dev split without both matches and misses
         log.warning("no match-confidence calibration in the checkpoint: %s", err)
         calibration = None

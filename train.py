@@ -21,14 +21,13 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from crossmodal.atomic_io import atomic_open, atomic_save_with, atomic_write_json
-from crossmodal.backbones import TextTop
+from crossmodal.backbones import TextBackbone, TextTop
 from crossmodal.calibration import calibrate_dev
 from crossmodal.captions import CaptionSet, list_hash
 from crossmodal.evaluation import embed_split, encode_rows, plain_metrics
@@ -468,13 +467,16 @@ def add_querybank(checkpoint: str | Path, train_data: SplitData, val_data: Split
 
 
 def add_calibration(checkpoint: str | Path, sets: list[tuple[SplitData, CaptionSet]],
-                    encode_words: Callable[[list[str]], np.ndarray]) -> dict:
+                    text_backbone: TextBackbone) -> dict:
     """Fit the match-confidence curves (``crossmodal.calibration``) on half of each dev split in
     ``sets`` ((split, its captions) per dataset), scored as search scores (with the checkpoint's
-    querybank), store them in ``checkpoint`` and return them with their quality on the other half."""
+    querybank; short queries encoded by ``text_backbone`` with the checkpoint's text top, as search
+    encodes them), store them in ``checkpoint`` and return them with their quality on the other half."""
     model, state = load_checkpoint(checkpoint)
     _pool_text(model, [split for split, _ in sets])
-    report = calibrate_dev(model, sets, encode_words, state.get("querybank"))
+    if getattr(model, "text_top", None) is not None:
+        text_backbone.set_top(model.text_top)
+    report = calibrate_dev(model, sets, text_backbone.encode, state.get("querybank"))
     state["calibration"] = report
     atomic_save_with(Path(checkpoint), lambda f: torch.save(state, f))
     return report

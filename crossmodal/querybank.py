@@ -59,7 +59,7 @@ def text_banks(querybank: dict | None) -> tuple[str, ...]:
 
 def is_short_query(query: str) -> bool:
     """A keyword-like query ("dog", "black dog") rather than a sentence."""
-    return len(query.split()) <= KEYWORD_QUERY_MAX_WORDS
+    return query_kind(query) == "short"
 
 
 def query_kind(query: str) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import WORDS, random_photo, save_random_resnet18, save_tiny_bert
+from helpers import WORDS, random_photo, save_random_models, save_tiny_bert
 
 from crossmodal.backbones import TextTop, create_text_backbone
 from crossmodal.features.cache import StaleCacheError
@@ -105,8 +105,7 @@ def test_stages_train_evaluate_and_serve_with_a_trained_text_top(tmp_path, caplo
 
     models = tmp_path / "models"
     models.mkdir()
-    save_random_resnet18(models / "resnet18.pth")
-    save_tiny_bert(models / "bert-base-uncased")
+    save_random_models(models, WORDS)  # models/resnet18.pth, models/bert-base-uncased/
     images = tmp_path / "images"
     images.mkdir()
     rng = np.random.default_rng(0)

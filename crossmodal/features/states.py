@@ -136,9 +136,10 @@ def extract_text_states(
     done = read_manifest(out_dir)
     planned = read_manifest(out_dir / PLAN_FILE) if (out_dir / PLAN_FILE).is_file() else None
     for found in (done, planned):
-        if found is not None and identity_mismatch(found, identity) and not force:
+        diff = identity_mismatch(found, identity) if found is not None else []
+        if diff and not force:
             raise StaleCacheError(f"{out_dir} holds the states of other texts or another model "
-                                  f"({'; '.join(identity_mismatch(found, identity))}); pass --force to replace them")
+                                  f"({'; '.join(diff)}); pass --force to replace them")
     if done is not None and not force:
         return out_dir
     if force and out_dir.exists():
@@ -146,7 +147,7 @@ def extract_text_states(
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / PLAN_FILE, identity)
     device = resolve_device(device)
-    model = backbone.model.to(device).eval()
+    backbone.model.to(device).eval()
     use_bf16 = device.type == "cuda"
     parts = range(0, len(texts), part_texts)
     with tqdm(total=len(texts), desc=f"{kind} states ({backbone.name}, top {top_layers})", unit="text",
@@ -173,7 +174,6 @@ def extract_text_states(
             states_file, offsets_file = _part_files(out_dir, part)
             atomic_save_npy(states_file, states)
             atomic_save_npy(offsets_file, offsets)  # last: the part is finished
-    del model
     atomic_write_json(out_dir / MANIFEST_FILE, {**identity, "parts": len(parts)})
     (out_dir / PLAN_FILE).unlink(missing_ok=True)
     return out_dir
