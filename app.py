@@ -4,6 +4,7 @@
     python app.py --photos ~/Pictures [MORE_FOLDERS ...]     # your own photos, indexed while you search
     python app.py --work-dir work/demo                       # the demo run's checkpoint and images
     python app.py --collection ~/.local/share/crossmodal/photo_index   # a photo index (index_folder.py)
+    python app.py --photos ~/Pictures --model open_clip:ViT-B-32:laion2b_s34b_b79k   # zero-shot CLIP
 
 With --photos the page is up at once: the folders are brought up to date in the photo index in a
 background thread (new, changed, moved and deleted files; nothing to decode when nothing changed),
@@ -41,7 +42,7 @@ log = logging.getLogger("app")
 
 def parse_args(argv: list[str] | None = None):
     p = cli.StageParser(__doc__, config)
-    p.flags("photos", "checkpoint", "collection", "work-dir", "image-features", "models-dir", "text-weights",
+    p.flags("photos", "checkpoint", "model", "collection", "work-dir", "image-features", "models-dir", "text-weights",
             "image-weights", "device", "host", "port", "threads", "upload-grace", "rescan-seconds")
     p.flags("images", "captions", serving=True)
     return p.parse(argv)
@@ -49,7 +50,7 @@ def parse_args(argv: list[str] | None = None):
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    cli.hub_offline_unless_model(argv)
     args = parse_args(argv)
     missing = [str(d) for d in args.photos or () if not d.is_dir()]
     if missing:  # said before anything loads

@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("folders", type=Path, nargs="*", help="photo folders (searched recursively)")
     p.add_argument("--forget", type=Path, nargs="+", metavar="DIR", default=[],
                    help="drop these folders and the records of their photos from the index (they need not exist)")
-    p.flags("work-dir", "checkpoint", "image-weights", "models-dir", "device", "batch-size", "workers", "no-progress",
-            "duplicates", "duplicate-threshold", "ocr", "out",
+    p.flags("work-dir", "checkpoint", "model", "image-weights", "models-dir", "device", "batch-size", "workers",
+            "no-progress", "duplicates", "duplicate-threshold", "ocr", "out",
             out_help="the photo index folder (default: WORK_DIR/photo_index, else "
                      "~/.local/share/crossmodal/photo_index)")
     args = p.parse(argv)
@@ -60,14 +60,14 @@ def main(argv: list[str] | None = None) -> int:
         if not args.folders:
             return 0
     args.photos = args.folders
-    checkpoint = cli.resolve_checkpoint(args)
     try:
+        checkpoint = cli.resolve_checkpoint(args)
         model, state = load_checkpoint(checkpoint)
         report = cli.index_photo_folders(args, state, checkpoint)
     except StoreBusy:
         log.error("%s is being indexed by another process; try again when it has finished", cli.photo_index_dir(args))
         return 3
-    except (OSError, BackboneUnavailable, EngineError, CheckpointError, StoreError) as err:
+    except (OSError, BackboneUnavailable, EngineError, CheckpointError, StoreError, ValueError) as err:
         log.error("%s", err)
         return 2
     print(report.summary())

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from crossmodal.backbones import TextTop
+from crossmodal.zero_shot import IdentityHeads, is_zero_shot
 
 import config
 
@@ -207,8 +208,11 @@ def _head_config(model_config: dict) -> dict:
     return cfg
 
 
-def build_model(model_config: dict) -> RetrievalModel | EnsembleModel:
-    """The model a checkpoint's ``model_config`` describes (an ensemble when it lists members)."""
+def build_model(model_config: dict) -> RetrievalModel | EnsembleModel | IdentityHeads:
+    """The model a checkpoint's ``model_config`` describes (an ensemble when it lists members; the
+    identity heads of a zero-shot model, ``crossmodal.zero_shot``)."""
+    if is_zero_shot(model_config):
+        return IdentityHeads(**model_config)
     if "members" in model_config:
         return EnsembleModel(model_config["members"])
     return RetrievalModel(**_head_config(model_config))
@@ -236,7 +240,7 @@ def read_checkpoint(path: str | Path) -> dict:
     return state
 
 
-def load_checkpoint(path: str | Path) -> tuple[RetrievalModel | EnsembleModel, dict]:
+def load_checkpoint(path: str | Path) -> tuple[RetrievalModel | EnsembleModel | IdentityHeads, dict]:
     """The trained heads (eval mode) and the checkpoint's contents."""
     state = read_checkpoint(path)
     model = build_model(state["model_config"])

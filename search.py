@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 
 from crossmodal import cli
@@ -36,8 +35,9 @@ def parse(argv: list[str] | None):
     p = cli.StageParser(__doc__ + "\n" + GRAMMAR, config)
     p.add_argument("query", nargs="?", help="a description of the photo (before --photos, or after --)")
     p.add_argument("--query", dest="query_flag", metavar="TEXT", help="the query, anywhere on the line")
-    p.flags("k", "photos", "checkpoint", "collection", "work-dir", "image-features", "models-dir", "text-weights",
-            "image-weights", "device", "batch-size", "workers", "no-progress", "json", "like", "image", "ocr")
+    p.flags("k", "photos", "checkpoint", "model", "collection", "work-dir", "image-features", "models-dir",
+            "text-weights", "image-weights", "device", "batch-size", "workers", "no-progress", "json", "like", "image",
+            "ocr")
     p.flags("images", "captions", serving=True)
     args = p.parse(argv)
     if args.query_flag is not None:
@@ -78,8 +78,8 @@ def print_result(result) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    cli.hub_offline_unless_model(argv)
     args = parse(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.getLogger().setLevel(logging.WARNING)  # the hits are the output
     from crossmodal import search
     from crossmodal.photos import StoreError

@@ -26,8 +26,7 @@ from bench import _common as C  # first: it sets what torch reads when it loads
 import numpy as np  # noqa: E402
 
 from bench.judge_sheets import split_engine  # noqa: E402
-from bench.label_rule import in_fit_half, read_judged  # noqa: E402
-from crossmodal.calibration import CONFIDENT, expected_calibration_error  # noqa: E402
+from crossmodal.calibration import CONFIDENT, expected_calibration_error, in_fit_half, read_judged  # noqa: E402
 from crossmodal.querybank import query_kind  # noqa: E402
 from crossmodal.search import likely_match  # noqa: E402
 

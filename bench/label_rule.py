@@ -21,7 +21,6 @@ threshold is chosen on one half (the best agreement), and every rule is measured
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 from bench import _common as C  # first: it sets what torch reads when it loads
@@ -30,32 +29,12 @@ from bench import _common as C  # first: it sets what torch reads when it loads
 import numpy as np  # noqa: E402
 
 from crossmodal.backbones import create_text_backbone  # noqa: E402
-from crossmodal.calibration import best_caption_similarity  # noqa: E402
+from crossmodal.calibration import best_caption_similarity, in_fit_half, read_judged  # noqa: E402
 from crossmodal.captions import read_captions  # noqa: E402
 from crossmodal.features.cache import load_cache  # noqa: E402
 from crossmodal.keywords import nouns_of  # noqa: E402
 
 THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.01), 2)
-
-
-def read_judged(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
-    for row in rows:
-        if row.get("match") not in ("0", "1"):
-            raise SystemExit(f"{path}: sheet {row.get('sheet')} rank {row.get('rank')}: match must be 0 or 1")
-    return rows
-
-
-def in_fit_half(rows: list[dict]) -> dict[str, bool]:
-    """Sheet -> whether it is in the half the labelling rule is chosen on: alternate sheets within
-    each query kind, in file order. The other half measures the rule and the curves fitted on it."""
-    sheets: dict[str, list[str]] = {}
-    for r in rows:
-        kind = sheets.setdefault(r["kind"], [])
-        if r["sheet"] not in kind:
-            kind.append(r["sheet"])
-    return {sheet: i % 2 == 0 for kind in sheets.values() for i, sheet in enumerate(kind)}
 
 
 def pair_features(rows: list[dict], captions_path: Path, work_dir: Path) -> dict[str, np.ndarray]:

@@ -24,8 +24,10 @@ bench.judged_confidence`` measures the curves against the judged pairs themselve
 """
 from __future__ import annotations
 
+import csv
+import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -129,6 +131,53 @@ def fit_and_report(populations: dict[str, tuple[tuple[np.ndarray, np.ndarray], t
                      "held_out": {"ece": expected_calibration_error(probs, held_y), "hits": int(len(held_y)),
                                   "match_rate": float(np.mean(held_y)), **threshold_quality(probs, held_y)}}
     return out
+
+
+def read_judged(path: str | os.PathLike) -> list[dict]:
+    """Query–photo pairs people judged by looking at the photos (``bench/judgments/*.tsv``: columns
+    sheet, kind, query, photo, match 0/1, ...), one dict per pair; a bad ``match`` is refused naming its row."""
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    for line, row in enumerate(rows, start=2):
+        if row.get("match") not in ("0", "1") or not row.get("query") or not row.get("photo"):
+            raise ValueError(f"{path}, line {line}: a judged pair needs a query, a photo and match 0 or 1")
+    return rows
+
+
+def in_fit_half(rows: list[dict]) -> dict[str, bool]:
+    """Sheet -> whether it is in the fitting half: alternate sheets within each sheet kind, in file
+    order. The other half measures what was fitted."""
+    sheets: dict[str, list[str]] = {}
+    for r in rows:
+        kind = sheets.setdefault(r["kind"], [])
+        if r["sheet"] not in kind:
+            kind.append(r["sheet"])
+    return {sheet: i % 2 == 0 for kind in sheets.values() for i, sheet in enumerate(kind)}
+
+
+def calibrate_judged(rows: list[dict], score: Callable[[Sequence[dict]], np.ndarray]) -> dict[str, Any]:
+    """The curves of each query kind (``querybank.query_kind``) fitted on judged pairs (``read_judged``):
+    on the fitting half of the sheets (``in_fit_half``), measured on the other. ``score`` gives the
+    pairs' ranking scores as search computes them. A kind needs matches and misses in both halves;
+    a kind without judged pairs gets no curve (phrases then use the sentences')."""
+    from crossmodal.querybank import query_kind
+
+    scores = np.asarray(score(rows), dtype=np.float64)
+    fit_half = in_fit_half(rows)
+    kinds = np.array([query_kind(r["query"]) for r in rows])
+    labels = np.array([r["match"] == "1" for r in rows])
+    fit = np.array([fit_half[r["sheet"]] for r in rows])
+    populations = {}
+    for kind in QUERY_KINDS:
+        mine = kinds == kind
+        if (labels[mine & fit].any() and not labels[mine & fit].all()
+                and labels[mine & ~fit].any() and not labels[mine & ~fit].all()):
+            populations[kind] = ((scores[mine & fit], labels[mine & fit]), (scores[mine & ~fit], labels[mine & ~fit]))
+    if not populations:
+        raise ValueError("the judged pairs hold no query kind with both matches and misses in both halves")
+    report = fit_and_report(populations)
+    report["labels"] = {"rule": "people's judgments", "pairs": int(len(rows))}
+    return report
 
 
 def curves_of(stored: dict | None) -> dict[str, Calibration]:

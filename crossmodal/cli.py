@@ -96,12 +96,29 @@ def release_free_memory() -> None:
         pass
 
 
+def hub_offline_unless_model(argv: list[str] | None = None) -> None:
+    """Serving loads every model from local files, so Hugging Face hub lookups are turned off (before
+    the hub client reads the setting at import), unless ``--model`` names one open_clip may download."""
+    words = sys.argv[1:] if argv is None else argv
+    if not any(w == "--model" or w.startswith("--model=") for w in words):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     # transformers/httpx chatter would bury the one line per decision we log ourselves
-    for noisy in ("httpx", "urllib3", "transformers", "huggingface_hub", "filelock"):
+    for noisy in ("httpx", "urllib3", "transformers", "huggingface_hub", "filelock", "timm"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_quiet_open_clip)
+
+
+def _quiet_open_clip(record: logging.LogRecord) -> bool:
+    """open_clip logs each step of building a model to the root logger, and a "initialized randomly"
+    warning before the weights this project loads next; its errors still show."""
+    return not (record.name == "root" and f"{os.sep}open_clip{os.sep}" in record.pathname
+                and record.levelno < logging.ERROR)
 
 
 def _image_backbone_help() -> str:
@@ -201,6 +218,9 @@ FLAGS: dict[str, Flag] = {
     # serving
     "checkpoint": Flag("trained checkpoint; default: WORK_DIR/checkpoints/best.pt (with --collection, the one it "
                        "was indexed with)", Path),
+    "model": Flag("search zero-shot with an open_clip model's own towers, nothing trained: open_clip:ARCH:WEIGHTS, "
+                  "WEIGHTS an open_clip pretrained tag or a local weights file or folder (e.g. "
+                  "open_clip:ViT-B-32:laion2b_s34b_b79k); instead of --checkpoint. Its photo index is its own", str),
     "collection": Flag("the photo index (written by index_folder.py or --photos) to search instead of the dataset; "
                        "with --photos, where their index goes (default: WORK_DIR/photo_index, else "
                        "~/.local/share/crossmodal/photo_index)", Path),
@@ -346,8 +366,17 @@ def train_hint(args: argparse.Namespace) -> str:
 
 
 def photo_index_dir(args: argparse.Namespace) -> Path:
-    """Where the photo index is: --collection (or index_folder.py's --out), else the layout's."""
-    return getattr(args, "collection", None) or getattr(args, "out", None) or args.layout.photo_index
+    """Where the photo index is: --collection (or index_folder.py's --out), else the layout's; with a
+    zero-shot ``--model``, in that model's folder (an index holds one model's vectors: switching models
+    must not embed every photo again)."""
+    chosen = getattr(args, "collection", None) or getattr(args, "out", None)
+    if chosen:
+        return chosen
+    if getattr(args, "model", None):
+        from crossmodal.zero_shot import model_folder
+
+        return model_folder(args.model, args.layout.models_base, args.models_dir) / args.layout.photo_index.name
+    return args.layout.photo_index
 
 
 class NotServable(RuntimeError):
@@ -443,9 +472,10 @@ def open_engine(args: argparse.Namespace, config: ModuleType, load_model: Callab
 
     if getattr(args, "threads", 0):
         torch.set_num_threads(args.threads)
-    checkpoint = args.checkpoint if args.collection and not args.photos else resolve_checkpoint(args)
     indexing = None
     try:
+        checkpoint = (args.checkpoint if args.collection and not args.photos and not getattr(args, "model", None)
+                      else resolve_checkpoint(args))
         if args.collection and not args.photos:
             from crossmodal.photos import PhotoStore
             from crossmodal.photos.store import DB_FILE
@@ -497,9 +527,16 @@ def _read_only(err: BaseException) -> bool:
 
 
 def resolve_checkpoint(args: argparse.Namespace) -> Path:
-    """The checkpoint a script uses: ``--checkpoint``; else the one trained in the work folder; else,
-    where none was trained, the model that ships with the project (said in one log line); else the
-    trained path, so the error names what to train."""
+    """The checkpoint a script uses: ``--checkpoint``; with ``--model``, that zero-shot model's (written
+    on first use: BackboneUnavailable without its weights); else the one trained in the work folder;
+    else, where none was trained, the model that ships with the project (said in one log line); else
+    the trained path, so the error names what to train."""
+    if getattr(args, "model", None):
+        if args.checkpoint:
+            raise ValueError("--model and --checkpoint name two models: give one")
+        from crossmodal.zero_shot import zero_shot_checkpoint
+
+        return zero_shot_checkpoint(args.model, args.layout.models_base, args.models_dir)
     if args.checkpoint:
         return Path(args.checkpoint)
     trained = args.layout.best_checkpoint

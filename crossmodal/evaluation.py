@@ -79,6 +79,13 @@ def evaluate_model(model: Any, data: Any, word_feats: torch.Tensor | None,
     return plain_metrics(out)
 
 
+def clip_benchmark_keys(metrics: dict) -> dict[str, float]:
+    """The recalls under CLIP_benchmark's names, as fractions: ``image_retrieval_recall@K`` is
+    text→image (a caption finds its image), ``text_retrieval_recall@K`` image→text."""
+    return {**{f"image_retrieval_recall@{k}": metrics[f"t2i_r{k}"] / 100 for k in (1, 5, 10)},
+            **{f"text_retrieval_recall@{k}": metrics[f"i2t_r{k}"] / 100 for k in (1, 5, 10)}}
+
+
 COLUMNS = [("t2i_r1", "T→I R@1"), ("t2i_r5", "R@5"), ("t2i_r10", "R@10"), ("i2t_r1", "I→T R@1"),
            ("i2t_r5", "R@5"), ("i2t_r10", "R@10"), ("rsum", "rsum"), ("t2i_medr", "T→I medr"),
            ("word_map", "word mAP"), ("word_p5", "word P@5")]

@@ -68,6 +68,12 @@ class Layout:
         """The photo index: WORK_DIR/photo_index, else in the per-user data folder."""
         return (Path(self.work_dir) if self.work_dir else user_data_dir()) / PHOTO_INDEX
 
+    @property
+    def models_base(self) -> Path:
+        """Where zero-shot models keep their folders (``crossmodal.zero_shot``): WORK_DIR, else the
+        per-user data folder, beside the photo index."""
+        return Path(self.work_dir) if self.work_dir else user_data_dir()
+
     def default_splits(self) -> Path:
         """Split lists used when --splits is not given (a seeded split is written here if absent)."""
         return Path(self.work_dir) / SPLITS if self.work_dir else Path(self.splits_dir)

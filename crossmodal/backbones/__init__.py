@@ -6,6 +6,8 @@ Each entry owns its weights lookup, its preprocessing and its output size, and r
 Image entries: ``resnet18`` (torchvision), ``efficientnet_lite0/1/2`` (offline pip packages); any of
 them can pool several views of each image (``IMAGE_VIEWS``, ``ImageBackbone.set_views``), and
 ``"a+b"`` runs several of them on the same views with their features side by side.
+The ``open_clip`` family: ``open_clip:ARCH:WEIGHTS`` names the image or text tower of an open_clip
+model (``openclip.py``), with open_clip's own preprocessing and tokenizer.
 Text entries: ``bert-base-uncased`` (local folder or hub), ``minilm`` (offline pip package), and
 ``<name>-last3`` of each: the mean pools of its last three layers concatenated instead of the last
 layer's alone (earlier layers keep word-level detail the sentence-similarity training pooled away).
@@ -15,9 +17,10 @@ offline pair, and logs one line saying which and why.
 
 One module per concept, imported in one direction: ``registry`` (the tables entries register in; it
 imports no sibling), ``views`` (the views of an image), ``image`` (``ImageBackbone`` and the image
-entries) and ``text`` (``TextBackbone`` and the text entries), which register themselves in it, and
-``factory`` above them all (``create_image_backbone``, ``create_text_backbone``, ``auto``). Every name is
-importable from ``crossmodal.backbones``.
+entries) and ``text`` (``TextBackbone`` and the text entries), which register themselves in it,
+``openclip`` (the open_clip family, built on both, registering itself too), and ``factory`` above them
+all (``create_image_backbone``, ``create_text_backbone``, ``auto``). Every name is importable from
+``crossmodal.backbones``.
 """
 from crossmodal.backbones.factory import (
     OFFLINE_PAIR,
@@ -35,11 +38,15 @@ from crossmodal.backbones.image import (
     combine,
     resnet18,
 )
+from crossmodal.backbones.openclip import OpenClipTextBackbone
 from crossmodal.backbones.registry import (
+    FAMILIES,
     IMAGE_BACKBONES,
     TEXT_BACKBONES,
     BackboneUnavailable,
+    family_of,
     file_digest,
+    register_family,
     register_image,
     register_text,
     resolve_device,
@@ -60,7 +67,9 @@ __all__ = [
     # registry and factory
     "IMAGE_BACKBONES", "TEXT_BACKBONES", "register_image", "register_text", "ORIGINAL_PAIR", "OFFLINE_PAIR",
     "resolve_names", "create_image_backbone", "create_text_backbone", "BackboneUnavailable", "resolve_device",
-    "file_digest",
+    "file_digest", "FAMILIES", "family_of", "register_family",
+    # the open_clip family (open_clip:ARCH:WEIGHTS)
+    "OpenClipTextBackbone",
     # views
     "IMAGE_VIEWS", "ONE_VIEW", "first_views", "views_of", "views_mismatch", "make_view",
     # image

@@ -1,6 +1,6 @@
 """Building backbones by name: ``create_image_backbone``, ``create_text_backbone`` and the choice
 ``auto`` makes (``resolve_names``), over the registry's tables (``registry.py``), filled by the entries
-of ``image.py`` and ``text.py``."""
+of ``image.py`` and ``text.py`` and the ``open_clip:ARCH:WEIGHTS`` family of ``openclip.py``."""
 from __future__ import annotations
 
 import logging
@@ -8,7 +8,8 @@ import os
 
 # (importing image and text registers their entries)
 from crossmodal.backbones.image import ImageBackbone, combine
-from crossmodal.backbones.registry import IMAGE_BACKBONES, TEXT_BACKBONES
+from crossmodal.backbones.openclip import FAMILY  # noqa: F401 - importing it registers the open_clip family
+from crossmodal.backbones.registry import FAMILIES, IMAGE_BACKBONES, TEXT_BACKBONES, family_of
 from crossmodal.backbones.text import TextBackbone
 
 log = logging.getLogger("crossmodal.backbones")
@@ -45,7 +46,7 @@ def create_image_backbone(name: str = "auto", weights: str | os.PathLike | None 
     """
     if name == "auto":
         name = resolve_names("auto", "auto", models_dir)[0]
-    if "+" in name:
+    if "+" in name and family_of(name) is None:
         parts = name.split("+")
         if weights:
             raise ValueError(f"--image-weights names one file; {name!r} combines {len(parts)} backbones "
@@ -54,8 +55,12 @@ def create_image_backbone(name: str = "auto", weights: str | os.PathLike | None 
             raise ValueError(f"image backbone {name!r}: combine distinct named entries, e.g. "
                              "efficientnet_lite0+efficientnet_lite2")
         return combine([create_image_backbone(part, models_dir=models_dir) for part in parts])
+    family = family_of(name)
+    if family is not None:
+        return family.image(name, weights, models_dir)
     if name not in IMAGE_BACKBONES:
-        raise ValueError(f"unknown image backbone {name!r}; choose from auto, {', '.join(IMAGE_BACKBONES)}")
+        raise ValueError(f"unknown image backbone {name!r}; choose from auto, {', '.join(IMAGE_BACKBONES)}, "
+                         f"or {' / '.join(f'{f}:...' for f in FAMILIES)}")
     return IMAGE_BACKBONES[name].build(weights, models_dir)
 
 
@@ -64,6 +69,10 @@ def create_text_backbone(name: str = "auto", weights: str | os.PathLike | None =
     """A registry entry; ``weights`` and ``models_dir`` as for ``create_image_backbone``."""
     if name == "auto":
         name = resolve_names("auto", "auto", models_dir)[1]
+    family = family_of(name)
+    if family is not None:
+        return family.text(name, weights, models_dir)
     if name not in TEXT_BACKBONES:
-        raise ValueError(f"unknown text backbone {name!r}; choose from auto, {', '.join(TEXT_BACKBONES)}")
+        raise ValueError(f"unknown text backbone {name!r}; choose from auto, {', '.join(TEXT_BACKBONES)}, "
+                         f"or {' / '.join(f'{f}:...' for f in FAMILIES)}")
     return TEXT_BACKBONES[name].build(weights, models_dir)

@@ -49,6 +49,8 @@ class ImageBackbone:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     members: tuple[dict, ...] = ()  # a "+" combination: each member's name, input size, mean and std
+    interpolation: str = "bilinear"  # of the resize (torchvision's InterpolationMode value), with antialiasing
+    resize_mode: str = "shortest"  # "shortest": shorter side to S, centre crop; "squash": straight to S x S
 
     def set_views(self, views: tuple[str, ...] = ONE_VIEW, stack: bool = False) -> None:
         """Make the model pool several views of each image (``IMAGE_VIEWS``): their mean (B, dim), or
@@ -65,7 +67,11 @@ class ImageBackbone:
     @property
     def preprocess(self) -> dict:
         """What the cache manifest records about preprocessing."""
-        pre = {"resize_shorter": self.image_size, "center_crop": self.image_size, "interpolation": "bilinear+antialias"}
+        if self.resize_mode == "squash":
+            pre = {"resize": [self.image_size, self.image_size]}
+        else:
+            pre = {"resize_shorter": self.image_size, "center_crop": self.image_size}
+        pre["interpolation"] = f"{self.interpolation}+antialias"
         if self.members:  # each member resizes the S x S square (S: the smallest) and normalises it itself
             pre["members"] = list(self.members)
         else:
@@ -78,17 +84,18 @@ class ImageBackbone:
         """PIL image -> uint8 tensor (3,S,S): the CPU part of the preprocessing."""
         from torchvision.transforms import v2 as T  # lazy: text-only serving never loads torchvision
 
-        return T.Compose([
-            T.PILToTensor(),
-            T.Resize(self.image_size, antialias=True),
-            T.CenterCrop(self.image_size),
-        ])
+        return T.Compose([T.PILToTensor(), self.tensor_transform()])
 
     def tensor_transform(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        """uint8 tensor (3,H,W) on any device -> uint8 (3,S,S): same resize for GPU-decoded JPEGs."""
+        """uint8 tensor (3,H,W) on any device -> uint8 (3,S,S): the resize (and crop) of ``preprocess``;
+        the same for PIL images and GPU-decoded JPEGs."""
+        from torchvision.transforms import InterpolationMode
         from torchvision.transforms import v2 as T
 
-        return T.Compose([T.Resize(self.image_size, antialias=True), T.CenterCrop(self.image_size)])
+        mode = InterpolationMode(self.interpolation)
+        if self.resize_mode == "squash":
+            return T.Resize([self.image_size, self.image_size], interpolation=mode, antialias=True)
+        return T.Compose([T.Resize(self.image_size, interpolation=mode, antialias=True), T.CenterCrop(self.image_size)])
 
 
 class _PooledBackbone(nn.Module):

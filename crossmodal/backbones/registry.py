@@ -2,8 +2,9 @@
 
 An entry is a function building the backbone (``build(weights, models_dir)``) and a test of whether
 its weights can be had without a download (``present(models_dir)``, what ``auto`` asks). The entries
-live in ``image.py`` and ``text.py`` and register themselves when imported; ``factory.py`` builds
-backbones from these tables. This module imports no other module of the package.
+live in ``image.py`` and ``text.py`` and register themselves when imported; a family (``openclip.py``)
+registers a prefix whose names carry their model and weights (``open_clip:ARCH:WEIGHTS``).
+``factory.py`` builds backbones from these tables. This module imports no other module of the package.
 
 Also here, as everything an entry needs: ``BackboneUnavailable``, ``resolve_device``, ``file_digest``
 and ``local_file`` (the local models folder lookup).
@@ -49,6 +50,28 @@ class Entry:
 
 IMAGE_BACKBONES: dict[str, Entry] = {}
 TEXT_BACKBONES: dict[str, Entry] = {}
+
+
+@dataclass(frozen=True)
+class Family:
+    """Backbones named ``FAMILY:...`` (the rest of the name says which model and weights), built by
+    ``image(name, weights, models_dir)`` and ``text(name, weights, models_dir)``."""
+    image: Callable[..., Any]
+    text: Callable[..., Any]
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def family_of(name: str) -> Family | None:
+    """The family a backbone name belongs to (``open_clip:ViT-B-32:...``), or None for a plain entry."""
+    prefix, sep, _ = name.partition(":")
+    return FAMILIES.get(prefix) if sep else None
+
+
+def register_family(prefix: str, image: Callable[..., Any], text: Callable[..., Any]) -> None:
+    """Names ``prefix:...`` are built by ``image`` and ``text``."""
+    FAMILIES[prefix] = Family(image, text)
 
 
 def register_image(name: str, present: Callable[[Path | None], bool]) -> Callable:

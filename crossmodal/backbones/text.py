@@ -133,6 +133,11 @@ class TextBackbone:
             pre["layers"] = self.layers
         return pre
 
+    def token_lengths(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text, special tokens included, after truncation to ``max_length``."""
+        return [len(ids) for ids in self.tokenizer(list(texts), truncation=True,
+                                                   max_length=self.max_length)["input_ids"]]
+
     def tokenize_one(self, text: str) -> dict[str, torch.Tensor]:
         """One text -> (1, T) ``input_ids`` and ``attention_mask``, as the tokenizer call with
         truncation to ``max_length`` gives them: what a search query needs.

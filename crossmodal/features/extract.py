@@ -225,8 +225,7 @@ def extract_text_features(
     if len(texts) != len(ids):
         raise ValueError(f"{len(texts)} texts but {len(ids)} ids")
     device = resolve_device(device)
-    lengths = [len(t) for t in backbone.tokenizer(list(texts), truncation=True,
-                                                    max_length=backbone.max_length)["input_ids"]]
+    lengths = backbone.token_lengths(texts)
     # Computed in order of length, then text: a unit holds similar lengths, so padding stays
     # small, and equal texts are neighbours.
     order = np.array(sorted(range(len(texts)), key=lambda i: (lengths[i], texts[i])), dtype=np.int64)
