@@ -14,7 +14,9 @@ Per model, in one process, the towers built through the project's registry
              torch thread (the page's setting), the median over real captions used as queries;
              where a tower's tokenizer must come from the Hugging Face hub (SigLIP) and cannot here,
              its forward on a full context of token ids (such a tower pads every query to it);
-* weights    the towers' parameters in float32, MB;
+             for CLIP's text towers also open_clip's ``encode_text`` on the query padded to the full
+             context, the baseline of cutting the padding after the end token;
+* weights    both towers' parameters in float32, MB;
 * resident   the resident memory of a fresh process that loaded both towers, MB.
 
     python -m bench.bench_models                                       # ViT-B-32 against Lite0 (~2 min)
@@ -64,14 +66,21 @@ def names_of(model: str, folder: Path) -> tuple[str, str]:
     return OFFLINE_PAIR if model == DEFAULT else (random_weights(model, folder),) * 2
 
 
-def query_ms(text_name: str) -> tuple[float, str]:
-    """Median milliseconds of one query through the text tower, and how it was timed."""
+def query_ms(text_name: str) -> tuple[float, str, float | None]:
+    """Median milliseconds of one query through the text tower, how it was timed, and for a CLIP text
+    tower the same queries on the full padded context (open_clip's ``encode_text``) as a baseline."""
+    from crossmodal.backbones.openclip import _trims_padding
+
+    baseline = None
     try:
         backbone = create_text_backbone(text_name)
         how = "queries"
 
         def one(q: str) -> None:
             backbone.forward_pooled(backbone.tokenize_one(q))
+        if _trims_padding(backbone.model):
+            def baseline(q: str) -> None:
+                backbone.model.encode_text(backbone.tokenizer([q]))
     except BackboneUnavailable:  # a hub tokenizer, offline: a full context of token ids
         import open_clip
 
@@ -83,25 +92,32 @@ def query_ms(text_name: str) -> tuple[float, str]:
             model.encode_text(ids)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    times = []
+    times: dict = {one: [], baseline: []}
     with torch.inference_mode():
-        for q in QUERIES * 3:
-            t0 = time.perf_counter()
-            one(q)
-            times.append(time.perf_counter() - t0)
+        for q in QUERIES * 3:  # interleaved, query by query
+            for fn in (one, baseline):
+                if fn is not None:
+                    t0 = time.perf_counter()
+                    fn(q)
+                    times[fn].append(time.perf_counter() - t0)
     torch.set_num_threads(threads)
-    return statistics.median(times[len(QUERIES):]) * 1000, how  # the first round warms up
+
+    def median_ms(values: list[float]) -> float:
+        return statistics.median(values[len(QUERIES):]) * 1000  # the first round warms up
+    return median_ms(times[one]), how, median_ms(times[baseline]) if baseline else None
 
 
 RESIDENT = """
 import json, sys, torch
-from crossmodal.backbones import create_image_backbone, create_text_backbone
+from crossmodal.backbones import BackboneUnavailable, create_image_backbone, create_text_backbone
+from crossmodal.backbones.openclip import load_model
 image = create_image_backbone(sys.argv[1])
 try:
-    text = create_text_backbone(sys.argv[2]); params = list(text.model.parameters())
-except Exception:
-    params = []
-weights = sum(p.numel() for p in list(image.model.parameters()) + params) * 4 / 2**20
+    text = create_text_backbone(sys.argv[2]).model
+except BackboneUnavailable:  # a hub tokenizer, offline: the text tower without it
+    text = load_model(sys.argv[2])[1]
+    text.visual = None
+weights = sum(p.numel() for p in list(image.model.parameters()) + list(text.parameters())) * 4 / 2**20
 rss = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmRSS')) / 1024
 print(json.dumps({"weights": weights, "resident": rss}))
 """
@@ -146,13 +162,14 @@ def main() -> None:
         rows = []
         base = statistics.median(rates[models[0]])
         for m in models:
-            ms, how = query_ms(pairs[m][1])
+            ms, how, full = query_ms(pairs[m][1])
             mem = memory(*pairs[m])
             rate = statistics.median(rates[m])
             rows.append((m if m != DEFAULT else "+".join(OFFLINE_PAIR), len(subset[m]), rate, rate / base,
-                         " ".join(f"{x:.2f}" for x in rates[m]), ms, how, mem["weights"], mem["resident"]))
+                         " ".join(f"{x:.2f}" for x in rates[m]), ms, how,
+                         "-" if full is None else f"{full:.1f} ({full / ms:.2f}x)", mem["weights"], mem["resident"]))
         print(C.table(["model", "photos", "photos/s (median)", f"vs {models[0]}", "each round", "query ms (p50)",
-                       "query timed on", "weights MB", "resident MB"], rows))
+                       "query timed on", "full 77-token context ms (/ query)", "weights MB", "resident MB"], rows))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import json
 import logging
 import os
 import random
@@ -319,32 +320,52 @@ def make_seeded_split(
     }
 
 
+def karpathy_splits(path: str | os.PathLike) -> dict[str, list[str]]:
+    """train/val/test image names from Karpathy's split file (``{"images": [{"filename", "split"}, ...]}``;
+    his ``restval`` images count as training images)."""
+    try:
+        images = json.loads(Path(path).read_text(encoding="utf-8"))["images"]
+        pairs = [(str(im["filename"]), {"restval": "train"}.get(im["split"], im["split"])) for im in images]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DatasetError(f"{path}: not a Karpathy split file ({{\"images\": [{{\"filename\", \"split\"}}]}}): "
+                           f"{type(err).__name__}: {err}") from None
+    unknown = sorted({split for _, split in pairs} - set(SPLIT_NAMES))
+    if unknown:
+        raise DatasetError(f"{path}: unknown split names {unknown}; expected train, restval, val, test")
+    return {split: [name for name, s in pairs if s == split] for split in SPLIT_NAMES}
+
+
 def load_splits(
     captions: CaptionSet,
     splits_dir: str | os.PathLike,
     seed: int = SPLIT_SEED,
 ) -> dict[str, list[str]]:
     """Split lists from ``splits_dir``; when it holds none, a seeded split is made and written there.
+    ``splits_dir`` may also be Karpathy's split file (``dataset_flickr30k.json``: the 1K test split
+    retrieval papers and CLIP_benchmark report on; ``karpathy_splits``).
 
     Images named in a split list but absent from the captions are an error naming the file.
     """
     splits_dir = Path(splits_dir)
-    files = find_split_files(splits_dir)
-    if not files:
-        splits = make_seeded_split(captions.images, seed)
-        splits_dir.mkdir(parents=True, exist_ok=True)
-        for name, imgs in splits.items():
-            atomic_write_text(splits_dir / f"{name}.txt", "".join(f"{i}\n" for i in imgs))
-        log.info(
-            "no split lists in %s: wrote a seeded split (seed %d): %s",
-            splits_dir, seed, ", ".join(f"{k} {len(v)}" for k, v in splits.items()),
-        )
-        return splits
+    if splits_dir.suffix == ".json":
+        lists = {split: (splits_dir, names) for split, names in karpathy_splits(splits_dir).items()}
+    else:
+        files = find_split_files(splits_dir)
+        if not files:
+            splits = make_seeded_split(captions.images, seed)
+            splits_dir.mkdir(parents=True, exist_ok=True)
+            for name, imgs in splits.items():
+                atomic_write_text(splits_dir / f"{name}.txt", "".join(f"{i}\n" for i in imgs))
+            log.info(
+                "no split lists in %s: wrote a seeded split (seed %d): %s",
+                splits_dir, seed, ", ".join(f"{k} {len(v)}" for k, v in splits.items()),
+            )
+            return splits
+        lists = {split: (path, read_image_list(path)) for split, path in files.items()}
     known = set(captions.images)
     splits: dict[str, list[str]] = {}
     owner: dict[str, str] = {}
-    for split, path in files.items():
-        names = read_image_list(path)
+    for split, (path, names) in lists.items():
         unknown = [n for n in names if n not in known]
         if unknown:
             raise DatasetError(

@@ -174,8 +174,9 @@ FLAGS: dict[str, Flag] = {
                    _config_default("IMAGES_DIR")),
     "captions": Flag("caption file, lines 'name.jpg#n<TAB>caption', or a folder of img2dataset output (shard "
                      "folders 00000/ or .tar shards of KEY.jpg + KEY.txt)", Path, _config_default("CAPTIONS_FILE")),
-    "splits": Flag("folder of split lists train.txt, val.txt (or dev.txt), test.txt; default: config.SPLITS_DIR, "
-                   "or WORK_DIR/splits; a seeded split is written there if absent", Path),
+    "splits": Flag("folder of split lists train.txt, val.txt (or dev.txt), test.txt, or Karpathy's split file "
+                   "dataset_flickr30k.json; default: config.SPLITS_DIR, or WORK_DIR/splits; a seeded split is "
+                   "written there if absent", Path),
     "work-dir": Flag("where generated files go; default: the original layout, data/ and checkpoints/", Path,
                      _config_default("WORK_DIR")),
     "out": Flag("output folder", Path),

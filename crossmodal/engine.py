@@ -381,12 +381,18 @@ class SearchEngine:
         return {
             "collection": view.collection.describe(),
             "index": f"{kind} ({how})",
-            "backbones": f"{self.backbones['image']['backbone']} + {self.backbones['text']['backbone']}",
+            "backbones": self._backbones_line(),
             "querybank normalisation": ", ".join(self.banks) or "off",
             "match confidence": ("calibrated (" + ", ".join(self.curves) + " queries)") if self.curves
                                 else "not calibrated: scores only",
             "checkpoint": str(self.checkpoint),
         }
+
+    def _backbones_line(self) -> str:
+        image, text = self.backbones["image"]["backbone"], self.backbones["text"]["backbone"]
+        if self.model.config_dict().get("zero_shot"):
+            return f"{image}, zero-shot (its own embedding space, no trained heads)"
+        return image if image == text else f"{image} + {text}"
 
     def describe(self) -> str:
         """One line: what is searched, with which index and models."""

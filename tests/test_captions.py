@@ -366,6 +366,26 @@ def test_image_in_two_splits_names_file(tmp_path):
     assert str(test_file) in msg and IMAGES[0] in msg and "train" in msg
 
 
+def test_karpathy_split_file_is_a_splits_source(tmp_path):
+    import json
+
+    cs = captions_for(tmp_path, IMAGES)
+    kinds = ["train"] * 4 + ["restval"] * 2 + ["val"] * 2 + ["test"] * (len(IMAGES) - 8)
+    karpathy = tmp_path / "dataset_flickr30k.json"
+    images = [{"filename": n, "split": k, "sentences": [{"raw": "a dog"}]} for n, k in zip(IMAGES, kinds)]
+    karpathy.write_text(json.dumps({"images": images, "dataset": "flickr30k"}))
+    assert load_splits(cs, karpathy) == {"train": IMAGES[:6], "val": IMAGES[6:8], "test": IMAGES[8:]}
+    karpathy.write_text(json.dumps({"images": images + [{"filename": "stranger.jpg", "split": "test"}]}))
+    with pytest.raises(DatasetError, match="dataset_flickr30k.json: 1 image.*stranger.jpg"):
+        load_splits(cs, karpathy)
+    karpathy.write_text(json.dumps({"images": [{"filename": IMAGES[0], "split": "holdout"}]}))
+    with pytest.raises(DatasetError, match="unknown split names \\['holdout'\\]"):
+        load_splits(cs, karpathy)
+    karpathy.write_text("[1, 2]")
+    with pytest.raises(DatasetError, match="not a Karpathy split file"):
+        load_splits(cs, karpathy)
+
+
 # --------------------------------------------------------------------------------------------------
 # seeded split
 

@@ -69,6 +69,23 @@ def test_towers_are_open_clip_with_its_preprocessing(clip_file, name):
     assert text.logit_scale == pytest.approx(reference.logit_scale.exp().item(), rel=1e-3)
 
 
+
+def test_weights_named_by_folder_or_models_dir_are_the_same_file(clip_file, tmp_path):
+    from crossmodal.backbones.openclip import canonical_name, weights_file
+
+    path = clip_file[0]
+    folder = tmp_path / "vit-b-32"
+    folder.mkdir()
+    (folder / "open_clip_pytorch_model.bin").symlink_to(path)
+    by_file = weights_file(f"open_clip:{ARCH}:{path}")
+    by_folder = weights_file(f"open_clip:{ARCH}:{folder}")
+    in_models = weights_file(f"open_clip:{ARCH}:vit-b-32", models_dir=tmp_path)
+    assert by_folder == in_models and by_folder[1].resolve() == by_file[1].resolve() == path.resolve()
+    assert canonical_name(f"open_clip:{ARCH}:vit-b-32", tmp_path) == by_folder[0].name
+    with pytest.raises(BackboneUnavailable, match="holds none of open_clip_model.safetensors"):
+        weights_file(f"open_clip:{ARCH}:{tmp_path}")
+
+
 def test_missing_weights_say_what_to_fetch(tmp_path, monkeypatch):
     from huggingface_hub import constants
 

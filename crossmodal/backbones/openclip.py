@@ -91,7 +91,8 @@ def _local_weights(spec: OpenClipName, models_dir: str | os.PathLike | None) -> 
 
 def _fetch_hint(spec: OpenClipName, repo: str, filename: str) -> str:
     return (f"on a networked machine run `python -c \"import open_clip; open_clip.create_model('{spec.arch}', "
-            f"pretrained='{spec.weights}')\"` (it fills the Hugging Face cache), or download {filename} of "
+            f"pretrained='{spec.weights}'); open_clip.get_tokenizer('{spec.arch}')\"` (it fills the Hugging Face "
+            f"cache), or download {filename} of "
             f"https://huggingface.co/{repo} (`hf download {repo} {filename}`) and use "
             f"open_clip:{spec.arch}:/path/to/{filename}")
 
@@ -178,7 +179,9 @@ def load_model(name: str, models_dir: str | os.PathLike | None = None
     import open_clip
 
     spec, path = weights_file(name, models_dir)
-    model = open_clip.create_model(spec.arch, pretrained=None)
+    tag = {} if Path(spec.weights).is_absolute() else open_clip.get_pretrained_cfg(spec.arch, spec.weights)
+    # OpenAI's weights were trained with QuickGELU: their tag says so, the architecture's config may not
+    model = open_clip.create_model(spec.arch, pretrained=None, force_quick_gelu=bool(tag.get("quick_gelu")))
     try:
         open_clip.load_checkpoint(model, str(path), weights_only=True)
     except Exception as err:  # noqa: BLE001 - a file of another architecture, or not a weights file
