@@ -113,8 +113,9 @@ def as_code(text: str) -> str:
 
 
 def summary(result: SearchResult, ms: float, shown: int, like: str | None = None,
-            indexing: dict | None = None) -> str:
-    """The line above the results: how many photos pass, how many are shown, whether any is a good match."""
+            indexing: dict | None = None, calibrated: bool = True) -> str:
+    """The line above the results: how many photos pass, how many are shown, whether any is a good match;
+    without ``calibrated`` curves (a zero-shot model not yet calibrated), that the hits show scores only."""
     query = parse_query(result.understood or "")
     filtered = query.has_filters or bool(query.excludes)
     if not result.total:
@@ -124,6 +125,8 @@ def summary(result: SearchResult, ms: float, shown: int, like: str | None = None
                 f"({ms:.0f} ms).")
         if not result.good_match and any(h.confidence is not None for h in result.hits):
             text = f"**No good match — nearest photos shown, marked weak.** {text}"
+        if not calibrated and result.understood:
+            text += " Scores only: this model's match confidence is not calibrated."
     if like:
         text = f"Photos like {as_text(os.path.basename(like))}. {text}"
     if result.understood:
@@ -242,7 +245,8 @@ class Page:
         ms = (time.perf_counter() - t0) * 1000
         hits = (before.hits if before else []) + result.hits
         results = Results(text, int(k), like, hits, result.total, result.next_offset)
-        return (self.gallery(hits, request), summary(result, ms, len(hits), like, self._indexing()), results,
+        return (self.gallery(hits, request),
+                summary(result, ms, len(hits), like, self._indexing(), calibrated=bool(self.engine.curves)), results,
                 gr.Button(visible=result.next_offset < result.total),
                 gr.Button(MORE_LIKE, interactive=False))  # until a photo of these results is selected
 

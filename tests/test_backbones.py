@@ -393,3 +393,42 @@ def test_combined_backbone_bad_names(name, message, resnet_file, models_dir):
         create_image_backbone(name, models_dir=models_dir)
     with pytest.raises(ValueError, match="one file"):
         create_image_backbone("resnet18+efficientnet_lite0", weights=resnet_file)
+
+
+def test_decoding_workers_are_not_forked_while_a_backbone_is_built(tmp_path, monkeypatch):
+    """A worker forked while another thread initialises a network's weights would inherit torch's
+    generator lock held and hang: building holds BUILD_LOCK, and the image loader forks under it."""
+    import threading
+
+    from torch.utils.data import Dataset
+
+    from crossmodal.backbones import BUILD_LOCK
+    from crossmodal.features.extract import image_loader
+
+    held = []
+    original = backbones.IMAGE_BACKBONES["resnet18"]
+    monkeypatch.setitem(backbones.IMAGE_BACKBONES, "resnet18", backbones.registry.Entry(
+        lambda weights, models_dir: held.append(BUILD_LOCK._is_owned()) or original.build(weights, models_dir),
+        original.present))
+    backbones.create_image_backbone("resnet18", save_random_resnet18(tmp_path / "r.pth"))
+    assert held == [True]
+
+    class Two(Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return torch.zeros(1)
+
+    started = threading.Event()
+
+    def iterate():
+        for _ in image_loader(Two(), [[0, 1]], 1, torch.device("cpu"), collate_fn=list):
+            started.set()
+
+    with BUILD_LOCK:  # as a build in another thread holds it
+        worker = threading.Thread(target=iterate)
+        worker.start()
+        assert not started.wait(1.0)  # no worker forked meanwhile
+    assert started.wait(60)
+    worker.join(60)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import open_clip
@@ -153,6 +154,8 @@ def test_zero_shot_search_page_duplicates_and_a_refused_index(name, clip_file, p
     p = page.Page(engine)
     api = p.search("a dog in:A", 2)
     assert len(api) == 2 and all(h["folder"] == "A" for h in api)
+    _, status, *_ = p.search_text("a dog", "", "", "", "", 2, SimpleNamespace(headers={"host": "photos:7860"}))
+    assert "Scores only: this model's match confidence is not calibrated." in status
     like = engine.embed_image(path_of(engine.collection, 0))
     stored = engine.current().embeddings[0].astype(np.float32)
     assert float(like @ stored) > 0.99  # the indexed vector of that photo

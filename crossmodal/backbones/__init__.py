@@ -40,6 +40,7 @@ from crossmodal.backbones.image import (
 )
 from crossmodal.backbones.openclip import OpenClipTextBackbone
 from crossmodal.backbones.registry import (
+    BUILD_LOCK,
     FAMILIES,
     IMAGE_BACKBONES,
     TEXT_BACKBONES,
@@ -67,7 +68,7 @@ __all__ = [
     # registry and factory
     "IMAGE_BACKBONES", "TEXT_BACKBONES", "register_image", "register_text", "ORIGINAL_PAIR", "OFFLINE_PAIR",
     "resolve_names", "create_image_backbone", "create_text_backbone", "BackboneUnavailable", "resolve_device",
-    "file_digest", "FAMILIES", "family_of", "register_family",
+    "file_digest", "FAMILIES", "family_of", "register_family", "BUILD_LOCK",
     # the open_clip family (open_clip:ARCH:WEIGHTS)
     "OpenClipTextBackbone",
     # views

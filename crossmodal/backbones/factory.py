@@ -9,7 +9,7 @@ import os
 # (importing image and text registers their entries)
 from crossmodal.backbones.image import ImageBackbone, combine
 from crossmodal.backbones.openclip import FAMILY  # noqa: F401 - importing it registers the open_clip family
-from crossmodal.backbones.registry import FAMILIES, IMAGE_BACKBONES, TEXT_BACKBONES, family_of
+from crossmodal.backbones.registry import BUILD_LOCK, FAMILIES, IMAGE_BACKBONES, TEXT_BACKBONES, family_of
 from crossmodal.backbones.text import TextBackbone
 
 log = logging.getLogger("crossmodal.backbones")
@@ -56,12 +56,11 @@ def create_image_backbone(name: str = "auto", weights: str | os.PathLike | None 
                              "efficientnet_lite0+efficientnet_lite2")
         return combine([create_image_backbone(part, models_dir=models_dir) for part in parts])
     family = family_of(name)
-    if family is not None:
-        return family.image(name, weights, models_dir)
-    if name not in IMAGE_BACKBONES:
+    if family is None and name not in IMAGE_BACKBONES:
         raise ValueError(f"unknown image backbone {name!r}; choose from auto, {', '.join(IMAGE_BACKBONES)}, "
                          f"or {' / '.join(f'{f}:...' for f in FAMILIES)}")
-    return IMAGE_BACKBONES[name].build(weights, models_dir)
+    with BUILD_LOCK:
+        return family.image(name, weights, models_dir) if family else IMAGE_BACKBONES[name].build(weights, models_dir)
 
 
 def create_text_backbone(name: str = "auto", weights: str | os.PathLike | None = None,
@@ -70,9 +69,8 @@ def create_text_backbone(name: str = "auto", weights: str | os.PathLike | None =
     if name == "auto":
         name = resolve_names("auto", "auto", models_dir)[1]
     family = family_of(name)
-    if family is not None:
-        return family.text(name, weights, models_dir)
-    if name not in TEXT_BACKBONES:
+    if family is None and name not in TEXT_BACKBONES:
         raise ValueError(f"unknown text backbone {name!r}; choose from auto, {', '.join(TEXT_BACKBONES)}, "
                          f"or {' / '.join(f'{f}:...' for f in FAMILIES)}")
-    return TEXT_BACKBONES[name].build(weights, models_dir)
+    with BUILD_LOCK:
+        return family.text(name, weights, models_dir) if family else TEXT_BACKBONES[name].build(weights, models_dir)

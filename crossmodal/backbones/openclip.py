@@ -28,7 +28,13 @@ import torch
 import torch.nn as nn
 
 from crossmodal.backbones.image import ImageBackbone, Normalize, _PooledBackbone
-from crossmodal.backbones.registry import BackboneUnavailable, file_digest, register_family, resolve_device
+from crossmodal.backbones.registry import (
+    BUILD_LOCK,
+    BackboneUnavailable,
+    file_digest,
+    register_family,
+    resolve_device,
+)
 from crossmodal.backbones.text import TEXT_BATCH_SIZE, TextBackbone
 
 log = logging.getLogger("crossmodal.backbones")
@@ -180,8 +186,9 @@ def load_model(name: str, models_dir: str | os.PathLike | None = None
 
     spec, path = weights_file(name, models_dir)
     tag = {} if Path(spec.weights).is_absolute() else open_clip.get_pretrained_cfg(spec.arch, spec.weights)
-    # OpenAI's weights were trained with QuickGELU: their tag says so, the architecture's config may not
-    model = open_clip.create_model(spec.arch, pretrained=None, force_quick_gelu=bool(tag.get("quick_gelu")))
+    with BUILD_LOCK:  # (registry.BUILD_LOCK: the random initialisation must not meet a fork)
+        # OpenAI's weights were trained with QuickGELU: their tag says so, the architecture's config may not
+        model = open_clip.create_model(spec.arch, pretrained=None, force_quick_gelu=bool(tag.get("quick_gelu")))
     try:
         open_clip.load_checkpoint(model, str(path), weights_only=True)
     except Exception as err:  # noqa: BLE001 - a file of another architecture, or not a weights file

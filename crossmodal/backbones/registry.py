@@ -6,13 +6,14 @@ live in ``image.py`` and ``text.py`` and register themselves when imported; a fa
 registers a prefix whose names carry their model and weights (``open_clip:ARCH:WEIGHTS``).
 ``factory.py`` builds backbones from these tables. This module imports no other module of the package.
 
-Also here, as everything an entry needs: ``BackboneUnavailable``, ``resolve_device``, ``file_digest``
-and ``local_file`` (the local models folder lookup).
+Also here, as everything an entry needs: ``BackboneUnavailable``, ``resolve_device``, ``file_digest``,
+``local_file`` (the local models folder lookup) and ``BUILD_LOCK``.
 """
 from __future__ import annotations
 
 import functools
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -20,6 +21,11 @@ from typing import Any, Callable
 import torch
 
 from crossmodal import atomic_io
+
+# Held while a backbone is built and while decoding workers are forked. Building a network initialises
+# its layers at random, holding torch's random-generator lock; a worker forked meanwhile (the photo
+# indexer forks from a background thread) inherits that lock held and hangs at its first seeding.
+BUILD_LOCK = threading.RLock()
 
 
 class BackboneUnavailable(RuntimeError):

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from crossmodal.backbones import ONE_VIEW, TEXT_BATCH_SIZE, ImageBackbone, TextBackbone, resolve_device
+from crossmodal.backbones import BUILD_LOCK, ONE_VIEW, TEXT_BATCH_SIZE, ImageBackbone, TextBackbone, resolve_device
 from crossmodal.captions import CaptionSet, list_hash
 from crossmodal.features.cache import FeatureCache, build_cache
 from crossmodal.features.gpu_decode import GPU_DECODE_THREADS, byte_batches, gpu_decoded_batches
@@ -106,13 +106,22 @@ def die_with_parent(worker_id: int = 0) -> None:
         os._exit(1)
 
 
+class _ImageLoader(DataLoader):
+    """A DataLoader whose decoding workers are forked under ``BUILD_LOCK``, never while another thread
+    builds a backbone (a worker forked then would inherit torch's generator lock held, and hang)."""
+
+    def __iter__(self):
+        with BUILD_LOCK:
+            return super().__iter__()
+
+
 def image_loader(dataset: Dataset, batches: list[list[int]], num_workers: int, device: torch.device,
                  collate_fn: Callable) -> DataLoader:
     """The DataLoader every image path decodes with: fixed batches, ``num_workers`` decoding
     processes (which die with their parent), pinned memory for a GPU."""
-    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate_fn,
-                      pin_memory=device.type == "cuda", prefetch_factor=4 if num_workers else None,
-                      persistent_workers=False, worker_init_fn=die_with_parent if num_workers else None)
+    return _ImageLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate_fn,
+                        pin_memory=device.type == "cuda", prefetch_factor=4 if num_workers else None,
+                        persistent_workers=False, worker_init_fn=die_with_parent if num_workers else None)
 
 
 def extract_image_features(
