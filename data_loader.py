@@ -133,6 +133,16 @@ class SplitData:
         order = np.concatenate([np.flatnonzero(is_cap), np.flatnonzero(~is_cap)])
         return joined.batch(np.argsort(order))
 
+    def image_index(self, sample_index: Sequence[int] | np.ndarray) -> torch.Tensor:
+        """The image row of each sampler index (a caption's or a keyword sample's image)."""
+        idx = np.asarray(sample_index)
+        is_cap = idx < self.n_captions
+        image_idx = np.empty(len(idx), dtype=np.int64)
+        image_idx[is_cap] = self.caption_image[idx[is_cap]]
+        if (~is_cap).any():
+            image_idx[~is_cap] = self.keyword_image[idx[~is_cap] - self.n_captions]
+        return torch.from_numpy(image_idx)
+
     def gather(self, sample_index: Sequence[int] | np.ndarray,
                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One training batch: (image features, text features, image index) for sampler indices.
@@ -142,15 +152,12 @@ class SplitData:
         """
         idx = np.asarray(sample_index)
         is_cap = idx < self.n_captions
-        image_idx = np.empty(len(idx), dtype=np.int64)
-        image_idx[is_cap] = self.caption_image[idx[is_cap]]
         text = torch.empty((len(idx), self.caption_features.shape[1]), dtype=self.caption_features.dtype)
         text[torch.from_numpy(is_cap)] = self.caption_features[torch.from_numpy(idx[is_cap])]
         if (~is_cap).any():
             kw = idx[~is_cap] - self.n_captions
-            image_idx[~is_cap] = self.keyword_image[kw]
             text[torch.from_numpy(~is_cap)] = self.keyword_features[torch.from_numpy(kw)]
-        image_idx_t = torch.from_numpy(image_idx)
+        image_idx_t = self.image_index(idx)
         if self.image_views is not None:
             view = torch.randint(0, self.image_views.shape[1], (len(idx),), generator=generator)
             return self.image_views[image_idx_t, view], text, image_idx_t

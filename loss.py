@@ -1,11 +1,13 @@
 """Symmetric InfoNCE (CLIP loss) with a learnable, clamped temperature.
 
 The temperature is a parameter of the loss, not of the model, so the optimiser must be given
-``loss.parameters()`` too (train.py does).
+``loss.parameters()`` too (train.py does). Across processes (``torchrun``), ``gather_rows`` gives
+every process the whole global batch's embeddings, so each row meets every other process's negatives.
 """
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -85,3 +87,20 @@ class InfoNCELoss(nn.Module):
             logits = logits.masked_fill(same, float("-inf"))
         target = torch.arange(len(logits), device=logits.device)
         return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+def gather_rows(local: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
+    """Every process's rows in rank order (``sizes``: each rank's row count), with gradients through
+    this process's own rows only, as open_clip's ``gather_features`` does. Each process then computes
+    the loss over the whole global batch; the sum of the processes' gradients is the gradient of one
+    process that held the whole batch (``train.Distributed.reduce_gradients``)."""
+    import torch.distributed as dist
+
+    rank = dist.get_rank()
+    padded = local.detach().new_zeros((max(sizes), *local.shape[1:]))  # all_gather needs equal shapes
+    padded[: len(local)] = local.detach()
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    parts = [part[:n] for part, n in zip(parts, sizes)]
+    parts[rank] = local
+    return torch.cat(parts)

@@ -3,6 +3,11 @@
 
 Reads the caches written by the extraction stages (and the keyword cache, unless
 --no-keywords), trains, and writes best.pt / last.pt, log.csv, log.json and curves.png.
+
+    torchrun --nproc-per-node 2 run_train.py ...    # several processes (or machines) on one global batch
+
+Under torchrun each process embeds its share of every batch and InfoNCE sees the whole batch's
+negatives (train.py); rank 0 writes the files, and --resume works with another process count.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from train import (  # noqa: E402
     TrainConfig,
     add_calibration,
     add_querybank,
+    distributed,
     train_ensemble,
 )
 
@@ -54,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
                         "backbones. Its validation split is reported, and the best epoch is the best mean rsum")
     p.dataclass_flags(TrainConfig, TrainConfig())
     args = p.parse(argv)
+    group = distributed()
+    if not group.is_main:  # rank 0 reports
+        logging.getLogger().setLevel(logging.WARNING)
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     if args.no_keywords:
         cfg.caption_ratio = 0
@@ -102,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ResumeError, CheckpointError, ValueError) as err:
         log.error("%s", err)
         return 2
+    if not group.is_main:  # the querybank and the curves are rank 0's, from its best.pt
+        return 0
     qb = add_querybank(out / "best.pt", train_data, val_data, args.querybank_size)
     try:  # short dev queries are encoded by the text backbone the features came from
         if text_backbone is None:

@@ -10,6 +10,11 @@ on the same features, data and settings; only ``epochs`` may differ (the schedul
 Speed on a CPU (the heads are the whole cost; loading is one fancy-index per batch): fused AdamW,
 dropout masks from random bytes (``model.dropout``) and, on CPUs with AMX, bf16 autocast of the
 heads' products (docs/performance.md has the figures).
+
+Under ``torchrun --nproc-per-node N`` (``Distributed``) every process draws the same global batches,
+embeds its share of each, and computes InfoNCE over the whole batch's gathered embeddings
+(``loss.gather_rows``); the summed gradients equal one process's on the whole batch, so every
+process takes the same step. Rank 0 alone writes checkpoints and logs; a run resumes with another N.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import copy
 import csv
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -36,7 +42,7 @@ from crossmodal.querybank import caption_bias, make_querybank, querybank_bias
 
 import config
 from data_loader import SplitData
-from loss import InfoNCELoss
+from loss import InfoNCELoss, gather_rows
 from model import EnsembleModel, RetrievalModel, dropout, load_checkpoint, read_checkpoint
 from smart_sampler import UniqueImageBatchSampler
 
@@ -115,6 +121,59 @@ def use_bf16(mode: str) -> bool:
     return bool(amx is not None and amx())
 
 
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place among ``torchrun``'s processes (rank 0 of 1 without torchrun)."""
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """The process that writes checkpoints and logs."""
+        return self.rank == 0
+
+    def share(self, batch: np.ndarray) -> tuple[np.ndarray, list[int]]:
+        """This process's contiguous share of a global batch, and every process's share size."""
+        parts = np.array_split(np.asarray(batch), self.world)
+        return parts[self.rank], [len(part) for part in parts]
+
+    def broadcast(self, *modules: torch.nn.Module) -> None:
+        """Rank 0's parameters and buffers in every process."""
+        import torch.distributed as dist
+
+        for module in modules:
+            for tensor in module.state_dict().values():
+                dist.broadcast(tensor, 0)
+
+    def reduce_gradients(self, model: torch.nn.Module, loss_fn: torch.nn.Module) -> None:
+        """Sum the model's gradients (each process's covers its own rows of the batch); average the
+        temperature's (each process's is already the whole batch's)."""
+        import torch.distributed as dist
+
+        for module, average in ((model, False), (loss_fn, True)):
+            for param in module.parameters():
+                if not param.requires_grad:
+                    continue
+                if param.grad is None:  # every process must join every reduction
+                    param.grad = torch.zeros_like(param)
+                dist.all_reduce(param.grad)
+                if average:
+                    param.grad /= self.world
+
+
+def distributed() -> Distributed:
+    """The process group ``torchrun`` describes in the environment (gloo: the heads train on CPUs),
+    joined on first use; rank 0 of 1 without it."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return Distributed(dist.get_rank(), dist.get_world_size())
+
+
 def make_optimizer(model: RetrievalModel, loss_fn: InfoNCELoss, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW over the heads, the temperature and a text top (at ``top_lr_scale`` of the rate: pretrained
     layers move less than new heads); fused: one kernel over all parameters, much faster than the
@@ -125,9 +184,11 @@ def make_optimizer(model: RetrievalModel, loss_fn: InfoNCELoss, cfg: TrainConfig
 
 def training_step(model: RetrievalModel, loss_fn: InfoNCELoss, optim: torch.optim.Optimizer,
                   img: torch.Tensor, txt: torch.Tensor, image_idx: torch.Tensor, cfg: TrainConfig,
-                  bf16: bool) -> torch.Tensor:
+                  bf16: bool, procs: Distributed = Distributed(), sizes: list[int] | None = None) -> torch.Tensor:
     """One optimisation step on a batch of paired features; returns the (detached) loss. ``txt`` is
-    features, or (token states, mask) that the model's text top pools first."""
+    features, or (token states, mask) that the model's text top pools first. Across processes
+    (``procs``), ``img`` and ``txt`` are this process's share of the global batch (``sizes``: every
+    process's share), ``image_idx`` the whole batch's image rows."""
     if isinstance(txt, tuple):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             txt = model.text_top(*txt)
@@ -137,9 +198,13 @@ def training_step(model: RetrievalModel, loss_fn: InfoNCELoss, optim: torch.opti
         txt = dropout(txt, cfg.input_dropout)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         image_emb, text_emb = model.encode_image(img).float(), model.encode_text(txt).float()
+    if procs.world > 1:  # every process's rows: this batch's rows meet all the others' as negatives
+        image_emb, text_emb = gather_rows(image_emb, sizes), gather_rows(text_emb, sizes)
     loss = loss_fn(image_emb, text_emb, image_idx)
     optim.zero_grad(set_to_none=True)
     loss.backward()
+    if procs.world > 1:
+        procs.reduce_gradients(model, loss_fn)
     optim.step()
     return loss.detach()
 
@@ -272,7 +337,9 @@ def train(
     splits' token states. Returns the best checkpoint's validation metrics.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    procs = distributed()
+    if procs.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     set_seed(cfg.seed)
@@ -330,6 +397,11 @@ def train(
                  resume_point[0], best["val_rsum"], best["epoch"])
     elif resume:
         log.info("--resume: no %s yet, starting from scratch", last_path)
+    if procs.world > 1:  # one model in every process; dropout draws its own masks in each
+        procs.broadcast(model, loss_fn)
+        torch.manual_seed(torch.initial_seed() + procs.rank)
+        log.info("process %d of %d: %d rows of each batch of %d", procs.rank, procs.world,
+                 len(procs.share(np.arange(cfg.batch_size))[0]), cfg.batch_size)
 
     def checkpoint(epoch: int, metrics: dict | None, partial: dict | None = None) -> dict:
         """``epoch``: the last finished one; ``partial``: where within the next one (a mid-epoch save)."""
@@ -351,17 +423,20 @@ def train(
         done, total_loss, n, seconds_before = resume_point if epoch == start_epoch else (0, 0.0, 0, 0.0)
         t0 = time.perf_counter()
         saved_at = time.monotonic()
-        for step in tqdm(range(done, len(batches)), initial=done, total=len(batches),
+        for step in tqdm(range(done, len(batches)), initial=done, total=len(batches), disable=not procs.is_main,
                          desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False, dynamic_ncols=True):
             batch = batches[step]
-            img, txt, image_idx = train_data.gather(batch)
+            mine, sizes = procs.share(batch)
+            img, txt, image_idx = train_data.gather(mine)
+            if procs.world > 1:
+                image_idx = train_data.image_index(batch)
             if model.text_top is not None:
-                txt = train_data.text_states(batch)
-            loss = training_step(model, loss_fn, optim, img, txt, image_idx, cfg, bf16)
+                txt = train_data.text_states(mine)
+            loss = training_step(model, loss_fn, optim, img, txt, image_idx, cfg, bf16, procs, sizes)
             sched.step()
             total_loss += loss.item() * len(batch)
             n += len(batch)
-            if step + 1 < len(batches) and time.monotonic() - saved_at >= checkpoint_seconds:
+            if procs.is_main and step + 1 < len(batches) and time.monotonic() - saved_at >= checkpoint_seconds:
                 seconds = seconds_before + time.perf_counter() - t0
                 state = checkpoint(epoch - 1, None, {"epoch": epoch, "step": step + 1, "loss_sum": total_loss,
                                                      "samples": n, "seconds": seconds})
@@ -379,11 +454,12 @@ def train(
             stale = 0
         else:
             stale += 1
-        state = checkpoint(epoch, metrics)
-        if improved:
-            atomic_save_with(out_dir / BEST, lambda f: torch.save(state, f))
-        atomic_save_with(last_path, lambda f: torch.save(state, f))
-        _write_logs(history, out_dir)
+        if procs.is_main:
+            state = checkpoint(epoch, metrics)
+            if improved:
+                atomic_save_with(out_dir / BEST, lambda f: torch.save(state, f))
+            atomic_save_with(last_path, lambda f: torch.save(state, f))
+            _write_logs(history, out_dir)
         others = "".join(f", {name} {metrics[f'{name}_rsum']:.1f}" for name in other_val or {})
         log.info("epoch %d: loss %.4f  T %.4f  val R@1 %.1f/%.1f  rsum %.1f%s%s  (%.1f s)", epoch, row["train_loss"],
                  row["temperature"], metrics["t2i_r1"], metrics["i2t_r1"], metrics["rsum"], others,
@@ -391,8 +467,12 @@ def train(
     if stale >= cfg.patience:
         log.info("early stop: no better validation rsum for %d epochs (best %.1f at epoch %d)",
                  cfg.patience, best["val_rsum"], best["epoch"])
-    if history:  # once, at the end: a plot per epoch costs a noticeable share of a short epoch
+    if history and procs.is_main:  # once, at the end: a plot per epoch costs a noticeable share of a short epoch
         _plot(history, out_dir / "curves.png")
+    if procs.world > 1:  # the others wait until rank 0's files are written
+        import torch.distributed as dist
+
+        dist.barrier()
     return best
 
 
