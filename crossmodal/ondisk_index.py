@@ -1,0 +1,221 @@
+"""An IVF-PQ index for collections beyond memory, built in shards and served memory-mapped.
+
+The steps, as autofaiss and clip-retrieval take them, on FAISS's own on-disk support:
+
+1. ``train_index``: the coarse quantizer and the product quantizer, trained once on a sample
+   (``faiss.index_factory("IVF{nlist},PQ{m}")``), saved empty as ``trained.index``.
+2. ``fill_shard``: one shard's vectors encoded into a copy of the trained index, with their global
+   row numbers as ids, saved as a shard file. Shards are independent: ``fill_shards`` runs them as
+   Ray tasks (``ray_address``: ``local`` starts a cluster, ``auto`` joins one), or one after another.
+3. ``add_part``: shard files merged into one part on disk (``faiss.contrib.ondisk.merge_ondisk``:
+   ``part-N.index`` and its inverted lists ``part-N.ivfdata``). New shards make a new part; the
+   parts already written are not touched, so an index grows without a rebuild.
+4. ``open_index``: every part's inverted lists memory-mapped (FAISS's ``OnDiskInvertedLists`` map
+   their ``.ivfdata`` file read-only) and stacked (``HStackInvertedLists``) under the trained
+   quantizer: one IVF-PQ index whose codes stay on disk, paged in as queries touch them.
+
+``index.json`` lists the parts in order, with their rows, and is written last: an interrupted step
+leaves the index as it was, and a part file no manifest names is not served.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from crossmodal.atomic_io import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "index.json"
+TRAINED = "trained.index"
+FORMAT = "crossmodal-ivfpq-ondisk/1"
+
+
+def _faiss():
+    import faiss
+
+    return faiss
+
+
+def _float32(vectors: Any) -> np.ndarray:
+    vectors = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
+    if vectors.ndim != 2 or not len(vectors):
+        raise ValueError(f"vectors must be a non-empty (n, d) array, got shape {vectors.shape}")
+    return vectors
+
+
+def _write_index(index: Any, path: Path) -> None:
+    """``faiss.write_index`` through a temporary name, renamed into place (atomic)."""
+    tmp = path.with_name(f".{path.name}.partial")
+    _faiss().write_index(index, str(tmp))
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    """What ``index.json`` says of an on-disk index."""
+    folder: Path
+    dim: int
+    nlist: int
+    pq_bytes: int  # bytes of code per vector
+    parts: tuple[dict, ...]  # {"index", "ivfdata", "rows", "shards"} per part, in order
+
+    @property
+    def rows(self) -> int:
+        return sum(p["rows"] for p in self.parts)
+
+    @property
+    def kind(self) -> str:
+        return f"IVF{self.nlist},PQ{self.pq_bytes} on disk ({len(self.parts)} part(s))"
+
+
+def read_info(folder: str | os.PathLike) -> IndexInfo:
+    """The manifest of the on-disk index in ``folder`` (ValueError naming the file when absent or not one)."""
+    path = Path(folder) / MANIFEST
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+        if m.get("format") != FORMAT:
+            raise ValueError(f"format {m.get('format')!r}")
+        return IndexInfo(Path(folder), int(m["dim"]), int(m["nlist"]), int(m["pq_bytes"]), tuple(m["parts"]))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not an on-disk index manifest ({type(err).__name__}: {err}); "
+                         "build one with crossmodal.ondisk_index.train_index") from None
+
+
+def _write_info(info: IndexInfo) -> None:
+    atomic_write_json(info.folder / MANIFEST, {"format": FORMAT, "dim": info.dim, "nlist": info.nlist,
+                                               "pq_bytes": info.pq_bytes, "rows": info.rows,
+                                               "parts": list(info.parts)})
+
+
+def train_index(sample: Any, folder: str | os.PathLike, nlist: int, pq_bytes: int) -> IndexInfo:
+    """Train the quantizers on ``sample`` (rows like the collection's; FAISS wants 39 or more per
+    list) and start an empty on-disk index in ``folder``. Inner product: rows are unit vectors."""
+    faiss = _faiss()
+    sample = _float32(sample)
+    dim = sample.shape[1]
+    if dim % pq_bytes:
+        raise ValueError(f"PQ{pq_bytes} needs a dimension divisible by {pq_bytes}, got {dim}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    index = faiss.index_factory(dim, f"IVF{nlist},PQ{pq_bytes}", faiss.METRIC_INNER_PRODUCT)
+    index.train(sample)
+    _write_index(index, folder / TRAINED)
+    info = IndexInfo(folder, dim, nlist, pq_bytes, ())
+    _write_info(info)
+    log.info("trained IVF%d,PQ%d on %d rows in %s", nlist, pq_bytes, len(sample), folder)
+    return info
+
+
+def fill_shard(trained: str | os.PathLike, vectors: Any, first_id: int, out: str | os.PathLike) -> str:
+    """Encode ``vectors`` into a copy of the trained index, ids ``first_id`` on, and save it as ``out``
+    (a shard file for ``add_part``). Runs anywhere the trained index can be read: a Ray task too."""
+    faiss = _faiss()
+    vectors = _float32(vectors)
+    index = faiss.read_index(str(trained))
+    index.add_with_ids(vectors, np.arange(first_id, first_id + len(vectors), dtype=np.int64))
+    _write_index(index, Path(out))
+    return str(out)
+
+
+def fill_shards(folder: str | os.PathLike, shards: Sequence[tuple[Any, int]], names: Sequence[str],
+                ray_address: str | None = None) -> list[str]:
+    """``fill_shard`` for each (vectors, first id) into ``folder``/name: as Ray tasks when
+    ``ray_address`` is given (``local``: a cluster of this machine's cores; ``auto``: the running
+    one), else one after another. Vectors may be arrays or ``.npy`` paths (read memory-mapped
+    where the task runs: what a shared filesystem lets every node do)."""
+    folder = Path(folder)
+    outs = [str(folder / name) for name in names]
+    trained = str(folder / TRAINED)
+    if ray_address is None:
+        return [fill_shard(trained, _load(v), first, out) for (v, first), out in zip(shards, outs)]
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=None if ray_address == "local" else ray_address, log_to_driver=False)
+    task = ray.remote(_fill_task)
+    return ray.get([task.remote(trained, v, first, out) for (v, first), out in zip(shards, outs)])
+
+
+def _load(vectors: Any) -> np.ndarray:
+    return np.load(vectors, mmap_mode="r") if isinstance(vectors, (str, os.PathLike)) else np.asarray(vectors)
+
+
+def _fill_task(trained: str, vectors: Any, first_id: int, out: str) -> str:
+    return fill_shard(trained, _load(vectors), first_id, out)
+
+
+def add_part(folder: str | os.PathLike, shard_files: Sequence[str | os.PathLike]) -> IndexInfo:
+    """Merge shard files into a new part of the index in ``folder``; the parts before it stay as they
+    are. The manifest names the part once its files are complete."""
+    faiss = _faiss()
+    from faiss.contrib.ondisk import merge_ondisk
+
+    info = read_info(folder)
+    number = 1 + max((int(p["index"].split("-")[1].split(".")[0]) for p in info.parts), default=0)
+    name = f"part-{number}"
+    ivfdata = info.folder / f"{name}.ivfdata"
+    ivfdata.unlink(missing_ok=True)  # the leftovers of an interrupted merge
+    index = faiss.read_index(str(info.folder / TRAINED))
+    merge_ondisk(index, [str(f) for f in shard_files], str(ivfdata))
+    rows = int(index.ntotal)
+    _write_index(index, info.folder / f"{name}.index")
+    part = {"index": f"{name}.index", "ivfdata": ivfdata.name, "rows": rows,
+            "shards": [Path(f).name for f in shard_files]}
+    info = IndexInfo(info.folder, info.dim, info.nlist, info.pq_bytes, (*info.parts, part))
+    _write_info(info)
+    log.info("added %s: %d rows from %d shard(s); the index holds %d rows", name, rows, len(shard_files), info.rows)
+    return info
+
+
+@dataclass
+class OnDiskIndex:
+    """The parts of an on-disk index served as one IVF-PQ index, codes memory-mapped."""
+    info: IndexInfo
+    index: Any  # faiss.IndexIVFPQ over the stacked inverted lists
+    _parts: list  # the parts' indexes: they own the mapped inverted lists the stack reads
+
+    @property
+    def nprobe(self) -> int:
+        return int(self.index.nprobe)
+
+    @nprobe.setter
+    def nprobe(self, value: int) -> None:
+        self.index.nprobe = int(value)
+
+    def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, row ids) of the ``k`` best rows for each query (-1 where fewer were found)."""
+        return self.index.search(_float32(queries), k)
+
+
+def open_index(folder: str | os.PathLike, nprobe: int = 32) -> OnDiskIndex:
+    """The index in ``folder`` as its manifest lists it, every part's inverted lists memory-mapped."""
+    faiss = _faiss()
+    info = read_info(folder)
+    if not info.parts:
+        raise ValueError(f"{info.folder}: the index has no parts yet; add shards with add_part")
+    # OnDiskInvertedLists map their .ivfdata file read-only themselves (IO_FLAG_MMAP on top of them
+    # crashes FAISS 1.15's search); SAME_DIR finds that file beside the part, wherever the folder moved
+    parts = [faiss.read_index(str(info.folder / p["index"]), faiss.IO_FLAG_ONDISK_SAME_DIR) for p in info.parts]
+    index = faiss.read_index(str(info.folder / TRAINED))
+    lists = [faiss.extract_index_ivf(p).invlists for p in parts]
+    if len(lists) == 1:
+        stacked = lists[0]
+    else:
+        vector = faiss.InvertedListsPtrVector()
+        for il in lists:
+            vector.push_back(il)
+        stacked = faiss.HStackInvertedLists(len(lists), vector.data())
+    ivf = faiss.extract_index_ivf(index)
+    ivf.replace_invlists(stacked, len(lists) > 1)
+    if len(lists) > 1:
+        stacked.this.disown()  # owned by the index now
+    index.ntotal = ivf.ntotal = info.rows
+    ivf.nprobe = nprobe
+    return OnDiskIndex(info, index, parts)
