@@ -189,9 +189,24 @@ class OnDiskIndex:
     def nprobe(self, value: int) -> None:
         self.index.nprobe = int(value)
 
-    def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, row ids) of the ``k`` best rows for each query (-1 where fewer were found)."""
-        return self.index.search(_float32(queries), k)
+    def search(self, queries: Any, k: int, vectors: Any = None, candidates: int = 0
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, row ids) of the ``k`` best rows for each query (-1 where fewer were found). With
+        ``vectors`` (every row's vector by id, e.g. a memory-mapped float16 ``.npy``), the best
+        ``candidates`` by their PQ codes are scored again exactly and the best ``k`` of them kept:
+        PQ codes rank coarsely, and reading a few hundred rows per query restores the order."""
+        queries = _float32(queries)
+        if vectors is None:
+            return self.index.search(queries, k)
+        scores_pq, ids = self.index.search(queries, max(k, candidates))
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        best = np.full((len(queries), k), -1, dtype=np.int64)
+        for i, (q, row) in enumerate(zip(queries, ids)):
+            row = row[row >= 0]
+            exact = np.asarray(vectors[np.sort(row)], dtype=np.float32) @ q
+            order = np.argsort(-exact)[:k]
+            scores[i, :len(order)], best[i, :len(order)] = exact[order], np.sort(row)[order]
+        return scores, best
 
 
 def open_index(folder: str | os.PathLike, nprobe: int = 32) -> OnDiskIndex:

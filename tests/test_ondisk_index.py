@@ -58,6 +58,10 @@ def test_sharded_parts_find_what_one_index_finds(rows, tmp_path):
     assert abs(recall(ids, truth) - recall(single_ids, truth)) <= 0.01
     assert (ids == single_ids).mean() > 0.99  # the same codes, the same lists: the same hits
     assert index.info.kind == "IVF32,PQ8 on disk (2 part(s))"
+    # re-ranked from the rows themselves: the PQ order is refined, the candidates kept
+    reranked_scores, reranked = index.search(q, 10, x, candidates=50)
+    assert recall(reranked, truth) > recall(ids, truth) + 0.2
+    assert np.allclose(reranked_scores, np.take_along_axis(q @ x.T, reranked, axis=1), atol=1e-5)
 
 
 def test_shards_filled_as_ray_tasks_equal_in_process_ones(rows, tmp_path):
