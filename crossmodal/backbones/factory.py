@@ -55,12 +55,7 @@ def create_image_backbone(name: str = "auto", weights: str | os.PathLike | None 
             raise ValueError(f"image backbone {name!r}: combine distinct named entries, e.g. "
                              "efficientnet_lite0+efficientnet_lite2")
         return combine([create_image_backbone(part, models_dir=models_dir) for part in parts])
-    family = family_of(name)
-    if family is None and name not in IMAGE_BACKBONES:
-        raise ValueError(f"unknown image backbone {name!r}; choose from auto, {', '.join(IMAGE_BACKBONES)}, "
-                         f"or {' / '.join(f'{f}:...' for f in FAMILIES)}")
-    with BUILD_LOCK:
-        return family.image(name, weights, models_dir) if family else IMAGE_BACKBONES[name].build(weights, models_dir)
+    return _build("image", IMAGE_BACKBONES, name, weights, models_dir)
 
 
 def create_text_backbone(name: str = "auto", weights: str | os.PathLike | None = None,
@@ -68,9 +63,18 @@ def create_text_backbone(name: str = "auto", weights: str | os.PathLike | None =
     """A registry entry; ``weights`` and ``models_dir`` as for ``create_image_backbone``."""
     if name == "auto":
         name = resolve_names("auto", "auto", models_dir)[1]
+    return _build("text", TEXT_BACKBONES, name, weights, models_dir)
+
+
+def _build(kind: str, entries: dict, name: str, weights: str | os.PathLike | None,
+           models_dir: str | os.PathLike | None) -> ImageBackbone | TextBackbone:
+    """The ``kind`` ("image" or "text") backbone ``name``: a family's (``open_clip:...``) or an entry's,
+    built under ``BUILD_LOCK``."""
     family = family_of(name)
-    if family is None and name not in TEXT_BACKBONES:
-        raise ValueError(f"unknown text backbone {name!r}; choose from auto, {', '.join(TEXT_BACKBONES)}, "
+    if family is None and name not in entries:
+        raise ValueError(f"unknown {kind} backbone {name!r}; choose from auto, {', '.join(entries)}, "
                          f"or {' / '.join(f'{f}:...' for f in FAMILIES)}")
     with BUILD_LOCK:
-        return family.text(name, weights, models_dir) if family else TEXT_BACKBONES[name].build(weights, models_dir)
+        if family is not None:
+            return getattr(family, kind)(name, weights, models_dir)
+        return entries[name].build(weights, models_dir)
