@@ -38,7 +38,13 @@ from crossmodal.atomic_io import (  # noqa: E402
     atomic_write_json,
     atomic_write_text,
 )
-from crossmodal.backbones import BackboneUnavailable, create_image_backbone, create_text_backbone, views_of  # noqa: E402
+from crossmodal.backbones import (  # noqa: E402
+    BackboneUnavailable,
+    TextBackbone,
+    create_image_backbone,
+    create_text_backbone,
+    views_of,
+)
 from crossmodal.calibration import calibrate_judged, read_judged  # noqa: E402
 from crossmodal.captions import DatasetError, image_of_row_id, load_splits, read_captions  # noqa: E402
 from crossmodal.engine import load_text_backbone  # noqa: E402
@@ -51,7 +57,7 @@ from crossmodal.querybank import bank_for_query, image_biases  # noqa: E402
 from crossmodal.zero_shot import is_zero_shot, model_folder  # noqa: E402
 
 import config  # noqa: E402
-from data_loader import Caches, open_caches, split_data  # noqa: E402
+from data_loader import Caches, SplitData, open_caches, split_data  # noqa: E402
 from model import CheckpointError, build_model, load_checkpoint  # noqa: E402
 
 log = logging.getLogger("evaluate")
@@ -178,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def calibrate(checkpoint: Path, model, state: dict, data, text_backbone, judged: list[dict], device: str) -> dict:
+def calibrate(checkpoint: Path, model: torch.nn.Module, state: dict, data: SplitData, text_backbone: TextBackbone,
+              judged: list[dict], device: str) -> dict:
     """Fit the curves on the judged pairs (``calibration.calibrate_judged``), each scored as search scores
     it over this split, and store them in ``checkpoint``."""
     row_of = {name: i for i, name in enumerate(data.image_names)}
