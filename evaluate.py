@@ -33,11 +33,7 @@ cli.prepare_process()
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from crossmodal.atomic_io import (  # noqa: E402
-    atomic_save_with,  # noqa: E402
-    atomic_write_json,
-    atomic_write_text,
-)
+from crossmodal.atomic_io import atomic_save_with, atomic_write_json, atomic_write_text  # noqa: E402
 from crossmodal.backbones import (  # noqa: E402
     BackboneUnavailable,
     TextBackbone,

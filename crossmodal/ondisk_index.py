@@ -158,8 +158,7 @@ def add_part(folder: str | os.PathLike, shard_files: Sequence[str | os.PathLike]
     from faiss.contrib.ondisk import merge_ondisk
 
     info = read_info(folder)
-    number = 1 + max((int(p["index"].split("-")[1].split(".")[0]) for p in info.parts), default=0)
-    name = f"part-{number}"
+    name = f"part-{len(info.parts) + 1}"  # parts are only ever added
     ivfdata = info.folder / f"{name}.ivfdata"
     ivfdata.unlink(missing_ok=True)  # the leftovers of an interrupted merge
     index = faiss.read_index(str(info.folder / TRAINED))
@@ -198,14 +197,14 @@ class OnDiskIndex:
         queries = _float32(queries)
         if vectors is None:
             return self.index.search(queries, k)
-        scores_pq, ids = self.index.search(queries, max(k, candidates))
+        _, ids = self.index.search(queries, max(k, candidates))
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         best = np.full((len(queries), k), -1, dtype=np.int64)
         for i, (q, row) in enumerate(zip(queries, ids)):
-            row = row[row >= 0]
-            exact = np.asarray(vectors[np.sort(row)], dtype=np.float32) @ q
+            row = np.sort(row[row >= 0])  # ascending: memory-mapped rows are read in file order
+            exact = np.asarray(vectors[row], dtype=np.float32) @ q
             order = np.argsort(-exact)[:k]
-            scores[i, :len(order)], best[i, :len(order)] = exact[order], np.sort(row)[order]
+            scores[i, :len(order)], best[i, :len(order)] = exact[order], row[order]
         return scores, best
 
 

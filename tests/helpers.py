@@ -86,3 +86,25 @@ def save_random_models(base: Path, words: Sequence[str]) -> dict:
     checkpoint = base / "best.pt"
     save_checkpoint(checkpoint, 1, image_bb, text_bb)
     return dict(resnet=resnet, bert=bert, image_bb=image_bb, text_bb=text_bb, checkpoint=checkpoint)
+
+
+def write_captioned_photos(root: Path, n: int, dev: int, words_per_caption: int) -> tuple[list[str], list[str], Path]:
+    """``n`` random photos in ``root``/images, two captions of random words each, and split lists (the
+    last ``dev`` photos the dev split): the stage scripts' data flags (with ``--work-dir root/work``),
+    the photo names and the caption file."""
+    images = root / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    names = [f"{i:02d}.jpg" for i in range(n)]
+    for name in names:
+        random_photo(rng).save(images / name)
+    words = [w for w in " ".join(WORDS).split() if w.isalpha()]
+    captions = root / "captions.token"
+    captions.write_text("".join(f"{name}#{k}\t{' '.join(rng.choice(words, words_per_caption))}\n"
+                                for name in names for k in range(2)))
+    (root / "splits").mkdir()
+    (root / "splits" / "train.txt").write_text("\n".join(names[:-dev]) + "\n")
+    (root / "splits" / "dev.txt").write_text("\n".join(names[-dev:]) + "\n")
+    data = ["--images", str(images), "--captions", str(captions), "--splits", str(root / "splits"),
+            "--work-dir", str(root / "work")]
+    return data, names, captions

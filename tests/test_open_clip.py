@@ -13,7 +13,7 @@ import numpy as np
 import open_clip
 import pytest
 import torch
-from helpers import WORDS, random_photo
+from helpers import random_photo, write_captioned_photos
 
 from crossmodal.backbones import BackboneUnavailable, create_image_backbone, create_text_backbone
 
@@ -183,7 +183,7 @@ def test_evaluate_zero_shot_with_clip_benchmark_keys_and_judged_calibration(name
 
     from model import load_checkpoint
 
-    data, names, captions = small_dataset(tmp_path, 16, dev=8)
+    data, names, captions = write_captioned_photos(tmp_path, 16, dev=8, words_per_caption=6)
     judged = tmp_path / "judged.tsv"
     rows = ["sheet\tkind\tquery_from\tquery\trank\tphoto\tscore\tmatch\tnote"]
     rng = np.random.default_rng(1)
@@ -211,24 +211,6 @@ def test_evaluate_zero_shot_with_clip_benchmark_keys_and_judged_calibration(name
     engine.close()
 
 
-def small_dataset(tmp_path, n, dev):
-    images = tmp_path / "images"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    names = [f"{i:02d}.jpg" for i in range(n)]
-    for n_ in names:
-        random_photo(rng).save(images / n_)
-    words = [w for w in " ".join(WORDS).split() if w.isalpha()]
-    captions = tmp_path / "captions.token"
-    captions.write_text("".join(f"{n_}#{k}\t{' '.join(rng.choice(words, 6))}\n" for n_ in names for k in range(2)))
-    (tmp_path / "splits").mkdir()
-    (tmp_path / "splits" / "train.txt").write_text("\n".join(names[:-dev]) + "\n")
-    (tmp_path / "splits" / "dev.txt").write_text("\n".join(names[-dev:]) + "\n")
-    data = ["--images", str(images), "--captions", str(captions), "--splits", str(tmp_path / "splits"),
-            "--work-dir", str(tmp_path / "work")]
-    return data, names, captions
-
-
 def test_heads_trained_on_clip_features_through_every_stage(name, tmp_path):
     import batch_image_feature_extract
     import batch_text_feature_extract
@@ -240,7 +222,7 @@ def test_heads_trained_on_clip_features_through_every_stage(name, tmp_path):
 
     from model import load_checkpoint, read_checkpoint
 
-    data, _, captions = small_dataset(tmp_path, 20, dev=6)
+    data, _, captions = write_captioned_photos(tmp_path, 20, dev=6, words_per_caption=6)
     text_args = ["--captions", str(captions), "--work-dir", str(tmp_path / "work")]
     assert batch_image_feature_extract.main(data + ["--image-backbone", name]) == 0
     assert batch_text_feature_extract.main(text_args + ["--text-backbone", name]) == 0

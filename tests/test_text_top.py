@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import WORDS, random_photo, save_random_models, save_tiny_bert
+from helpers import WORDS, save_random_models, save_tiny_bert, write_captioned_photos
 
 from crossmodal.backbones import TextTop, create_text_backbone
 from crossmodal.features.cache import StaleCacheError
@@ -106,21 +106,9 @@ def test_stages_train_evaluate_and_serve_with_a_trained_text_top(tmp_path, caplo
     models = tmp_path / "models"
     models.mkdir()
     save_random_models(models, WORDS)  # models/resnet18.pth, models/bert-base-uncased/
-    images = tmp_path / "images"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    names = [f"{i:02d}.jpg" for i in range(24)]
-    for n in names:
-        random_photo(rng).save(images / n)
-    words = [w for w in " ".join(WORDS).split() if w.isalpha()]
-    captions = tmp_path / "captions.token"
-    captions.write_text("".join(f"{n}#{k}\t{' '.join(rng.choice(words, 5))}\n" for n in names for k in range(2)))
-    (tmp_path / "splits").mkdir()
-    (tmp_path / "splits" / "train.txt").write_text("\n".join(names[:16]) + "\n")
-    (tmp_path / "splits" / "dev.txt").write_text("\n".join(names[16:]) + "\n")
-    work = tmp_path / "work"
-    data = ["--images", str(images), "--captions", str(captions), "--splits", str(tmp_path / "splits"),
-            "--work-dir", str(work), "--models-dir", str(models)]
+    data, _, captions = write_captioned_photos(tmp_path, 24, dev=8, words_per_caption=5)
+    data += ["--models-dir", str(models)]
+    images, work = tmp_path / "images", tmp_path / "work"
     train_args = data + ["--no-keywords", "--epochs", "2", "--batch-size", "4", "--hidden-dim", "16",
                          "--embed-dim", "8", "--threads", "1", "--bf16", "off", "--querybank-size", "0",
                          "--text-top-layers", "1", "--top-lr-scale", "1", "--lr", "3e-3"]

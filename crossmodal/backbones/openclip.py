@@ -37,14 +37,11 @@ from crossmodal.backbones.registry import (
 )
 from crossmodal.backbones.text import TEXT_BATCH_SIZE, TextBackbone
 
-log = logging.getLogger("crossmodal.backbones")
-
 FAMILY = "open_clip"
 # A folder of weights (a Hugging Face snapshot of an open_clip model): the file names open_clip publishes
 WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "model.safetensors",
                 "pytorch_model.bin")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".npz")
-PREPROCESS_KEYS = ("size", "mean", "std", "interpolation", "resize_mode")
 
 
 @dataclass(frozen=True)
@@ -131,18 +128,16 @@ def _tag_weights(spec: OpenClipName) -> Path:
     except OSError:
         raise BackboneUnavailable(f"{spec.name}: the weights are not in the Hugging Face cache and {host} cannot be "
                                   f"reached; {_fetch_hint(spec, repo, filename)}") from None
-    quiet = [logging.getLogger(n) for n in ("huggingface_hub", "root")]
-    levels = [q.level for q in quiet]
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
     try:
-        for q in quiet:  # the hub logs every retry of a failed download: the one line below says it
-            q.setLevel(logging.CRITICAL)
+        hub_log.setLevel(logging.CRITICAL)  # it logs every retry of a failed download: the one line below says it
         path = open_clip.pretrained.download_pretrained(cfg)
     except Exception as err:  # noqa: BLE001 - offline, proxy, missing file: all mean unavailable
         raise BackboneUnavailable(f"{spec.name}: the weights could not be downloaded ({type(err).__name__}); "
                                   f"{_fetch_hint(spec, repo, filename)}") from None
     finally:
-        for q, level in zip(quiet, levels):
-            q.setLevel(level)
+        hub_log.setLevel(level)
     if not path:
         raise BackboneUnavailable(f"{spec.name}: open_clip gives no download for this tag")
     return Path(path)
