@@ -43,7 +43,7 @@ log = logging.getLogger("app")
 def parse_args(argv: list[str] | None = None):
     p = cli.StageParser(__doc__, config)
     p.flags("photos", "checkpoint", "model", "collection", "work-dir", "image-features", "models-dir", "text-weights",
-            "image-weights", "device", "host", "port", "threads", "upload-grace", "rescan-seconds")
+            "image-weights", "device", "host", "port", "threads", "upload-grace", "rescan-seconds", "index")
     p.flags("images", "captions", serving=True)
     return p.parse(argv)
 

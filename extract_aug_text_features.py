@@ -18,6 +18,7 @@ from crossmodal.backbones import BackboneUnavailable, create_text_backbone  # no
 from crossmodal.captions import DatasetError, keyword_row_id  # noqa: E402
 from crossmodal.features.cache import StaleCacheError, load_cache  # noqa: E402
 from crossmodal.features.extract import extract_text_features  # noqa: E402
+from crossmodal.features.on_ray import BackboneSpec, RayRunError, extract_texts_on_ray  # noqa: E402
 from crossmodal.features.states import extract_text_states, states_dir  # noqa: E402
 from crossmodal.keywords import read_keyword_samples  # noqa: E402
 
@@ -28,7 +29,8 @@ log = logging.getLogger("extract_aug_text_features")
 
 def main(argv: list[str] | None = None) -> int:
     p = cli.StageParser(__doc__, config)
-    p.flags("captions", "work-dir", "keywords", "text-weights", "models-dir", "device", "text-top-layers", "force")
+    p.flags("captions", "work-dir", "keywords", "text-weights", "models-dir", "device", "text-top-layers", "ray",
+            "shard-rows", "force")
     args = p.parse(argv)
     lay = args.layout
     keywords_file = args.keywords or lay.keywords_file
@@ -43,14 +45,21 @@ def main(argv: list[str] | None = None) -> int:
                                   f"{captions_cache.manifest['weights']}, but {backbone.weights} loaded now")
         samples = read_keyword_samples(keywords_file)
         ids = [keyword_row_id(s.caption_key, s.phrase) for s in samples]
-        cache = extract_text_features(backbone, [s.phrase for s in samples], ids, lay.aug_text_features,
-                                      kind="keyword", device=args.device, force=args.force,
-                                      extra={"keywords_file": str(keywords_file)})
+        phrases = [s.phrase for s in samples]
+        if args.ray:
+            spec = BackboneSpec.of(captions_cache.manifest["backbone"], args.text_weights, args.models_dir)
+            cache = extract_texts_on_ray(backbone, spec, phrases, ids, lay.aug_text_features, kind="keyword",
+                                         address=args.ray, shard_rows=args.shard_rows, force=args.force,
+                                         extra={"keywords_file": str(keywords_file)})
+        else:
+            cache = extract_text_features(backbone, phrases, ids, lay.aug_text_features, kind="keyword",
+                                          device=args.device, force=args.force,
+                                          extra={"keywords_file": str(keywords_file)})
         if args.text_top_layers:
             extract_text_states(backbone, [s.phrase for s in samples], ids,
                                 states_dir(lay.aug_text_features, args.text_top_layers), args.text_top_layers,
                                 kind="keyword", device=args.device, force=args.force)
-    except (DatasetError, BackboneUnavailable, StaleCacheError, OSError) as err:
+    except (DatasetError, BackboneUnavailable, StaleCacheError, RayRunError, OSError) as err:
         log.error("%s", err)
         return 2
     print(f"keyword features: {cache.features.shape[0]} x {cache.dim} ({backbone.name}) in {lay.aug_text_features}")

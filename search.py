@@ -37,7 +37,7 @@ def parse(argv: list[str] | None):
     p.add_argument("--query", dest="query_flag", metavar="TEXT", help="the query, anywhere on the line")
     p.flags("k", "photos", "checkpoint", "model", "collection", "work-dir", "image-features", "models-dir",
             "text-weights", "image-weights", "device", "batch-size", "workers", "no-progress", "json", "like", "image",
-            "ocr")
+            "ocr", "index")
     p.flags("images", "captions", serving=True)
     args = p.parse(argv)
     if args.query_flag is not None:

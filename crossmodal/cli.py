@@ -201,6 +201,9 @@ FLAGS: dict[str, Flag] = {
                     int),
     "chunk-size": Flag(_chunk_help, int,
                        _library_default("crossmodal.features.extract", "CHUNK_SIZE")),
+    "ray": Flag(lambda: __import__("crossmodal.ray_cluster", fromlist=["RAY_HELP"]).RAY_HELP, str),
+    "shard-rows": Flag("with --ray: rows per shard of the sharded cache (what a restarted run recomputes at most)", int,
+                       _library_default("crossmodal.features.on_ray", "SHARD_ROWS")),
     "text-top-layers": Flag("also cache the input of the text encoder's last N layers, which run_train.py "
                             "--text-top-layers N trains with the heads (0 = none)", int,
                             _config_default("TEXT_TOP_LAYERS")),
@@ -229,6 +232,8 @@ FLAGS: dict[str, Flag] = {
                    "files) and to search: only photos under them are returned", Path,
                    options={"nargs": "+", "action": "extend"}),
     "image-features": Flag("image feature cache; default: WORK_DIR/image_embeddings", Path),
+    "index": Flag("an on-disk index of the collection that build_index.py built: searched memory-mapped instead of "
+                  "an index built in memory (for collections beyond memory; docs/scaling.md)", Path),
     "k": Flag("how many results (1 to 50)", int, _library_default("crossmodal.search", "TOP_K")),
     "host": Flag("address to listen on", str, _config_default("APP_HOST")),
     "port": Flag("port", int, _config_default("APP_PORT")),
@@ -505,7 +510,8 @@ def open_engine(args: argparse.Namespace, config: ModuleType, load_model: Callab
         try:
             engine = SearchEngine(collection, model, state, checkpoint, device=args.device,
                                   models_dir=args.models_dir, text_weights=args.text_weights,
-                                  image_weights=getattr(args, "image_weights", None))
+                                  image_weights=getattr(args, "image_weights", None),
+                                  index_folder=getattr(args, "index", None))
             if load_text:
                 engine.text_backbone  # noqa: B018 - loaded now, not at the first query
         except BaseException:

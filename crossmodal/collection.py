@@ -19,12 +19,12 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from crossmodal.captions import escapes_folder
-from crossmodal.features.cache import FEATURES_FILE, FeatureCache, load_cache, read_manifest
+from crossmodal.features.cache import FeatureCache, features_signature, load_cache, open_rows, read_manifest
 
 POOL_BLOCK = 4096  # matrix rows pooled at a time (bounded memory even for a 7-view cache)
 
@@ -96,6 +96,24 @@ def folder_of_name(name: str) -> str:
     return os.path.dirname(name.replace("\\", "/"))
 
 
+class FolderNames(Sequence[str]):
+    """The folder part of each name, worked out where asked (kept, they would double the names' memory)."""
+
+    def __init__(self, names: Sequence[str]):
+        self.names = names
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, slice):
+            return [folder_of_name(n) for n in self.names[key]]
+        return folder_of_name(self.names[key])
+
+    def __iter__(self) -> Iterator[str]:
+        return map(folder_of_name, self.names)
+
+
 class DatasetCollection:
     """A captioned dataset: the readable rows of its image feature cache, with their captions."""
 
@@ -108,7 +126,8 @@ class DatasetCollection:
                  captions: dict[str, list[str]] | None = None):
         self.root = Path(images_root).resolve()
         self.matrix_rows = np.flatnonzero(cache.valid_mask()).astype(np.int64)
-        self.names = [cache.ids[r] for r in self.matrix_rows]
+        self.names = cache.ids.subset(self.matrix_rows) if hasattr(cache.ids, "subset") else \
+            [cache.ids[r] for r in self.matrix_rows]
         # Defense in depth (the stages refuse such names when they read them): a hit's path is root
         # joined with its name, so no name may lead out of the folder.
         escaping = next((n for n in self.names if escapes_folder(n)), None)
@@ -116,21 +135,21 @@ class DatasetCollection:
             raise CollectionError(f"the image features in {cache.directory} name {escaping!r}, a path outside the "
                                   f"photos folder {self.root}; refused: rebuild them from captions without such names")
         # The matrix is mapped again for each read: pages read while projecting do not stay resident.
-        self._features_file, self._shape = cache.directory / FEATURES_FILE, cache.features.shape
+        self._features_dir, self._shape = cache.directory, cache.features.shape
         self._views = len(cache.manifest.get("views") or (None,))
         self.identity = {"backbone": cache.manifest["backbone"], "weights": cache.manifest["weights"],
                          "preprocess": cache.manifest["preprocess"], "dim": cache.pooled_dim}
         self.rebuild_hint = "extract the image features again with the checkpoint's backbone " \
                             "(python batch_image_feature_extract.py --image-backbone NAME --views N)"
         self.cache_folder: Path | None = cache.directory
-        st = (cache.directory / FEATURES_FILE).stat()
-        blob = json.dumps({"manifest": cache.manifest, "features": [st.st_size, st.st_mtime_ns]}, sort_keys=True,
-                          default=str)
+        signature = features_signature(cache.directory)
+        blob = json.dumps({"manifest": cache.manifest, "features": signature[0] if len(signature) == 1 else signature},
+                          sort_keys=True, default=str)
         self.matrix_key = "dataset" + hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
         # One newline-joined string per row instead of a list of strings per image: a third of the
         # memory for Flickr30K's 155,000 captions (caption lines never contain a newline).
         self.captions = ["\n".join(captions.get(n, ())) for n in self.names] if captions else None
-        self.folders = [folder_of_name(n) for n in self.names]
+        self.folders = FolderNames(self.names)
         self.folder_paths = self.names
 
     @classmethod
@@ -157,7 +176,7 @@ class DatasetCollection:
         return self._shape[0]
 
     def pooled(self, start: int, stop: int) -> np.ndarray:
-        x = np.asarray(np.load(self._features_file, mmap_mode="r")[start:stop], dtype=np.float32)
+        x = np.asarray(open_rows(self._features_dir)[start:stop], dtype=np.float32)
         if self._views > 1:  # rows are V views side by side, view-major: the image's vector is their mean
             x = x.reshape(len(x), self._views, -1).mean(1)
         return x

@@ -4,7 +4,8 @@
 
 * the image head's projections of the collection's backbone vectors, and their querybank biases
   (``crossmodal.projection``: kept on disk, extended as the collection grows);
-* a search index over them (``crossmodal.index``: exact, or FAISS above ``EXACT_SEARCH_MAX`` rows);
+* a search index over them (``crossmodal.index``: exact, or FAISS above ``EXACT_SEARCH_MAX`` rows; or
+  an on-disk IVF-PQ index that ``build_index.py`` built, ``crossmodal.ondisk_index``);
 * the text backbone, and the image backbone for photo queries, each loaded on first use;
 * the one scoring function: cosine similarity, minus the querybank bias of the query's kind, and
   the calibrated confidence of that ranking score (``crossmodal.calibration``).
@@ -136,6 +137,9 @@ class IndexedCollection:
     embeddings: np.ndarray  # (n, embed_dim) float16 unit vectors, in row order
     biases: dict[str, np.ndarray]  # bank -> (n,) float32
     index: SearchIndex | None  # None for an empty collection
+    # Whether file names and text read in photos are fused with the ranking: fusing scores every row
+    # exactly, which an on-disk index (a collection beyond memory) is there to avoid.
+    fuses_words: bool = True
 
     def __len__(self) -> int:
         return len(self.collection)
@@ -203,6 +207,55 @@ def _day(iso: str | None) -> date | None:
         return None
 
 
+def check_collection(collection: Collection, backbones: dict, model: Any, checkpoint: str | os.PathLike) -> None:
+    """EngineError unless the collection's vectors come from the image backbone the checkpoint was
+    trained on (name, weights, views, width)."""
+    if not len(collection):
+        return
+    exp, have = backbones["image"], collection.identity
+    dim = model.config_dict()["image_dim"]
+    same = ((have.get("backbone"), have.get("weights")) == (exp.get("backbone"), exp.get("weights"))
+            and views_of(have.get("preprocess")) == views_of(exp.get("preprocess")) and have.get("dim") == dim)
+    if not same:
+        raise EngineError(
+            f"{collection.describe()}: its vectors are {have.get('backbone')} ({have.get('weights')}, views "
+            f"{list(views_of(have.get('preprocess')))}, {have.get('dim')}-d), but {checkpoint} was trained on "
+            f"{exp.get('backbone')} ({exp.get('weights')}, views {list(views_of(exp.get('preprocess')))}, "
+            f"{dim}-d); {collection.rebuild_hint}")
+
+
+def tuning_texts(collection: Collection, n: int = TUNING_QUERIES) -> list[str]:
+    """Up to ``n`` captions of the collection (a seeded sample), else ``GENERIC_QUERIES``: the text
+    queries an index's recall is measured on."""
+    texts = [c for row in collection.captions or () for c in row.split("\n") if c] or list(GENERIC_QUERIES)
+    if len(texts) > n:
+        rng = np.random.default_rng(0)
+        texts = [texts[i] for i in np.sort(rng.choice(len(texts), n, replace=False))]
+    return texts
+
+
+def served_identity(checkpoint: str | os.PathLike, collection: Collection) -> dict:
+    """What an on-disk index of a collection's projections was built for: the checkpoint's contents
+    and the collection's folder."""
+    return {"checkpoint": file_digest(checkpoint), "collection": str(collection.cache_folder or collection.root)}
+
+
+class RowsOf:
+    """``matrix[rows[i]]`` as row i, read where asked: a memory-mapped matrix's readable rows, uncopied."""
+
+    ndim = 2
+
+    def __init__(self, matrix: np.ndarray, rows: np.ndarray):
+        self.matrix, self.rows = matrix, rows
+        self.shape, self.dtype = (len(rows), matrix.shape[1]), matrix.dtype
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: object) -> np.ndarray:
+        return np.asarray(self.matrix[self.rows[key]])
+
+
 class SearchEngine:
     """Text and photo queries over a collection with one checkpoint's heads (module docstring).
 
@@ -214,7 +267,8 @@ class SearchEngine:
     def __init__(self, collection: Collection, model: Any, state: dict, checkpoint: str | os.PathLike, *,
                  device: str | torch.device = "auto", models_dir: str | os.PathLike | None = None,
                  text_weights: str | os.PathLike | None = None, image_weights: str | os.PathLike | None = None,
-                 index_kind: str = "auto", text_backbone: TextBackbone | None = None):
+                 index_kind: str = "auto", text_backbone: TextBackbone | None = None,
+                 index_folder: str | os.PathLike | None = None):
         backbones = state.get("backbones")
         if not backbones or "image" not in backbones or "text" not in backbones:
             raise EngineError(f"{checkpoint} records no backbones; retrain it with `python run_train.py`")
@@ -225,6 +279,7 @@ class SearchEngine:
         self.curves = curves_of(state.get("calibration"))  # query kind -> score-to-confidence curve
         self.device = resolve_device(device)
         self.index_kind = index_kind
+        self.index_folder = index_folder  # an on-disk index (build_index.py) instead of one built here
         self._weights = {"text": text_weights, "image": image_weights}
         self._models_dir = models_dir
         self._text_backbone: TextBackbone | None = None
@@ -245,18 +300,7 @@ class SearchEngine:
     # the collection, one generation at a time
 
     def _check(self, collection: Collection) -> None:
-        if not len(collection):
-            return
-        exp, have = self.backbones["image"], collection.identity
-        dim = self.model.config_dict()["image_dim"]
-        same = ((have.get("backbone"), have.get("weights")) == (exp.get("backbone"), exp.get("weights"))
-                and views_of(have.get("preprocess")) == views_of(exp.get("preprocess")) and have.get("dim") == dim)
-        if not same:
-            raise EngineError(
-                f"{collection.describe()}: its vectors are {have.get('backbone')} ({have.get('weights')}, views "
-                f"{list(views_of(have.get('preprocess')))}, {have.get('dim')}-d), but {self.checkpoint} was trained on "
-                f"{exp.get('backbone')} ({exp.get('weights')}, views {list(views_of(exp.get('preprocess')))}, "
-                f"{dim}-d); {collection.rebuild_hint}")
+        check_collection(collection, self.backbones, self.model, self.checkpoint)
 
     def _build(self, collection: Collection) -> IndexedCollection:
         self._check(collection)
@@ -266,12 +310,23 @@ class SearchEngine:
         rows = np.asarray(collection.matrix_rows)
         if len(rows) == len(proj) and (rows == np.arange(len(rows))).all():  # every row: the mapped file itself
             embeddings = proj
+        elif self.index_folder is not None:  # a collection beyond memory: its rows read where asked
+            embeddings = RowsOf(proj, rows)
         else:
             embeddings = np.ascontiguousarray(proj[rows])
         biases = {b: np.ascontiguousarray(bias[rows, i]) for i, b in enumerate(self._projections.banks)}
-        index = build_index(embeddings, kind=self.index_kind, biases=biases,
-                            tuning_queries=lambda: self._tuning_queries(collection))
-        return IndexedCollection(collection, embeddings, biases, index)
+        if self.index_folder is not None:
+            from crossmodal.ondisk_index import served_index
+
+            try:
+                identity = served_identity(self.checkpoint, collection)
+                index = served_index(self.index_folder, embeddings, biases, identity)
+            except ValueError as err:
+                raise EngineError(str(err)) from err
+        else:
+            index = build_index(embeddings, kind=self.index_kind, biases=biases,
+                                tuning_queries=lambda: self._tuning_queries(collection))
+        return IndexedCollection(collection, embeddings, biases, index, fuses_words=self.index_folder is None)
 
     def current(self) -> IndexedCollection:
         """What a query searches now: takes up what was committed to the collection since the last
@@ -298,10 +353,7 @@ class SearchEngine:
         perturbed image rows, the index's own default, can overstate what a user gets. Queries are up
         to ``TUNING_QUERIES`` captions of the collection, else the built-in ``GENERIC_QUERIES``.
         """
-        texts = [c for row in collection.captions or () for c in row.split("\n") if c] or list(GENERIC_QUERIES)
-        if len(texts) > TUNING_QUERIES:
-            rng = np.random.default_rng(0)
-            texts = [texts[i] for i in np.sort(rng.choice(len(texts), TUNING_QUERIES, replace=False))]
+        texts = tuning_texts(collection)
         feats = torch.from_numpy(self.text_backbone.encode(texts, device=self.device))
         with torch.inference_mode():
             queries = self._encode_text(feats.to(self.device)).float().cpu().numpy()

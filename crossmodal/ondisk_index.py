@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from crossmodal.atomic_io import atomic_write_json
+from crossmodal.index import SearchIndex
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,9 @@ def train_index(sample: Any, folder: str | os.PathLike, nlist: int, pq_bytes: in
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     index = faiss.index_factory(dim, f"IVF{nlist},PQ{pq_bytes}", faiss.METRIC_INNER_PRODUCT)
+    # Polysemous codes (FAISS's default for IVF-PQ) serve a Hamming-distance filter never used here,
+    # and their training took most of the build's training time.
+    faiss.downcast_index(faiss.extract_index_ivf(index)).do_polysemous_training = False
     index.train(sample)
     _write_index(index, folder / TRAINED)
     info = IndexInfo(folder, dim, nlist, pq_bytes, ())
@@ -137,8 +141,9 @@ def fill_shards(folder: str | os.PathLike, shards: Sequence[tuple[Any, int]], na
         return [fill_shard(trained, _load(v), first, out) for (v, first), out in zip(shards, outs)]
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address=None if ray_address == "local" else ray_address, log_to_driver=False)
+    from crossmodal.ray_cluster import connect
+
+    connect(ray_address)
     task = ray.remote(_fill_task)
     return ray.get([task.remote(trained, v, first, out) for (v, first), out in zip(shards, outs)])
 
@@ -197,15 +202,23 @@ class OnDiskIndex:
         queries = _float32(queries)
         if vectors is None:
             return self.index.search(queries, k)
-        _, ids = self.index.search(queries, max(k, candidates))
-        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-        best = np.full((len(queries), k), -1, dtype=np.int64)
-        for i, (q, row) in enumerate(zip(queries, ids)):
-            row = np.sort(row[row >= 0])  # ascending: memory-mapped rows are read in file order
-            exact = np.asarray(vectors[row], dtype=np.float32) @ q
-            order = np.argsort(-exact)[:k]
-            scores[i, :len(order)], best[i, :len(order)] = exact[order], row[order]
-        return scores, best
+        return rerank(queries, self.index.search(queries, max(k, candidates))[1], vectors, k)
+
+
+def rerank(queries: np.ndarray, ids: np.ndarray, vectors: Any, k: int, bias: np.ndarray | None = None
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, ids) of the ``k`` best of each query's candidate ``ids`` (-1: none) by exact inner
+    product with their rows of ``vectors``, minus ``bias`` of the row where given."""
+    scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    best = np.full((len(queries), k), -1, dtype=np.int64)
+    for i, (q, row) in enumerate(zip(queries, ids)):
+        row = np.sort(row[row >= 0])  # ascending: memory-mapped rows are read in file order
+        exact = np.asarray(vectors[row], dtype=np.float32) @ q
+        if bias is not None:
+            exact -= bias[row]
+        order = np.argsort(-exact, kind="stable")[:k]
+        scores[i, :len(order)], best[i, :len(order)] = exact[order], row[order]
+    return scores, best
 
 
 def open_index(folder: str | os.PathLike, nprobe: int = 32) -> OnDiskIndex:
@@ -233,3 +246,134 @@ def open_index(folder: str | os.PathLike, nprobe: int = 32) -> OnDiskIndex:
     index.ntotal = ivf.ntotal = info.rows
     ivf.nprobe = nprobe
     return OnDiskIndex(info, index, parts)
+
+
+# --------------------------------------------------------------------------------------------------
+# a collection's index: built by build_index.py, served by the engine
+
+SERVED = "served.json"  # what the index was built from, and how it is searched (written last)
+CANDIDATES = 100  # rows per query re-ranked exactly from their float16 vectors
+TARGET_RECALL = 0.95
+NPROBE_STEPS = (8, 16, 32, 64, 128, 256, 512)
+SHARD_ROWS = 1_000_000  # rows per shard filled by one task
+
+
+def fingerprint(vectors: Any, rows: int) -> str:
+    """A short identity of the first ``rows`` vectors: 256 rows spread over them, hashed."""
+    import hashlib
+
+    picks = np.unique(np.linspace(0, max(rows - 1, 0), 256).astype(np.int64)) if rows else np.zeros(0, np.int64)
+    return hashlib.sha256(np.ascontiguousarray(np.asarray(vectors[picks], np.float16)).tobytes()).hexdigest()[:16]
+
+
+def exact_top(vectors: Any, queries: np.ndarray, k: int = 10, block: int = 1 << 18) -> np.ndarray:
+    """The exact ``k`` best rows per query by inner product, reading ``vectors`` in blocks."""
+    best_s = np.full((len(queries), 0), -np.inf, np.float32)
+    best_i = np.zeros((len(queries), 0), np.int64)
+    for start in range(0, len(vectors), block):
+        s = queries @ np.asarray(vectors[start:start + block], np.float32).T
+        top = np.argpartition(-s, min(k, s.shape[1] - 1), axis=1)[:, :k]
+        best_s = np.concatenate([best_s, np.take_along_axis(s, top, 1)], axis=1)
+        best_i = np.concatenate([best_i, top + start], axis=1)
+        keep = np.argsort(-best_s, axis=1)[:, :k]
+        best_s, best_i = np.take_along_axis(best_s, keep, 1), np.take_along_axis(best_i, keep, 1)
+    return best_i
+
+
+def read_served(folder: str | os.PathLike) -> dict | None:
+    path = Path(folder) / SERVED
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def build_collection_index(folder: str | os.PathLike, vectors: Any, queries: np.ndarray, identity: dict, *,
+                           nlist: int | None = None, pq_bytes: int = 32, shard_rows: int = SHARD_ROWS,
+                           ray_address: str | None = None, force: bool = False, seed: int = 0) -> dict:
+    """Index the (n, dim) unit ``vectors`` of a collection (memory-mapped float16) in ``folder``:
+    trained once, then only the rows beyond those indexed are added (a new part), so a grown
+    collection is indexed without a rebuild. ``nprobe`` is tuned on ``queries`` (the smallest reaching
+    ``TARGET_RECALL`` recall@10 against exact search, ``CANDIDATES`` re-ranked) and the measured
+    recall kept. ``identity`` (checkpoint, collection) must match an existing index's, and its rows
+    must be the first rows of ``vectors``. Returns what ``served.json`` holds."""
+    import shutil
+
+    folder = Path(folder)
+    n, dim = vectors.shape
+    served = read_served(folder)
+    if (folder / MANIFEST).is_file():
+        info = read_info(folder)
+        same = (served is not None and served.get("identity") == identity and info.rows <= n
+                and served.get("fingerprint") == fingerprint(vectors, info.rows))
+        if force or not same:
+            if not force:
+                raise ValueError(f"{folder} holds an index of other vectors (another checkpoint or collection, or "
+                                 "photos that changed); pass --force to build it again")
+            shutil.rmtree(folder)
+    if not (folder / MANIFEST).is_file():
+        nlist = nlist or max(16, min(65536, 2 ** int(round(np.log2(4 * np.sqrt(n))))))
+        rng = np.random.default_rng(seed)
+        sample = np.asarray(vectors[np.sort(rng.choice(n, min(n, 64 * nlist), replace=False))], np.float32)
+        log.info("training IVF%d,PQ%d on %d of %d vectors", nlist, pq_bytes, len(sample), n)
+        train_index(sample, folder, nlist, pq_bytes)
+    info = read_info(folder)
+    if info.rows < n:
+        bounds = list(range(info.rows, n, shard_rows)) + [n]
+        shards = [(vectors[a:b], a) for a, b in zip(bounds[:-1], bounds[1:])]
+        names = [f"shard-{a}-{b}.index" for a, b in zip(bounds[:-1], bounds[1:])]
+        files = fill_shards(folder, shards, names, ray_address)
+        info = add_part(folder, files)
+        for f in files:
+            Path(f).unlink(missing_ok=True)
+    index = open_index(folder)
+    truth = exact_top(vectors, queries)
+    recall, nprobe = 0.0, NPROBE_STEPS[-1]
+    for step in [s for s in NPROBE_STEPS if s < info.nlist] + [info.nlist]:  # nprobe = nlist: every list
+        index.nprobe = step
+        found = index.search(queries, 10, vectors, CANDIDATES)[1]
+        recall = float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)]))
+        nprobe = step
+        if recall >= TARGET_RECALL:
+            break
+    served = {"identity": identity, "rows": info.rows, "fingerprint": fingerprint(vectors, info.rows),
+              "nprobe": nprobe, "candidates": CANDIDATES, "recall_at_10": recall, "queries": len(queries),
+              "kind": f"IVF{info.nlist},PQ{info.pq_bytes} on disk"}
+    atomic_write_json(folder / SERVED, served)
+    log.info("%s: %d rows, nprobe %d, recall@10 %.3f on %d queries", folder, info.rows, nprobe, recall, len(queries))
+    return served
+
+
+def served_index(folder: str | os.PathLike, vectors: Any, biases: dict[str, np.ndarray], identity: dict) -> Any:
+    """The collection index in ``folder`` as the engine's ``SearchIndex``, refused (ValueError, naming
+    the command that builds it) unless it was built from these vectors for this ``identity``."""
+    served = read_served(folder)
+    hint = "build it with: python build_index.py --index " + str(folder)
+    if served is None or not (Path(folder) / MANIFEST).is_file():
+        raise ValueError(f"no finished index in {folder}; {hint}")
+    if served["identity"] != identity:
+        raise ValueError(f"the index in {folder} was built for another checkpoint or collection "
+                         f"({served['identity']}); {hint} --force")
+    if served["rows"] > len(vectors) or served["fingerprint"] != fingerprint(vectors, served["rows"]):
+        raise ValueError(f"the index in {folder} holds other photos than the collection now has; {hint} --force")
+    if served["rows"] < len(vectors):
+        log.warning("%d of %d photos are not in the index in %s yet; add them with: python build_index.py "
+                    "--index %s", len(vectors) - served["rows"], len(vectors), folder, folder)
+    return ServedIndex(open_index(folder, served["nprobe"]), vectors, biases, served)
+
+
+class ServedIndex(SearchIndex):
+    """An on-disk IVF-PQ index as the engine's ``SearchIndex``: the ``candidates`` best rows by PQ codes
+    are scored again exactly from the collection's float16 vectors, minus the query's querybank bias,
+    and the best ``k`` kept. ``recall_at_10`` is the one measured when it was built."""
+
+    def __init__(self, ondisk: OnDiskIndex, vectors: Any, biases: dict[str, np.ndarray], served: dict):
+        super().__init__(ondisk.info.rows, ondisk.info.dim, served["recall_at_10"], 0.0,
+                         {"nprobe": served["nprobe"], "candidates": served["candidates"]}, banks=list(biases))
+        self.kind = served["kind"]
+        self.ondisk, self.vectors, self.biases = ondisk, vectors, biases
+        self.candidates = int(served["candidates"])
+
+    def _search(self, queries: np.ndarray, k: int, bank: str | None) -> tuple[np.ndarray, np.ndarray]:
+        _, ids = self.ondisk.index.search(queries, max(k, self.candidates))
+        return rerank(queries, ids, self.vectors, k, self.biases[bank] if bank is not None else None)

@@ -60,8 +60,17 @@ def _append(path: Path, rows: int, row_bytes: int, data: np.ndarray) -> None:
         os.fsync(f.fileno())
 
 
-def _finite(matrix: np.ndarray, block: int = 1 << 16) -> bool:
-    return all(np.isfinite(matrix[start:start + block]).all() for start in range(0, len(matrix), block))
+def _finite(path: Path, dtype: type, block_bytes: int = 1 << 24) -> bool:
+    """Whether every value in the file is finite, read in blocks: not through the mapping the engine
+    keeps, whose touched pages would all count as its resident memory."""
+    if not path.is_file():
+        return True
+    item = np.dtype(dtype).itemsize
+    with open(path, "rb") as f:
+        while chunk := f.read(block_bytes - block_bytes % item):
+            if not np.isfinite(np.frombuffer(chunk[:len(chunk) - len(chunk) % item], dtype=dtype)).all():
+                return False
+    return True
 
 
 class ProjectionCache:
@@ -118,7 +127,7 @@ class ProjectionCache:
             proj = np.memmap(proj_path, dtype=np.float16, mode="r", shape=(n, self.embed_dim))
             bias = (np.memmap(bias_path, dtype=np.float32, mode="r", shape=(n, len(self.banks))) if self.banks
                     else np.zeros((n, 0), np.float32))
-            if again and not (_finite(proj) and _finite(bias)):  # damaged (no projection is NaN or infinite)
+            if again and not (_finite(proj_path, np.float16) and _finite(bias_path, np.float32)):  # damaged
                 log.warning("the projections in %s are damaged; projecting the photos again", proj_path)
                 del proj, bias
                 proj_path.unlink(missing_ok=True)

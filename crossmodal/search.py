@@ -228,7 +228,7 @@ def query_vector(engine: SearchEngine, view: IndexedCollection, request: Request
 
 def fused_signals(view: IndexedCollection, text: str) -> tuple[list[list[int]], list[tuple[int, str]]]:
     """The name ranking (groups of rows) and the OCR matches (row, text) of a description."""
-    if not text:
+    if not text or not view.fuses_words:
         return [], []
     return view.name_index.ranking(text), view.collection.ocr_matches(ocr_words(text), OCR_MATCHES)
 

@@ -346,3 +346,19 @@ def test_failures_recorded_in_manifest(tmp_path):
     assert [i for i in range(len(IDS)) if not mask[i]] == sorted(failed)
     assert not np.asarray(cache.features)[sorted(failed)].any()
     assert np.asarray(cache.features)[mask].any(axis=1).all()
+
+
+def test_row_ids_read_like_the_list_they_hold(tmp_path):
+    from crossmodal.captions import list_hash
+    from crossmodal.features.cache import RowIds
+
+    names = ["a.jpg", "Ünïcode/ß.jpg", "x/y/z.png", "00000.tar/000000001.jpg", "b.jpg"]
+    (tmp_path / "ids.txt").write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
+    ids = RowIds.read(tmp_path / "ids.txt")
+    assert len(ids) == 5 and list(ids) == names and ids == names and ids[1] == names[1] and ids[-1] == "b.jpg"
+    assert ids[1:4] == names[1:4] and ids.sha256() == list_hash(names) and "x/y/z.png" in ids
+    sub = ids.subset(np.array([1, 3]))
+    assert list(sub) == [names[1], names[3]] and sub.sha256() == list_hash([names[1], names[3]])
+    assert ids.subset(np.arange(5)) is ids and ids != names[:4]
+    with pytest.raises(IndexError):
+        ids[5]

@@ -4,6 +4,7 @@ finds what one index built from all the rows finds, and grows without touching i
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -94,3 +95,69 @@ def test_a_failed_merge_leaves_the_index_as_it_was(rows, tmp_path):
     (folder / O.MANIFEST).write_text("{}")
     with pytest.raises(ValueError, match="index.json: not an on-disk index manifest"):
         O.open_index(folder)
+
+
+def test_build_index_stage_serves_a_collection_and_adds_new_photos_as_a_part(tmp_path, caplog):
+    """build_index.py over a dataset's features (random vectors under the shipped model's backbone), the
+    engine serving it (same hits as exact search, its kind and measured recall said), then grown."""
+    import build_index
+    from crossmodal.collection import DatasetCollection
+    from crossmodal.engine import EngineError, SearchEngine
+    from crossmodal.features.cache import write_cache
+    from crossmodal.search import search
+
+    from model import load_checkpoint
+
+    shipped = Path(__file__).resolve().parents[1] / "models" / "pretrained" / "model.pt"
+    model, state = load_checkpoint(shipped)
+    image = state["backbones"]["image"]
+    identity = {"kind": "image", "backbone": image["backbone"], "weights": image["weights"],
+                "preprocess": image["preprocess"], "dim": image["dim"]}
+    rng = np.random.default_rng(0)
+    features = np.abs(rng.standard_normal((2400, image["dim"]))).astype(np.float16)  # post-ReLU-like
+    names = [f"{i:05d}.jpg" for i in range(2400)]
+    feats, index, photos = tmp_path / "image_embeddings", tmp_path / "index", tmp_path / "photos"
+    photos.mkdir()
+    for name in names:  # hits are files that exist
+        (photos / name).touch()
+    write_cache(feats, names[:2000], features[:2000], identity)
+    args = ["--image-features", str(feats), "--images", str(photos), "--checkpoint", str(shipped),
+            "--index", str(index), "--nlist", "16"]
+    assert build_index.main(args) == 0
+    served = O.read_served(index)
+    assert served["rows"] == 2000 and served["recall_at_10"] >= 0.9
+
+    from crossmodal.engine import load_text_backbone
+
+    text = load_text_backbone(state["backbones"]["text"], None, None, "cpu", model.text_top)
+
+    def served_engine() -> SearchEngine:
+        return SearchEngine(DatasetCollection.open(feats, photos), model, state, shipped, index_folder=index,
+                            text_backbone=text)
+
+    exact = SearchEngine(DatasetCollection.open(feats, photos), model, state, shipped, text_backbone=text)
+    ondisk = served_engine()
+    assert "on disk" in ondisk.details()["index"] and f"{served['recall_at_10']:.3f}" in ondisk.details()["index"]
+    overlap = []
+    for q in ("a dog on the grass", "two children at the beach", "a red car", "mountains with snow", "dog"):
+        a = [h.name for h in search(exact, q, k=10).hits]
+        b = [h.name for h in search(ondisk, q, k=10).hits]
+        overlap.append(len(set(a) & set(b)) / 10)
+        assert a[0] == b[0]  # the best hit, and its scores, as exact search gives them
+    assert np.mean(overlap) >= 0.9
+
+    trained = (index / O.TRAINED).stat().st_mtime_ns
+    write_cache(feats, names, features, identity)  # 400 new photos after the first 2000
+    ondisk = served_engine()  # served as it is, saying what is missing ...
+    assert ondisk.current().index.size == 2000 and "400 of 2400 photos are not in the index" in caplog.text
+    assert build_index.main(args) == 0  # ... until they are added: a second part, nothing retrained
+    info = O.read_info(index)
+    assert [p["rows"] for p in info.parts] == [2000, 400] and (index / O.TRAINED).stat().st_mtime_ns == trained
+    ondisk = served_engine()
+    assert len(ondisk.current().index.ondisk.info.parts) == 2 and len(ondisk.collection) == 2400
+
+    write_cache(feats, names, features[::-1].copy(), identity)  # other photos under the same names
+    with pytest.raises(EngineError, match="build_index.py"):
+        served_engine()
+    assert build_index.main(args) == 2  # refused: --force rebuilds
+    assert build_index.main(args + ["--force"]) == 0 and len(O.read_info(index).parts) == 1

@@ -9,6 +9,12 @@ Layout of a cache folder::
                     chunks of finished units
     .next/          while replacing a finished cache: the new files, moved in manifest last
 
+A *sharded* cache (``crossmodal.features.on_ray``: written by many workers at once) holds shards
+``shard-00000/``, ``shard-00001/``, ... each a cache of the layout above with its own manifest, and a
+top ``ids.txt`` and ``manifest.json`` listing the shards in row order, written last. ``load_cache``
+reads it as one cache: its ``features`` are ``ShardedRows``, the shards' files memory-mapped and
+indexed as one matrix.
+
 A build computes its rows in fixed units (one batch) and saves finished units in chunks, by time
 and by rows, so a killed run resumes at the first missing unit and the assembled file is
 byte-identical to an uninterrupted run. The manifest is written last: a folder without one holds no
@@ -56,11 +62,124 @@ class StaleCacheError(RuntimeError):
     """Cached features that are missing or were made by something else than what is asked for."""
 
 
+class ShardedRows:
+    """The rows of several memory-mapped (n_i, dim) matrices read as one (sum n_i, dim) matrix: what
+    stages index a feature cache with (``rows[a:b]``, ``rows[index_array]``, ``rows[mask]``,
+    ``rows[i]``, ``np.asarray(rows)``) reads the shards the rows are in, and nothing else."""
+
+    ndim = 2
+
+    def __init__(self, parts: Sequence[np.ndarray]):
+        if not parts:
+            raise ValueError("no shards")
+        self.parts = list(parts)
+        self.bounds = np.cumsum([0] + [len(p) for p in self.parts])
+        self.shape = (int(self.bounds[-1]), int(self.parts[0].shape[1]))
+        self.dtype = self.parts[0].dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, tuple):  # rows, then columns
+            return self[key[0]][(slice(None),) + key[1:]]
+        if isinstance(key, (int, np.integer)):
+            i = int(key) + (len(self) if key < 0 else 0)
+            if not 0 <= i < len(self):
+                raise IndexError(f"row {key} of {len(self)}")
+            s = int(np.searchsorted(self.bounds, i, side="right")) - 1
+            return np.asarray(self.parts[s][i - self.bounds[s]])
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step == 1:
+                pieces = [np.asarray(p[max(start - a, 0):max(min(stop, b) - a, 0)])
+                          for p, a, b in zip(self.parts, self.bounds[:-1], self.bounds[1:])]
+                return np.concatenate(pieces) if pieces else np.empty((0, self.shape[1]), self.dtype)
+            key = np.arange(start, stop, step)
+        index = np.asarray(key)
+        if index.dtype == bool:
+            if index.shape != (len(self),):
+                raise IndexError(f"a boolean index of shape {index.shape} for {len(self)} rows")
+            index = np.flatnonzero(index)
+        index = np.where(index < 0, index + len(self), index).astype(np.int64)
+        if index.size and (index.min() < 0 or index.max() >= len(self)):
+            raise IndexError(f"row index out of range for {len(self)} rows")
+        out = np.empty(index.shape + (self.shape[1],), dtype=self.dtype)
+        shard = np.searchsorted(self.bounds, index, side="right") - 1
+        for s in np.unique(shard):
+            here = shard == s
+            local = index[here] - self.bounds[s]
+            order = np.argsort(local, kind="stable")  # memory-mapped reads in file order
+            out[np.flatnonzero(here)[order]] = self.parts[s][local[order]]
+        return out
+
+
+class RowIds(Sequence[str]):
+    """The row ids of an ids file, held as its bytes and the offsets of its lines: a list of ten
+    million ``str`` takes about ten times the memory. Indexed and iterated like a list of ``str``."""
+
+    def __init__(self, data: np.ndarray, bounds: np.ndarray):
+        self._data, self._bounds = data, bounds  # line i: data[bounds[i]:bounds[i + 1] - 1] ("\n" dropped)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "RowIds":
+        data = np.fromfile(path, dtype=np.uint8)
+        if len(data) and data[-1] != 10:
+            data = np.append(data, np.uint8(10))
+        return cls(data, np.concatenate([[0], np.flatnonzero(data == 10) + 1]).astype(np.int64))
+
+    def sha256(self) -> str:
+        """``captions.list_hash`` of the ids (the hash of their lines), without decoding them."""
+        import hashlib
+
+        return hashlib.sha256(self._data.tobytes()).hexdigest()[:16]
+
+    def __len__(self) -> int:
+        return len(self._bounds) - 1
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, slice):
+            return [self[i] for i in range(*key.indices(len(self)))]
+        i = int(key) + (len(self) if key < 0 else 0)
+        if not 0 <= i < len(self):
+            raise IndexError(f"row {key} of {len(self)}")
+        return self._data[self._bounds[i]:self._bounds[i + 1] - 1].tobytes().decode("utf-8")
+
+    def __iter__(self) -> Iterator[str]:
+        block = 1 << 16  # decoded a block of lines at a time
+        for start in range(0, len(self), block):
+            stop = min(start + block, len(self))
+            yield from self._data[self._bounds[start]:self._bounds[stop] - 1].tobytes().decode("utf-8").split("\n")
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, RowIds):
+            return np.array_equal(self._data, other._data)
+        return isinstance(other, Sequence) and len(other) == len(self) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def subset(self, rows: np.ndarray) -> "RowIds":
+        """The ids of ``rows`` (ascending), as their own ``RowIds``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == len(self) and (rows == np.arange(len(self))).all():
+            return self
+        starts, stops = self._bounds[rows], self._bounds[rows + 1]
+        keep = np.zeros(len(self._data) + 1, dtype=np.int32)
+        np.add.at(keep, starts, 1)
+        np.add.at(keep, stops, -1)
+        data = self._data[np.cumsum(keep[:-1]) > 0]
+        return RowIds(data, np.concatenate([[0], np.cumsum(stops - starts)]).astype(np.int64))
+
+
 @dataclass
 class FeatureCache:
     directory: Path
     features: np.ndarray  # (rows, dim) float16, memory-mapped
-    ids: list[str]
+    ids: Sequence[str]  # a RowIds when loaded
     manifest: dict
 
     @property
@@ -79,6 +198,8 @@ class FeatureCache:
     def valid_mask(self) -> np.ndarray:
         """Rows whose input could be read (failed rows hold zeros)."""
         failed = self.failed_ids
+        if not failed:
+            return np.ones(len(self.ids), dtype=bool)
         return np.array([i not in failed for i in self.ids], dtype=bool)
 
 
@@ -279,8 +400,8 @@ def load_cache(directory: str | os.PathLike, expected: dict | None = None, rerun
         if diff:
             raise StaleCacheError(f"the cache in {directory} does not match ({'; '.join(diff)}){hint}")
         try:
-            features = np.load(directory / FEATURES_FILE, mmap_mode="r")
-            ids = (directory / IDS_FILE).read_text(encoding="utf-8").splitlines()
+            features = open_rows(directory, manifest, hint)
+            ids = RowIds.read(directory / IDS_FILE)
         except FileNotFoundError:
             if attempt + 1 < LOAD_ATTEMPTS and read_manifest(directory) != manifest:
                 continue
@@ -292,6 +413,44 @@ def load_cache(directory: str | os.PathLike, expected: dict | None = None, rerun
     if features.shape != (manifest["rows"], manifest["dim"]) or len(ids) != manifest["rows"]:
         raise StaleCacheError(f"the cache in {directory} is damaged (shape {features.shape}, "
                               f"{len(ids)} ids, manifest says {manifest['rows']}x{manifest['dim']}){hint}")
-    if list_hash(ids) != manifest["ids_sha256"]:
+    if ids.sha256() != manifest["ids_sha256"]:
         raise StaleCacheError(f"the ids of the cache in {directory} do not match its manifest{hint}")
     return FeatureCache(directory, features, ids, manifest)
+
+
+SHARD_IDENTITY = ("kind", "backbone", "weights", "preprocess", "dim", "dtype")  # what every shard shares
+
+
+def open_rows(directory: str | os.PathLike, manifest: dict | None = None, hint: str = "") -> np.ndarray | ShardedRows:
+    """The feature matrix of the finished cache in ``directory``, memory-mapped: one ``.npy``, or
+    its shards' read as one (``ShardedRows``)."""
+    directory = Path(directory)
+    manifest = manifest if manifest is not None else read_manifest(directory)
+    if manifest is None:
+        raise StaleCacheError(f"no finished feature cache in {directory}{hint}")
+    if "shards" not in manifest:
+        return np.load(directory / FEATURES_FILE, mmap_mode="r")
+    expected = {k: manifest[k] for k in SHARD_IDENTITY if k in manifest}
+    parts = []
+    for shard in manifest["shards"]:
+        part = read_manifest(directory / shard["dir"])
+        own = {**expected, "rows": shard["rows"], "ids_sha256": shard["ids_sha256"]}
+        if part is None or identity_mismatch(part, own):
+            raise StaleCacheError(f"the sharded cache in {directory} is damaged: shard {shard['dir']} is missing or "
+                                  f"holds other rows{hint}")
+        rows = np.load(directory / shard["dir"] / FEATURES_FILE, mmap_mode="r")
+        if rows.shape != (shard["rows"], manifest["dim"]):
+            raise StaleCacheError(f"the sharded cache in {directory} is damaged: shard {shard['dir']} has shape "
+                                  f"{rows.shape}{hint}")
+        parts.append(rows)
+    if not parts:
+        return np.zeros((0, manifest["dim"]), dtype=np.float16)
+    return ShardedRows(parts)
+
+
+def features_signature(directory: str | os.PathLike) -> list:
+    """What changes when the cache in ``directory`` is rebuilt: its feature files' sizes and times."""
+    directory = Path(directory)
+    manifest = read_manifest(directory) or {}
+    files = [directory / s["dir"] / FEATURES_FILE for s in manifest.get("shards", ())] or [directory / FEATURES_FILE]
+    return [[f.stat().st_size, f.stat().st_mtime_ns] for f in files]

@@ -201,8 +201,19 @@ def extract_dataset_images(backbone: ImageBackbone, images_dir: str | os.PathLik
                            **kwargs) -> FeatureCache:
     """Stage 1: features of every image of a caption file (resumable); the manifest records the
     images folder and the caption file. ``kwargs`` as for ``extract_image_features``."""
-    extra = {"images_dir": str(Path(images_dir).resolve()), "captions_file": str(Path(captions_file).resolve())}
-    return extract_image_features(backbone, images_dir, captions.images, out_dir, extra=extra, **kwargs)
+    return extract_image_features(backbone, images_dir, captions.images, out_dir,
+                                  extra=dataset_images_extra(images_dir, captions_file), **kwargs)
+
+
+def dataset_images_extra(images_dir: str | os.PathLike, captions_file: str | os.PathLike) -> dict:
+    """What stage 1's manifest records besides the features: the images folder and the caption file."""
+    return {"images_dir": str(Path(images_dir).resolve()), "captions_file": str(Path(captions_file).resolve())}
+
+
+def caption_features_extra(captions: CaptionSet, captions_file: str | os.PathLike) -> dict:
+    """What stage 2's manifest records: the caption file and its image list (training checks the
+    image cache against it)."""
+    return {"captions_file": str(Path(captions_file).resolve()), "image_ids_sha256": list_hash(captions.images)}
 
 
 def extract_caption_features(backbone: TextBackbone, captions: CaptionSet, captions_file: str | os.PathLike,
@@ -212,9 +223,8 @@ def extract_caption_features(backbone: TextBackbone, captions: CaptionSet, capti
     The manifest records the caption file and its image list, which training checks the image
     cache against. ``kwargs`` as for ``extract_text_features``.
     """
-    extra = {"captions_file": str(Path(captions_file).resolve()), "image_ids_sha256": list_hash(captions.images)}
-    return extract_text_features(backbone, captions.texts, captions.keys, out_dir, kind="caption", extra=extra,
-                                 **kwargs)
+    return extract_text_features(backbone, captions.texts, captions.keys, out_dir, kind="caption",
+                                 extra=caption_features_extra(captions, captions_file), **kwargs)
 
 
 def extract_text_features(

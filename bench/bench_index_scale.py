@@ -1,0 +1,189 @@
+#!/usr/bin/env python
+"""The on-disk index at 10 million photos: built by build_index.py from 10 shards, served by the app.
+
+Vectors from real data: the shipped model's image head projects the real image features of
+``--caches`` (feature caches of the shipped model's backbone; by default Flickr8k train+dev and the
+web set's shards 00000-00003), and ``--rows`` photo vectors are drawn around them:
+``normalise(a + u * b + 0.4 * g / sqrt(d))`` for random real projections a, b, u ~ U(0, 0.6) and
+Gaussian g, so they spread over the region real photos occupy rather than sit on 22,000 points.
+Queries: ``--queries`` held-out real captions (Flickr8k dev, never part of the index's training)
+through the model's text encoder.
+
+1. ``write``: a feature cache of ``--rows`` photos whose backbone features are a sparse file (the
+   served engine never reads them: it reads the projections) and the projections where the engine
+   keeps them (``ProjectionCache``'s file), generated shard by shard. The checkpoint is the shipped
+   one without its querybank: the querybank biases of 10 million rows are a separate one-time cost.
+2. ``build``: ``build_index.py`` trains IVF-PQ on a sample, fills ``--shards`` shards, merges them.
+3. ``serve`` (a fresh process): what ``app.py --index`` builds (``cli.open_engine``, the Gradio
+   page), then every query through ``crossmodal.search.search`` (text encoding included): p50/p95,
+   resident memory (VmRSS; VmHWM the peak), and recall@10 of the served index against exact search
+   over all rows.
+
+    python -m bench.bench_index_scale --work /big/folder [--rows 10000000]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench import _common as C  # first: it sets what torch reads when it loads
+
+# isort: split
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+SHIPPED = C.ROOT / "models" / "pretrained" / "model.pt"
+KW = Path("/work/kw/pre")
+DEFAULT_CACHES = [KW / "flickr8k" / "image_embeddings", KW / "web" / "image_embeddings"]
+FLICKR = C.ROOT.parent / "shared" / "data" / "flickr8k"
+
+
+def status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def held_out_captions(n: int) -> list[str]:
+    dev = set((FLICKR / "splits" / "dev.txt").read_text().split())
+    caps = [line.split("\t", 1)[1].strip() for line in (FLICKR / "flickr8k.token").read_text().splitlines()
+            if line.split("#", 1)[0] in dev]
+    rng = np.random.default_rng(0)
+    return [caps[i] for i in np.sort(rng.choice(len(caps), n, replace=False))]
+
+
+def write(args) -> None:
+    from crossmodal.atomic_io import atomic_write_json, atomic_write_text, file_digest
+    from crossmodal.collection import DatasetCollection
+    from crossmodal.features.cache import FEATURES_FILE, IDS_FILE, MANIFEST_FILE, full_identity, load_cache
+
+    from model import load_checkpoint
+
+    model, state = load_checkpoint(SHIPPED)
+    state.pop("querybank", None)
+    checkpoint = args.work / "model.pt"
+    torch.save(state, checkpoint)
+    real = []
+    with torch.inference_mode():
+        for cache_dir in args.caches:
+            cache = load_cache(cache_dir)
+            x = torch.from_numpy(np.asarray(cache.features[cache.valid_mask()], np.float32))
+            real.append(model.encode_image(x).float().numpy())
+    real = np.concatenate(real)
+    print(f"{len(real):,} real photo projections from {', '.join(map(str, args.caches))}")
+
+    feats = args.work / "image_embeddings"
+    feats.mkdir(parents=True, exist_ok=True)
+    names = [f"{s:05d}/{i:09d}.jpg" for s in range(args.shards) for i in range(args.rows // args.shards)]
+    image = state["backbones"]["image"]
+    identity = full_identity({"kind": "image", "backbone": image["backbone"], "weights": image["weights"],
+                              "preprocess": image["preprocess"], "dim": image["dim"]}, names)
+    np.lib.format.open_memmap(feats / FEATURES_FILE, mode="w+", dtype=np.float16, shape=(len(names), image["dim"]))
+    atomic_write_text(feats / IDS_FILE, "".join(f"{n}\n" for n in names))
+    atomic_write_json(feats / MANIFEST_FILE, {**identity, "failures": [], "format": 1, "images_dir": str(feats),
+                                              "files": {"features": FEATURES_FILE, "ids": IDS_FILE}})
+    collection = DatasetCollection.open(feats, feats)
+    key = f"{collection.matrix_key}-{file_digest(checkpoint)}"
+    proj = np.memmap(feats / f"projected-{key}.f16", dtype=np.float16, mode="w+", shape=(len(names), real.shape[1]))
+    rng = np.random.default_rng(1)
+    block = 1 << 18
+    for start in range(0, len(names), block):
+        m = min(block, len(names) - start)
+        a, b = real[rng.integers(0, len(real), m)], real[rng.integers(0, len(real), m)]
+        x = a + rng.uniform(0, 0.6, (m, 1)).astype(np.float32) * b
+        x += 0.4 * rng.standard_normal(x.shape).astype(np.float32) / np.sqrt(x.shape[1])
+        proj[start:start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    proj.flush()
+    print(f"{len(names):,} photo vectors written in {args.shards} shards of {len(names) // args.shards:,}")
+
+
+def serve(args) -> None:
+    import app
+    from crossmodal import cli
+    from crossmodal.ondisk_index import exact_top
+    from crossmodal.page import serve as serve_page
+    from crossmodal.search import search
+
+    import config
+    from model import load_checkpoint
+
+    steps = [("python start", status_mb("VmRSS"))]
+    feats = args.work / "image_embeddings"
+    flags = ["--image-features", str(feats), "--images", str(feats), "--checkpoint", str(args.work / "model.pt"),
+             "--index", str(args.work / "index"), "--port", "7911"]
+    t0 = time.perf_counter()
+    opened = cli.open_engine(app.parse_args(flags), config, load_checkpoint)
+    engine = opened.engine
+    steps.append((f"engine open ({time.perf_counter() - t0:.1f} s)", status_mb("VmRSS")))
+    demo = serve_page(engine, "127.0.0.1", 7911, block=False, quiet=True)
+    steps.append(("page built and launched", status_mb("VmRSS")))
+    texts = held_out_captions(args.queries)
+    search(engine, texts[0], k=10)  # the first query loads what queries share
+    times = []
+    for text in texts:
+        t = time.perf_counter()
+        search(engine, text, k=10)
+        times.append(time.perf_counter() - t)
+    steps.append((f"after {len(texts):,} queries", status_mb("VmRSS")))
+    peak = status_mb("VmHWM")  # (before the exact search below, which is the bench's, not the app's)
+    view = engine.current()
+    vectors = np.stack([engine.embed_text(t) for t in texts]).astype(np.float32)
+    found = view.index.search(vectors, 10)[1]
+    t = time.perf_counter()
+    truth = exact_top(view.embeddings, vectors)
+    exact_s = time.perf_counter() - t
+    recall = float(np.mean([len(set(f) & set(r)) / 10 for f, r in zip(found, truth)]))
+    demo.close()
+    print(C.table(["step", "resident MB"], [(s, round(mb)) for s, mb in steps]))
+    print(f"\npeak resident (VmHWM): {peak:,.0f} MB")
+    print(f"index: {engine.details()['index']}")
+    print(f"query end to end (text encoding, index, page of hits), {len(times):,} held-out captions: "
+          f"p50 {statistics.median(times) * 1e3:.1f} ms, p95 {np.percentile(times, 95) * 1e3:.1f} ms")
+    print(f"recall@10 of the served index against exact search on these {len(texts):,} queries: {recall:.3f} "
+          f"(exact search over {len(view.embeddings):,} rows: {exact_s / len(texts) * 1e3:.0f} ms a query)")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", type=Path, required=True, help="a folder with room (about 6 GB at 10M rows)")
+    p.add_argument("--rows", type=int, default=10_000_000)
+    p.add_argument("--shards", type=int, default=10)
+    p.add_argument("--nlist", type=int, default=4096)
+    p.add_argument("--queries", type=int, default=1000)
+    p.add_argument("--caches", type=Path, nargs="+", default=DEFAULT_CACHES)
+    p.add_argument("--step", choices=("all", "write", "build", "serve"), default="all")
+    args = p.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    if args.step in ("all", "write"):
+        C.print_machine(f"On-disk index at scale: {args.rows:,} photos from real vectors, {args.shards} shards")
+        seconds, _ = C.timed(lambda: write(args))
+        print(f"written in {seconds:.0f} s\n")
+    if args.step in ("all", "build"):
+        feats = args.work / "image_embeddings"
+        cmd = [sys.executable, "build_index.py", "--image-features", str(feats), "--images", str(feats),
+               "--checkpoint", str(args.work / "model.pt"), "--index", str(args.work / "index"),
+               "--nlist", str(args.nlist), "--force"]
+        t = time.perf_counter()
+        subprocess.run(cmd, cwd=C.ROOT, check=True)
+        seconds = time.perf_counter() - t
+        info = json.loads((args.work / "index" / "index.json").read_text())
+        disk = sum(f.stat().st_size for f in (args.work / "index").iterdir())
+        print(f"build_index.py: {seconds:.0f} s for {args.rows:,} rows ({seconds / args.rows * 1e6:.0f} s per million, "
+              f"training, {args.shards} shards, merge and tuning included); {len(info['parts'])} part(s); "
+              f"{disk / 2**20:,.0f} MB on disk ({disk / args.rows:.1f} bytes per photo)\n")
+    if args.step == "serve":
+        serve(args)
+    elif args.step == "all":  # in a fresh process: its memory is the served app's alone
+        subprocess.run([sys.executable, "-m", "bench.bench_index_scale", "--work", str(args.work), "--queries",
+                        str(args.queries), "--step", "serve"], cwd=C.ROOT, check=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

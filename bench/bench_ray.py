@@ -1,0 +1,97 @@
+#!/usr/bin/env python
+"""Image extraction on a local Ray cluster against the in-process extraction, in one run.
+
+Both extract the same full-size JPEGs with the same backbone into a fresh cache (``force``), the
+in-process stage with its defaults (``extract.extract_image_features``: decoding workers beside the
+model) and the Ray stage with its defaults (``on_ray.extract_images_on_ray``: one actor per CPU
+decoding and embedding its units) on a cluster of ``--cpus`` CPUs started once before timing (its
+start is printed apart). Rounds alternate the two; the median round is reported.
+
+Images/s is end to end: a run's fixed start (Ray: scheduling, the actors' processes importing torch
+and building the backbone) is in it. The marginal rate, (2N - N) images over the difference of the
+times of a run over the set twice and once, leaves the fixed start out: what a large run approaches.
+
+    python -m bench.bench_ray [--data DIR] [--rounds 3]
+    python -m bench.bench_ray --cpus 16 --repeat 25 --workers 15 --rounds 2   # a GPU machine: bench/gpu_ray.sh
+
+On a machine with a GPU both embed on it: in-process with ``--workers`` decoding processes, on Ray with
+one GPU actor while the other CPUs decode in Ray tasks. ``--repeat`` repeats the photo set (a GPU
+needs thousands of photos for a steady rate).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import _common as C  # first: it sets what torch reads when it loads
+
+# isort: split
+import numpy as np  # noqa: E402
+
+from crossmodal.backbones import create_image_backbone  # noqa: E402
+from crossmodal.features import extract, on_ray  # noqa: E402
+from crossmodal.ray_cluster import connect  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=C.default_images_dir())
+    p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray cluster")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--repeat", type=int, default=1, help="the photo set this many times")
+    p.add_argument("--workers", type=int, default=None, help="in-process decoding workers (default: its own)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    C.require(args.data, "full-size JPEGs")
+    names = sorted(n.name for n in args.data.iterdir() if n.suffix.lower() in (".jpg", ".jpeg")) * args.repeat
+    C.print_machine(f"Ray extraction vs in-process: {len(names)} photos of {args.data}, {args.backbone}")
+    backbone = create_image_backbone(args.backbone)
+    t0 = time.perf_counter()
+    connect("local", num_cpus=args.cpus)
+    print(f"Ray local cluster of {args.cpus} CPUs started in {time.perf_counter() - t0:.1f} s (not timed below)\n")
+    spec = on_ray.BackboneSpec.of(args.backbone)
+
+    def in_process(items: list[str], out: Path) -> object:
+        workers = {} if args.workers is None else {"num_workers": args.workers}
+        return extract.extract_image_features(backbone, args.data, items, out, force=True, **workers)
+
+    def ray(items: list[str], out: Path) -> object:
+        return on_ray.extract_images_on_ray(backbone, spec, args.data, items, out, force=True)
+
+    times: dict[tuple[str, int], list[float]] = {}
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            for label, run in (("in-process", in_process), ("Ray", ray)):
+                for copies in (1, 2):
+                    out = Path(tmp) / f"{label}-{copies}-{r}"
+                    seconds, cache = C.timed(lambda: run(names * copies, out))
+                    times.setdefault((label, copies), []).append(seconds)
+                    if copies == 1 and r == 0:
+                        rows[label] = np.asarray(cache.features, np.float32)
+            print(f"round {r + 1}: " + ", ".join(f"{k[0]} x{k[1]} {v[-1]:.2f} s" for k, v in times.items()),
+                  file=sys.stderr)
+    n = len(names)
+    table, rates = [], {}
+    for label in ("in-process", "Ray"):
+        once, twice = (statistics.median(times[(label, c)]) for c in (1, 2))
+        rates[label] = (n / once, n / max(twice - once, 1e-9))
+        table.append((label, rates[label][0], " ".join(f"{t:.2f}" for t in times[(label, 1)]), rates[label][1]))
+    print(C.table(["path", "images/s end to end (median)", "seconds per round", "marginal images/s"], table))
+    print()
+    print(f"Ray / in-process: {rates['Ray'][0] / rates['in-process'][0]:.2f}x end to end, "
+          f"{rates['Ray'][1] / rates['in-process'][1]:.2f}x marginal")
+    diff = np.abs(rows["Ray"] - rows["in-process"])
+    print(f"rows: max |Ray - in-process| = {diff.max():.2e} over {diff.size:,} values "
+          f"({(diff == 0).mean():.1%} bit-equal; float16 storage)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
