@@ -5,7 +5,8 @@ Both extract the same full-size JPEGs with the same backbone into a fresh cache 
 in-process stage with its defaults (``extract.extract_image_features``: decoding workers beside the
 model) and the Ray stage with its defaults (``on_ray.extract_images_on_ray``: one actor per CPU
 decoding and embedding its units) on a cluster of ``--cpus`` CPUs started once before timing (its
-start is printed apart). Rounds alternate the two; the median round is reported.
+start is printed apart). The Ray rounds run first, then the in-process ones; the median round
+of each is reported.
 
 Images/s is end to end: a run's fixed start (Ray: scheduling, the actors' processes importing torch
 and building the backbone) is in it. The marginal rate, (2N - N) images over the difference of the
@@ -67,16 +68,18 @@ def main(argv=None) -> int:
     times: dict[tuple[str, int], list[float]] = {}
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for r in range(args.rounds):
-            for label, run in (("in-process", in_process), ("Ray", ray)):
+        # Every Ray round first: a Ray run after the in-process path forked its decoding workers in
+        # this (Ray driver) process hung; a stage script runs one of the two per process.
+        for label, run in (("Ray", ray), ("in-process", in_process)):
+            for r in range(args.rounds):
                 for copies in (1, 2):
                     out = Path(tmp) / f"{label}-{copies}-{r}"
                     seconds, cache = C.timed(lambda: run(names * copies, out))
                     times.setdefault((label, copies), []).append(seconds)
                     if copies == 1 and r == 0:
                         rows[label] = np.asarray(cache.features, np.float32)
-            print(f"round {r + 1}: " + ", ".join(f"{k[0]} x{k[1]} {v[-1]:.2f} s" for k, v in times.items()),
-                  file=sys.stderr)
+                print(f"{label} round {r + 1}: x1 {times[(label, 1)][-1]:.2f} s, x2 {times[(label, 2)][-1]:.2f} s",
+                      file=sys.stderr)
     n = len(names)
     table, rates = [], {}
     for label in ("in-process", "Ray"):

@@ -307,6 +307,10 @@ class SearchEngine:
         if not len(collection):
             return IndexedCollection(collection, np.zeros((0, self._projections.embed_dim), np.float16), {}, None)
         proj, bias = self._projections.matrix(collection)
+        if self.index_folder is not None and isinstance(proj, np.memmap):  # beyond memory: rows read, not mapped
+            from crossmodal.ondisk_index import RowsOnDisk
+
+            proj = RowsOnDisk(proj)
         rows = np.asarray(collection.matrix_rows)
         if len(rows) == len(proj) and (rows == np.arange(len(rows))).all():  # every row: the mapped file itself
             embeddings = proj

@@ -119,24 +119,42 @@ class ShardedRows:
 
 
 class RowIds(Sequence[str]):
-    """The row ids of an ids file, held as its bytes and the offsets of its lines: a list of ten
-    million ``str`` takes about ten times the memory. Indexed and iterated like a list of ``str``."""
+    """The row ids of an ids file, held as its bytes (memory-mapped) and the offsets of its lines: a
+    list of ten million ``str`` takes about ten times the memory. Indexed and iterated like a list
+    of ``str``; only the pages of the ids read count as this process's memory."""
 
-    def __init__(self, data: np.ndarray, bounds: np.ndarray):
+    READ_BLOCK = 1 << 24  # bytes read at a time to find the lines and hash them
+
+    def __init__(self, data: np.ndarray, bounds: np.ndarray, sha256: str | None = None):
         self._data, self._bounds = data, bounds  # line i: data[bounds[i]:bounds[i + 1] - 1] ("\n" dropped)
+        self._sha256 = sha256
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> "RowIds":
-        data = np.fromfile(path, dtype=np.uint8)
-        if len(data) and data[-1] != 10:
-            data = np.append(data, np.uint8(10))
-        return cls(data, np.concatenate([[0], np.flatnonzero(data == 10) + 1]).astype(np.int64))
+        import hashlib
+
+        h, ends, size = hashlib.sha256(), [], 0
+        with open(path, "rb") as f:
+            while block := f.read(cls.READ_BLOCK):
+                h.update(block)
+                ends.append(np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10) + size)
+                size += len(block)
+        if size == 0:
+            return cls(np.zeros(0, np.uint8), np.zeros(1, np.int64), h.hexdigest()[:16])
+        data = np.memmap(path, dtype=np.uint8, mode="r", shape=(size,))
+        if data[-1] != 10:  # a last line without its newline: held in memory with one added
+            data = np.append(np.asarray(data), np.uint8(10))
+            h.update(b"\n")
+            ends.append(np.array([size]))
+        return cls(data, np.concatenate([[0], np.concatenate(ends) + 1]).astype(np.int64), h.hexdigest()[:16])
 
     def sha256(self) -> str:
         """``captions.list_hash`` of the ids (the hash of their lines), without decoding them."""
-        import hashlib
+        if self._sha256 is None:
+            import hashlib
 
-        return hashlib.sha256(self._data.tobytes()).hexdigest()[:16]
+            self._sha256 = hashlib.sha256(np.asarray(self._data).tobytes()).hexdigest()[:16]
+        return self._sha256
 
     def __len__(self) -> int:
         return len(self._bounds) - 1
@@ -151,9 +169,12 @@ class RowIds(Sequence[str]):
 
     def __iter__(self) -> Iterator[str]:
         block = 1 << 16  # decoded a block of lines at a time
+        data = self._data
+        if isinstance(data, np.memmap):  # a mapping of its own: a whole pass leaves no pages resident
+            data = np.memmap(data.filename, dtype=np.uint8, mode="r", shape=data.shape)
         for start in range(0, len(self), block):
             stop = min(start + block, len(self))
-            yield from self._data[self._bounds[start]:self._bounds[stop] - 1].tobytes().decode("utf-8").split("\n")
+            yield from data[self._bounds[start]:self._bounds[stop] - 1].tobytes().decode("utf-8").split("\n")
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, RowIds):
@@ -171,7 +192,7 @@ class RowIds(Sequence[str]):
         keep = np.zeros(len(self._data) + 1, dtype=np.int32)
         np.add.at(keep, starts, 1)
         np.add.at(keep, stops, -1)
-        data = self._data[np.cumsum(keep[:-1]) > 0]
+        data = np.asarray(self._data)[np.cumsum(keep[:-1]) > 0]
         return RowIds(data, np.concatenate([[0], np.cumsum(stops - starts)]).astype(np.int64))
 
 
@@ -257,18 +278,9 @@ def build_cache(
     ids = list(ids)
     identity = full_identity(identity, ids)
     finish_write(directory)  # a replacement killed halfway is completed first
-    existing = read_manifest(directory)
-    if existing is not None and not force:
-        diff = identity_mismatch(existing, identity)
-        if not diff:
-            log.info("reusing the finished cache in %s (pass --force to rebuild)", directory)
-            return load_cache(directory, identity)
-        raise StaleCacheError(
-            f"{directory} already holds other features ({'; '.join(diff)}); "
-            "pass --force to replace them, or choose another --work-dir"
-        )
-    if existing is not None:  # --force: drop the finished cache, so a killed rebuild is not taken for it
-        (directory / MANIFEST_FILE).unlink()
+    finished = reuse_finished(directory, identity, force)
+    if finished is not None:
+        return finished
 
     order = np.arange(len(ids)) if order is None else np.asarray(order)
     if sorted(order.tolist()) != list(range(len(ids))):
@@ -321,6 +333,24 @@ def build_cache(
         failures += chunk.meta()["failures"]
     write_cache(directory, ids, out, identity, failures, extra)
     work.remove()
+    return load_cache(directory, identity)
+
+
+def reuse_finished(directory: Path, identity: dict, force: bool) -> FeatureCache | None:
+    """The finished cache in ``directory`` when it matches ``identity`` (its full identity); None when
+    there is none, or with ``force`` (its manifest is removed then, so that a killed rebuild is not
+    taken for it). StaleCacheError when it holds other features."""
+    existing = read_manifest(directory)
+    if existing is None:
+        return None
+    if force:
+        (directory / MANIFEST_FILE).unlink()
+        return None
+    diff = identity_mismatch(existing, identity)
+    if diff:
+        raise StaleCacheError(f"{directory} already holds other features ({'; '.join(diff)}); "
+                              "pass --force to replace them, or choose another --work-dir")
+    log.info("reusing the finished cache in %s (pass --force to rebuild)", directory)
     return load_cache(directory, identity)
 
 

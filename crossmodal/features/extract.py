@@ -183,17 +183,23 @@ def extract_image_features(
             # on a GPU the tensor stays there until its chunk is saved: no synchronisation every batch
             yield f, [(names[rows[j]], errors[j]) for j in bad]
 
-    preprocess = {**backbone.preprocess, "jpeg_draft": decode == "cpu", "decode": decode}
-    if embed.bf16 and device.type == "cpu":  # absent otherwise: earlier caches keep their identity
-        preprocess["autocast"] = "bf16"
-    identity = {"kind": "image", "backbone": backbone.name, "weights": backbone.weights,
-                "preprocess": preprocess,
-                "dim": backbone.dim * (len(views) if stack_views else 1)}
-    if stack_views:  # rows hold the views stacked (preprocess["views"] says which)
-        identity["views"] = list(views)
+    identity = image_identity(backbone, views, stack_views, decode, embed.bf16 and device.type == "cpu")
     cache = build_cache(out_dir, names, identity, compute, unit_size=batch_size, chunk_size=chunk_size,
                         force=force, desc=f"images ({backbone.name})", unit="img", extra=extra)
     return cache
+
+
+def image_identity(backbone: ImageBackbone, views: tuple[str, ...], stack_views: bool, decode: str,
+                   cpu_bf16: bool) -> dict:
+    """What an image cache records of what made it (``cache.build_cache``'s identity)."""
+    preprocess = {**backbone.preprocess, "jpeg_draft": decode == "cpu", "decode": decode}
+    if cpu_bf16:  # absent otherwise: earlier caches keep their identity
+        preprocess["autocast"] = "bf16"
+    identity = {"kind": "image", "backbone": backbone.name, "weights": backbone.weights, "preprocess": preprocess,
+                "dim": backbone.dim * (len(views) if stack_views else 1)}
+    if stack_views:  # rows hold the views stacked (preprocess["views"] says which)
+        identity["views"] = list(views)
+    return identity
 
 
 def extract_dataset_images(backbone: ImageBackbone, images_dir: str | os.PathLike, captions: CaptionSet,

@@ -46,12 +46,18 @@ from crossmodal.features.cache import (
     StaleCacheError,
     cache_bytes,
     full_identity,
-    identity_mismatch,
     load_cache,
     read_manifest,
+    reuse_finished,
     write_cache,
 )
-from crossmodal.features.extract import IMAGE_BATCH_SIZE_CPU, ImageEmbedder, ImageFileDataset
+from crossmodal.features.extract import (
+    IMAGE_BATCH_SIZE_CPU,
+    IMAGE_BATCH_SIZE_GPU,
+    ImageEmbedder,
+    ImageFileDataset,
+    image_identity,
+)
 from crossmodal.ray_cluster import connect
 
 log = logging.getLogger(__name__)
@@ -175,8 +181,11 @@ def _embed_stage(ds: Any, actor: type, args: tuple, embedders: int | None) -> An
         size = embedders or max(1, int(ray.cluster_resources().get("CPU", 1) // EMBED_CPUS))
     # A dead actor is restarted and its units retried, but not forever: an actor that cannot even be
     # built (a weights file missing on that node) must end the run, not hang it.
-    return ds.map_batches(actor, fn_constructor_args=args, batch_size=1, compute=ActorPoolStrategy(size=size),
-                          max_restarts=ACTOR_RESTARTS, **resources)
+    # From one actor up: the actors of a run that just ended release their CPUs a few seconds late,
+    # and a pool that waited for all of them at once could wait forever.
+    return ds.map_batches(actor, fn_constructor_args=args, batch_size=1,
+                          compute=ActorPoolStrategy(min_size=1, max_size=size), max_restarts=ACTOR_RESTARTS,
+                          **resources)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -192,16 +201,9 @@ def _sharded(out_dir: str | os.PathLike, ids: Sequence[str], identity: dict, sha
     out_dir = Path(out_dir)
     ids = list(ids)
     full = full_identity(identity, ids)
-    existing = read_manifest(out_dir)
-    if existing is not None and not force:
-        diff = identity_mismatch(existing, full)
-        if not diff:
-            log.info("reusing the finished cache in %s (pass --force to rebuild)", out_dir)
-            return load_cache(out_dir, full)
-        raise StaleCacheError(f"{out_dir} already holds other features ({'; '.join(diff)}); pass --force to "
-                              "replace them, or choose another --work-dir")
-    if existing is not None:
-        (out_dir / MANIFEST_FILE).unlink()
+    finished = reuse_finished(out_dir, full, force)
+    if finished is not None:
+        return finished
     plan = json.loads(json.dumps({**full, "unit_size": unit_size, "shards": bounds}))  # as read back
     try:
         old_plan = json.loads((out_dir / PLAN_FILE).read_text(encoding="utf-8"))
@@ -313,19 +315,10 @@ def extract_images_on_ray(
 
     gpus = int(ray.cluster_resources().get("GPU", 0))
     if batch_size is None:
-        from crossmodal.features.extract import IMAGE_BATCH_SIZE_GPU
-
         batch_size = IMAGE_BATCH_SIZE_GPU if gpus else IMAGE_BATCH_SIZE_CPU
     stack_views = stack_views and views != ONE_VIEW
     backbone.set_views(views, stack=stack_views)
-    bf16 = precision == "bf16" or (precision == "auto" and gpus > 0)
-    preprocess = {**backbone.preprocess, "jpeg_draft": True, "decode": "cpu"}
-    if bf16 and not gpus:
-        preprocess["autocast"] = "bf16"
-    identity = {"kind": "image", "backbone": backbone.name, "weights": backbone.weights, "preprocess": preprocess,
-                "dim": backbone.dim * (len(views) if stack_views else 1)}
-    if stack_views:
-        identity["views"] = list(views)
+    identity = image_identity(backbone, views, stack_views, "cpu", precision == "bf16" and not gpus)
     images_dir = Path(images_dir)
     bounds = shard_bounds(len(names), shard_rows, batch_size)
     units = [[np.arange(u, min(u + batch_size, b)) for u in range(a, b, batch_size)] for a, b in bounds]
