@@ -39,6 +39,7 @@ from crossmodal.atomic_io import atomic_write_json, atomic_write_text, check_fre
 from crossmodal.backbones import ONE_VIEW, TEXT_BATCH_SIZE, ImageBackbone, TextBackbone
 from crossmodal.captions import list_hash
 from crossmodal.features.cache import (
+    FORMAT_VERSION,
     IDS_FILE,
     MANIFEST_FILE,
     SHARD_IDENTITY,
@@ -218,11 +219,13 @@ def _sharded(out_dir: str | os.PathLike, ids: Sequence[str], identity: dict, sha
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / PLAN_FILE, plan)
     shard_identity = {k: full[k] for k in SHARD_IDENTITY}
+    shards = [{"dir": shard_dir(out_dir, s).name, "rows": b - a, "ids_sha256": list_hash(ids[a:b])}
+              for s, (a, b) in enumerate(bounds)]  # what the top manifest lists
 
     def finished(s: int) -> bool:
-        a, b = bounds[s]
         try:
-            load_cache(shard_dir(out_dir, s), {**shard_identity, "rows": b - a, "ids_sha256": list_hash(ids[a:b])})
+            load_cache(out_dir / shards[s]["dir"],
+                       {**shard_identity, "rows": shards[s]["rows"], "ids_sha256": shards[s]["ids_sha256"]})
             return True
         except (StaleCacheError, OSError, ValueError):
             return False
@@ -253,10 +256,8 @@ def _sharded(out_dir: str | os.PathLike, ids: Sequence[str], identity: dict, sha
         if waiting:
             raise RuntimeError(f"{out_dir}: shards {sorted(waiting)} were not computed")
     failures = [f for s in range(len(bounds)) for f in read_manifest(shard_dir(out_dir, s))["failures"]]
-    shards = [{"dir": shard_dir(out_dir, s).name, "rows": b - a, "ids_sha256": list_hash(ids[a:b])}
-              for s, (a, b) in enumerate(bounds)]
     atomic_write_text(out_dir / IDS_FILE, "".join(f"{i}\n" for i in ids))
-    manifest = {**full, "failures": sorted(failures, key=lambda x: x["id"]), "format": 1, "shards": shards,
+    manifest = {**full, "failures": sorted(failures, key=lambda x: x["id"]), "format": FORMAT_VERSION, "shards": shards,
                 "files": {"ids": IDS_FILE}, **(extra or {})}
     atomic_write_json(out_dir / MANIFEST_FILE, manifest)  # last: the cache is finished
     (out_dir / PLAN_FILE).unlink(missing_ok=True)
