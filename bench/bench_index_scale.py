@@ -14,10 +14,11 @@ through the model's text encoder.
    keeps them (``ProjectionCache``'s file), generated shard by shard. The checkpoint is the shipped
    one without its querybank: the querybank biases of 10 million rows are a separate one-time cost.
 2. ``build``: ``build_index.py`` trains IVF-PQ on a sample, fills ``--shards`` shards, merges them.
-3. ``serve`` (a fresh process): what ``app.py --index`` builds (``cli.open_engine``, the Gradio
-   page), then every query through ``crossmodal.search.search`` (text encoding included): p50/p95,
-   resident memory (VmRSS; VmHWM the peak), and recall@10 of the served index against exact search
-   over all rows.
+3. ``serve``: ``python app.py --index`` in a process of its own, its resident memory (VmRSS; VmHWM the
+   peak) read from outside before and after ``--queries`` queries through its ``/search`` API; then
+   the same engine opened here (``cli.open_engine``, as the app opens it) for each query's own time
+   (``crossmodal.search.search``: text encoding, index, page of hits; p50/p95) and recall@10 of the
+   served index against exact search over all rows.
 
     python -m bench.bench_index_scale --work /big/folder [--rows 10000000]
 """
@@ -43,8 +44,8 @@ DEFAULT_CACHES = [KW / "flickr8k" / "image_embeddings", KW / "web" / "image_embe
 FLICKR = C.ROOT.parent / "shared" / "data" / "flickr8k"
 
 
-def status_mb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
+def status_mb(field: str, pid: int | str = "self") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
@@ -104,34 +105,53 @@ def write(args) -> None:
 
 
 def serve(args) -> None:
+    from gradio_client import Client
+
     import app
     from crossmodal import cli
     from crossmodal.ondisk_index import exact_top
-    from crossmodal.page import serve as serve_page
     from crossmodal.search import search
+    from scripts.screenshot_app import stop, wait_until_up
 
     import config
     from model import load_checkpoint
 
-    steps = [("python start", status_mb("VmRSS"))]
     feats = args.work / "image_embeddings"
     flags = ["--image-features", str(feats), "--images", str(feats), "--checkpoint", str(args.work / "model.pt"),
-             "--index", str(args.work / "index"), "--port", "7911"]
-    t0 = time.perf_counter()
-    opened = cli.open_engine(app.parse_args(flags), config, load_checkpoint)
-    engine = opened.engine
-    steps.append((f"engine open ({time.perf_counter() - t0:.1f} s)", status_mb("VmRSS")))
-    demo = serve_page(engine, "127.0.0.1", 7911, block=False, quiet=True)
-    steps.append(("page built and launched", status_mb("VmRSS")))
+             "--index", str(args.work / "index")]
     texts = held_out_captions(args.queries)
-    search(engine, texts[0], k=10)  # the first query loads what queries share
+
+    # 1. The app itself (python app.py --index), its memory read from outside, the queries sent to its API.
+    url = f"http://127.0.0.1:{args.port}/"
+    log = open(args.work / "app.log", "w")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "app.py", *flags, "--port", str(args.port)], cwd=C.ROOT,
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until_up(url, proc, timeout=600)
+        steps = [(f"app.py up, page served ({time.perf_counter() - t0:.0f} s)", status_mb("VmRSS", proc.pid))]
+        client = Client(url, verbose=False)
+        client.predict(query=texts[0], k=10, api_name="/search")  # the first query loads what queries share
+        api_times = []
+        for text in texts:
+            t = time.perf_counter()
+            client.predict(query=text, k=10, api_name="/search")
+            api_times.append(time.perf_counter() - t)
+        steps.append((f"after {len(texts):,} queries through its API", status_mb("VmRSS", proc.pid)))
+        peak = status_mb("VmHWM", proc.pid)
+    finally:
+        stop(proc)
+        log.close()
+
+    # 2. The query itself, in this process: the same engine (cli.open_engine, as app.py opens it), then
+    # recall of the served index against exact search over every row.
+    engine = cli.open_engine(app.parse_args(flags), config, load_checkpoint).engine
+    search(engine, texts[0], k=10)
     times = []
     for text in texts:
         t = time.perf_counter()
         search(engine, text, k=10)
         times.append(time.perf_counter() - t)
-    steps.append((f"after {len(texts):,} queries", status_mb("VmRSS")))
-    peak = status_mb("VmHWM")  # (before the exact search below, which is the bench's, not the app's)
     view = engine.current()
     vectors = np.stack([engine.embed_text(t) for t in texts]).astype(np.float32)
     found = view.index.search(vectors, 10)[1]
@@ -139,12 +159,15 @@ def serve(args) -> None:
     truth = exact_top(view.embeddings, vectors)
     exact_s = time.perf_counter() - t
     recall = float(np.mean([len(set(f) & set(r)) / 10 for f, r in zip(found, truth)]))
-    demo.close()
-    print(C.table(["step", "resident MB"], [(s, round(mb)) for s, mb in steps]))
-    print(f"\npeak resident (VmHWM): {peak:,.0f} MB")
+
+    def ms(values: list[float]) -> str:
+        return f"p50 {statistics.median(values) * 1e3:.1f} ms, p95 {np.percentile(values, 95) * 1e3:.1f} ms"
+
+    print(C.table(["app.py --index (a process of its own)", "resident MB"], [(s, round(mb)) for s, mb in steps]))
+    print(f"\npeak resident of app.py (VmHWM): {peak:,.0f} MB")
     print(f"index: {engine.details()['index']}")
-    print(f"query end to end (text encoding, index, page of hits), {len(times):,} held-out captions: "
-          f"p50 {statistics.median(times) * 1e3:.1f} ms, p95 {np.percentile(times, 95) * 1e3:.1f} ms")
+    print(f"query (text encoding, index, page of hits), {len(times):,} held-out captions: {ms(times)}")
+    print(f"the same through the app's /search API (HTTP and Gradio's queue added): {ms(api_times)}")
     print(f"recall@10 of the served index against exact search on these {len(texts):,} queries: {recall:.3f} "
           f"(exact search over {len(view.embeddings):,} rows: {exact_s / len(texts) * 1e3:.0f} ms a query)")
 
@@ -158,6 +181,7 @@ def main(argv=None) -> int:
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--caches", type=Path, nargs="+", default=DEFAULT_CACHES)
     p.add_argument("--step", choices=("all", "write", "build", "serve"), default="all")
+    p.add_argument("--port", type=int, default=7911)
     args = p.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     if args.step in ("all", "write"):
@@ -177,11 +201,8 @@ def main(argv=None) -> int:
         print(f"build_index.py: {seconds:.0f} s for {args.rows:,} rows ({seconds / args.rows * 1e6:.0f} s per million, "
               f"training, {args.shards} shards, merge and tuning included); {len(info['parts'])} part(s); "
               f"{disk / 2**20:,.0f} MB on disk ({disk / args.rows:.1f} bytes per photo)\n")
-    if args.step == "serve":
+    if args.step in ("all", "serve"):
         serve(args)
-    elif args.step == "all":  # in a fresh process: its memory is the served app's alone
-        subprocess.run([sys.executable, "-m", "bench.bench_index_scale", "--work", str(args.work), "--queries",
-                        str(args.queries), "--step", "serve"], cwd=C.ROOT, check=True)
     return 0
 
 

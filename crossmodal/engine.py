@@ -308,7 +308,7 @@ class SearchEngine:
             return IndexedCollection(collection, np.zeros((0, self._projections.embed_dim), np.float16), {}, None)
         proj, bias = self._projections.matrix(collection)
         if self.index_folder is not None and isinstance(proj, np.memmap):  # beyond memory: rows read, not mapped
-            from crossmodal.ondisk_index import RowsOnDisk
+            from crossmodal.features.rows import RowsOnDisk
 
             proj = RowsOnDisk(proj)
         rows = np.asarray(collection.matrix_rows)

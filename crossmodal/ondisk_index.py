@@ -387,23 +387,3 @@ class ServedIndex(SearchIndex):
     def _search(self, queries: np.ndarray, k: int, bank: str | None) -> tuple[np.ndarray, np.ndarray]:
         _, ids = self.ondisk.index.search(queries, max(k, self.candidates))
         return rerank(queries, ids, self.vectors, k, self.biases[bank] if bank is not None else None)
-
-
-class RowsOnDisk:
-    """The rows of a matrix file, each read through a mapping of its own that ends with the read.
-    One lasting mapping would keep the pages around every row it ever read (the kernel maps the
-    neighbours of a faulted page too), so random rows of a file of gigabytes would soon count whole
-    as this process's resident memory; the OS page cache keeps the hot rows either way."""
-
-    ndim = 2
-
-    def __init__(self, matrix: np.memmap):
-        self.path, self.offset = str(matrix.filename), int(matrix.offset)
-        self.shape, self.dtype = tuple(matrix.shape), matrix.dtype
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        mapped = np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset, shape=self.shape)
-        return np.array(mapped[key])  # a copy: the mapping closes when ``mapped`` goes

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -350,7 +351,7 @@ def test_failures_recorded_in_manifest(tmp_path):
 
 def test_row_ids_read_like_the_list_they_hold(tmp_path):
     from crossmodal.captions import list_hash
-    from crossmodal.features.cache import RowIds
+    from crossmodal.features.rows import RowIds
 
     names = ["a.jpg", "Ünïcode/ß.jpg", "x/y/z.png", "00000.tar/000000001.jpg", "b.jpg"]
     (tmp_path / "ids.txt").write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
@@ -362,3 +363,35 @@ def test_row_ids_read_like_the_list_they_hold(tmp_path):
     assert ids.subset(np.arange(5)) is ids and ids != names[:4]
     with pytest.raises(IndexError):
         ids[5]
+    # a last line without its newline reads the same; a file renamed over the old one is not mixed in
+    (tmp_path / "bare.txt").write_text("\n".join(names), encoding="utf-8")
+    bare = RowIds.read(tmp_path / "bare.txt")
+    assert list(bare) == names and bare == ids and bare.sha256() == list_hash(names) and bare[2:2] == []
+    (tmp_path / "new.txt").write_text("".join(f"new-{n}\n" for n in names), encoding="utf-8")
+    os.replace(tmp_path / "new.txt", tmp_path / "ids.txt")
+    assert list(ids) == names and ids[4] == "b.jpg"
+
+
+def test_rows_on_disk_read_like_the_matrix_they_hold(tmp_path):
+    from crossmodal.features.rows import RowsOnDisk
+
+    matrix = np.random.default_rng(0).standard_normal((50, 6)).astype(np.float16)
+    np.save(tmp_path / "m.npy", matrix)
+    rows = RowsOnDisk(np.load(tmp_path / "m.npy", mmap_mode="r"))
+    assert len(rows) == 50 and rows.shape == (50, 6) and rows.dtype == np.float16
+    picks = np.array([[7, 3], [3, 49]])  # out of order, repeated, 2-d
+    mask = np.arange(50) % 3 == 0
+    for key in (4, -1, slice(None), slice(10, 20), slice(40, 99), slice(30, 10), slice(1, 30, 7),
+                np.array([5, 6, 7, 20, 21, 0]), picks, mask, [2, 2], np.array([], int), (slice(3, 9), 2)):
+        assert np.array_equal(rows[key], matrix[key]), key
+    assert np.array_equal(np.asarray(rows, dtype=np.float32), matrix.astype(np.float32))
+    for bad in (50, -51, np.array([0, 50]), np.ones(49, dtype=bool)):
+        with pytest.raises(IndexError):
+            rows[bad]
+    os.replace(tmp_path / "m.npy", tmp_path / "old.npy")
+    np.save(tmp_path / "m.npy", np.zeros((50, 6), np.float16))  # replaced: the rows read stay the old file's
+    assert np.array_equal(rows[10:12], matrix[10:12])
+    with open(tmp_path / "old.npy", "r+b") as f:  # damaged: cut short
+        f.truncate(128 + 20 * 12)
+    with pytest.raises(ValueError, match="shorter than its header says"):
+        rows[30]

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from crossmodal.atomic_io import atomic_save_npy, atomic_write_json, atomic_write_text, check_free_space
 from crossmodal.captions import list_hash
+from crossmodal.features.rows import RowIds, ShardedRows
 from crossmodal.resumable import ChunkWriter, WorkFolder, flush_interval
 
 log = logging.getLogger(__name__)
@@ -60,140 +61,6 @@ ComputeUnits = Callable[[list[np.ndarray], Callable[[int], Any]],
 
 class StaleCacheError(RuntimeError):
     """Cached features that are missing or were made by something else than what is asked for."""
-
-
-class ShardedRows:
-    """The rows of several memory-mapped (n_i, dim) matrices read as one (sum n_i, dim) matrix: what
-    stages index a feature cache with (``rows[a:b]``, ``rows[index_array]``, ``rows[mask]``,
-    ``rows[i]``, ``np.asarray(rows)``) reads the shards the rows are in, and nothing else."""
-
-    ndim = 2
-
-    def __init__(self, parts: Sequence[np.ndarray]):
-        if not parts:
-            raise ValueError("no shards")
-        self.parts = list(parts)
-        self.bounds = np.cumsum([0] + [len(p) for p in self.parts])
-        self.shape = (int(self.bounds[-1]), int(self.parts[0].shape[1]))
-        self.dtype = self.parts[0].dtype
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        out = self[:]
-        return out if dtype is None else out.astype(dtype, copy=False)
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        if isinstance(key, tuple):  # rows, then columns
-            return self[key[0]][(slice(None),) + key[1:]]
-        if isinstance(key, (int, np.integer)):
-            i = int(key) + (len(self) if key < 0 else 0)
-            if not 0 <= i < len(self):
-                raise IndexError(f"row {key} of {len(self)}")
-            s = int(np.searchsorted(self.bounds, i, side="right")) - 1
-            return np.asarray(self.parts[s][i - self.bounds[s]])
-        if isinstance(key, slice):
-            start, stop, step = key.indices(len(self))
-            if step == 1:
-                pieces = [np.asarray(p[max(start - a, 0):max(min(stop, b) - a, 0)])
-                          for p, a, b in zip(self.parts, self.bounds[:-1], self.bounds[1:])]
-                return np.concatenate(pieces) if pieces else np.empty((0, self.shape[1]), self.dtype)
-            key = np.arange(start, stop, step)
-        index = np.asarray(key)
-        if index.dtype == bool:
-            if index.shape != (len(self),):
-                raise IndexError(f"a boolean index of shape {index.shape} for {len(self)} rows")
-            index = np.flatnonzero(index)
-        index = np.where(index < 0, index + len(self), index).astype(np.int64)
-        if index.size and (index.min() < 0 or index.max() >= len(self)):
-            raise IndexError(f"row index out of range for {len(self)} rows")
-        out = np.empty(index.shape + (self.shape[1],), dtype=self.dtype)
-        shard = np.searchsorted(self.bounds, index, side="right") - 1
-        for s in np.unique(shard):
-            here = shard == s
-            local = index[here] - self.bounds[s]
-            order = np.argsort(local, kind="stable")  # memory-mapped reads in file order
-            out[np.flatnonzero(here)[order]] = self.parts[s][local[order]]
-        return out
-
-
-class RowIds(Sequence[str]):
-    """The row ids of an ids file, held as its bytes (memory-mapped) and the offsets of its lines: a
-    list of ten million ``str`` takes about ten times the memory. Indexed and iterated like a list
-    of ``str``; only the pages of the ids read count as this process's memory."""
-
-    READ_BLOCK = 1 << 24  # bytes read at a time to find the lines and hash them
-
-    def __init__(self, data: np.ndarray, bounds: np.ndarray, sha256: str | None = None):
-        self._data, self._bounds = data, bounds  # line i: data[bounds[i]:bounds[i + 1] - 1] ("\n" dropped)
-        self._sha256 = sha256
-
-    @classmethod
-    def read(cls, path: str | os.PathLike) -> "RowIds":
-        import hashlib
-
-        h, ends, size = hashlib.sha256(), [], 0
-        with open(path, "rb") as f:
-            while block := f.read(cls.READ_BLOCK):
-                h.update(block)
-                ends.append(np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10) + size)
-                size += len(block)
-        if size == 0:
-            return cls(np.zeros(0, np.uint8), np.zeros(1, np.int64), h.hexdigest()[:16])
-        data = np.memmap(path, dtype=np.uint8, mode="r", shape=(size,))
-        if data[-1] != 10:  # a last line without its newline: held in memory with one added
-            data = np.append(np.asarray(data), np.uint8(10))
-            h.update(b"\n")
-            ends.append(np.array([size]))
-        return cls(data, np.concatenate([[0], np.concatenate(ends) + 1]).astype(np.int64), h.hexdigest()[:16])
-
-    def sha256(self) -> str:
-        """``captions.list_hash`` of the ids (the hash of their lines), without decoding them."""
-        if self._sha256 is None:
-            import hashlib
-
-            self._sha256 = hashlib.sha256(np.asarray(self._data).tobytes()).hexdigest()[:16]
-        return self._sha256
-
-    def __len__(self) -> int:
-        return len(self._bounds) - 1
-
-    def __getitem__(self, key: Any) -> Any:
-        if isinstance(key, slice):
-            return [self[i] for i in range(*key.indices(len(self)))]
-        i = int(key) + (len(self) if key < 0 else 0)
-        if not 0 <= i < len(self):
-            raise IndexError(f"row {key} of {len(self)}")
-        return self._data[self._bounds[i]:self._bounds[i + 1] - 1].tobytes().decode("utf-8")
-
-    def __iter__(self) -> Iterator[str]:
-        block = 1 << 16  # decoded a block of lines at a time
-        data = self._data
-        if isinstance(data, np.memmap):  # a mapping of its own: a whole pass leaves no pages resident
-            data = np.memmap(data.filename, dtype=np.uint8, mode="r", shape=data.shape)
-        for start in range(0, len(self), block):
-            stop = min(start + block, len(self))
-            yield from data[self._bounds[start]:self._bounds[stop] - 1].tobytes().decode("utf-8").split("\n")
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, RowIds):
-            return np.array_equal(self._data, other._data)
-        return isinstance(other, Sequence) and len(other) == len(self) and list(self) == list(other)
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def subset(self, rows: np.ndarray) -> "RowIds":
-        """The ids of ``rows`` (ascending), as their own ``RowIds``."""
-        rows = np.asarray(rows, dtype=np.int64)
-        if len(rows) == len(self) and (rows == np.arange(len(self))).all():
-            return self
-        starts, stops = self._bounds[rows], self._bounds[rows + 1]
-        keep = np.zeros(len(self._data) + 1, dtype=np.int32)
-        np.add.at(keep, starts, 1)
-        np.add.at(keep, stops, -1)
-        data = np.asarray(self._data)[np.cumsum(keep[:-1]) > 0]
-        return RowIds(data, np.concatenate([[0], np.cumsum(stops - starts)]).astype(np.int64))
 
 
 @dataclass
