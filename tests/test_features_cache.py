@@ -373,8 +373,9 @@ def test_row_ids_read_like_the_list_they_hold(tmp_path):
 
 
 def test_rows_on_disk_read_like_the_matrix_they_hold(tmp_path):
-    from crossmodal.features.rows import RowsOnDisk
+    from crossmodal.features.rows import RowIds, RowsOnDisk
 
+    (tmp_path / "ids.txt").write_text("r0\nr1\nr2\n")
     matrix = np.random.default_rng(0).standard_normal((50, 6)).astype(np.float16)
     np.save(tmp_path / "m.npy", matrix)
     rows = RowsOnDisk(np.load(tmp_path / "m.npy", mmap_mode="r"))
@@ -388,6 +389,10 @@ def test_rows_on_disk_read_like_the_matrix_they_hold(tmp_path):
     for bad in (50, -51, np.array([0, 50]), np.ones(49, dtype=bool)):
         with pytest.raises(IndexError):
             rows[bad]
+    import pickle
+
+    assert np.array_equal(pickle.loads(pickle.dumps(rows))[5:9], matrix[5:9])  # a spawned worker's copy
+    assert list(pickle.loads(pickle.dumps(RowIds.read(tmp_path / "ids.txt")))) == [f"r{i}" for i in range(3)]
     os.replace(tmp_path / "m.npy", tmp_path / "old.npy")
     np.save(tmp_path / "m.npy", np.zeros((50, 6), np.float16))  # replaced: the rows read stay the old file's
     assert np.array_equal(rows[10:12], matrix[10:12])

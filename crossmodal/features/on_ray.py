@@ -182,11 +182,25 @@ def _embed_stage(ds: Any, actor: type, args: tuple, embedders: int | None) -> An
         size = embedders or max(1, int(ray.cluster_resources().get("CPU", 1) // EMBED_CPUS))
     # A dead actor is restarted and its units retried, but not forever: an actor that cannot even be
     # built (a weights file missing on that node) must end the run, not hang it.
-    # From one actor up: the actors of a run that just ended release their CPUs a few seconds late,
-    # and a pool that waited for all of them at once could wait forever.
+    # The whole pool at once: an actor takes seconds to start (torch, torchvision), and a pool grown
+    # one actor at a time leaves CPUs idle through most of a short run.
     return ds.map_batches(actor, fn_constructor_args=args, batch_size=1,
-                          compute=ActorPoolStrategy(min_size=1, max_size=size), max_restarts=ACTOR_RESTARTS,
-                          **resources)
+                          compute=ActorPoolStrategy(size=size), max_restarts=ACTOR_RESTARTS, **resources)
+
+
+def _wait_for_release(cpus: float, timeout: float = 10.0) -> None:
+    """Return once the cluster has ``cpus`` free CPUs again (at most ``timeout`` seconds): a finished
+    run's actors go when the last reference to them does, a moment later, and the next run in this
+    process would otherwise start with part of its pool."""
+    import gc
+    import time
+
+    import ray
+
+    gc.collect()
+    deadline = time.monotonic() + timeout
+    while ray.available_resources().get("CPU", 0) < cpus and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -243,6 +257,7 @@ def _sharded(out_dir: str | os.PathLike, ids: Sequence[str], identity: dict, sha
         ctx.enable_progress_bars = False  # one bar, ours
         ctx.print_on_execution_start = False
         items = [{"shard": s, "unit": j, **payload(rows)} for s in pending for j, rows in enumerate(shard_units[s])]
+        free_cpus = ray.available_resources().get("CPU", 0)
         ds = pipeline(ray.data.from_items(items, override_num_blocks=len(items)))
         waiting: dict[int, dict[int, tuple[np.ndarray, list[str]]]] = {s: {} for s in pending}
         with tqdm(total=len(ids), initial=done_rows, desc=desc, unit=unit, dynamic_ncols=True) as bar:
@@ -253,6 +268,8 @@ def _sharded(out_dir: str | os.PathLike, ids: Sequence[str], identity: dict, sha
                 bar.update(len(feats))
                 if len(waiting[s]) == len(shard_units[s]):
                     _write_shard(out_dir, s, bounds[s], ids, shard_units[s], waiting.pop(s), identity)
+        del ds
+        _wait_for_release(free_cpus)
         if waiting:
             raise RuntimeError(f"{out_dir}: shards {sorted(waiting)} were not computed")
     failures = [f for s in range(len(bounds)) for f in read_manifest(shard_dir(out_dir, s))["failures"]]

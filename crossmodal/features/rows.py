@@ -93,6 +93,12 @@ class _OpenFile:
         self._fd = self.file.fileno()
         self._lock = None if hasattr(os, "preadv") else threading.Lock()
 
+    def __getstate__(self) -> str:  # another process (a spawned loader worker) opens the file again
+        return self.path
+
+    def __setstate__(self, path: str) -> None:
+        self.__init__(path)
+
     def read_into(self, buffer: memoryview, offset: int) -> None:
         done = 0
         while done < len(buffer):
