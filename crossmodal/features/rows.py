@@ -39,20 +39,13 @@ def row_index(key: Any, n: int) -> slice | np.ndarray:
     return index
 
 
-class ShardedRows:
-    """The rows of several memory-mapped (n_i, dim) matrices read as one (sum n_i, dim) matrix: what
-    stages index a feature cache with (``rows[a:b]``, ``rows[index_array]``, ``rows[mask]``,
-    ``rows[i]``, ``np.asarray(rows)``) reads the shards the rows are in, and nothing else."""
+class _RowMatrix:
+    """A (rows, ...) matrix read where indexed: ``rows[i]``, ``rows[a:b]``, ``rows[index_array]``,
+    ``rows[mask]``, ``rows[rows_key, columns_key]``, ``np.asarray(rows)``; ``_rows`` reads them."""
 
     ndim = 2
-
-    def __init__(self, parts: Sequence[np.ndarray]):
-        if not parts:
-            raise ValueError("no shards")
-        self.parts = list(parts)
-        self.bounds = np.cumsum([0] + [len(p) for p in self.parts])
-        self.shape = (int(self.bounds[-1]), int(self.parts[0].shape[1]))
-        self.dtype = self.parts[0].dtype
+    shape: tuple[int, ...]
+    dtype: np.dtype
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -64,7 +57,26 @@ class ShardedRows:
     def __getitem__(self, key: Any) -> np.ndarray:
         if isinstance(key, tuple):  # rows, then columns
             return self[key[0]][(slice(None),) + key[1:]]
-        index = row_index(key, len(self))
+        return self._rows(row_index(key, len(self)))
+
+    def _rows(self, index: slice | np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class ShardedRows(_RowMatrix):
+    """The rows of several memory-mapped (n_i, dim) matrices read as one (sum n_i, dim) matrix: what
+    stages index a feature cache with (``rows[a:b]``, ``rows[index_array]``, ``rows[mask]``,
+    ``rows[i]``, ``np.asarray(rows)``) reads the shards the rows are in, and nothing else."""
+
+    def __init__(self, parts: Sequence[np.ndarray]):
+        if not parts:
+            raise ValueError("no shards")
+        self.parts = list(parts)
+        self.bounds = np.cumsum([0] + [len(p) for p in self.parts])
+        self.shape = (int(self.bounds[-1]), int(self.parts[0].shape[1]))
+        self.dtype = self.parts[0].dtype
+
+    def _rows(self, index: slice | np.ndarray) -> np.ndarray:
         if isinstance(index, slice):
             start, stop = index.start, index.stop
             pieces = [np.asarray(p[max(start - a, 0):max(min(stop, b) - a, 0)])
@@ -119,11 +131,9 @@ class _OpenFile:
         return bytes(out)
 
 
-class RowsOnDisk:
+class RowsOnDisk(_RowMatrix):
     """The rows of a (rows, dim) matrix file (an ``.npy`` or a raw matrix at an offset), read with file
-    reads where asked: ``rows[i]``, ``rows[a:b]``, ``rows[index_array]``, ``rows[mask]``."""
-
-    ndim = 2
+    reads where asked."""
 
     def __init__(self, matrix: np.memmap):
         self.offset, self.shape, self.dtype = int(matrix.offset), tuple(matrix.shape), matrix.dtype
@@ -134,23 +144,14 @@ class RowsOnDisk:
     def path(self) -> str:
         return self._file.path
 
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        out = self[:]
-        return out if dtype is None else out.astype(dtype, copy=False)
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        if isinstance(key, tuple):  # rows, then columns
-            return self[key[0]][(slice(None),) + key[1:]]
-        index = row_index(key, len(self))
+    def _rows(self, index: slice | np.ndarray) -> np.ndarray:
         if isinstance(index, slice):
             out = np.empty((index.stop - index.start,) + self.shape[1:], self.dtype)
-            self._read_run(index.start, out)
+            start = self.offset + index.start * self._row_bytes
+            self._file.read_into(memoryview(out.reshape(-1).view(np.uint8)), start)
             return out
         if index.ndim == 0:
-            return self[index.reshape(1)][0]
+            return self._rows(index.reshape(1))[0]
         if not index.size:
             return np.empty(index.shape + self.shape[1:], self.dtype)
         rows, where = np.unique(index, return_inverse=True)  # ascending: read in file order, each once
@@ -160,9 +161,6 @@ class RowsOnDisk:
         for a, b, first in zip([0] + breaks, breaks + [len(rows)], rows[[0] + breaks].tolist()):
             self._file.read_into(buffer[a * size:b * size], self.offset + first * size)
         return got[where.reshape(index.shape)]
-
-    def _read_run(self, first: int, out: np.ndarray) -> None:
-        self._file.read_into(memoryview(out.reshape(-1).view(np.uint8)), self.offset + first * self._row_bytes)
 
 
 class RowIds(Sequence[str]):
