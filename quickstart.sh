@@ -13,5 +13,5 @@ python extract_aug_text_features.py --captions "$W/data/captions.token" --work-d
 python run_train.py "${DATA[@]}" --epochs 15
 python evaluate.py "${DATA[@]}" --split test
 if [ -z "${NO_APP:-}" ]; then
-  python app.py "${DATA[@]}"
+  python app.py --images "$W/data/images" --captions "$W/data/captions.token" --work-dir "$W"
 fi
