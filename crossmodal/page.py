@@ -45,6 +45,10 @@ MORE_LIKE = "More like the selected photo"
 MAX_DUPLICATE_GROUPS = 100  # groups the page shows; index_folder.py --duplicates lists them all
 REFRESH_SECONDS = 1.0  # how often the page looks at the indexing progress while it runs
 IDLE_REFRESH_SECONDS = 5.0  # and between runs (a periodic look at the folders starts one)
+# Sessions whose page state Gradio keeps, the least recently used dropped first. Every request to the
+# /call API is a session of its own holding about 100 KB, so Gradio's default of 10,000 would let API
+# clients grow the server by a gigabyte; a page whose state was dropped is asked to search again.
+SESSION_CAPACITY = 256
 
 
 # --------------------------------------------------------------------------------------------------
@@ -491,7 +495,7 @@ def serve(engine: Any, host: str, port: int, *, indexer: Any = None, block: bool
     # No static or allowed paths: photos are served only by the photo route, Gradio's file route
     # reaches none of them.
     demo.launch(server_name=host, server_port=port, share=False, ssr_mode=False, show_error=True, quiet=quiet,
-                max_file_size=MAX_UPLOAD_BYTES, prevent_thread_lock=not block,
+                max_file_size=MAX_UPLOAD_BYTES, prevent_thread_lock=not block, state_session_capacity=SESSION_CAPACITY,
                 app_kwargs={"routes": [page.photos.route()],
                             "middleware": [Middleware(RefuseMalformedRequests),
                                            Middleware(LimitUploads, uploads=uploads)]})
