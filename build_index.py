@@ -28,12 +28,12 @@ from crossmodal.backbones import BackboneUnavailable, resolve_device  # noqa: E4
 from crossmodal.collection import CollectionError  # noqa: E402
 from crossmodal.engine import (  # noqa: E402
     EngineError,
-    RowsOf,
     check_collection,
     load_text_backbone,
     served_identity,
     tuning_texts,
 )
+from crossmodal.features.rows import RowsOf  # noqa: E402
 from crossmodal.ondisk_index import build_collection_index  # noqa: E402
 from crossmodal.projection import ProjectionCache  # noqa: E402
 

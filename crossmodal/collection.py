@@ -15,6 +15,7 @@ not have is None (a dataset has captions but no dates, folders or text read in p
 """
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import os
@@ -24,7 +25,8 @@ from typing import Any, Iterable, Iterator, Protocol, Sequence, runtime_checkabl
 import numpy as np
 
 from crossmodal.captions import escapes_folder
-from crossmodal.features.cache import FeatureCache, features_signature, load_cache, open_rows, read_manifest
+from crossmodal.features.cache import FeatureCache, feature_files, features_signature, load_cache, read_manifest
+from crossmodal.features.rows import ShardedRows
 
 POOL_BLOCK = 4096  # matrix rows pooled at a time (bounded memory even for a 7-view cache)
 
@@ -135,8 +137,10 @@ class DatasetCollection:
         if escaping is not None:
             raise CollectionError(f"the image features in {cache.directory} name {escaping!r}, a path outside the "
                                   f"photos folder {self.root}; refused: rebuild them from captions without such names")
-        # The matrix is mapped again for each read: pages read while projecting do not stay resident.
-        self._features_dir, self._shape = cache.directory, cache.features.shape
+        # The matrix is mapped again for each read, only the files holding the rows read: pages read
+        # while projecting do not stay resident.
+        self._files, self._shape = feature_files(cache.directory), cache.features.shape
+        self._file_starts = [a for _, a in self._files]
         self._views = len(cache.manifest.get("views") or (None,))
         self.identity = {"backbone": cache.manifest["backbone"], "weights": cache.manifest["weights"],
                          "preprocess": cache.manifest["preprocess"], "dim": cache.pooled_dim}
@@ -177,7 +181,13 @@ class DatasetCollection:
         return self._shape[0]
 
     def pooled(self, start: int, stop: int) -> np.ndarray:
-        x = np.asarray(open_rows(self._features_dir)[start:stop], dtype=np.float32)
+        if stop <= start:
+            return np.zeros((0, self.identity["dim"]), np.float32)
+        starts = self._file_starts
+        files = self._files[bisect.bisect_right(starts, start) - 1:bisect.bisect_left(starts, stop)]
+        first = files[0][1]
+        rows = ShardedRows([np.load(path, mmap_mode="r") for path, _ in files])
+        x = np.asarray(rows[start - first:stop - first], dtype=np.float32)
         if self._views > 1:  # rows are V views side by side, view-major: the image's vector is their mean
             x = x.reshape(len(x), self._views, -1).mean(1)
         return x

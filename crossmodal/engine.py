@@ -240,22 +240,6 @@ def served_identity(checkpoint: str | os.PathLike, collection: Collection) -> di
     return {"checkpoint": file_digest(checkpoint), "collection": str(collection.cache_folder or collection.root)}
 
 
-class RowsOf:
-    """``matrix[rows[i]]`` as row i, read where asked: a memory-mapped matrix's readable rows, uncopied."""
-
-    ndim = 2
-
-    def __init__(self, matrix: np.ndarray, rows: np.ndarray):
-        self.matrix, self.rows = matrix, rows
-        self.shape, self.dtype = (len(rows), matrix.shape[1]), matrix.dtype
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, key: object) -> np.ndarray:
-        return np.asarray(self.matrix[self.rows[key]])
-
-
 class SearchEngine:
     """Text and photo queries over a collection with one checkpoint's heads (module docstring).
 
@@ -315,6 +299,8 @@ class SearchEngine:
         if len(rows) == len(proj) and (rows == np.arange(len(rows))).all():  # every row: the mapped file itself
             embeddings = proj
         elif self.index_folder is not None:  # a collection beyond memory: its rows read where asked
+            from crossmodal.features.rows import RowsOf
+
             embeddings = RowsOf(proj, rows)
         else:
             embeddings = np.ascontiguousarray(proj[rows])

@@ -345,9 +345,17 @@ def open_rows(directory: str | os.PathLike, manifest: dict | None = None, hint: 
     return ShardedRows(parts)
 
 
+def feature_files(directory: str | os.PathLike) -> list[tuple[Path, int]]:
+    """The feature files of the cache in ``directory``, each with the first row it holds: its one
+    ``.npy``, or its shards' in row order."""
+    directory = Path(directory)
+    shards = (read_manifest(directory) or {}).get("shards")
+    if not shards:
+        return [(directory / FEATURES_FILE, 0)]
+    starts = np.cumsum([0] + [s["rows"] for s in shards[:-1]]).tolist()
+    return [(directory / s["dir"] / FEATURES_FILE, a) for s, a in zip(shards, starts)]
+
+
 def features_signature(directory: str | os.PathLike) -> list:
     """What changes when the cache in ``directory`` is rebuilt: its feature files' sizes and times."""
-    directory = Path(directory)
-    manifest = read_manifest(directory) or {}
-    files = [directory / s["dir"] / FEATURES_FILE for s in manifest.get("shards", ())] or [directory / FEATURES_FILE]
-    return [[f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    return [[f.stat().st_size, f.stat().st_mtime_ns] for f, _ in feature_files(directory)]

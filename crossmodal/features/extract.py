@@ -184,9 +184,8 @@ def extract_image_features(
             yield f, [(names[rows[j]], errors[j]) for j in bad]
 
     identity = image_identity(backbone, views, stack_views, decode, embed.bf16 and device.type == "cpu")
-    cache = build_cache(out_dir, names, identity, compute, unit_size=batch_size, chunk_size=chunk_size,
-                        force=force, desc=f"images ({backbone.name})", unit="img", extra=extra)
-    return cache
+    return build_cache(out_dir, names, identity, compute, unit_size=batch_size, chunk_size=chunk_size,
+                       force=force, desc=f"images ({backbone.name})", unit="img", extra=extra)
 
 
 def image_identity(backbone: ImageBackbone, views: tuple[str, ...], stack_views: bool, decode: str,

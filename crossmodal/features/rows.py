@@ -3,6 +3,7 @@ collection of tens of millions of photos without holding it.
 
 - ``ShardedRows``: several memory-mapped matrices (a sharded cache's shards) indexed as one.
 - ``RowsOnDisk``: a matrix file whose rows are read with file reads, never kept mapped.
+- ``RowsOf``: chosen rows of such a matrix, indexed as a matrix of their own.
 - ``RowIds``: the lines of an ids file, read by their offsets.
 
 Why reads and not one lasting mapping: on a page fault the kernel maps the pages around it too
@@ -93,6 +94,17 @@ class ShardedRows(_RowMatrix):
             order = np.argsort(local, kind="stable")  # memory-mapped reads in file order
             out[np.flatnonzero(here)[order]] = self.parts[s][local[order]]
         return out
+
+
+class RowsOf(_RowMatrix):
+    """``matrix[rows[i]]`` as row i, read where asked: a large matrix's readable rows, uncopied."""
+
+    def __init__(self, matrix: Any, rows: np.ndarray):
+        self.matrix, self.rows = matrix, rows
+        self.shape, self.dtype = (len(rows),) + tuple(matrix.shape[1:]), matrix.dtype
+
+    def _rows(self, index: slice | np.ndarray) -> np.ndarray:
+        return np.asarray(self.matrix[self.rows[index]])
 
 
 class _OpenFile:
