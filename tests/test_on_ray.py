@@ -3,7 +3,7 @@ as one by every stage; a killed driver resumes, a killed worker is replaced.
 
 The set is img2dataset output as a webdataset ``.tar`` shard: generated JPEG photos with captions and
 one damaged photo. Rows are compared with the in-process extraction of the same photos: the units
-(batches) are the same, but an actor runs its backbone with its own thread count, so rows agree to
+(batches) are the same, but a worker runs its backbone with its own thread count, so rows agree to
 float16 rounding (one unit in the last place), not bit for bit.
 """
 from __future__ import annotations
@@ -155,12 +155,20 @@ def test_ray_stages_equal_the_in_process_ones_and_every_stage_reads_them(cluster
     assert t.manifest["image_ids_sha256"] == t_ref.manifest["image_ids_sha256"]
 
 
-def embedding_actors() -> list[int]:
-    """PIDs of the running embedding actors: Ray names a worker's process after its actor."""
+def test_a_backbone_the_workers_cannot_build_ends_the_run_naming_why(cluster, web_set, tmp_path):
+    names = ["00000.tar/000000001.jpg", "00000.tar/000000002.jpg"]
+    spec = on_ray.BackboneSpec("resnet18", str(tmp_path / "missing.pt"))
+    with pytest.raises(on_ray.RayRunError, match="resnet18 weights file not found: .*missing.pt"):
+        on_ray.extract_images_on_ray(create_image_backbone("efficientnet_lite0"), spec, web_set, names,
+                                     tmp_path / "out")
+
+
+def embedding_workers() -> list[int]:
+    """PIDs of the workers embedding now: Ray names a worker's process after the task it runs."""
     pids = []
     for proc in Path("/proc").iterdir():
         try:
-            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::MapWorker"):
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::MapBatches(_embed_in_worker)"):
                 pids.append(int(proc.name))
         except OSError:
             continue
@@ -182,7 +190,7 @@ def test_a_worker_killed_during_a_run_completes_with_the_same_rows(cluster, web_
         except Exception as err:  # noqa: BLE001 - reported by the test below
             result["error"] = err
 
-    before = set(embedding_actors())  # actors of an earlier run may still be shutting down
+    before = set(embedding_workers())  # workers of an earlier run, if any are still busy
     thread = threading.Thread(target=run)
     thread.start()
     deadline = time.monotonic() + 240
@@ -191,7 +199,7 @@ def test_a_worker_killed_during_a_run_completes_with_the_same_rows(cluster, web_
         time.sleep(0.01)
     killed = None
     while killed is None and not (out / MANIFEST_FILE).is_file() and thread.is_alive():
-        for pid in set(embedding_actors()) - before:  # this run's actors, busy embedding
+        for pid in set(embedding_workers()) - before:  # busy embedding this run's units
             try:
                 os.kill(pid, signal.SIGKILL)
                 killed = pid
@@ -203,4 +211,4 @@ def test_a_worker_killed_during_a_run_completes_with_the_same_rows(cluster, web_
     assert "error" not in result, result.get("error")
     ref = load_cache(in_process)
     assert result["cache"].ids == ref.ids and close(result["cache"].features, ref.features)
-    assert killed not in embedding_actors()
+    assert killed not in embedding_workers()

@@ -5,16 +5,18 @@ rows. Within a shard, rows are computed in the units of the in-process extractio
 consecutive images; texts sorted by length), and a Ray Data pipeline computes the units of every
 shard not yet finished:
 
-* images: a map stage decodes each unit's photos in CPU tasks with the project's own loader
-  (``extract.ImageFileDataset``: the pixel budget, EXIF orientation, every format it reads, members
-  of webdataset ``.tar`` shards); an actor pool embeds them, one backbone per actor: one actor per
-  GPU of the cluster, else ``embedders`` CPU actors;
-* texts: the actor pool tokenizes and encodes each unit (each distinct text once).
+* images: each unit's photos are decoded with the project's own loader (``extract.ImageFileDataset``:
+  the pixel budget, EXIF orientation, every format it reads, members of webdataset ``.tar`` shards)
+  and embedded. On a cluster with GPUs, CPU tasks decode and an actor pool embeds, one actor (one
+  backbone) per GPU. Without GPUs, CPU tasks decode and embed their units, one backbone per worker
+  process, kept for the next task that process runs (Ray reuses a job's worker processes), so
+  only a job's first run pays for the workers' start: importing torch and building the backbone;
+* texts: the same stage tokenizes and encodes each unit (each distinct text once).
 
 The driver gathers each shard's units and writes the shard as a cache of today's format, manifest
 last; once every shard is there, the top ``ids.txt`` and manifest, which list the shards in order.
 A restarted driver keeps the finished shards and computes the others; Ray retries the tasks of a
-worker that dies and restarts a dead actor (Ray Data's defaults). Unreadable images are zero rows,
+worker that dies and restarts a dead actor. Unreadable images are zero rows,
 listed in the manifests as in-process.
 
 Paths must be readable where the tasks run: local paths on one machine, or a filesystem that every
@@ -65,9 +67,10 @@ log = logging.getLogger(__name__)
 
 SHARD_ROWS = 65_536  # rows per shard (rounded up to whole units): what a killed driver can lose
 PLAN_FILE = "shards.json"  # the settings the shards were made with: shards of other settings are discarded
-EMBED_CPUS = 1.0  # CPUs an embedding actor takes on a cluster without GPUs
+EMBED_CPUS = 1.0  # CPUs a task embedding its units takes on a cluster without GPUs
 DECODE_CPUS = 1.0  # CPUs a decoding task takes
-ACTOR_RESTARTS = 3  # times a dead embedding actor is restarted before the run fails
+TASK_ROWS = 32  # rows a task computes at least (whole units): a task costs tens of ms to schedule
+ACTOR_RESTARTS = 3  # times a dead GPU actor is restarted before the run fails
 
 
 class RayRunError(RuntimeError):
@@ -119,9 +122,9 @@ def _assigned_cpus() -> int:
     return max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
 
 
-class _ImageEmbedActor:
-    """One image backbone, on the actor's GPU when it has one. Embeds units decoded by the tasks
-    before it, or (on a cluster without GPUs) decodes them itself."""
+class _ImageEmbedder:
+    """One image backbone, on the GPU of the actor holding it, or in a CPU worker. Embeds units
+    decoded by the tasks before it, or (on a cluster without GPUs) decodes them itself."""
 
     def __init__(self, spec: BackboneSpec, views: tuple[str, ...], stack_views: bool, precision: str):
         from crossmodal.backbones import create_image_backbone
@@ -146,7 +149,7 @@ class _ImageEmbedActor:
         return {"shard": batch["shard"], "unit": batch["unit"], "features": features, "errors": batch["errors"]}
 
 
-class _TextEmbedActor:
+class _TextEmbedder:
     """One text backbone: each unit's distinct texts encoded once, as in-process."""
 
     def __init__(self, spec: BackboneSpec, batch_size: int):
@@ -167,25 +170,33 @@ class _TextEmbedActor:
                 "errors": [json.dumps([""] * len(f)) for f in features]}
 
 
-def _embed_stage(ds: Any, actor: type, args: tuple, embedders: int | None) -> Any:
-    """``ds`` through an actor pool of ``actor``: one per GPU of the cluster, else one per ``EMBED_CPUS``
-    CPUs (or ``embedders``)."""
+@functools.lru_cache(maxsize=2)
+def _worker_embedder(embedder: type, args: tuple) -> Callable[[dict], dict]:
+    """This worker process's ``embedder(*args)``, built by its first task and kept for the next."""
+    return embedder(*args)
+
+
+def _embed_in_worker(batch: dict, embedder: type, args: tuple) -> dict:
+    return _worker_embedder(embedder, args)(batch)
+
+
+def _embed_stage(ds: Any, embedder: type, args: tuple, embedders: int | None) -> Any:
+    """``ds`` through ``embedder(*args)``: in an actor pool of one actor per GPU of the cluster; without
+    GPUs in tasks of ``EMBED_CPUS`` CPUs each (at most ``embedders`` at once), one ``embedder`` per
+    worker process (module docstring)."""
     import ray
     from ray.data import ActorPoolStrategy
 
     gpus = int(ray.cluster_resources().get("GPU", 0))
-    if gpus:
-        resources = {"num_gpus": 1, "num_cpus": 1}
-        size = gpus if embedders is None else min(embedders, gpus)
-    else:
-        resources = {"num_cpus": EMBED_CPUS}
-        size = embedders or max(1, int(ray.cluster_resources().get("CPU", 1) // EMBED_CPUS))
+    if not gpus:
+        return ds.map_batches(_embed_in_worker, fn_kwargs={"embedder": embedder, "args": args}, batch_size=1,
+                              num_cpus=EMBED_CPUS, concurrency=embedders)
     # A dead actor is restarted and its units retried, but not forever: an actor that cannot even be
-    # built (a weights file missing on that node) must end the run, not hang it.
-    # The whole pool at once: an actor takes seconds to start (torch, torchvision), and a pool grown
-    # one actor at a time leaves CPUs idle through most of a short run.
-    return ds.map_batches(actor, fn_constructor_args=args, batch_size=1,
-                          compute=ActorPoolStrategy(size=size), max_restarts=ACTOR_RESTARTS, **resources)
+    # built (a weights file missing on that node) must end the run, not hang it. The whole pool starts
+    # at once: a pool grown one actor at a time leaves GPUs idle through most of a short run.
+    size = gpus if embedders is None else min(embedders, gpus)
+    return ds.map_batches(embedder, fn_constructor_args=args, batch_size=1, compute=ActorPoolStrategy(size=size),
+                          max_restarts=ACTOR_RESTARTS, num_gpus=1, num_cpus=1)
 
 
 def _wait_for_release(cpus: float, timeout: float = 10.0) -> None:
@@ -258,7 +269,8 @@ def _sharded(out_dir: str | os.PathLike, ids: Sequence[str], identity: dict, sha
         ctx.print_on_execution_start = False
         items = [{"shard": s, "unit": j, **payload(rows)} for s in pending for j, rows in enumerate(shard_units[s])]
         free_cpus = ray.available_resources().get("CPU", 0)
-        ds = pipeline(ray.data.from_items(items, override_num_blocks=len(items)))
+        per_task = max(1, TASK_ROWS // unit_size)
+        ds = pipeline(ray.data.from_items(items, override_num_blocks=-(-len(items) // per_task)))
         waiting: dict[int, dict[int, tuple[np.ndarray, list[str]]]] = {s: {} for s in pending}
         with tqdm(total=len(ids), initial=done_rows, desc=desc, unit=unit, dynamic_ncols=True) as bar:
             for row in _rows_of(ds):
@@ -282,15 +294,24 @@ def _sharded(out_dir: str | os.PathLike, ids: Sequence[str], identity: dict, sha
 
 
 def _rows_of(ds: Any) -> Any:
-    """``ds.iter_rows()``, a failed run raised as ``RayRunError``."""
+    """``ds.iter_rows()``, a failed run raised as ``RayRunError`` naming its cause."""
     import ray
 
     try:
         yield from ds.iter_rows()
     except ray.exceptions.RayError as err:
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        raise RayRunError(f"the Ray run failed: {lines[-1] if lines else type(err).__name__} (finished shards are "
-                          "kept; rerun to go on)") from err
+        raise RayRunError(f"the Ray run failed: {_cause_line(str(err)) or type(err).__name__} (finished shards "
+                          "are kept; rerun to go on)") from err
+
+
+def _cause_line(text: str) -> str:
+    """The innermost exception of a Ray error's text: the line before Python's "The above exception was
+    the direct cause" (Ray Data wraps a task's error in its own), else the last line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for before, line in zip(lines, lines[1:]):
+        if line.startswith("The above exception was the direct cause"):
+            return before
+    return lines[-1] if lines else ""
 
 
 def _write_shard(out_dir: Path, s: int, bound: tuple[int, int], ids: list[str], units: list[np.ndarray],
@@ -343,11 +364,11 @@ def extract_images_on_ray(
     decode = functools.partial(_decode_unit, transform=backbone.pil_transform(), image_size=backbone.image_size)
 
     def pipeline(ds: Any) -> Any:
-        # With GPUs, the CPUs decode in tasks while the GPU actors embed; without, every CPU holds an
-        # actor that decodes and embeds its own units (no task would find a free CPU beside them).
+        # With GPUs, the CPUs decode in tasks while the GPU actors embed; without, each task decodes and
+        # embeds its own units (a decoding task would find no free CPU beside the embedding ones).
         if gpus:
             ds = ds.map(decode, num_cpus=DECODE_CPUS)
-        return _embed_stage(ds, _ImageEmbedActor, (spec, views, stack_views, precision), embedders)
+        return _embed_stage(ds, _ImageEmbedder, (spec, views, stack_views, precision), embedders)
 
     return _sharded(out_dir, names, identity, units, bounds,
                     lambda rows: {"paths": [str(images_dir / names[r]) for r in rows]}, pipeline,
@@ -385,7 +406,7 @@ def extract_texts_on_ray(
                 "preprocess": backbone.preprocess, "dim": backbone.dim}
 
     def pipeline(ds: Any) -> Any:
-        return _embed_stage(ds, _TextEmbedActor, (spec, batch_size), embedders)
+        return _embed_stage(ds, _TextEmbedder, (spec, batch_size), embedders)
 
     return _sharded(out_dir, ids, identity, units, bounds,
                     lambda rows: {"texts": json.dumps([texts[r] for r in rows])}, pipeline,
