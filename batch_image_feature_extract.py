@@ -44,12 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or args.layout.image_features
         workers = args.workers if args.workers is not None else default_num_workers(args.decode)
         if args.ray:
-            if args.decode != "cpu":
-                raise ValueError("--decode gpu is not used with --ray: the cluster's CPUs decode")
             cache = extract_images_on_ray(
                 backbone, BackboneSpec.of(image_name, args.image_weights, args.models_dir), args.images, names, out,
                 address=args.ray, batch_size=args.batch_size, shard_rows=args.shard_rows, views=views,
-                precision=args.precision, force=args.force, extra=dataset_images_extra(args.images, args.captions))
+                precision=args.precision, decode=args.decode, force=args.force,
+                extra=dataset_images_extra(args.images, args.captions))
         else:
             cache = extract_dataset_images(
                 backbone, args.images, captions, args.captions, out, batch_size=args.batch_size, num_workers=workers,

@@ -2,7 +2,7 @@
 """Where the GPU-decode path spends its time, with the file bytes already in memory.
 
 Times, on the same in-memory JPEG bytes (no file reads): nvJPEG batch decode alone; the batched
-resize alone; both (``gpu_decode._decode_on_gpu``); the input pipeline ``gpu_decode.gpu_decoded_batches``
+resize alone; both (``gpu_decode.decode_on_device``); the input pipeline ``gpu_decode.gpu_decoded_batches``
 with 0 (inline), 1, 2 and 3 decode threads, without and with the model; the model alone on a ready
 batch; then reading the files, by worker processes (as extract does) and by in-process threads.
 First it checks that the threaded pipeline's batches equal each image decoded and resized
@@ -90,8 +90,8 @@ def main(argv=None) -> int:
            lambda: [decode_jpeg(b, mode=ImageReadMode.RGB, device=device) for b, _ in batches])
     timeit("batched resize alone", lambda: [gpu_decode._resize_batch(decoded, resize, out, list(range(len(decoded))))
                                             for _ in batches])
-    timeit("decode + resize (_decode_on_gpu)",
-           lambda: [gpu_decode._decode_on_gpu(b, e, backbone, device) for b, e in batches])
+    timeit("decode + resize (decode_on_device)",
+           lambda: [gpu_decode.decode_on_device(b, e, backbone, device) for b, e in batches])
     timeit("model alone (ready batch on the device)", lambda: [forward(ready) for _ in batches])
     for t in threads_list:
         timeit(f"pipeline, {t} decode threads, no model",

@@ -9,6 +9,7 @@ float16 rounding (one unit in the last place), not bit for bit.
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -153,6 +154,32 @@ def test_ray_stages_equal_the_in_process_ones_and_every_stage_reads_them(cluster
     t, t_ref = load_cache(text), load_cache(tmp_path / "text_ref")
     assert len(t.manifest["shards"]) == 3 and t.ids == t_ref.ids and close(t.features, t_ref.features)
     assert t.manifest["image_ids_sha256"] == t_ref.manifest["image_ids_sha256"]
+
+
+def test_files_read_for_nvjpeg_embed_like_the_cpu_decoded_ones(cluster, web_set, in_process, tmp_path, caplog,
+                                                               monkeypatch):
+    """``decode="gpu"``: tasks read a unit's files and the GPU actor decodes them (``decode_on_device``,
+    nvJPEG on a GPU). Run here in this process, with torchvision's CPU JPEG decoder in nvJPEG's place."""
+    from crossmodal.backbones import ONE_VIEW
+
+    monkeypatch.setattr(on_ray, "_assigned_cpus", lambda: 1)  # (asks Ray, which answers only in a worker)
+    ref = load_cache(in_process)
+    names = ref.ids[:8]  # photo 5 is the damaged one
+    read = on_ray._read_unit({"shard": 0, "unit": 0, "paths": [str(web_set / n) for n in names]})
+    embedder = on_ray._ImageEmbedder(on_ray.BackboneSpec.of("efficientnet_lite0"), ONE_VIEW, False, "auto")
+    out = embedder({k: [read[k]] for k in ("shard", "unit", "bytes", "lengths", "errors")})
+    rows, errors = np.asarray(out["features"][0], np.float32), json.loads(out["errors"][0])
+    assert [bool(e) for e in errors] == [n.endswith("000000005.jpg") for n in names]
+    want = np.asarray(ref.features[:8], np.float32)
+    assert not rows[5].any() and not want[5].any()
+    good = [i for i in range(8) if i != 5]
+    cos = (rows[good] * want[good]).sum(1) / np.linalg.norm(rows[good], axis=1) / np.linalg.norm(want[good], axis=1)
+    assert cos.min() > 0.99, cos
+
+    # without GPUs in the cluster, --decode gpu is refused with the reason
+    args = stage_args(web_set, tmp_path / "image_embeddings") + ["--ray", "local", "--decode", "gpu"]
+    assert batch_image_feature_extract.main(args) == 2
+    assert "--decode gpu needs GPUs in the Ray cluster" in caplog.text
 
 
 def test_a_backbone_the_workers_cannot_build_ends_the_run_naming_why(cluster, web_set, tmp_path):

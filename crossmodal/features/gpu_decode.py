@@ -105,18 +105,18 @@ def gpu_decoded_batches(file_batches: Iterable[tuple[list[torch.Tensor], list[st
     """
     if threads <= 0:
         for data, errors in file_batches:
-            yield _decode_on_gpu(data, errors, backbone, device)
+            yield decode_on_device(data, errors, backbone, device)
         return
     cuda = device.type == "cuda"  # (on a CPU, as in the tests, there are no streams to order)
     local = threading.local()
 
     def prepare(item: tuple[list[torch.Tensor], list[str]]) -> tuple[torch.Tensor, list[str], torch.cuda.Event | None]:
         if not cuda:
-            return (*_decode_on_gpu(*item, backbone, device), None)
+            return (*decode_on_device(*item, backbone, device), None)
         if not hasattr(local, "stream"):
             local.stream = torch.cuda.Stream(device)
         with torch.cuda.stream(local.stream):
-            x, errors = _decode_on_gpu(*item, backbone, device)
+            x, errors = decode_on_device(*item, backbone, device)
             return x, errors, local.stream.record_event()
 
     consumer = torch.cuda.current_stream(device) if cuda else None
@@ -127,7 +127,7 @@ def gpu_decoded_batches(file_batches: Iterable[tuple[list[torch.Tensor], list[st
         yield x, errors
 
 
-def _decode_on_gpu(data: list[torch.Tensor], errors: list[str], backbone: ImageBackbone,
+def decode_on_device(data: list[torch.Tensor], errors: list[str], backbone: ImageBackbone,
                    device: torch.device) -> tuple[torch.Tensor, list[str]]:
     """nvJPEG batch decode + batched resize on the device; files it cannot decode go through PIL."""
     from torchvision.io import ImageReadMode, decode_image, decode_jpeg

@@ -61,6 +61,7 @@ from crossmodal.features.extract import (
     ImageFileDataset,
     image_identity,
 )
+from crossmodal.features.gpu_decode import PackedBytesBatches, decode_on_device
 from crossmodal.ray_cluster import connect
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,14 @@ def _decode_unit(item: dict, transform: Callable, image_size: int) -> dict:
             "errors": json.dumps(errors)}
 
 
+def _read_unit(item: dict) -> dict:
+    """One unit's files -> their bytes packed in one uint8 array, each file's length, and one error
+    string per file: what nvJPEG decodes on the GPU actor (``decode="gpu"``)."""
+    data, lengths, errors = PackedBytesBatches(list(item["paths"]), [range(len(item["paths"]))])[0]
+    return {"shard": item["shard"], "unit": item["unit"], "bytes": data.numpy(), "lengths": json.dumps(lengths),
+            "errors": json.dumps(errors)}
+
+
 def _assigned_cpus() -> int:
     import ray
 
@@ -123,30 +132,39 @@ def _assigned_cpus() -> int:
 
 
 class _ImageEmbedder:
-    """One image backbone, on the GPU of the actor holding it, or in a CPU worker. Embeds units
-    decoded by the tasks before it, or (on a cluster without GPUs) decodes them itself."""
+    """One image backbone, on the GPU of the actor holding it, or in a CPU worker. Embeds units that
+    tasks before it decoded (``pixels``) or read (``bytes``: nvJPEG decodes them here), or (on a
+    cluster without GPUs) decodes them itself (``paths``)."""
 
     def __init__(self, spec: BackboneSpec, views: tuple[str, ...], stack_views: bool, precision: str):
         from crossmodal.backbones import create_image_backbone
 
         torch.set_num_threads(_assigned_cpus())
-        backbone = create_image_backbone(spec.name, spec.weights, spec.models_dir)
-        backbone.set_views(views, stack=stack_views)
-        self.embed = ImageEmbedder(backbone, "auto", precision)
-        self.decode = functools.partial(_decode_unit, transform=backbone.pil_transform(),
-                                        image_size=backbone.image_size)
+        self.backbone = create_image_backbone(spec.name, spec.weights, spec.models_dir)
+        self.backbone.set_views(views, stack=stack_views)
+        self.embed = ImageEmbedder(self.backbone, "auto", precision)
+        self.decode = functools.partial(_decode_unit, transform=self.backbone.pil_transform(),
+                                        image_size=self.backbone.image_size)
+
+    def _units(self, batch: dict) -> list[tuple[torch.Tensor, list[str]]]:
+        """(uint8 pixels, errors) of each unit of ``batch``."""
+        if "bytes" in batch:
+            return [decode_on_device(list(torch.split(torch.from_numpy(np.ascontiguousarray(data)), json.loads(sizes))),
+                                   json.loads(errors), self.backbone, self.embed.device)
+                    for data, sizes, errors in zip(batch["bytes"], batch["lengths"], batch["errors"])]
+        if "paths" in batch:
+            batch = {k: [self.decode({"shard": 0, "unit": 0, "paths": p})[k] for p in batch["paths"]]
+                     for k in ("pixels", "errors")}
+        return [(torch.from_numpy(np.ascontiguousarray(pixels)), json.loads(errors))
+                for pixels, errors in zip(batch["pixels"], batch["errors"])]
 
     def __call__(self, batch: dict) -> dict:
-        if "pixels" not in batch:
-            units = [self.decode({"shard": s, "unit": u, "paths": p})
-                     for s, u, p in zip(batch["shard"], batch["unit"], batch["paths"])]
-            batch = {k: [unit[k] for unit in units] for k in ("shard", "unit", "pixels", "errors")}
-        features = []
-        for pixels, errors in zip(batch["pixels"], batch["errors"]):
-            bad = [j for j, e in enumerate(json.loads(errors)) if e]
-            f = self.embed(torch.from_numpy(np.ascontiguousarray(pixels)), zero_rows=bad)
+        features, errors = [], []
+        for pixels, unit_errors in self._units(batch):
+            f = self.embed(pixels, zero_rows=[j for j, e in enumerate(unit_errors) if e])
             features.append(f.cpu().numpy().astype(np.float16))
-        return {"shard": batch["shard"], "unit": batch["unit"], "features": features, "errors": batch["errors"]}
+            errors.append(json.dumps(unit_errors))
+        return {"shard": batch["shard"], "unit": batch["unit"], "features": features, "errors": errors}
 
 
 class _TextEmbedder:
@@ -343,31 +361,38 @@ def extract_images_on_ray(
     views: tuple[str, ...] = ONE_VIEW,
     stack_views: bool = True,
     precision: str = "auto",
+    decode: str = "cpu",
     force: bool = False,
     extra: dict | None = None,
 ) -> FeatureCache:
     """``extract.extract_image_features`` on the Ray cluster at ``address`` (``ray_cluster.connect``),
     into a sharded cache that every stage reads like the in-process one. ``backbone`` is the driver's
-    copy (its identity and preprocessing); ``spec`` builds it on the workers."""
+    copy (its identity and preprocessing); ``spec`` builds it on the workers. ``decode="gpu"``: CPU
+    tasks read the files and nvJPEG decodes them on the GPU actors (a cluster with GPUs only)."""
+    if decode not in ("cpu", "gpu"):
+        raise ValueError(f"decode: cpu or gpu, not {decode!r}")
     connect(address)
     import ray
 
     gpus = int(ray.cluster_resources().get("GPU", 0))
+    if decode == "gpu" and not gpus:
+        raise ValueError("--decode gpu needs GPUs in the Ray cluster (nvJPEG decodes on them); it has none")
     if batch_size is None:
         batch_size = IMAGE_BATCH_SIZE_GPU if gpus else IMAGE_BATCH_SIZE_CPU
     stack_views = stack_views and views != ONE_VIEW
     backbone.set_views(views, stack=stack_views)
-    identity = image_identity(backbone, views, stack_views, "cpu", precision == "bf16" and not gpus)
+    identity = image_identity(backbone, views, stack_views, decode, precision == "bf16" and not gpus)
     images_dir = Path(images_dir)
     bounds = shard_bounds(len(names), shard_rows, batch_size)
     units = [[np.arange(u, min(u + batch_size, b)) for u in range(a, b, batch_size)] for a, b in bounds]
-    decode = functools.partial(_decode_unit, transform=backbone.pil_transform(), image_size=backbone.image_size)
+    prepare = _read_unit if decode == "gpu" else functools.partial(
+        _decode_unit, transform=backbone.pil_transform(), image_size=backbone.image_size)
 
     def pipeline(ds: Any) -> Any:
-        # With GPUs, the CPUs decode in tasks while the GPU actors embed; without, each task decodes and
-        # embeds its own units (a decoding task would find no free CPU beside the embedding ones).
+        # With GPUs, the CPUs decode (or only read) in tasks while the GPU actors embed; without, each
+        # task decodes and embeds its own units (a decoding task would find no free CPU beside them).
         if gpus:
-            ds = ds.map(decode, num_cpus=DECODE_CPUS)
+            ds = ds.map(prepare, num_cpus=DECODE_CPUS)
         return _embed_stage(ds, _ImageEmbedder, (spec, views, stack_views, precision), embedders)
 
     return _sharded(out_dir, names, identity, units, bounds,
