@@ -128,7 +128,7 @@ def gpu_decoded_batches(file_batches: Iterable[tuple[list[torch.Tensor], list[st
 
 
 def decode_on_device(data: list[torch.Tensor], errors: list[str], backbone: ImageBackbone,
-                   device: torch.device) -> tuple[torch.Tensor, list[str]]:
+                     device: torch.device) -> tuple[torch.Tensor, list[str]]:
     """nvJPEG batch decode + batched resize on the device; files it cannot decode go through PIL."""
     from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 

@@ -109,12 +109,17 @@ def shard_bounds(rows: int, shard_rows: int, unit_size: int) -> list[tuple[int, 
 # --------------------------------------------------------------------------------------------------
 # the work done on the cluster
 
-def _decode_unit(item: dict, transform: Callable, image_size: int) -> dict:
+def _decode_paths(paths: Sequence[str], transform: Callable, image_size: int) -> tuple[torch.Tensor, list[str]]:
     """One unit's photos -> (B, 3, S, S) uint8 pixels and one error string per photo ("" if read)."""
-    dataset = ImageFileDataset(list(item["paths"]), transform, image_size)
+    dataset = ImageFileDataset(list(paths), transform, image_size)
     pixels, errors = zip(*(dataset[i] for i in range(len(dataset))))
-    return {"shard": item["shard"], "unit": item["unit"], "pixels": torch.stack(pixels).numpy(),
-            "errors": json.dumps(errors)}
+    return torch.stack(pixels), list(errors)
+
+
+def _decode_unit(item: dict, transform: Callable, image_size: int) -> dict:
+    """``_decode_paths`` of a unit, as the row a decoding task hands to the GPU actors."""
+    pixels, errors = _decode_paths(item["paths"], transform, image_size)
+    return {"shard": item["shard"], "unit": item["unit"], "pixels": pixels.numpy(), "errors": json.dumps(errors)}
 
 
 def _read_unit(item: dict) -> dict:
@@ -143,7 +148,7 @@ class _ImageEmbedder:
         self.backbone = create_image_backbone(spec.name, spec.weights, spec.models_dir)
         self.backbone.set_views(views, stack=stack_views)
         self.embed = ImageEmbedder(self.backbone, "auto", precision)
-        self.decode = functools.partial(_decode_unit, transform=self.backbone.pil_transform(),
+        self.decode = functools.partial(_decode_paths, transform=self.backbone.pil_transform(),
                                         image_size=self.backbone.image_size)
 
     def _units(self, batch: dict) -> list[tuple[torch.Tensor, list[str]]]:
@@ -153,8 +158,7 @@ class _ImageEmbedder:
                                    json.loads(errors), self.backbone, self.embed.device)
                     for data, sizes, errors in zip(batch["bytes"], batch["lengths"], batch["errors"])]
         if "paths" in batch:
-            batch = {k: [self.decode({"shard": 0, "unit": 0, "paths": p})[k] for p in batch["paths"]]
-                     for k in ("pixels", "errors")}
+            return [self.decode(paths) for paths in batch["paths"]]
         return [(torch.from_numpy(np.ascontiguousarray(pixels)), json.loads(errors))
                 for pixels, errors in zip(batch["pixels"], batch["errors"])]
 
