@@ -24,12 +24,14 @@ cli.prepare_process()
 import torch  # noqa: E402
 
 from crossmodal.atomic_io import file_digest  # noqa: E402
-from crossmodal.backbones import BackboneUnavailable, resolve_device  # noqa: E402
+from crossmodal.backbones import BackboneUnavailable, ensure_exported, resolve_device  # noqa: E402
+from crossmodal.backbones.onnx_text import QUERY_ENCODER_FILE  # noqa: E402
 from crossmodal.collection import CollectionError  # noqa: E402
 from crossmodal.engine import (  # noqa: E402
     EngineError,
     check_collection,
     load_text_backbone,
+    query_encoder_identity,
     served_identity,
     tuning_texts,
 )
@@ -70,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             queries = model.folded_text_encoder()(feats.to(device)).float().cpu().numpy()
         served = build_collection_index(args.index, vectors, queries, served_identity(checkpoint, collection),
                                         nlist=args.nlist, pq_bytes=args.pq, ray_address=args.ray, force=args.force)
+        exported = ensure_exported(text, args.index / QUERY_ENCODER_FILE,
+                                   query_encoder_identity(checkpoint, state["backbones"]["text"]))
     except (EngineError, CollectionError, BackboneUnavailable, cli.NotServable, ValueError, OSError) as err:
         log.error("%s", err)
         return 2
@@ -79,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{served['kind']} index of {served['rows']:,} photos in {args.index}: recall@10 "
           f"{served['recall_at_10']:.3f} against exact search on {served['queries']} text queries "
           f"(nprobe {served['nprobe']}, {served['candidates']} re-ranked)")
+    print(exported)
     print(f"serve it with: python app.py --index {args.index}")
     return 0
 

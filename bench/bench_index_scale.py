@@ -17,9 +17,10 @@ through the model's text encoder.
 3. ``serve``: ``python app.py --index`` in a process of its own, its resident memory (VmRSS; VmHWM the
    peak) read from outside before and after ``--queries`` queries through its ``/search`` API; then
    the same engine opened here (``cli.open_engine``, as the app opens it) for each query's own time
-   (``crossmodal.search.search``: text encoding, index, page of hits; p50/p95 of a second pass over
-   the queries, as a server that has run a while answers them, and of the first) and recall@10 of the
-   served index against exact search over all rows. The photo files are not there (ten million of
+   (``crossmodal.search.search``: text encoding, index, page of hits; p50/p95 of two later passes over
+   the queries, as a server that has run a while answers them, and of the first), the same with
+   PyTorch encoding the text instead of the index's ONNX Runtime export (passes taking turns), and
+   recall@10 of the served index against exact search over all rows. The photo files are not there (ten million of
    them), so a page finds none of its candidates' files and holds no hits: each query checks its 30
    best rows' files (``search.GONE_MARGIN``) where a real page would check 10 and build their hits.
 
@@ -161,14 +162,25 @@ def serve(args) -> None:
     # 2. The query itself, in this process: the same engine (cli.open_engine, as app.py opens it), then
     # recall of the served index against exact search over every row.
     engine = cli.open_engine(app.parse_args(flags), config, load_checkpoint).engine
-    passes = []  # the first pass maps FAISS's inverted lists into this process as queries reach them
-    for _ in range(2):
-        passes.append([])
+    served_encoder = engine.query_text_encoder  # the index's ONNX Runtime export where it keeps one
+
+    def one_pass() -> list[float]:
+        seconds = []
         for text in texts:
             t = time.perf_counter()
             search(engine, text, k=10)
-            passes[-1].append(time.perf_counter() - t)
-    first, times = passes
+            seconds.append(time.perf_counter() - t)
+        return seconds
+
+    first = one_pass()  # maps FAISS's inverted lists into this process as queries reach them
+    # The baseline: the same queries with PyTorch encoding their text, in passes taking turns with the
+    # served encoder's, so that both see the same moments of a shared machine.
+    times, torch_times = [], []
+    for _ in range(2):
+        times += one_pass()
+        engine._query_text = engine.text_backbone  # (a bench's swap; the engine has no switch for it)
+        torch_times += one_pass()
+        engine._query_text = served_encoder
     view = engine.current()
     vectors = np.stack([engine.embed_text(t) for t in texts]).astype(np.float32)
     found = view.index.search(vectors, 10)[1]
@@ -183,8 +195,10 @@ def serve(args) -> None:
     print(C.table(["app.py --index (a process of its own)", "resident MB"], [(s, round(mb)) for s, mb in steps]))
     print(f"\npeak resident of app.py (VmHWM): {peak:,.0f} MB")
     print(f"index: {engine.details()['index']}")
-    print(f"query (text encoding, index, page of hits), {len(times):,} held-out captions, served warm (their "
-          f"second pass): {ms(times)}; first pass: {ms(first)}")
+    print(f"query (text encoding, index, page of hits), {len(texts):,} held-out captions, served warm (two "
+          f"passes): {ms(times)}; first pass: {ms(first)}; text encoded by {type(served_encoder).__name__}")
+    print(f"the same queries with PyTorch encoding their text (passes taking turns with those): {ms(torch_times)}; "
+          f"served / PyTorch p50: {statistics.median(torch_times) / statistics.median(times):.2f}x faster")
     print(f"the same through the app's /search API over HTTP (Gradio's queue and two requests added): "
           f"{ms(api_times)}")
     print(f"recall@10 of the served index against exact search on these {len(texts):,} queries: {recall:.3f} "

@@ -513,7 +513,7 @@ def open_engine(args: argparse.Namespace, config: ModuleType, load_model: Callab
                                   image_weights=getattr(args, "image_weights", None),
                                   index_folder=getattr(args, "index", None))
             if load_text:
-                engine.text_backbone  # noqa: B018 - loaded now, not at the first query
+                engine.query_text_encoder  # noqa: B018 - loaded now, not at the first query
         except BaseException:
             collection.close()
             raise

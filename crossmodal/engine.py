@@ -6,7 +6,9 @@
   (``crossmodal.projection``: kept on disk, extended as the collection grows);
 * a search index over them (``crossmodal.index``: exact, or FAISS above ``EXACT_SEARCH_MAX`` rows; or
   an on-disk IVF-PQ index that ``build_index.py`` built, ``crossmodal.ondisk_index``);
-* the text backbone, and the image backbone for photo queries, each loaded on first use;
+* the text backbone, and the image backbone for photo queries, each loaded on first use (a query's
+  text runs on ONNX Runtime instead where the on-disk index keeps an export of the text backbone,
+  ``crossmodal.backbones.onnx_text``);
 * the one scoring function: cosine similarity, minus the querybank bias of the query's kind, and
   the calibrated confidence of that ranking score (``crossmodal.calibration``).
 
@@ -37,13 +39,16 @@ from PIL import Image
 from crossmodal.atomic_io import file_digest
 from crossmodal.backbones import (
     ImageBackbone,
+    OnnxTextEncoder,
     TextBackbone,
     TextTop,
     create_image_backbone,
     create_text_backbone,
+    open_text_encoder,
     resolve_device,
     views_of,
 )
+from crossmodal.backbones.onnx_text import QUERY_ENCODER_FILE
 from crossmodal.calibration import Calibration, curves_of
 from crossmodal.collection import Collection, path_of
 from crossmodal.images import load_image
@@ -234,6 +239,13 @@ def tuning_texts(collection: Collection, n: int = TUNING_QUERIES) -> list[str]:
     return texts
 
 
+def query_encoder_identity(checkpoint: str | os.PathLike, text_backbone: dict) -> dict:
+    """What a query text encoder exported beside an index is made for: the checkpoint (its trained
+    text top) and the text backbone it records."""
+    return {"checkpoint": file_digest(checkpoint), "backbone": text_backbone.get("backbone"),
+            "weights": text_backbone.get("weights")}
+
+
 def served_identity(checkpoint: str | os.PathLike, collection: Collection) -> dict:
     """What an on-disk index of a collection's projections was built for: the checkpoint's contents
     and the collection's folder."""
@@ -267,6 +279,7 @@ class SearchEngine:
         self._weights = {"text": text_weights, "image": image_weights}
         self._models_dir = models_dir
         self._text_backbone: TextBackbone | None = None
+        self._query_text: TextBackbone | OnnxTextEncoder | None = None
         self._text_top = getattr(self.model, "text_top", None)  # trained last layers of the text encoder
         if text_backbone is not None:
             check_identity("text", backbones["text"], text_backbone.name, text_backbone.weights, "given")
@@ -276,6 +289,7 @@ class SearchEngine:
         self._image_backbone: ImageBackbone | None = None
         self._lock = threading.Lock()  # the tokenizer and lazy loading are not thread-safe
         self._refreshing = threading.Lock()
+        self._opening_query_text = threading.Lock()
         self._projections = ProjectionCache(self.model, file_digest(checkpoint), state.get("querybank"), self.device)
         self.banks = self._projections.banks  # the querybank's text banks ("text", "keywords")
         self._current = self._build(collection)
@@ -364,6 +378,22 @@ class SearchEngine:
         return self._text_backbone
 
     @property
+    def query_text_encoder(self) -> TextBackbone | OnnxTextEncoder:
+        """What encodes a query's text: the served index's export for ONNX Runtime (``build_index.py``
+        writes it) when it was made for this checkpoint and queries run on the CPU, else the text backbone."""
+        if self._query_text is None:
+            with self._opening_query_text:  # (not self._lock: text_backbone takes that one)
+                if self._query_text is None:
+                    exported = None
+                    if self.index_folder is not None and self.device.type == "cpu":
+                        exported = open_text_encoder(Path(self.index_folder) / QUERY_ENCODER_FILE,
+                                                     query_encoder_identity(self.checkpoint, self.backbones["text"]))
+                        if exported is not None:
+                            log.info("query text encoded by ONNX Runtime: %s", exported.path)
+                    self._query_text = exported or self.text_backbone
+        return self._query_text
+
+    @property
     def image_backbone(self) -> ImageBackbone:
         """Loaded on the first photo query (text search never needs it)."""
         if self._image_backbone is None:
@@ -380,7 +410,7 @@ class SearchEngine:
     @torch.inference_mode()
     def embed_text(self, text: str) -> np.ndarray:
         """(embed_dim,) float32 unit vector of a description."""
-        backbone = self.text_backbone
+        backbone = self.query_text_encoder
         # What TextBackbone.encode does for one text, with only the tokenizer under the lock (a slow
         # tokenizer, or the first call building the private backend, is not thread-safe; the model is).
         with self._lock:

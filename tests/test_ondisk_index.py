@@ -101,6 +101,7 @@ def test_build_index_stage_serves_a_collection_and_adds_new_photos_as_a_part(tmp
     """build_index.py over a dataset's features (random vectors under the shipped model's backbone), the
     engine serving it (same hits as exact search, its kind and measured recall said), then grown."""
     import build_index
+    from crossmodal.backbones import OnnxTextEncoder
     from crossmodal.collection import DatasetCollection
     from crossmodal.engine import EngineError, SearchEngine
     from crossmodal.features.cache import write_cache
@@ -138,8 +139,11 @@ def test_build_index_stage_serves_a_collection_and_adds_new_photos_as_a_part(tmp
     exact = SearchEngine(DatasetCollection.open(feats, photos), model, state, shipped, text_backbone=text)
     ondisk = served_engine()
     assert "on disk" in ondisk.details()["index"] and f"{served['recall_at_10']:.3f}" in ondisk.details()["index"]
+    # the index keeps the text encoder exported for ONNX Runtime, and queries are encoded by it
+    assert isinstance(ondisk.query_text_encoder, OnnxTextEncoder) and exact.query_text_encoder is text
     overlap = []
     for q in ("a dog on the grass", "two children at the beach", "a red car", "mountains with snow", "dog"):
+        assert np.abs(ondisk.embed_text(q) - exact.embed_text(q)).max() < 1e-5
         a = [h.name for h in search(exact, q, k=10).hits]
         b = [h.name for h in search(ondisk, q, k=10).hits]
         overlap.append(len(set(a) & set(b)) / 10)

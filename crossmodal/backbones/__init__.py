@@ -18,8 +18,9 @@ offline pair, and logs one line saying which and why.
 One module per concept, imported in one direction: ``registry`` (the tables entries register in; it
 imports no sibling), ``views`` (the views of an image), ``image`` (``ImageBackbone`` and the image
 entries) and ``text`` (``TextBackbone`` and the text entries), which register themselves in it,
-``openclip`` (the open_clip family, built on both, registering itself too), and ``factory`` above them
-all (``create_image_backbone``, ``create_text_backbone``, ``auto``). Every name is importable from
+``openclip`` (the open_clip family, built on both, registering itself too), ``onnx_text`` (a text
+backbone exported for ONNX Runtime, which encodes queries where an index keeps one), and ``factory``
+above them all (``create_image_backbone``, ``create_text_backbone``, ``auto``). Every name is importable from
 ``crossmodal.backbones``.
 """
 from crossmodal.backbones.factory import (
@@ -38,6 +39,7 @@ from crossmodal.backbones.image import (
     combine,
     resnet18,
 )
+from crossmodal.backbones.onnx_text import OnnxTextEncoder, ensure_exported, open_text_encoder
 from crossmodal.backbones.openclip import OpenClipTextBackbone
 from crossmodal.backbones.registry import (
     BUILD_LOCK,
@@ -69,6 +71,8 @@ __all__ = [
     "IMAGE_BACKBONES", "TEXT_BACKBONES", "register_image", "register_text", "ORIGINAL_PAIR", "OFFLINE_PAIR",
     "resolve_names", "create_image_backbone", "create_text_backbone", "BackboneUnavailable", "resolve_device",
     "file_digest", "FAMILIES", "family_of", "register_family", "BUILD_LOCK",
+    # a text backbone exported for ONNX Runtime (query encoding)
+    "OnnxTextEncoder", "ensure_exported", "open_text_encoder",
     # the open_clip family (open_clip:ARCH:WEIGHTS)
     "OpenClipTextBackbone",
     # views

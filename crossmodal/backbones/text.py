@@ -40,6 +40,17 @@ def _folder_digest(folder: Path) -> str:
     return "+".join(f"{p.name}:{file_digest(str(p))}" for p in weights)
 
 
+def query_tokenizer(tokenizer_json: str, max_length: int):
+    """A fast tokenizer (its ``tokenizers`` JSON) set up for one query: no padding, truncated to
+    ``max_length`` tokens, special tokens included, as the transformers call with truncation does."""
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(tokenizer_json)
+    backend.no_padding()
+    backend.enable_truncation(max_length)
+    return backend
+
+
 def encoder_layers(model: nn.Module) -> nn.ModuleList:
     """The transformer layers of a BERT-like encoder (``model.encoder.layer``)."""
     layers = getattr(getattr(model, "encoder", None), "layer", None)
@@ -156,14 +167,7 @@ class TextBackbone:
     @functools.cached_property
     def _query_backend(self):
         shared = getattr(self.tokenizer, "backend_tokenizer", None)
-        if shared is None:
-            return None
-        from tokenizers import Tokenizer
-
-        backend = Tokenizer.from_str(shared.to_str())
-        backend.no_padding()
-        backend.enable_truncation(self.max_length)  # counts the special tokens, as transformers does
-        return backend
+        return None if shared is None else query_tokenizer(shared.to_str(), self.max_length)
 
     top_layers: int = 0  # the last layers replaced by trained ones (``set_top``); 0: as published
 
@@ -194,8 +198,15 @@ class TextBackbone:
         mask = batch["attention_mask"]
         if bool(mask.all()):  # no padding (a query always): the mask masks nothing, so it is dropped;
             # the output is the same, and transformers skips building an attention mask from it
-            batch = {k: v for k, v in batch.items() if k != "attention_mask"}
-            mask = None
+            return self.forward_unpadded(batch["input_ids"])
+        return self._pooled(batch, mask)
+
+    def forward_unpadded(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) token ids without padding -> (B, dim) pooled features: a query's forward, and the
+        graph ``onnx_text`` exports."""
+        return self._pooled({"input_ids": input_ids}, None)
+
+    def _pooled(self, batch: dict, mask: torch.Tensor | None) -> torch.Tensor:
         if self.layers == 1:
             hidden = [self.model(**batch).last_hidden_state]
         else:  # hidden_states = (embeddings, layer 1, ..., layer L); take the last `layers`, last first
