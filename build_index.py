@@ -24,8 +24,7 @@ cli.prepare_process()
 import torch  # noqa: E402
 
 from crossmodal.atomic_io import file_digest  # noqa: E402
-from crossmodal.backbones import BackboneUnavailable, ensure_exported, resolve_device  # noqa: E402
-from crossmodal.backbones.onnx_text import QUERY_ENCODER_FILE  # noqa: E402
+from crossmodal.backbones import QUERY_ENCODER_FILE, BackboneUnavailable, ensure_exported, resolve_device  # noqa: E402
 from crossmodal.collection import CollectionError  # noqa: E402
 from crossmodal.engine import (  # noqa: E402
     EngineError,
@@ -61,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         collection = cli.open_collection(args, config, state)
         check_collection(collection, state["backbones"], model, checkpoint)
         device = resolve_device(args.device)
-        projections = ProjectionCache(model, file_digest(checkpoint), state.get("querybank"), device)
+        digest = file_digest(checkpoint)
+        projections = ProjectionCache(model, digest, state.get("querybank"), device)
         proj, _ = projections.matrix(collection)
         rows = collection.matrix_rows
         vectors = proj if len(rows) == len(proj) else RowsOf(proj, rows)
@@ -70,10 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         with torch.inference_mode():
             feats = torch.from_numpy(text.encode(tuning_texts(collection), device=device))
             queries = model.folded_text_encoder()(feats.to(device)).float().cpu().numpy()
-        served = build_collection_index(args.index, vectors, queries, served_identity(checkpoint, collection),
+        served = build_collection_index(args.index, vectors, queries, served_identity(digest, collection),
                                         nlist=args.nlist, pq_bytes=args.pq, ray_address=args.ray, force=args.force)
         exported = ensure_exported(text, args.index / QUERY_ENCODER_FILE,
-                                   query_encoder_identity(checkpoint, state["backbones"]["text"]))
+                                   query_encoder_identity(digest, state["backbones"]["text"]))
     except (EngineError, CollectionError, BackboneUnavailable, cli.NotServable, ValueError, OSError) as err:
         log.error("%s", err)
         return 2

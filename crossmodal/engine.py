@@ -38,6 +38,7 @@ from PIL import Image
 
 from crossmodal.atomic_io import file_digest
 from crossmodal.backbones import (
+    QUERY_ENCODER_FILE,
     ImageBackbone,
     OnnxTextEncoder,
     TextBackbone,
@@ -48,7 +49,6 @@ from crossmodal.backbones import (
     resolve_device,
     views_of,
 )
-from crossmodal.backbones.onnx_text import QUERY_ENCODER_FILE
 from crossmodal.calibration import Calibration, curves_of
 from crossmodal.collection import Collection, path_of
 from crossmodal.images import load_image
@@ -239,17 +239,17 @@ def tuning_texts(collection: Collection, n: int = TUNING_QUERIES) -> list[str]:
     return texts
 
 
-def query_encoder_identity(checkpoint: str | os.PathLike, text_backbone: dict) -> dict:
-    """What a query text encoder exported beside an index is made for: the checkpoint (its trained
-    text top) and the text backbone it records."""
-    return {"checkpoint": file_digest(checkpoint), "backbone": text_backbone.get("backbone"),
+def query_encoder_identity(checkpoint_digest: str, text_backbone: dict) -> dict:
+    """What a query text encoder exported beside an index is made for: the checkpoint (``file_digest``
+    of it: its trained text top) and the text backbone it records."""
+    return {"checkpoint": checkpoint_digest, "backbone": text_backbone.get("backbone"),
             "weights": text_backbone.get("weights")}
 
 
-def served_identity(checkpoint: str | os.PathLike, collection: Collection) -> dict:
+def served_identity(checkpoint_digest: str, collection: Collection) -> dict:
     """What an on-disk index of a collection's projections was built for: the checkpoint's contents
-    and the collection's folder."""
-    return {"checkpoint": file_digest(checkpoint), "collection": str(collection.cache_folder or collection.root)}
+    (``file_digest`` of it) and the collection's folder."""
+    return {"checkpoint": checkpoint_digest, "collection": str(collection.cache_folder or collection.root)}
 
 
 class SearchEngine:
@@ -290,7 +290,8 @@ class SearchEngine:
         self._lock = threading.Lock()  # the tokenizer and lazy loading are not thread-safe
         self._refreshing = threading.Lock()
         self._opening_query_text = threading.Lock()
-        self._projections = ProjectionCache(self.model, file_digest(checkpoint), state.get("querybank"), self.device)
+        self._checkpoint_digest = file_digest(checkpoint)  # of the file as loaded: what caches and indexes record
+        self._projections = ProjectionCache(self.model, self._checkpoint_digest, state.get("querybank"), self.device)
         self.banks = self._projections.banks  # the querybank's text banks ("text", "keywords")
         self._current = self._build(collection)
 
@@ -323,7 +324,7 @@ class SearchEngine:
             from crossmodal.ondisk_index import served_index
 
             try:
-                identity = served_identity(self.checkpoint, collection)
+                identity = served_identity(self._checkpoint_digest, collection)
                 index = served_index(self.index_folder, embeddings, biases, identity)
             except ValueError as err:
                 raise EngineError(str(err)) from err
@@ -387,7 +388,8 @@ class SearchEngine:
                     exported = None
                     if self.index_folder is not None and self.device.type == "cpu":
                         exported = open_text_encoder(Path(self.index_folder) / QUERY_ENCODER_FILE,
-                                                     query_encoder_identity(self.checkpoint, self.backbones["text"]))
+                                                     query_encoder_identity(self._checkpoint_digest,
+                                                                            self.backbones["text"]))
                         if exported is not None:
                             log.info("query text encoded by ONNX Runtime: %s", exported.path)
                     self._query_text = exported or self.text_backbone
@@ -410,17 +412,17 @@ class SearchEngine:
     @torch.inference_mode()
     def embed_text(self, text: str) -> np.ndarray:
         """(embed_dim,) float32 unit vector of a description."""
-        backbone = self.query_text_encoder
+        encoder = self.query_text_encoder
         # What TextBackbone.encode does for one text, with only the tokenizer under the lock (a slow
         # tokenizer, or the first call building the private backend, is not thread-safe; the model is).
         with self._lock:
-            batch = backbone.tokenize_one(text)
+            batch = encoder.tokenize_one(text)
         if self.device.type == "cpu":  # (no transfers, no autocast context: ~15 us of a query)
-            feats = backbone.forward_pooled(batch)
+            feats = encoder.forward_pooled(batch)
         else:
             batch = {k: v.to(self.device) for k, v in batch.items()}
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-                feats = backbone.forward_pooled(batch)
+                feats = encoder.forward_pooled(batch)
         return self._encode_text(feats).float().cpu().numpy().reshape(-1)
 
     @torch.inference_mode()

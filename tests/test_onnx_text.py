@@ -9,8 +9,15 @@ import torch
 
 pytest.importorskip("onnxscript")
 
-from crossmodal.backbones import OnnxTextEncoder, TextTop, create_text_backbone, ensure_exported, open_text_encoder
-from crossmodal.backbones.onnx_text import QUERY_ENCODER_FILE, export_text_encoder
+from crossmodal.backbones import (
+    QUERY_ENCODER_FILE,
+    OnnxTextEncoder,
+    TextTop,
+    create_text_backbone,
+    ensure_exported,
+    open_text_encoder,
+)
+from crossmodal.backbones.onnx_text import export_text_encoder
 
 TEXTS = ["a dog running through the snow", "Two children play on a beach, near the water!", "dog",
          "ünïcode café 東京 🙂", "", "word " * 100]  # the last one longer than the 64 tokens kept

@@ -39,7 +39,7 @@ from crossmodal.backbones.image import (
     combine,
     resnet18,
 )
-from crossmodal.backbones.onnx_text import OnnxTextEncoder, ensure_exported, open_text_encoder
+from crossmodal.backbones.onnx_text import QUERY_ENCODER_FILE, OnnxTextEncoder, ensure_exported, open_text_encoder
 from crossmodal.backbones.openclip import OpenClipTextBackbone
 from crossmodal.backbones.registry import (
     BUILD_LOCK,
@@ -72,7 +72,7 @@ __all__ = [
     "resolve_names", "create_image_backbone", "create_text_backbone", "BackboneUnavailable", "resolve_device",
     "file_digest", "FAMILIES", "family_of", "register_family", "BUILD_LOCK",
     # a text backbone exported for ONNX Runtime (query encoding)
-    "OnnxTextEncoder", "ensure_exported", "open_text_encoder",
+    "QUERY_ENCODER_FILE", "OnnxTextEncoder", "ensure_exported", "open_text_encoder",
     # the open_clip family (open_clip:ARCH:WEIGHTS)
     "OpenClipTextBackbone",
     # views
